@@ -1,0 +1,170 @@
+//! Map names, sizes and entry layouts.
+//!
+//! The service map follows Cilium's `lb4_key`/`lb4_service` shape: one hash
+//! map holds, per frontend, slot 0 with the backend count and slots 1..=N
+//! each naming a backend id; a second map resolves ids to addresses. Picking
+//! a backend is two lookups and no loop, and the agent can change a service
+//! slot by slot without a window where the frontend points at nothing.
+
+use crate::Addr;
+
+/// Pinned map names. The `_V1` suffix is the layout version: a changed layout
+/// gets a new name, because the kernel refuses to reuse a pinned map whose
+/// key or value size differs, and an agent upgrade must not trip on that.
+pub const SERVICES_MAP: &str = "SY_SERVICES_V1";
+pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
+pub const SOCK_REVNAT_MAP: &str = "SY_SOCK_RNAT_V1";
+
+/// Capacity of the service map: frontends times (1 + backends per frontend).
+pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
+pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
+/// Reverse translations for UDP replies and getpeername, one per socket and
+/// backend. LRU: an idle socket's entry may be evicted, which costs it the
+/// VIP in `getpeername`, never its traffic.
+pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 131_072;
+
+/// IANA protocol numbers, as in `bpf_sock_addr.protocol`.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// One slot of one frontend (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    /// Network byte order, as in `bpf_sock_addr.user_port`.
+    pub port: u16,
+    /// 0 is the frontend itself; 1..=count are its backends.
+    pub slot: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+impl ServiceKey {
+    pub const fn new(addr: Addr, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            addr,
+            port: port_be,
+            slot,
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    /// The same frontend at another slot.
+    pub const fn with_slot(&self, slot: u16) -> Self {
+        Self::new(self.addr, self.port, self.proto, slot)
+    }
+}
+
+/// Slot 0 carries `count`; slots 1..=count carry `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    /// Backends in slots 1..=count; 0 means the service refuses connections.
+    pub count: u16,
+    pub flags: u16,
+}
+
+impl ServiceValue {
+    pub const fn frontend(count: u16) -> Self {
+        Self {
+            backend_id: 0,
+            count,
+            flags: 0,
+        }
+    }
+
+    pub const fn slot(backend_id: u32) -> Self {
+        Self {
+            backend_id,
+            count: 0,
+            flags: 0,
+        }
+    }
+}
+
+/// A backend's address; keyed by backend id (`u32`, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+impl Backend {
+    pub const fn new(addr: Addr, port_be: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port: port_be,
+            proto,
+            pad: 0,
+        }
+    }
+}
+
+/// Which socket talked to which backend: the key for reverse translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad: [u8; 6],
+}
+
+impl SockRevNatKey {
+    pub const fn new(cookie: u64, addr: Addr, port_be: u16) -> Self {
+        Self {
+            cookie,
+            addr,
+            port: port_be,
+            pad: [0; 6],
+        }
+    }
+}
+
+/// The VIP and port the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+
+impl SockRevNatValue {
+    pub const fn new(addr: Addr, port_be: u16) -> Self {
+        Self {
+            addr,
+            port: port_be,
+            pad: [0; 2],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 20);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers, with every
+    // padding byte an explicit field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Addr {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::SockRevNatKey {}
+    unsafe impl aya::Pod for super::SockRevNatValue {}
+}

@@ -1,0 +1,14 @@
+//! Compiles the kernel programs (`ebpf/programs`) for the BPF target and puts
+//! the object in OUT_DIR, where `datapath::loader` embeds it.
+fn main() -> aya_build::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root_dir = format!("{manifest_dir}/../ebpf/programs");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "switchyard-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

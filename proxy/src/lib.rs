@@ -1,0 +1,4 @@
+//! Switchyard agent: a pure core (manifests -> service model -> desired
+//! datapath state -> ordered map operations) and thin edges (file watcher,
+//! BPF loader and map writer, command line).
+#![forbid(unsafe_code)]
