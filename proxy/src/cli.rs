@@ -1,0 +1,146 @@
+//! The command line, as DESIGN.md's contract fixes it: other tools script
+//! against these names, so they only ever grow.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "Kubernetes service proxy in eBPF")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the datapath and keep it in step with the service sources.
+    Run(RunArgs),
+    /// Show what the kernel maps hold, per frontend.
+    Services(ServicesArgs),
+    /// Detach the programs and remove every pin.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of Kubernetes YAML (Services, EndpointSlices, Nodes) to serve
+    /// instead of a cluster; re-read when it changes.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the API server (default: in-cluster config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, then the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// cgroup v2 directory the socket hooks attach to.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
+    pub cgroup: PathBuf,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Devices for the per-packet path (default: auto).
+    #[arg(long, value_name = "IF", value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Node addresses NodePorts answer on (kube-proxy semantics).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Pod CIDRs of the cluster.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// KubeProxyConfiguration YAML; the fields that apply are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory on a bpf filesystem where maps and links are pinned.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf/switchyard")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Accepted for symmetry with `run`; links are found through their pins.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
+    pub cgroup: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_run_flags() {
+        let cli = Cli::try_parse_from([
+            "switchyard",
+            "run",
+            "--manifests",
+            "/etc/switchyard",
+            "--node-name",
+            "node-a",
+            "--cgroup",
+            "/sys/fs/cgroup/unified/test",
+            "--bpffs",
+            "/sys/fs/bpf/test",
+            "--devices",
+            "eth0,eth1",
+            "--nodeport-addresses",
+            "10.0.0.0/8",
+            "--metrics-bind-address",
+            "127.0.0.1:19249",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(run.devices, ["eth0", "eth1"]);
+        assert_eq!(run.node_name.as_deref(), Some("node-a"));
+        assert_eq!(run.metrics_bind_address.port(), 19249);
+        assert_eq!(run.healthz_bind_address.port(), 10256);
+    }
+
+    #[test]
+    fn services_takes_json_output() {
+        let cli = Cli::try_parse_from(["switchyard", "services", "-o", "json"]).unwrap();
+        let Command::Services(args) = cli.command else {
+            panic!("expected services");
+        };
+        assert_eq!(args.output, OutputFormat::Json);
+        assert_eq!(args.pins.bpffs, PathBuf::from("/sys/fs/bpf/switchyard"));
+    }
+
+    #[test]
+    fn manifests_and_kubeconfig_exclude_each_other() {
+        let parsed = Cli::try_parse_from([
+            "switchyard",
+            "run",
+            "--manifests",
+            "a",
+            "--kubeconfig",
+            "b",
+        ]);
+        assert!(parsed.is_err());
+    }
+}

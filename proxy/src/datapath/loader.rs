@@ -1,0 +1,255 @@
+//! Puts the socket programs in the kernel, attaches them to a cgroup and pins
+//! everything under one bpffs directory, so the datapath keeps serving while
+//! the agent is stopped or restarting.
+//!
+//! Layout of the pin directory:
+//! - `SY_*` the maps, pinned by name (reused as they are on the next start);
+//! - `links/<generation>/<program>` one bpf_link per hook and agent start.
+//!
+//! A restart attaches a new generation before detaching the old one. Both run
+//! for that moment, harmlessly: the first translates a VIP, the second then
+//! sees a backend address, which is not a frontend, and lets it pass.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+};
+use switchyard_abi::{BACKENDS_MAP, SERVICES_MAP, SOCK_REVNAT_MAP};
+use tracing::{info, warn};
+
+use super::DatapathError;
+
+/// The object built from `ebpf/programs` by this crate's build script.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));
+
+/// Every hook, by its function name in `ebpf/programs/src/main.rs`.
+pub const SOCKET_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+
+pub const MAP_NAMES: [&str; 3] = [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP];
+
+const LINKS_DIR: &str = "links";
+const BPF_FS_TYPE: &str = "bpf";
+
+/// Loads the programs (reusing pinned maps), attaches them to `cgroup` and
+/// pins the links as a new generation, then detaches older generations.
+pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
+    prepare_pin_dir(pin_dir)?;
+    let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    let previous = generations(pin_dir)?;
+
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .map_err(|source| DatapathError::Load {
+            source: Box::new(source),
+        })?;
+    for map in MAP_NAMES {
+        if ebpf.map(map).is_none() {
+            return Err(DatapathError::MissingMap { map });
+        }
+    }
+
+    let generation = pin_dir.join(LINKS_DIR).join(generation_name());
+    fs::create_dir_all(&generation).map_err(|source| DatapathError::PinDir {
+        path: generation.clone(),
+        source,
+    })?;
+    for name in SOCKET_PROGRAMS {
+        let program_error = |source| DatapathError::Program {
+            program: name,
+            source: Box::new(source),
+        };
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| program_error(aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        let link_id = program
+            .attach(&cgroup_dir, CgroupAttachMode::AllowMultiple)
+            .map_err(program_error)?;
+        let link: FdLink = program
+            .take_link(link_id)
+            .map_err(program_error)?
+            .try_into()
+            .map_err(|source: aya::programs::links::LinkError| DatapathError::Pin {
+                path: generation.join(name),
+                source: Box::new(source),
+            })?;
+        let path = generation.join(name);
+        link.pin(&path).map_err(|source| DatapathError::Pin {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+    }
+    info!(cgroup = %cgroup.display(), generation = %generation.display(), "socket hooks attached");
+
+    for old in previous {
+        if let Err(error) = detach_generation(&old) {
+            warn!(%error, generation = %old.display(), "could not detach an older generation");
+        }
+    }
+    Ok(())
+}
+
+/// Detaches every pinned link and removes every pin under `pin_dir`.
+pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    for generation in generations(pin_dir)? {
+        detach_generation(&generation)?;
+    }
+    remove_dir(&pin_dir.join(LINKS_DIR))?;
+    for map in MAP_NAMES {
+        let path = pin_dir.join(map);
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        }
+    }
+    remove_dir(pin_dir)
+}
+
+fn detach_generation(generation: &Path) -> Result<(), DatapathError> {
+    for entry in read_dir(generation)? {
+        // Unpinning drops the last reference to the link, which detaches it.
+        let link = PinnedLink::from_pin(&entry).map_err(|source| DatapathError::Pin {
+            path: entry.clone(),
+            source: Box::new(source),
+        })?;
+        link.unpin().map_err(|source| DatapathError::Pin {
+            path: entry.clone(),
+            source: Box::new(source),
+        })?;
+    }
+    remove_dir(generation)
+}
+
+fn generations(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    let links = pin_dir.join(LINKS_DIR);
+    if !links.exists() {
+        return Ok(Vec::new());
+    }
+    read_dir(&links)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    let pin_error = |source| DatapathError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = fs::read_dir(dir)
+        .map_err(pin_error)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pin_error)?;
+    paths.sort();
+    Ok(paths)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
+    match fs::remove_dir(dir) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(DatapathError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Nanoseconds since the epoch: sortable, and unique per start.
+fn generation_name() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:020}", now.as_nanos())
+}
+
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let canonical = pin_dir
+        .canonicalize()
+        .map_err(|source| DatapathError::PinDir {
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+    match mount_fs_type(&canonical) {
+        Some(fs_type) if fs_type == BPF_FS_TYPE => Ok(()),
+        _ => Err(DatapathError::NotBpfFs {
+            path: pin_dir.to_path_buf(),
+        }),
+    }
+}
+
+/// The filesystem type of the mount holding `path`, from /proc/self/mounts:
+/// the longest mount point that is a prefix of the path.
+fn mount_fs_type(path: &Path) -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let mount_point = unescape_mount_path(fields.next()?);
+            let fs_type = fields.next()?;
+            path.starts_with(&mount_point)
+                .then(|| (mount_point.len(), fs_type.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs_type)| fs_type)
+}
+
+/// /proc/mounts escapes space, tab, newline and backslash as octal.
+fn unescape_mount_path(raw: &str) -> String {
+    raw.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mount_points() {
+        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount_path("/sys/fs/bpf"), "/sys/fs/bpf");
+    }
+
+    #[test]
+    fn finds_the_root_filesystem() {
+        assert!(mount_fs_type(Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn generations_sort_by_time() {
+        let first = generation_name();
+        let second = generation_name();
+        assert!(first <= second);
+        assert_eq!(first.len(), 20);
+    }
+}

@@ -1,0 +1,100 @@
+//! The only code that touches the kernel's BPF objects.
+//!
+//! `loader` puts the programs in the kernel and attaches them; `pinned` reads
+//! and writes the pinned maps; `fake` is the in-memory stand-in the sync loop
+//! is tested against. Everything above this module works on
+//! [`DatapathState`] and [`MapOp`] values only.
+
+pub mod fake;
+pub mod loader;
+pub mod pinned;
+
+use std::path::PathBuf;
+
+use crate::{datapath_state::DatapathState, plan::MapOp};
+
+/// Applies map operations one at a time, in the order given.
+pub trait MapWriter {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
+}
+
+/// Reads back what the maps hold.
+pub trait MapReader {
+    fn read_state(&self) -> Result<DatapathState, DatapathError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not on a bpf filesystem (mount -t bpf bpf {path})")]
+    NotBpfFs { path: PathBuf },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {detail}", detail = error_chain(source.as_ref()))]
+    Load { source: Box<aya::EbpfError> },
+    #[error("program {program}: {detail}", detail = error_chain(source.as_ref()))]
+    Program {
+        program: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path}: {detail}", detail = error_chain(source.as_ref()))]
+    Pin {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {detail}", detail = error_chain(source.as_ref()))]
+    Map {
+        map: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {map} not found in the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("no datapath pinned at {path}: is `switchyard run` using this --bpffs?")]
+    NotPinned { path: PathBuf },
+}
+
+/// aya's syscall errors print only the call; the errno is in the source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl DatapathError {
+    pub(crate) fn map(map: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map {
+            map,
+            source: Box::new(source),
+        }
+    }
+
+    /// Short label for the failed-operations metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Map { source, .. } => match source.as_ref() {
+                aya::maps::MapError::SyscallError(err)
+                    if err.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    "map_full"
+                }
+                _ => "map_error",
+            },
+            Self::PinDir { .. } | Self::NotBpfFs { .. } | Self::Pin { .. } => "pin",
+            Self::Cgroup { .. } => "cgroup",
+            Self::Load { .. } | Self::Program { .. } | Self::MissingMap { .. } => "load",
+            Self::NotPinned { .. } => "not_pinned",
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Typed access to the pinned maps: the agent writes through it, and
+//! `switchyard services` reads through it, so what is shown is what the
+//! kernel holds.
+
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use switchyard_abi::{BACKENDS_MAP, Backend, SERVICES_MAP, ServiceKey, ServiceValue};
+
+use super::{DatapathError, MapReader, MapWriter};
+use crate::{datapath_state::DatapathState, plan::MapOp};
+
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+}
+
+impl PinnedMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: open_hash(pin_dir, SERVICES_MAP)?,
+            backends: open_hash(pin_dir, BACKENDS_MAP)?,
+        })
+    }
+}
+
+fn open_hash<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Err(DatapathError::NotPinned {
+            path: pin_dir.to_path_buf(),
+        });
+    }
+    let data = MapData::from_pin(&path).map_err(|source| DatapathError::map(name, source))?;
+    let map = Map::from_map_data(data).map_err(|source| DatapathError::map(name, source))?;
+    HashMap::try_from(map).map_err(|source| DatapathError::map(name, source))
+}
+
+/// Deleting what is already gone is success: the sync is level-triggered and
+/// may retry an operation that half-succeeded before.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+impl MapWriter for PinnedMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        let services = |result| DatapathError::map(SERVICES_MAP, result);
+        let backends = |result| DatapathError::map(BACKENDS_MAP, result);
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                self.backends.insert(id, backend, 0).map_err(backends)
+            }
+            MapOp::PutSlot { key, backend_id } => self
+                .services
+                .insert(key, ServiceValue::slot(*backend_id), 0)
+                .map_err(services),
+            MapOp::PutFrontend { key, count } => self
+                .services
+                .insert(key, ServiceValue::frontend(*count), 0)
+                .map_err(services),
+            MapOp::DeleteSlot { key } | MapOp::DeleteFrontend { key } => {
+                ignore_missing(self.services.remove(key)).map_err(services)
+            }
+            MapOp::DeleteBackend { id } => {
+                ignore_missing(self.backends.remove(id)).map_err(backends)
+            }
+        }
+    }
+}
+
+impl MapReader for PinnedMaps {
+    fn read_state(&self) -> Result<DatapathState, DatapathError> {
+        // An entry deleted while we iterate is simply not seen; the next
+        // sync works from whatever this read returns.
+        let services: Vec<(ServiceKey, ServiceValue)> =
+            self.services.iter().filter_map(Result::ok).collect();
+        let backends: Vec<(u32, Backend)> = self.backends.iter().filter_map(Result::ok).collect();
+        Ok(DatapathState::from_entries(services, backends))
+    }
+}
