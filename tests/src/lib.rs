@@ -1,1 +1,36 @@
+//! Test harness for Switchyard: guards for every kernel object a test creates
+//! (network namespaces, cgroups, bpffs mounts, processes, scratch dirs), a
+//! single-node topology builder, Kubernetes manifest writers, a guard for the
+//! agent itself, and the JSON types of the `netprobe` tool.
+//!
+//! Safety rules (see DESIGN.md): non-loopback traffic only ever leaves a
+//! process inside a namespace created here; socket hooks only go on a cgroup
+//! created here; pins only under a bpffs mounted here; every object is removed
+//! by a `Drop` guard, also when a test panics; every loop is bounded.
 
+pub mod agent;
+pub mod bpffs;
+pub mod cgroup;
+pub mod client;
+pub mod command;
+pub mod manifest;
+pub mod mount;
+pub mod name;
+pub mod netns;
+pub mod probe;
+pub mod process;
+pub mod scratch;
+pub mod topology;
+
+pub use agent::{Agent, AgentConfig};
+pub use bpffs::BpfFs;
+pub use cgroup::Cgroup;
+pub use manifest::{
+    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, ManifestDir, Protocol,
+    ServiceManifest, ServicePort, TargetPort,
+};
+pub use netns::NetNs;
+pub use probe::{Attempt, Reply, Summary};
+pub use process::Spawned;
+pub use scratch::Scratch;
+pub use topology::{Client, Cluster, ClusterSpec, Node, PendingSummary, Pod};

@@ -1,1 +1,48 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for developers and CI.
+
+mod cargo;
+mod demo;
+mod lint;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Switchyard developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, iproute2).
+    Setup,
+    /// Setup, then build the default workspace members.
+    Build {
+        /// Also build the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, unit tests, then the namespace integration tests (root).
+    Test,
+    /// Setup, build, then run the demo in network namespaces (root).
+    Demo,
+    /// rustfmt check and clippy with warnings denied.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            cargo::build(release)
+        }
+        Task::Test => test::run(),
+        Task::Demo => demo::run(),
+        Task::Lint => lint::run(),
+    }
+}

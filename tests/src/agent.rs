@@ -1,0 +1,245 @@
+//! `Agent`: the `switchyard` binary running in a node's namespace, with its
+//! hooks on a test cgroup and its pins on a test bpffs. Its output goes to a
+//! log file that is printed when the test fails.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::NetNs;
+use crate::process::{self, Spawned};
+use crate::topology::Cluster;
+
+/// The agent has this long to program the maps after a start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A SIGINTed agent has this long to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A `services`/`cleanup` run has this long.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the agent prints once its first sync has been written to the maps.
+const READY_MARK: &str = "programmed";
+
+/// `$SWITCHYARD_BIN`, else `<workspace>/target/debug/switchyard`.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SWITCHYARD_BIN") {
+        return path.into();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent");
+    workspace.join("target/debug/switchyard")
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub bin: PathBuf,
+    pub manifests: PathBuf,
+    pub cgroup: PathBuf,
+    /// The pin dir, below a test's bpffs mount.
+    pub bpffs: PathBuf,
+    pub node_name: String,
+    pub extra_args: Vec<String>,
+    /// stdout and stderr of every start, appended.
+    pub log: PathBuf,
+}
+
+impl AgentConfig {
+    /// The standard wiring for a [`Cluster`]: its manifests folder, the
+    /// client cgroup, `<node bpffs>/switchyard`, the node's name.
+    pub fn for_cluster(cluster: &Cluster) -> Self {
+        Self {
+            bin: binary(),
+            manifests: cluster.manifests().path().to_owned(),
+            cgroup: cluster.client.cgroup.path().to_owned(),
+            bpffs: cluster.node.bpffs.join("switchyard"),
+            node_name: cluster.node.name.clone(),
+            extra_args: Vec::new(),
+            log: cluster.scratch.join("agent.log"),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+}
+
+pub struct Agent<'a> {
+    config: AgentConfig,
+    netns: &'a NetNs,
+    process: Option<Spawned>,
+    /// Log length at the latest start: readiness is judged on what follows.
+    log_offset: usize,
+}
+
+impl<'a> Agent<'a> {
+    /// Starts the agent in `netns` and waits until it is ready.
+    pub fn start(config: AgentConfig, netns: &'a NetNs) -> Result<Self> {
+        let mut agent = Self::spawn(config, netns)?;
+        agent.wait_ready(READY_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent without waiting (for tests of failing starts).
+    pub fn spawn(config: AgentConfig, netns: &'a NetNs) -> Result<Self> {
+        let mut agent = Self {
+            config,
+            netns,
+            process: None,
+            log_offset: 0,
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let c = &self.config;
+        if !c.bin.is_file() {
+            bail!(
+                "agent binary {} missing (build it, or set SWITCHYARD_BIN)",
+                c.bin.display()
+            );
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&c.log)?;
+        self.log_offset = log.metadata()?.len() as usize;
+        let mut cmd = Command::new(&c.bin);
+        cmd.arg("run")
+            .arg("--manifests")
+            .arg(&c.manifests)
+            .arg("--cgroup")
+            .arg(&c.cgroup)
+            .arg("--bpffs")
+            .arg(&c.bpffs)
+            .arg("--node-name")
+            .arg(&c.node_name)
+            .args(&c.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.process = Some(Spawned::spawn(&mut cmd, self.netns, None)?);
+        Ok(())
+    }
+
+    /// Polls until the agent has printed "programmed" since its latest start
+    /// and `switchyard services` reads its pins.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .context("agent not running")?
+                .try_wait()?
+            {
+                bail!("agent exited ({status}) before ready:\n{}", self.log());
+            }
+            let fresh = self.log().get(self.log_offset..).unwrap_or("").to_owned();
+            if fresh.contains(READY_MARK) && self.services().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("agent not ready within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `switchyard services --bpffs PIN -o json`, parsed.
+    pub fn services(&self) -> Result<serde_json::Value> {
+        let output = self.tool(&["services", "--bpffs", &self.pins(), "-o", "json"])?;
+        serde_json::from_slice(&output.stdout).context("switchyard services printed bad JSON")
+    }
+
+    /// `switchyard cleanup --bpffs PIN --cgroup CG`.
+    pub fn cleanup(&self) -> Result<Output> {
+        let cgroup = self.config.cgroup.to_string_lossy().into_owned();
+        self.tool(&["cleanup", "--bpffs", &self.pins(), "--cgroup", &cgroup])
+    }
+
+    fn pins(&self) -> String {
+        self.config.bpffs.to_string_lossy().into_owned()
+    }
+
+    /// Runs a `switchyard` subcommand (bounded); fails on a non-zero exit.
+    fn tool(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(&self.config.bin);
+        cmd.args(args);
+        let output = process::run_bounded(&mut cmd, self.netns, None, TOOL_TIMEOUT)?;
+        if !output.status.success() {
+            bail!(
+                "switchyard {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(output)
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or an OOM kill.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// SIGINT, then a bounded wait for a clean exit.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let mut p = self.process.take().context("agent not running")?;
+        p.signal(libc::SIGINT)?;
+        match p.wait_timeout(STOP_TIMEOUT)? {
+            Some(status) => Ok(status),
+            None => bail!("agent ignored SIGINT for {STOP_TIMEOUT:?}:\n{}", self.log()),
+        }
+    }
+
+    /// Starts again after `stop` or `kill_hard`, and waits until ready.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("agent still running");
+        }
+        self.launch()?;
+        self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// `stop` (SIGINT) then `start_again`, as an upgrade would.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.process.as_mut() {
+            Some(p) => matches!(p.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Everything the agent printed so far, all starts included.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.config.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        // Killed before the guards of its cgroup, bpffs and namespace go
+        // (they outlive `'a`).
+        drop(self.process.take());
+        if std::thread::panicking() {
+            eprintln!(
+                "----- agent log ({}) -----\n{}----- end of agent log -----",
+                self.config.log.display(),
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The client subcommands. Every socket operation carries a timeout and every
+//! loop a count, so a probe always ends.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use switchyard_tests::probe::{Attempt, Reply, Summary};
+
+use crate::socket::{classify, same_endpoint};
+
+const REQUEST: &[u8] = b"ping\n";
+const MAX_REPLY: u64 = 4096;
+
+/// One TCP connection, one request, one reply.
+pub fn tcp_once(to: SocketAddr, timeout: Duration) -> Attempt {
+    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => return Attempt::failed(classify(&e)),
+    };
+    let mut attempt = Attempt {
+        getpeername: stream.peer_addr().ok().map(|a| a.to_string()),
+        ..Attempt::default()
+    };
+    let result = (|| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        request(&mut stream, &mut reader)
+    })();
+    fill(&mut attempt, result);
+    if attempt.ok && !peer_matches(&attempt.getpeername, to) {
+        attempt.ok = false;
+        attempt.error = Some("getpeername_mismatch".into());
+    }
+    attempt
+}
+
+fn peer_matches(seen: &Option<String>, to: SocketAddr) -> bool {
+    seen.as_deref()
+        .and_then(|s| s.parse().ok())
+        .is_some_and(|a| same_endpoint(a, to))
+}
+
+/// Sends one request line on an open connection and reads one reply line.
+fn request(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
+    stream.write_all(REQUEST)?;
+    let mut line = Vec::new();
+    let n = reader.take(MAX_REPLY).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    serde_json::from_slice(&line).map_err(std::io::Error::other)
+}
+
+fn fill(attempt: &mut Attempt, result: std::io::Result<Reply>) {
+    match result {
+        Ok(reply) => {
+            attempt.ok = true;
+            attempt.name = Some(reply.name);
+            attempt.peer_seen_by_server = Some(reply.peer);
+        }
+        Err(e) => {
+            attempt.ok = false;
+            attempt.error = Some(classify(&e));
+        }
+    }
+}
+
+/// One UDP request/reply; `connected` uses connect()+send, otherwise sendto.
+pub fn udp_once(to: SocketAddr, connected: bool, timeout: Duration) -> Attempt {
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let result = (|| {
+        let socket = UdpSocket::bind(local)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.set_write_timeout(Some(timeout))?;
+        let mut peer = None;
+        if connected {
+            socket.connect(to)?;
+            peer = Some(socket.peer_addr()?);
+            socket.send(REQUEST)?;
+        } else {
+            socket.send_to(REQUEST, to)?;
+        }
+        let mut buf = [0u8; MAX_REPLY as usize];
+        // recv_from also on a connected socket: it reports the source, which
+        // the recvmsg hook must have turned back into the service address.
+        let (n, from) = socket.recv_from(&mut buf)?;
+        let reply: Reply = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
+        Ok((reply, from, peer))
+    })();
+    match result {
+        Ok((reply, from, peer)) => {
+            let mut attempt = Attempt {
+                ok: true,
+                name: Some(reply.name),
+                peer_seen_by_server: Some(reply.peer),
+                getpeername: peer.map(|p| p.to_string()),
+                reply_from: Some(from.to_string()),
+                error: None,
+            };
+            if !same_endpoint(from, to) {
+                attempt.ok = false;
+                attempt.error = Some("reply_from_mismatch".into());
+            } else if peer.is_some_and(|p| !same_endpoint(p, to)) {
+                attempt.ok = false;
+                attempt.error = Some("getpeername_mismatch".into());
+            }
+            attempt
+        }
+        Err(e) => Attempt::failed(classify(&e)),
+    }
+}
+
+/// One connection kept open, a request every `interval` for `duration`.
+/// Stops at the first failure: the connection is then unusable anyway.
+pub fn hold(to: SocketAddr, duration: Duration, interval: Duration, timeout: Duration) -> Summary {
+    let mut summary = Summary {
+        ok: true,
+        ..Summary::default()
+    };
+    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            summary.record(&Attempt::failed(classify(&e)));
+            return summary;
+        }
+    };
+    let setup = (|| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.try_clone()
+    })();
+    let mut reader = match setup {
+        Ok(s) => BufReader::new(s),
+        Err(e) => {
+            summary.record(&Attempt::failed(classify(&e)));
+            return summary;
+        }
+    };
+    let start = Instant::now();
+    let max_requests = duration.as_millis() / interval.as_millis().max(1) + 1;
+    for i in 0..max_requests {
+        let mut attempt = Attempt::default();
+        fill(&mut attempt, request(&mut stream, &mut reader));
+        summary.record(&attempt);
+        if !attempt.ok {
+            break;
+        }
+        // Sleep until the next slot; stop once the duration is used up.
+        let next = interval * (i as u32 + 1);
+        if next > duration {
+            break;
+        }
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
+    }
+    summary
+}
+
+/// `count` TCP attempts folded into one summary.
+pub fn burst(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
+    let mut summary = Summary {
+        ok: true,
+        ..Summary::default()
+    };
+    for _ in 0..count {
+        summary.record(&tcp_once(to, timeout));
+    }
+    summary
+}

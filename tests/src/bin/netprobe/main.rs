@@ -1,0 +1,157 @@
+//! netprobe: the traffic tool of the integration tests and the demo. A server
+//! that names itself in every answer, and clients that print one JSON line per
+//! attempt (or one summary), so tests can assert on which backend answered,
+//! what address the server saw and what getpeername()/recvfrom() reported.
+
+mod client;
+mod serve;
+mod socket;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Upper bound for every --count, so a typo cannot start an endless run.
+const MAX_COUNT: i64 = 1_000_000;
+
+#[derive(Parser)]
+#[command(about = "Traffic probe for Switchyard's integration tests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer TCP lines and UDP datagrams with {"name":..,"peer":..}.
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tcp: Vec<SocketAddr>,
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_seconds: u64,
+    },
+    /// COUNT times: connect, request, reply, close; one JSON line each.
+    Tcp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// COUNT UDP requests; one JSON line each, with "reply_from".
+    Udp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
+        count: u32,
+        /// connect() the socket instead of using sendto().
+        #[arg(long)]
+        connected: bool,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// One connection, a request every interval for the duration; summary.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// COUNT TCP attempts; one summary with counts per backend.
+    Burst {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("netprobe: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Returns whether the summary commands saw no failure.
+fn run(command: Command) -> Result<bool> {
+    let ms = Duration::from_millis;
+    match command {
+        Command::Serve {
+            name,
+            tcp,
+            udp,
+            max_seconds,
+        } => serve::run(serve::Options {
+            name,
+            tcp,
+            udp,
+            lifetime: Duration::from_secs(max_seconds),
+        })
+        .map(|()| true),
+        Command::Tcp {
+            to,
+            count,
+            timeout_ms,
+        } => {
+            for _ in 0..count {
+                print_line(&client::tcp_once(to, ms(timeout_ms)))?;
+            }
+            Ok(true)
+        }
+        Command::Udp {
+            to,
+            count,
+            connected,
+            timeout_ms,
+        } => {
+            for _ in 0..count {
+                print_line(&client::udp_once(to, connected, ms(timeout_ms)))?;
+            }
+            Ok(true)
+        }
+        Command::Hold {
+            to,
+            duration_ms,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let summary = client::hold(to, ms(duration_ms), ms(interval_ms), ms(timeout_ms));
+            print_line(&summary)?;
+            Ok(summary.ok)
+        }
+        Command::Burst {
+            to,
+            count,
+            timeout_ms,
+        } => {
+            let summary = client::burst(to, count, ms(timeout_ms));
+            print_line(&summary)?;
+            Ok(summary.ok)
+        }
+    }
+}
+
+fn print_line(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}

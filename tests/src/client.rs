@@ -1,0 +1,181 @@
+//! `Client`: the client namespace and cgroup of a topology, and `netprobe`
+//! runs inside both with their JSON output parsed. Running inside the cgroup
+//! is what puts the probes under the agent's socket hooks.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cgroup::Cgroup;
+use crate::netns::NetNs;
+use crate::probe::{self, Attempt, Summary};
+use crate::process::{self, Spawned};
+
+/// Per-attempt socket timeout the helpers pass to netprobe.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Client {
+    pub netns: NetNs,
+    /// The cgroup the agent attaches to (`--cgroup`).
+    pub cgroup: Cgroup,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+impl Client {
+    pub fn new(netns: NetNs, cgroup: Cgroup, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Self {
+        Self {
+            netns,
+            cgroup,
+            ipv4,
+            ipv6,
+        }
+    }
+
+    /// `netprobe ARGS...` in the client netns and cgroup, killed after
+    /// `timeout`. The exit status is left to the caller.
+    pub fn netprobe(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        let mut cmd = Command::new(probe::binary()?);
+        cmd.args(args);
+        process::run_bounded(&mut cmd, &self.netns, Some(&self.cgroup), timeout)
+    }
+
+    /// `netprobe tcp`: one attempt per connection.
+    pub fn tcp(&self, to: SocketAddr, count: u32) -> Result<Vec<Attempt>> {
+        self.attempts(&["tcp", "--to", &to.to_string()], count)
+    }
+
+    /// `netprobe udp`, with `sendto()` or, if `connected`, `connect()`+`send()`.
+    pub fn udp(&self, to: SocketAddr, count: u32, connected: bool) -> Result<Vec<Attempt>> {
+        let to = to.to_string();
+        let mut args = vec!["udp", "--to", &to];
+        if connected {
+            args.push("--connected");
+        }
+        self.attempts(&args, count)
+    }
+
+    fn attempts(&self, args: &[&str], count: u32) -> Result<Vec<Attempt>> {
+        let count_arg = count.to_string();
+        let timeout_ms = ATTEMPT_TIMEOUT.as_millis().to_string();
+        let mut full = args.to_vec();
+        full.extend(["--count", &count_arg, "--timeout-ms", &timeout_ms]);
+        // Each attempt may wait on connect and on read.
+        let output = self.netprobe(&full, ATTEMPT_TIMEOUT * 2 * count + SLACK)?;
+        let attempts: Vec<Attempt> = parse(&output)?;
+        if attempts.len() != count as usize {
+            bail!(
+                "netprobe printed {} of {count} attempts: {}",
+                attempts.len(),
+                stderr(&output)
+            );
+        }
+        Ok(attempts)
+    }
+
+    /// `netprobe burst`: `count` connections folded into one summary.
+    pub fn burst(&self, to: SocketAddr, count: u32) -> Result<Summary> {
+        let output = self.netprobe(
+            &[
+                "burst",
+                "--to",
+                &to.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            ATTEMPT_TIMEOUT * 2 * count + SLACK,
+        )?;
+        single(parse(&output)?, &output)
+    }
+
+    /// `netprobe hold`: one connection used every `interval` for `duration`.
+    pub fn hold(&self, to: SocketAddr, duration: Duration, interval: Duration) -> Result<Summary> {
+        let args = hold_args(to, duration, interval);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = self.netprobe(&args, duration * 2 + SLACK)?;
+        single(parse(&output)?, &output)
+    }
+
+    /// Starts `netprobe hold` in the background, e.g. to restart the agent
+    /// while a connection is open; collect it with [`PendingSummary::wait`].
+    pub fn spawn_hold(
+        &self,
+        to: SocketAddr,
+        duration: Duration,
+        interval: Duration,
+        out: PathBuf,
+    ) -> Result<PendingSummary> {
+        let mut cmd = Command::new(probe::binary()?);
+        cmd.args(hold_args(to, duration, interval));
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(Stdio::inherit());
+        let spawned = Spawned::spawn(&mut cmd, &self.netns, Some(&self.cgroup))?;
+        Ok(PendingSummary {
+            spawned,
+            out,
+            timeout: duration * 2 + SLACK,
+        })
+    }
+}
+
+/// Extra time for process start and teardown on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(10);
+
+fn hold_args(to: SocketAddr, duration: Duration, interval: Duration) -> Vec<String> {
+    vec![
+        "hold".into(),
+        "--to".into(),
+        to.to_string(),
+        "--duration-ms".into(),
+        duration.as_millis().to_string(),
+        "--interval-ms".into(),
+        interval.as_millis().to_string(),
+    ]
+}
+
+/// A background `netprobe hold`.
+pub struct PendingSummary {
+    spawned: Spawned,
+    out: PathBuf,
+    timeout: Duration,
+}
+
+impl PendingSummary {
+    /// Waits (bounded) for the probe and returns its summary.
+    pub fn wait(mut self) -> Result<Summary> {
+        if self.spawned.wait_timeout(self.timeout)?.is_none() {
+            bail!(
+                "`{}` did not finish within {:?}",
+                self.spawned.label(),
+                self.timeout
+            );
+        }
+        let text = std::fs::read(&self.out)
+            .with_context(|| format!("cannot read {}", self.out.display()))?;
+        let mut summaries: Vec<Summary> = probe::parse_lines(&text)?;
+        summaries.pop().context("netprobe hold printed no summary")
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(output: &Output) -> Result<Vec<T>> {
+    probe::parse_lines(&output.stdout).with_context(|| stderr(output))
+}
+
+fn single(mut items: Vec<Summary>, output: &Output) -> Result<Summary> {
+    match (items.pop(), items.is_empty()) {
+        (Some(s), true) => Ok(s),
+        _ => bail!("expected one summary line: {}", stderr(output)),
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    format!(
+        "netprobe {}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
+}

@@ -1,0 +1,25 @@
+//! `cargo xtask test`: unit tests of every default member, then the
+//! integration tests in network namespaces, one at a time (they share the
+//! machine's netns and cgroup namespaces, and the 2 cores).
+
+use anyhow::Result;
+
+use crate::{cargo, setup};
+
+pub fn run() -> Result<()> {
+    setup::run()?;
+    cargo::build(false)?;
+    cargo::run(&mut cargo::command(&["test", "--lib", "--bins"]))?;
+    let agent = cargo::agent_binary();
+    let mut integration = cargo::command(&[
+        "test",
+        "-p",
+        "switchyard-tests",
+        "--test",
+        "*",
+        "--",
+        "--test-threads=1",
+    ]);
+    integration.env("SWITCHYARD_BIN", &agent);
+    cargo::run(&mut integration)
+}
