@@ -1,0 +1,106 @@
+//! What the scenario files share: the standard `web` Service and its slices,
+//! and assertions over netprobe results.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use switchyard_tests::{
+    Agent, Attempt, Cluster, EndpointPort, Pod, Protocol, ServiceManifest, ServicePort,
+};
+
+pub const VIP4: &str = "10.96.0.10";
+pub const VIP6: &str = "fd00:96::10";
+pub const NAMESPACE: &str = "default";
+
+pub fn vip4(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP4.parse().unwrap(), port)
+}
+
+pub fn vip6(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP6.parse().unwrap(), port)
+}
+
+/// Dual-stack `web`: TCP 80 -> named port `http` (8080 on every pod).
+pub fn web_service() -> ServiceManifest {
+    ServiceManifest::new("web", NAMESPACE)
+        .cluster_ip(VIP4)
+        .cluster_ip(VIP6)
+        .port(ServicePort::tcp("http", 80, 8080))
+}
+
+pub fn http_port() -> EndpointPort {
+    EndpointPort::new("http", Protocol::Tcp, 8080)
+}
+
+/// Writes `web.yaml`: the Service and one slice per family over `pods`.
+pub fn write_web<'a>(cluster: &Cluster, pods: impl IntoIterator<Item = &'a Pod> + Clone) {
+    let [v4, v6] = cluster.endpoint_slices("web", NAMESPACE, &http_port(), pods);
+    cluster
+        .manifests()
+        .write(
+            "web.yaml",
+            &[web_service().to_value(), v4.to_value(), v6.to_value()],
+        )
+        .unwrap();
+}
+
+pub fn names(pods: &[&Pod]) -> BTreeSet<String> {
+    pods.iter().map(|pod| pod.name.clone()).collect()
+}
+
+/// Every attempt succeeded; returns the set of backends that answered.
+pub fn answered(attempts: &[Attempt]) -> BTreeSet<String> {
+    for attempt in attempts {
+        assert!(attempt.ok, "attempt failed: {attempt:?}");
+    }
+    attempts
+        .iter()
+        .filter_map(|attempt| attempt.name.clone())
+        .collect()
+}
+
+/// The backends `switchyard services -o json` lists for one frontend, as
+/// "ip:port" strings; `None` when the frontend is absent.
+pub fn programmed_backends(
+    agent: &Agent,
+    ip: &str,
+    port: u16,
+    protocol: &str,
+) -> Option<BTreeSet<String>> {
+    let services = agent.services().unwrap();
+    let ip: IpAddr = ip.parse().unwrap();
+    services.as_array().unwrap().iter().find_map(|frontend| {
+        let matches = frontend["ip"].as_str()?.parse::<IpAddr>().ok()? == ip
+            && frontend["port"] == port
+            && frontend["protocol"] == protocol;
+        matches.then(|| {
+            frontend["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(backend_text)
+                .collect()
+        })
+    })
+}
+
+fn backend_text(backend: &Value) -> String {
+    let ip: IpAddr = backend["ip"].as_str().unwrap().parse().unwrap();
+    SocketAddr::new(ip, backend["port"].as_u64().unwrap() as u16).to_string()
+}
+
+/// Polls (bounded) until `done` holds; returns how long that took.
+pub fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
