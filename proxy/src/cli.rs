@@ -6,7 +6,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "Kubernetes service proxy in eBPF")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kubernetes service proxy in eBPF"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -133,14 +137,8 @@ mod tests {
 
     #[test]
     fn manifests_and_kubeconfig_exclude_each_other() {
-        let parsed = Cli::try_parse_from([
-            "switchyard",
-            "run",
-            "--manifests",
-            "a",
-            "--kubeconfig",
-            "b",
-        ]);
+        let parsed =
+            Cli::try_parse_from(["switchyard", "run", "--manifests", "a", "--kubeconfig", "b"]);
         assert!(parsed.is_err());
     }
 }

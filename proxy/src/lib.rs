@@ -3,9 +3,18 @@
 //! BPF loader and map writer, command line).
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod datapath_state;
+pub mod desired;
+pub mod endpoints;
+pub mod input_error;
+pub mod manifest;
+pub mod model;
+pub mod plan;
+pub mod service;
 pub mod services_view;
 pub mod sync;
 pub mod watcher;

@@ -43,15 +43,15 @@ pub fn render(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathEr
 
 pub fn views(state: &DatapathState) -> Vec<FrontendView> {
     state
-        .frontends
-        .iter()
-        .map(|(key, slots)| FrontendView {
+        .active_frontends()
+        .map(|(key, frontend)| FrontendView {
             ip: IpAddr::from(key.addr),
             port: u16::from_be(key.port),
             protocol: protocol_name(key.proto),
-            backends: slots
-                .iter()
-                .map(|&id| {
+            backends: frontend
+                .active_slots()
+                .map(|id| {
+                    let id = id.unwrap_or(0);
                     let backend = state.backends.get(&id);
                     BackendView {
                         id,

@@ -7,8 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use support::*;
 use switchyard_tests::{
-    Agent, AgentConfig, Cluster, ClusterSpec, EndpointPort, Protocol, ServiceManifest,
-    ServicePort,
+    Agent, AgentConfig, Cluster, ClusterSpec, EndpointPort, Protocol, ServiceManifest, ServicePort,
 };
 
 fn pod_addrs(pods: &[&switchyard_tests::Pod], port: u16) -> BTreeSet<String> {
@@ -23,22 +22,37 @@ fn endpoint_changes_reach_the_datapath_within_a_second() {
     let all: Vec<_> = cluster.pods.iter().collect();
     write_web(&cluster, all.iter().copied());
     let agent = Agent::start(AgentConfig::for_cluster(&cluster), &cluster.node.netns).unwrap();
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 40).unwrap()), names(&all));
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+        names(&all)
+    );
 
     let two = &all[..2];
     write_web(&cluster, two.iter().copied());
     let removed_in = time_until(Duration::from_secs(5), || {
         programmed_backends(&agent, VIP4, 80, "TCP") == Some(pod_addrs(two, 8080))
     });
-    assert!(removed_in < Duration::from_secs(1), "removal took {removed_in:?}");
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 30).unwrap()), names(two));
+    assert!(
+        removed_in < Duration::from_secs(1),
+        "removal took {removed_in:?}"
+    );
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 30).unwrap()),
+        names(two)
+    );
 
     write_web(&cluster, all.iter().copied());
     let added_in = time_until(Duration::from_secs(5), || {
         programmed_backends(&agent, VIP4, 80, "TCP") == Some(pod_addrs(&all, 8080))
     });
-    assert!(added_in < Duration::from_secs(1), "addition took {added_in:?}");
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 40).unwrap()), names(&all));
+    assert!(
+        added_in < Duration::from_secs(1),
+        "addition took {added_in:?}"
+    );
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+        names(&all)
+    );
 }
 
 #[test]
@@ -109,8 +123,16 @@ fn services_for_another_proxy_headless_and_external_name_are_not_programmed() {
     let port = http_port();
     let mut documents = Vec::new();
     let variants = [
-        ("other-proxy", "10.96.1.1", Some(("service.kubernetes.io/service-proxy-name", "other"))),
-        ("headless-label", "10.96.1.2", Some(("service.kubernetes.io/headless", ""))),
+        (
+            "other-proxy",
+            "10.96.1.1",
+            Some(("service.kubernetes.io/service-proxy-name", "other")),
+        ),
+        (
+            "headless-label",
+            "10.96.1.2",
+            Some(("service.kubernetes.io/headless", "")),
+        ),
         ("plain", "10.96.1.3", None),
     ];
     for (name, ip, label) in variants {
@@ -143,7 +165,12 @@ fn services_for_another_proxy_headless_and_external_name_are_not_programmed() {
         .collect();
     assert_eq!(ips, ["10.96.1.3"]);
     assert_eq!(
-        answered(&cluster.client.tcp("10.96.1.3:80".parse().unwrap(), 3).unwrap()),
+        answered(
+            &cluster
+                .client
+                .tcp("10.96.1.3:80".parse().unwrap(), 3)
+                .unwrap()
+        ),
         names(&[pod])
     );
     for vip in ["10.96.1.1:80", "10.96.1.2:80"] {
@@ -176,7 +203,10 @@ fn bad_manifests_are_reported_and_everything_else_is_served() {
     let agent = Agent::start(AgentConfig::for_cluster(&cluster), &cluster.node.netns).unwrap();
 
     let pods: Vec<_> = cluster.pods.iter().collect();
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 20).unwrap()), names(&pods));
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 20).unwrap()),
+        names(&pods)
+    );
     assert!(programmed_backends(&agent, "10.96.2.1", 81, "TCP").is_some());
     assert!(programmed_backends(&agent, "10.96.2.1", 0, "TCP").is_none());
 
@@ -188,6 +218,9 @@ fn bad_manifests_are_reported_and_everything_else_is_served() {
             .any(|line| needles.iter().all(|needle| line.contains(needle)))
     };
     assert!(mentions(&["bad.yaml", "zero-port", "port"]), "{log}");
-    assert!(mentions(&["bad.yaml", "bad-ip", "clusterIP", "10.96.2.300"]), "{log}");
+    assert!(
+        mentions(&["bad.yaml", "bad-ip", "clusterIP", "10.96.2.300"]),
+        "{log}"
+    );
     assert!(mentions(&["broken.yaml"]), "{log}");
 }

@@ -31,9 +31,15 @@ fn killed_agent_restarts_without_breaking_open_or_new_connections() {
 
     agent.kill_hard().unwrap();
     // Nothing runs in userspace now; the pinned datapath still balances.
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 40).unwrap()), names(&pods));
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+        names(&pods)
+    );
     agent.start_again().unwrap();
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 40).unwrap()), names(&pods));
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+        names(&pods)
+    );
 
     let summary = hold.wait().unwrap();
     assert!(summary.ok, "the open connection broke: {summary:?}");
@@ -50,7 +56,10 @@ fn stopped_agent_leaves_the_datapath_serving_and_a_new_one_adopts_it() {
     assert!(status.success(), "{status}");
 
     let pods: Vec<_> = cluster.pods.iter().collect();
-    assert_eq!(answered(&cluster.client.tcp(vip4(80), 30).unwrap()), names(&pods));
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 30).unwrap()),
+        names(&pods)
+    );
 
     // Changed while the agent was away: the new agent must converge on it.
     write_web(&cluster, &cluster.pods[..1]);

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use support::*;
 use switchyard_tests::{
-    Agent, AgentConfig, Cluster, ClusterSpec, Endpoint, EndpointPort, EndpointSliceManifest,
-    AddressType, Protocol, ServiceManifest, ServicePort, TargetPort,
+    AddressType, Agent, AgentConfig, Cluster, ClusterSpec, Endpoint, EndpointPort,
+    EndpointSliceManifest, Protocol, ServiceManifest, ServicePort, TargetPort,
 };
 
 /// 40 connections over 4 backends miss one with probability 4*(3/4)^40,
@@ -70,11 +70,21 @@ fn udp_replies_appear_to_come_from_the_vip() {
     for vip in [vip4(53), vip6(53)] {
         for connected in [false, true] {
             let attempts = cluster.client.udp(vip, SPREAD, connected).unwrap();
-            assert_eq!(answered(&attempts), names(&pods), "{vip} connected={connected}");
+            assert_eq!(
+                answered(&attempts),
+                names(&pods),
+                "{vip} connected={connected}"
+            );
             for attempt in &attempts {
-                assert_eq!(attempt.reply_from.as_deref(), Some(vip.to_string().as_str()));
+                assert_eq!(
+                    attempt.reply_from.as_deref(),
+                    Some(vip.to_string().as_str())
+                );
                 if connected {
-                    assert_eq!(attempt.getpeername.as_deref(), Some(vip.to_string().as_str()));
+                    assert_eq!(
+                        attempt.getpeername.as_deref(),
+                        Some(vip.to_string().as_str())
+                    );
                 }
             }
         }
@@ -109,7 +119,10 @@ fn multi_port_service_with_named_target_ports_and_one_port_on_tcp_and_udp() {
     let all = names(&pods);
     assert_eq!(answered(&cluster.client.tcp(vip4(80), 20).unwrap()), all);
     assert_eq!(answered(&cluster.client.tcp(vip4(81), 20).unwrap()), all);
-    assert_eq!(answered(&cluster.client.udp(vip4(80), 20, false).unwrap()), all);
+    assert_eq!(
+        answered(&cluster.client.udp(vip4(80), 20, false).unwrap()),
+        all
+    );
 
     let admin_backends = programmed_backends(&agent, VIP4, 81, "TCP").unwrap();
     let expected: BTreeSet<String> = cluster
@@ -117,7 +130,10 @@ fn multi_port_service_with_named_target_ports_and_one_port_on_tcp_and_udp() {
         .iter()
         .map(|pod| pod.addr_v4(9090).to_string())
         .collect();
-    assert_eq!(admin_backends, expected, "named targetPort resolved per slice");
+    assert_eq!(
+        admin_backends, expected,
+        "named targetPort resolved per slice"
+    );
 }
 
 #[test]
@@ -133,14 +149,22 @@ fn a_service_without_ready_endpoints_refuses_connections() {
         .manifests()
         .write(
             "web.yaml",
-            &[web_service().to_value(), unready.to_value(), empty.to_value()],
+            &[
+                web_service().to_value(),
+                unready.to_value(),
+                empty.to_value(),
+            ],
         )
         .unwrap();
     let _agent = Agent::start(AgentConfig::for_cluster(&cluster), &cluster.node.netns).unwrap();
 
     for to in [vip4(80), vip6(80)] {
         for attempt in cluster.client.tcp(to, 3).unwrap() {
-            assert_eq!(attempt.error.as_deref(), Some("refused"), "{to}: {attempt:?}");
+            assert_eq!(
+                attempt.error.as_deref(),
+                Some("refused"),
+                "{to}: {attempt:?}"
+            );
         }
     }
     let udp_vip = "10.96.0.11:53".parse().unwrap();

@@ -106,7 +106,12 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
 pub fn reverse6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for this run.
-    let (peer, port) = unsafe { (read_ip6(sa), read_volatile(addr_of!((*sa).user_port)) as u16) };
+    let (peer, port) = unsafe {
+        (
+            read_ip6(sa),
+            read_volatile(addr_of!((*sa).user_port)) as u16,
+        )
+    };
     if let Some(vip) = recall(ctx, peer, port) {
         // SAFETY: user_ip6 and user_port are writable in recvmsg6/getpeername6.
         unsafe {

@@ -90,10 +90,12 @@ pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
             .take_link(link_id)
             .map_err(program_error)?
             .try_into()
-            .map_err(|source: aya::programs::links::LinkError| DatapathError::Pin {
-                path: generation.join(name),
-                source: Box::new(source),
-            })?;
+            .map_err(
+                |source: aya::programs::links::LinkError| DatapathError::Pin {
+                    path: generation.join(name),
+                    source: Box::new(source),
+                },
+            )?;
         let path = generation.join(name);
         link.pin(&path).map_err(|source| DatapathError::Pin {
             path: path.clone(),

@@ -99,7 +99,10 @@ fn backend_text(backend: &Value) -> String {
 pub fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     start.elapsed()

@@ -1,0 +1,147 @@
+//! What the maps hold, in typed form: the agent's mirror of the kernel, the
+//! input of every plan, and what `switchyard services` shows.
+
+use std::collections::BTreeMap;
+
+use switchyard_abi::{Backend, ServiceKey, ServiceValue};
+
+use crate::plan::MapOp;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathState {
+    /// Keyed by each frontend's slot-0 key.
+    pub frontends: BTreeMap<ServiceKey, ProgrammedFrontend>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgrammedFrontend {
+    /// Slot 0's count; `None` while only slots exist (written ahead of a new
+    /// frontend, or left over after it was removed).
+    pub count: Option<u16>,
+    /// Slot number (>= 1) -> backend id, including slots beyond `count`,
+    /// which the kernel never reads.
+    pub slots: BTreeMap<u16, u32>,
+}
+
+impl ProgrammedFrontend {
+    /// Backend ids in slots 1..=count, `None` for a missing slot.
+    pub fn active_slots(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        (1..=self.count.unwrap_or(0)).map(|slot| self.slots.get(&slot).copied())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count.is_none() && self.slots.is_empty()
+    }
+}
+
+impl DatapathState {
+    /// Builds the mirror from raw map entries, as read from the pins.
+    pub fn from_entries(
+        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+    ) -> Self {
+        let mut state = Self {
+            frontends: BTreeMap::new(),
+            backends: backends.into_iter().collect(),
+        };
+        for (key, value) in services {
+            let frontend = state.frontends.entry(key.with_slot(0)).or_default();
+            if key.slot == 0 {
+                frontend.count = Some(value.count);
+            } else {
+                frontend.slots.insert(key.slot, value.backend_id);
+            }
+        }
+        state
+    }
+
+    /// Frontends the kernel serves (slot 0 present), with their backend ids.
+    pub fn active_frontends(&self) -> impl Iterator<Item = (&ServiceKey, &ProgrammedFrontend)> {
+        self.frontends
+            .iter()
+            .filter(|(_, frontend)| frontend.count.is_some())
+    }
+
+    /// Records an operation the kernel accepted.
+    pub fn apply(&mut self, op: &MapOp) {
+        match *op {
+            MapOp::PutBackend { id, backend } => {
+                self.backends.insert(id, backend);
+            }
+            MapOp::PutSlot { key, backend_id } => {
+                self.frontend_mut(&key).slots.insert(key.slot, backend_id);
+            }
+            MapOp::PutFrontend { key, count } => self.frontend_mut(&key).count = Some(count),
+            MapOp::DeleteSlot { key } => self.edit_existing(&key, |frontend| {
+                frontend.slots.remove(&key.slot);
+            }),
+            MapOp::DeleteFrontend { key } => {
+                self.edit_existing(&key, |frontend| frontend.count = None);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.backends.remove(&id);
+            }
+        }
+    }
+
+    /// Whether `op` keeps the kernel consistent given what is programmed: a
+    /// slot must name a present backend, a count must cover present slots, a
+    /// slot or backend still in use must stay. A plan only breaks these when
+    /// an earlier operation of it failed.
+    pub fn admits(&self, op: &MapOp) -> bool {
+        match op {
+            MapOp::PutBackend { .. } | MapOp::DeleteFrontend { .. } => true,
+            MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
+            MapOp::PutFrontend { key, count } => {
+                let slots = self.frontends.get(&key.with_slot(0)).map(|f| &f.slots);
+                (1..=*count).all(|slot| {
+                    slots
+                        .and_then(|slots| slots.get(&slot))
+                        .is_some_and(|id| self.backends.contains_key(id))
+                })
+            }
+            MapOp::DeleteSlot { key } => self
+                .frontends
+                .get(&key.with_slot(0))
+                .and_then(|frontend| frontend.count)
+                .is_none_or(|count| key.slot > count),
+            MapOp::DeleteBackend { id } => !self
+                .frontends
+                .values()
+                .any(|frontend| frontend.active_slots().any(|slot| slot == Some(*id))),
+        }
+    }
+
+    /// Every way the kernel could fail to resolve a connection: a count
+    /// covering a missing slot, or a slot naming a missing backend.
+    pub fn dangling(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, frontend) in &self.frontends {
+            for (index, slot) in frontend.active_slots().enumerate() {
+                match slot {
+                    None => problems.push(format!("{key:?}: slot {} missing", index + 1)),
+                    Some(id) if !self.backends.contains_key(&id) => {
+                        problems.push(format!("{key:?}: slot {} names backend {id}", index + 1));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        problems
+    }
+
+    fn frontend_mut(&mut self, key: &ServiceKey) -> &mut ProgrammedFrontend {
+        self.frontends.entry(key.with_slot(0)).or_default()
+    }
+
+    fn edit_existing(&mut self, key: &ServiceKey, edit: impl FnOnce(&mut ProgrammedFrontend)) {
+        let frontend_key = key.with_slot(0);
+        if let Some(frontend) = self.frontends.get_mut(&frontend_key) {
+            edit(frontend);
+            if frontend.is_empty() {
+                self.frontends.remove(&frontend_key);
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Kubernetes objects to the desired state: the one entry point of the
+//! conversion layer.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::endpoints::SliceIndex;
+use crate::input_error::{InputError, Reason};
+use crate::model::{DesiredFrontend, DesiredState};
+use crate::service::{service_frontends, service_ref};
+
+/// Slots are `u16` and slot 0 is the frontend itself.
+pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
+
+/// Everything the datapath should serve, and every problem found on the
+/// way; a bad object or field is left out and the rest is still served.
+pub fn desired_state(
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> (DesiredState, Vec<InputError>) {
+    let (index, mut errors) = SliceIndex::build(slices);
+    let mut state = DesiredState::default();
+
+    // Sorted so that which of two Services claiming one frontend wins does
+    // not depend on watch event order.
+    let mut ordered: Vec<&Service> = services.iter().collect();
+    ordered.sort_by_cached_key(|service| service_ref(service));
+
+    for service in ordered {
+        let object = service_ref(service);
+        let (frontends, service_errors) = service_frontends(service);
+        errors.extend(service_errors);
+        for claim in frontends {
+            if let Some(owner) = state.frontends.get(&claim.frontend) {
+                errors.push(InputError::field(
+                    &object,
+                    claim.field,
+                    Reason::Conflict,
+                    format!("{} is already served by {}", claim.frontend, owner.service),
+                ));
+                continue;
+            }
+            let mut backends = index.endpoints(
+                &claim.service.namespace,
+                &claim.service.name,
+                &claim.service.port,
+                &claim.frontend,
+            );
+            if backends.len() > MAX_BACKENDS_PER_FRONTEND {
+                errors.push(InputError::field(
+                    &object,
+                    claim.field,
+                    Reason::TooManyEndpoints,
+                    format!(
+                        "{} has {} endpoints; serving the first {MAX_BACKENDS_PER_FRONTEND}",
+                        claim.frontend,
+                        backends.len()
+                    ),
+                ));
+                backends.truncate(MAX_BACKENDS_PER_FRONTEND);
+            }
+            state.frontends.insert(
+                claim.frontend,
+                DesiredFrontend {
+                    service: claim.service,
+                    backends,
+                },
+            );
+        }
+    }
+    (state, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects<T: serde::de::DeserializeOwned>(yamls: &[&str]) -> Vec<T> {
+        yamls
+            .iter()
+            .map(|y| serde_yaml::from_str(y).unwrap())
+            .collect()
+    }
+
+    fn render(state: &DesiredState) -> Vec<String> {
+        state
+            .frontends
+            .iter()
+            .map(|(frontend, desired)| {
+                let backends: Vec<String> =
+                    desired.backends.iter().map(ToString::to_string).collect();
+                format!("{frontend} {} -> [{}]", desired.service, backends.join(" "))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_services_and_slices() {
+        let cases: &[(&str, &[&str], &[&str], &[&str], &[&str])] = &[
+            (
+                "named target ports resolve through the slice port",
+                &[
+                    "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.10, 'fd00::10'], ports: [{name: http, port: 80, targetPort: web}]}",
+                ],
+                &[
+                    "metadata: {name: web-4, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.1]}]",
+                    "metadata: {name: web-6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]",
+                ],
+                &[
+                    "10.96.0.10:80/TCP default/web:http -> [10.0.0.1:8080/TCP 10.0.0.2:8080/TCP]",
+                    "[fd00::10]:80/TCP default/web:http -> [[fd00::1]:8080/TCP]",
+                ],
+                &[],
+            ),
+            (
+                "no endpoints still yields the frontend, to be refused",
+                &["metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}"],
+                &[],
+                &["10.96.0.10:80/TCP default/web -> []"],
+                &[],
+            ),
+            (
+                "first Service by namespace/name keeps a contested frontend",
+                &[
+                    "metadata: {name: b}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+                    "metadata: {name: a}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}, {port: 81, name: x}]}",
+                ],
+                &[],
+                &[
+                    "10.96.0.10:80/TCP default/a -> []",
+                    "10.96.0.10:81/TCP default/a:x -> []",
+                ],
+                &[
+                    "api: Service default/b: spec.ports[0]: 10.96.0.10:80/TCP is already served by default/a",
+                ],
+            ),
+            (
+                "slice errors surface once",
+                &[
+                    "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}, {port: 443}]}",
+                ],
+                &["metadata: {name: s}\naddressType: IPv4\nendpoints: []"],
+                &[
+                    "10.96.0.10:80/TCP default/web -> []",
+                    "10.96.0.10:443/TCP default/web -> []",
+                ],
+                &[
+                    "api: EndpointSlice default/s: metadata.labels: missing label kubernetes.io/service-name",
+                ],
+            ),
+        ];
+        for (name, services, slices, want, want_errors) in cases {
+            let (state, errors) = desired_state(&objects(services), &objects(slices));
+            assert_eq!(render(&state), *want, "{name}");
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(errors, *want_errors, "{name}: errors");
+        }
+    }
+
+    #[test]
+    fn caps_backends_at_slot_count() {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+        let mut slice: EndpointSlice = serde_yaml::from_str(
+            "metadata: {name: big, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6",
+        )
+        .unwrap();
+        slice.ports = Some(vec![EndpointPort {
+            port: Some(80),
+            ..Default::default()
+        }]);
+        slice.endpoints = (0..70_000u32)
+            .map(|i| Endpoint {
+                addresses: vec![format!("fd00::{:x}:{:x}", i >> 16, i & 0xffff)],
+                ..Default::default()
+            })
+            .collect();
+        let services =
+            objects(&["metadata: {name: web}\nspec: {clusterIP: 'fd00::10', ports: [{port: 80}]}"]);
+        let (state, errors) = desired_state(&services, &[slice]);
+        let backends = &state.frontends.values().next().unwrap().backends;
+        assert_eq!(backends.len(), MAX_BACKENDS_PER_FRONTEND);
+        assert!(backends.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(backends[0].ip.to_string(), "fd00::");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].reason(), "too_many_endpoints");
+    }
+}

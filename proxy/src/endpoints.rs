@@ -1,0 +1,280 @@
+//! EndpointSlices to backends, as kube-proxy's `endpointslicecache.go`
+//! reads them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tracing::debug;
+
+use crate::address::parse_ip_sloppy;
+use crate::input_error::{InputError, ObjectRef, Reason};
+use crate::model::{Endpoint, Frontend, Protocol};
+use crate::service::{excluded_by_label, namespace_of};
+
+/// The label that joins a slice to its Service, in the slice's namespace.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+pub fn slice_ref(slice: &EndpointSlice) -> ObjectRef {
+    let meta = &slice.metadata;
+    ObjectRef::new(
+        "EndpointSlice",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SlicePort {
+    name: String,
+    protocol: Protocol,
+    port: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SliceEndpoint {
+    ip: IpAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// One slice, validated once however many frontends read it.
+#[derive(Clone, Debug)]
+struct ParsedSlice {
+    family: Family,
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+/// All usable slices, grouped by the Service they belong to.
+#[derive(Clone, Debug, Default)]
+pub struct SliceIndex {
+    /// Keyed by (namespace, service name); each list in slice-name order,
+    /// which decides which copy of a duplicated endpoint counts.
+    by_service: BTreeMap<(String, String), Vec<(String, ParsedSlice)>>,
+}
+
+impl SliceIndex {
+    /// Reports each bad slice, address or port once, and leaves it out.
+    pub fn build(slices: &[EndpointSlice]) -> (Self, Vec<InputError>) {
+        let mut index = Self::default();
+        let mut errors = Vec::new();
+        for slice in slices {
+            let object = slice_ref(slice);
+            if let Some(label) = excluded_by_label(&slice.metadata) {
+                debug!(slice = %object, label, "skipping slice served by another proxy");
+                continue;
+            }
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                .filter(|name| !name.is_empty());
+            let Some(service) = service else {
+                errors.push(InputError::field(
+                    &object,
+                    "metadata.labels",
+                    Reason::MissingField,
+                    format!("missing label {SERVICE_NAME_LABEL}"),
+                ));
+                continue;
+            };
+            let Some(parsed) = parse_slice(&object, slice, &mut errors) else {
+                continue;
+            };
+            index
+                .by_service
+                .entry((object.namespace.clone(), service.clone()))
+                .or_default()
+                .push((object.name, parsed));
+        }
+        for slices in index.by_service.values_mut() {
+            slices.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        (index, errors)
+    }
+
+    /// The backends of one Service port on one frontend: its Ready
+    /// endpoints, or when none is Ready the Serving and Terminating ones
+    /// (KEP-1669), so that a rollout's last pods drain instead of refusing.
+    pub fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        frontend: &Frontend,
+    ) -> Vec<Endpoint> {
+        let key = (namespace.to_owned(), service.to_owned());
+        let Some(slices) = self.by_service.get(&key) else {
+            return Vec::new();
+        };
+        let family = Family::of(frontend.ip);
+        let mut seen = BTreeSet::new();
+        let mut candidates = Vec::new();
+        for (_, slice) in slices.iter().filter(|(_, s)| s.family == family) {
+            let Some(port) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port_name && p.protocol == frontend.protocol)
+            else {
+                continue;
+            };
+            for found in &slice.endpoints {
+                let endpoint = Endpoint {
+                    ip: found.ip,
+                    port: port.port,
+                    protocol: frontend.protocol,
+                };
+                // kube-proxy keeps the first copy in slice-name order.
+                if seen.insert(endpoint) {
+                    candidates.push((endpoint, *found));
+                }
+            }
+        }
+        let pick = |want: fn(&SliceEndpoint) -> bool| -> Vec<Endpoint> {
+            candidates
+                .iter()
+                .filter(|(_, state)| want(state))
+                .map(|(endpoint, _)| *endpoint)
+                .collect()
+        };
+        let mut chosen = pick(|s| s.ready);
+        if chosen.is_empty() {
+            chosen = pick(|s| s.serving && s.terminating);
+        }
+        chosen.sort();
+        chosen
+    }
+}
+
+fn parse_slice(
+    object: &ObjectRef,
+    slice: &EndpointSlice,
+    errors: &mut Vec<InputError>,
+) -> Option<ParsedSlice> {
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        "FQDN" => {
+            debug!(slice = %object, "ignoring FQDN slice");
+            return None;
+        }
+        "" => {
+            errors.push(InputError::field(
+                object,
+                "addressType",
+                Reason::MissingField,
+                "missing",
+            ));
+            return None;
+        }
+        other => {
+            errors.push(InputError::field(
+                object,
+                "addressType",
+                Reason::Unsupported,
+                format!("must be IPv4, IPv6 or FQDN, got {other:?}"),
+            ));
+            return None;
+        }
+    };
+
+    let mut ports = Vec::new();
+    for (index, port) in slice.ports.iter().flatten().enumerate() {
+        let field = format!("ports[{index}]");
+        // A slice may list a port with no number: it means "all ports",
+        // which kube-proxy has no rule for, so it is skipped quietly.
+        let number = match port.port {
+            None | Some(0) => continue,
+            Some(number) => match u16::try_from(number) {
+                Ok(number) => number,
+                Err(_) => {
+                    errors.push(InputError::field(
+                        object,
+                        format!("{field}.port"),
+                        Reason::InvalidPort,
+                        format!("must be 1-65535, got {number}"),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let protocol = match port.protocol.as_deref() {
+            None | Some("") => Protocol::Tcp,
+            Some(text) => match text.parse::<Protocol>() {
+                Ok(protocol) => protocol,
+                Err(error) => {
+                    errors.push(InputError::field(
+                        object,
+                        format!("{field}.protocol"),
+                        Reason::Unsupported,
+                        error.to_string(),
+                    ));
+                    continue;
+                }
+            },
+        };
+        ports.push(SlicePort {
+            name: port.name.clone().unwrap_or_default(),
+            protocol,
+            port: number,
+        });
+    }
+
+    let mut endpoints = Vec::new();
+    for (index, endpoint) in slice.endpoints.iter().enumerate() {
+        // Only the first address counts: the API documents the others as
+        // fungible and kube-proxy never reads them.
+        let Some(text) = endpoint.addresses.first() else {
+            continue;
+        };
+        let field = format!("endpoints[{index}].addresses[0]");
+        let Some(ip) = parse_ip_sloppy(text) else {
+            errors.push(InputError::field(
+                object,
+                field,
+                Reason::InvalidIp,
+                format!("not an IP address: {text:?}"),
+            ));
+            continue;
+        };
+        if Family::of(ip) != family {
+            errors.push(InputError::field(
+                object,
+                field,
+                Reason::InvalidIp,
+                format!("{ip} does not match addressType {}", slice.address_type),
+            ));
+            continue;
+        }
+        let conditions = endpoint.conditions.as_ref();
+        endpoints.push(SliceEndpoint {
+            ip,
+            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        });
+    }
+    Some(ParsedSlice {
+        family,
+        ports,
+        endpoints,
+    })
+}
+
+#[cfg(test)]
+mod tests;

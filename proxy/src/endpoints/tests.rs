@@ -1,0 +1,241 @@
+use super::*;
+
+fn slice(yaml: &str) -> EndpointSlice {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn frontend(text: &str) -> Frontend {
+    let (addr, protocol) = text.rsplit_once('/').unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    Frontend {
+        ip: addr.ip(),
+        port: addr.port(),
+        protocol: protocol.parse().unwrap(),
+    }
+}
+
+const WEB_V4: &str = "
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.2, 10.0.0.99]
+  conditions: {ready: true}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.0.0.4]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.0.0.5]
+  conditions: {ready: false}
+";
+
+/// (case, slices, service, port name, frontend, endpoints, errors)
+type Case<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [&'a str],
+    &'a [&'a str],
+);
+
+#[test]
+fn slices_resolve_like_kube_proxy() {
+    let cases: &[Case] = &[
+        (
+            "ready endpoints only, first address only, port by name",
+            &[WEB_V4],
+            "web",
+            "http",
+            "10.96.0.10:80/TCP",
+            &["10.0.0.1:8080/TCP", "10.0.0.2:8080/TCP"],
+            &[],
+        ),
+        (
+            "protocol must match too",
+            &[WEB_V4],
+            "web",
+            "dns",
+            "10.96.0.10:53/UDP",
+            &["10.0.0.1:5353/UDP", "10.0.0.2:5353/UDP"],
+            &[],
+        ),
+        (
+            "port name with the wrong protocol matches nothing",
+            &[WEB_V4],
+            "web",
+            "http",
+            "10.96.0.10:80/UDP",
+            &[],
+            &[],
+        ),
+        (
+            "IPv6 frontend ignores IPv4 slices",
+            &[WEB_V4],
+            "web",
+            "http",
+            "[fd00::10]:80/TCP",
+            &[],
+            &[],
+        ),
+        (
+            "no ready endpoint: serving and terminating ones drain",
+            &["
+metadata: {name: s, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.0.0.3], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.0.0.4], conditions: {ready: false, serving: false, terminating: true}}
+- {addresses: [10.0.0.5], conditions: {ready: false, serving: true}}
+"],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &["10.0.0.3:80/TCP"],
+            &[],
+        ),
+        (
+            "unnamed ports match, missing or zero slice ports are ignored",
+            &["
+metadata: {name: s, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: x}, {port: 0}, {port: 9000}]
+endpoints: [{addresses: [10.0.0.1]}]
+"],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &["10.0.0.1:9000/TCP"],
+            &[],
+        ),
+        (
+            "endpoints dedupe across slices, first slice by name wins",
+            &[
+                "
+metadata: {name: s-b, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}, {addresses: [10.0.0.2]}]
+",
+                "
+metadata: {name: s-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.1], conditions: {ready: false}}, {addresses: [10.0.0.2]}]
+",
+            ],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &["10.0.0.2:80/TCP"],
+            &[],
+        ),
+        (
+            "joined by label within the namespace only",
+            &["
+metadata: {name: s, namespace: other, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.1]}]
+"],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &[],
+            &[],
+        ),
+        (
+            "managed-by is not a filter",
+            &["
+metadata: {name: s, labels: {kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: someone-else}}
+addressType: IPv6
+ports: [{port: 80}]
+endpoints: [{addresses: ['fd00::1']}]
+"],
+            "web",
+            "",
+            "[fd00::10]:80/TCP",
+            &["[fd00::1]:80/TCP"],
+            &[],
+        ),
+        (
+            "another proxy's slices and FQDN slices are skipped quietly",
+            &[
+                "
+metadata: {name: s1, labels: {kubernetes.io/service-name: web, service.kubernetes.io/service-proxy-name: x}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.0.0.1]}]
+",
+                "
+metadata: {name: s2, labels: {kubernetes.io/service-name: web}}
+addressType: FQDN
+ports: [{port: 80}]
+endpoints: [{addresses: [example.com]}]
+",
+            ],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &[],
+            &[],
+        ),
+        (
+            "bad input is reported once and skipped",
+            &[
+                "
+metadata: {name: nolabel}
+addressType: IPv4
+endpoints: []
+",
+                "
+metadata: {name: notype, labels: {kubernetes.io/service-name: web}}
+endpoints: []
+",
+                "
+metadata: {name: weird, labels: {kubernetes.io/service-name: web}}
+addressType: IPX
+endpoints: []
+",
+                "
+metadata: {name: s, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 70000}, {port: 81, protocol: XTP}, {port: 80}]
+endpoints:
+- addresses: [10.0.0.300]
+- addresses: ['fd00::1']
+- addresses: []
+- addresses: [010.0.0.7]
+",
+            ],
+            "web",
+            "",
+            "10.96.0.10:80/TCP",
+            &["10.0.0.7:80/TCP"],
+            &[
+                "api: EndpointSlice default/nolabel: metadata.labels: missing label kubernetes.io/service-name",
+                "api: EndpointSlice default/notype: addressType: missing",
+                "api: EndpointSlice default/weird: addressType: must be IPv4, IPv6 or FQDN, got \"IPX\"",
+                "api: EndpointSlice default/s: ports[0].port: must be 1-65535, got 70000",
+                "api: EndpointSlice default/s: ports[1].protocol: unknown protocol \"XTP\", expected TCP, UDP or SCTP",
+                "api: EndpointSlice default/s: endpoints[0].addresses[0]: not an IP address: \"10.0.0.300\"",
+                "api: EndpointSlice default/s: endpoints[1].addresses[0]: fd00::1 does not match addressType IPv4",
+            ],
+        ),
+    ];
+    for (name, yamls, service, port_name, fe, want, want_errors) in cases {
+        let slices: Vec<_> = yamls.iter().map(|y| slice(y)).collect();
+        let (index, errors) = SliceIndex::build(&slices);
+        let got: Vec<String> = index
+            .endpoints("default", service, port_name, &frontend(fe))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, *want, "{name}: endpoints");
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors, *want_errors, "{name}: errors");
+    }
+}

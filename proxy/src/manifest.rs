@@ -1,0 +1,314 @@
+//! The standalone source: a folder of ordinary Kubernetes YAML, the files
+//! `kubectl apply -f DIR` takes. Several documents per file, `kind: List`,
+//! and JSON are accepted; kinds the proxy does not use are ignored; a bad
+//! document is reported with its file and position and the rest still loads.
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_yaml::Value;
+use tracing::debug;
+
+use crate::{
+    input_error::{InputError, ObjectRef, Origin, Reason},
+    service::DEFAULT_NAMESPACE,
+};
+
+/// Everything the folder holds, each object once (the last one read wins).
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
+    pub errors: Vec<InputError>,
+    /// Which file each object came from, to name it in later errors.
+    pub origins: BTreeMap<ObjectRef, Origin>,
+}
+
+impl Manifests {
+    /// Points an error found while converting an object at the file that
+    /// object came from.
+    pub fn attribute(&self, error: InputError) -> InputError {
+        let origin = error
+            .object()
+            .and_then(|object| self.origins.get(object))
+            .cloned();
+        match origin {
+            Some(origin) => error.with_origin(origin),
+            None => error,
+        }
+    }
+}
+
+/// One object read from a document.
+#[derive(Debug)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not its
+/// subfolders, and not hidden files, which is where editors and ConfigMap
+/// volumes keep their temporary and bookkeeping files), in name order.
+pub fn load_dir(dir: &Path) -> Manifests {
+    let mut loader = Loader::default();
+    match manifest_files(dir) {
+        Ok(files) => {
+            for path in files {
+                match fs::read_to_string(&path) {
+                    Ok(text) => loader.add(&path, &text),
+                    Err(error) => loader.manifests.errors.push(InputError::Unreadable {
+                        origin: Origin::File { path },
+                        detail: error.to_string(),
+                    }),
+                }
+            }
+        }
+        Err(error) => loader.manifests.errors.push(InputError::Unreadable {
+            origin: Origin::File {
+                path: dir.to_path_buf(),
+            },
+            detail: error.to_string(),
+        }),
+    }
+    loader.finish()
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_none_or(|name| name.starts_with('.'));
+        let wanted = matches!(
+            path.extension().and_then(|ext| ext.to_str()),
+            Some("yaml" | "yml" | "json")
+        );
+        // `is_file` follows symlinks, as ConfigMap volumes need.
+        if !hidden && wanted && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses one file's text: the objects in document order, and one error per
+/// document that could not be read.
+pub fn parse_manifest(path: &Path, text: &str) -> (Vec<Object>, Vec<InputError>) {
+    let origin = Origin::File {
+        path: path.to_path_buf(),
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document_error = |reason, detail: String| InputError::Document {
+            origin: origin.clone(),
+            document: index + 1,
+            reason,
+            detail,
+        };
+        match Value::deserialize(document) {
+            Ok(value) => {
+                if let Err(error) = collect(value, &mut objects) {
+                    errors.push(document_error(error.reason, error.detail));
+                }
+            }
+            Err(error) => {
+                // A syntax error ends the YAML stream: nothing after it in
+                // this file can be trusted, so the file stops here.
+                errors.push(document_error(Reason::ParseError, one_line(&error)));
+                break;
+            }
+        }
+    }
+    (objects, errors)
+}
+
+struct DocumentError {
+    reason: Reason,
+    detail: String,
+}
+
+fn collect(value: Value, objects: &mut Vec<Object>) -> Result<(), DocumentError> {
+    if value.is_null() {
+        return Ok(()); // an empty document or one holding only comments
+    }
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match (api_version, kind) {
+        ("v1", "List") => {
+            let items = value
+                .get("items")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            for (index, item) in items.into_iter().enumerate() {
+                collect(item, objects).map_err(|error| DocumentError {
+                    detail: format!("items[{index}]: {}", error.detail),
+                    ..error
+                })?;
+            }
+        }
+        ("v1", "Service") => objects.push(Object::Service(typed(value)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            objects.push(Object::EndpointSlice(typed(value)?));
+        }
+        ("v1", "Node") => objects.push(Object::Node(typed(value)?)),
+        ("", _) | (_, "") => {
+            return Err(DocumentError {
+                reason: Reason::MissingField,
+                detail: "not a Kubernetes object: apiVersion and kind are required".into(),
+            });
+        }
+        (_, "Service" | "EndpointSlice" | "Node") => {
+            return Err(DocumentError {
+                reason: Reason::Unsupported,
+                detail: format!("{kind}: apiVersion {api_version} is not supported"),
+            });
+        }
+        _ => debug!(api_version, kind, "ignoring a kind the proxy does not use"),
+    }
+    Ok(())
+}
+
+fn typed<T: DeserializeOwned + HasMeta>(value: Value) -> Result<Box<T>, DocumentError> {
+    let object: T = serde_yaml::from_value(value).map_err(|error| DocumentError {
+        reason: Reason::ParseError,
+        detail: one_line(&error),
+    })?;
+    if object.meta().name.as_deref().unwrap_or_default().is_empty() {
+        return Err(DocumentError {
+            reason: Reason::MissingField,
+            detail: "metadata.name: required".into(),
+        });
+    }
+    Ok(Box::new(object))
+}
+
+fn one_line(error: &impl std::fmt::Display) -> String {
+    error.to_string().replace('\n', " ")
+}
+
+trait HasMeta {
+    fn meta(&self) -> &ObjectMeta;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+}
+
+macro_rules! has_meta {
+    ($($kind:ty),*) => {$(
+        impl HasMeta for $kind {
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    )*};
+}
+has_meta!(Service, EndpointSlice, Node);
+
+/// Collects objects across files, one per kind/namespace/name.
+#[derive(Default)]
+struct Loader {
+    manifests: Manifests,
+    services: BTreeMap<ObjectRef, Service>,
+    slices: BTreeMap<ObjectRef, EndpointSlice>,
+    nodes: BTreeMap<ObjectRef, Node>,
+}
+
+impl Loader {
+    fn add(&mut self, path: &Path, text: &str) {
+        let (objects, errors) = parse_manifest(path, text);
+        self.manifests.errors.extend(errors);
+        let origin = Origin::File {
+            path: path.to_path_buf(),
+        };
+        for object in objects {
+            match object {
+                Object::Service(service) => {
+                    let object = keep(&mut self.services, *service, "Service", true);
+                    self.note_origin(object, &origin);
+                }
+                Object::EndpointSlice(slice) => {
+                    let object = keep(&mut self.slices, *slice, "EndpointSlice", true);
+                    self.note_origin(object, &origin);
+                }
+                Object::Node(node) => {
+                    let object = keep(&mut self.nodes, *node, "Node", false);
+                    self.note_origin(object, &origin);
+                }
+            }
+        }
+    }
+
+    fn note_origin(&mut self, (object, replaced): (ObjectRef, bool), origin: &Origin) {
+        let first = replaced
+            .then(|| self.manifests.origins.get(&object))
+            .flatten();
+        if let Some(first) = first {
+            self.manifests.errors.push(
+                InputError::field(
+                    &object,
+                    "metadata.name",
+                    Reason::Duplicate,
+                    format!("also defined in {first}; this later definition is used"),
+                )
+                .with_origin(origin.clone()),
+            );
+        }
+        self.manifests.origins.insert(object, origin.clone());
+    }
+
+    fn finish(self) -> Manifests {
+        Manifests {
+            services: self.services.into_values().collect(),
+            slices: self.slices.into_values().collect(),
+            nodes: self.nodes.into_values().collect(),
+            ..self.manifests
+        }
+    }
+}
+
+/// Inserts `object` under its reference (namespaced kinds get the default
+/// namespace when the manifest leaves it out, as kubectl does). Returns the
+/// reference and whether it replaced an earlier definition.
+fn keep<T: HasMeta>(
+    store: &mut BTreeMap<ObjectRef, T>,
+    mut object: T,
+    kind: &str,
+    namespaced: bool,
+) -> (ObjectRef, bool) {
+    let meta = object.meta_mut();
+    if namespaced && meta.namespace.as_deref().unwrap_or_default().is_empty() {
+        meta.namespace = Some(DEFAULT_NAMESPACE.to_owned());
+    }
+    let reference = ObjectRef::new(
+        kind,
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    );
+    let replaced = store.insert(reference.clone(), object).is_some();
+    (reference, replaced)
+}

@@ -1,0 +1,147 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> (Vec<Object>, Vec<InputError>) {
+    parse_manifest(Path::new("m/web.yaml"), text)
+}
+
+fn kinds(objects: &[Object]) -> Vec<&'static str> {
+    objects
+        .iter()
+        .map(|object| match object {
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Node(_) => "Node",
+        })
+        .collect()
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n";
+const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints: []\n";
+
+#[test]
+fn document_table() {
+    // (text, kinds read, error lines expected to contain)
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (SERVICE, &["Service"], &[]),
+        (
+            &format!("{SERVICE}---\n{SLICE}"),
+            &["Service", "EndpointSlice"],
+            &[],
+        ),
+        ("---\n# only a comment\n---\n", &[], &[]),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+            &[],
+            &[],
+        ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
+            &["Node"],
+            &[],
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n",
+            &["Service"],
+            &[],
+        ),
+        (
+            "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"j\"}}",
+            &["Service"],
+            &[],
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
+            &[],
+            &["m/web.yaml: document 1:", "metadata.name"],
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: eighty}]}\n",
+            &[],
+            &["m/web.yaml: document 1:"],
+        ),
+        (
+            &format!("{SERVICE}---\nkind: Service\nmetadata: {{name: x}}\n"),
+            &["Service"],
+            &["document 2", "apiVersion and kind are required"],
+        ),
+        (
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n",
+            &[],
+            &["document 1", "v1beta1 is not supported"],
+        ),
+        (
+            &format!("{SERVICE}---\nmetadata: {{name: broken\nspec: [\n"),
+            &["Service"],
+            &["m/web.yaml: document 2:"],
+        ),
+    ];
+    for (text, want_kinds, want_error) in cases {
+        let (objects, errors) = parse(text);
+        assert_eq!(kinds(&objects), *want_kinds, "{text}");
+        if want_error.is_empty() {
+            assert!(errors.is_empty(), "{text}: {errors:?}");
+        } else {
+            assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+            let line = errors[0].to_string();
+            for needle in *want_error {
+                assert!(line.contains(needle), "{line:?} lacks {needle:?}");
+            }
+            assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_folder_loads_yaml_and_json_files_in_name_order_and_skips_the_rest() {
+    let dir = std::env::temp_dir().join(format!("sy-manifest-test-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("a.yaml"), SERVICE).unwrap();
+    fs::write(dir.join("b.yml"), SLICE).unwrap();
+    fs::write(
+        dir.join("c.json"),
+        "{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{\"name\":\"n\"}}",
+    )
+    .unwrap();
+    fs::write(dir.join(".a.yaml.tmp"), "garbage: [").unwrap();
+    fs::write(dir.join("notes.txt"), "garbage: [").unwrap();
+    fs::write(dir.join("sub/x.yaml"), "garbage: [").unwrap();
+    // Same Service again in a later file: it wins, and the duplicate is named.
+    fs::write(
+        dir.join("d.yaml"),
+        SERVICE.replace("10.96.0.10", "10.96.0.99"),
+    )
+    .unwrap();
+
+    let loaded = load_dir(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.services.len(), 1);
+    assert_eq!(loaded.slices.len(), 1);
+    assert_eq!(loaded.nodes.len(), 1);
+    let service = &loaded.services[0];
+    assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(
+        service.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("10.96.0.99")
+    );
+    assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+    let line = loaded.errors[0].to_string();
+    assert!(line.contains("d.yaml") && line.contains("a.yaml"), "{line}");
+    assert_eq!(loaded.errors[0].reason(), "duplicate");
+
+    let web = ObjectRef::new("Service", "default", "web");
+    let error = InputError::field(&web, "spec.ports[0].port", Reason::InvalidPort, "0");
+    assert!(loaded.attribute(error).to_string().starts_with(&format!(
+        "{}: Service default/web",
+        dir.join("d.yaml").display()
+    )));
+}
+
+#[test]
+fn a_missing_folder_is_one_error() {
+    let loaded = load_dir(Path::new("/nonexistent/switchyard-manifests"));
+    assert_eq!(loaded.errors.len(), 1);
+    assert_eq!(loaded.errors[0].reason(), "unreadable");
+}

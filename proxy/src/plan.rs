@@ -1,0 +1,234 @@
+//! The diff between what the maps hold and what they should hold, as an
+//! ordered list of single-entry map operations.
+//!
+//! Order is make-before-break, so that at every step of applying a plan each
+//! frontend's slots 1..=count exist and name existing backends:
+//! 1. new backends;
+//! 2. per kept or new frontend: changed slots, then the count, then slots
+//!    beyond the new count;
+//! 3. per removed frontend: slot 0 first (the kernel stops using it), then
+//!    its slots;
+//! 4. backends nothing references any more.
+//!
+//! Backend ids come from the current state (a backend already programmed
+//! keeps its id, a new one takes the lowest free id), so no allocator state
+//! lives outside the maps and a restarted agent plans exactly like the old one.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use switchyard_abi::{Backend, ServiceKey};
+
+use crate::{
+    datapath_state::{DatapathState, ProgrammedFrontend},
+    model::DesiredState,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    /// `key.slot >= 1`.
+    PutSlot {
+        key: ServiceKey,
+        backend_id: u32,
+    },
+    /// `key.slot == 0`.
+    PutFrontend {
+        key: ServiceKey,
+        count: u16,
+    },
+    DeleteSlot {
+        key: ServiceKey,
+    },
+    /// `key.slot == 0`.
+    DeleteFrontend {
+        key: ServiceKey,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+}
+
+pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
+    let mut ids = BackendIds::new(current);
+    let mut frontend_ops = Vec::new();
+    let mut wanted_keys = BTreeSet::new();
+    for (frontend, want) in &desired.frontends {
+        let key = frontend.key();
+        wanted_keys.insert(key);
+        let wanted: Vec<u32> = want
+            .backends
+            .iter()
+            .take(usize::from(u16::MAX))
+            .map(|endpoint| ids.id_for(Backend::from(endpoint)))
+            .collect();
+        let existing = current.frontends.get(&key);
+        update_frontend(key, existing, &wanted, &mut frontend_ops);
+    }
+    for (key, existing) in &current.frontends {
+        if !wanted_keys.contains(key) {
+            remove_frontend(*key, existing, &mut frontend_ops);
+        }
+    }
+    let mut ops = ids.new_backends;
+    ops.extend(frontend_ops);
+    ops.extend(
+        current
+            .backends
+            .keys()
+            .filter(|id| !ids.referenced.contains(id))
+            .map(|&id| MapOp::DeleteBackend { id }),
+    );
+    ops
+}
+
+fn update_frontend(
+    key: ServiceKey,
+    existing: Option<&ProgrammedFrontend>,
+    wanted: &[u32],
+    ops: &mut Vec<MapOp>,
+) {
+    let empty = ProgrammedFrontend::default();
+    let existing = existing.unwrap_or(&empty);
+    let old: Vec<Option<u32>> = existing.active_slots().collect();
+    let slots = assign_slots(&old, wanted);
+    for (slot, &backend_id) in (1..).zip(&slots) {
+        if existing.slots.get(&slot) != Some(&backend_id) {
+            ops.push(MapOp::PutSlot {
+                key: key.with_slot(slot),
+                backend_id,
+            });
+        }
+    }
+    // `wanted` was capped at u16::MAX entries above.
+    let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
+    if existing.count != Some(count) {
+        ops.push(MapOp::PutFrontend { key, count });
+    }
+    ops.extend(
+        existing
+            .slots
+            .keys()
+            .filter(|&&slot| slot > count)
+            .map(|&slot| MapOp::DeleteSlot {
+                key: key.with_slot(slot),
+            }),
+    );
+}
+
+fn remove_frontend(key: ServiceKey, existing: &ProgrammedFrontend, ops: &mut Vec<MapOp>) {
+    if existing.count.is_some() {
+        ops.push(MapOp::DeleteFrontend { key });
+    }
+    ops.extend(existing.slots.keys().map(|&slot| MapOp::DeleteSlot {
+        key: key.with_slot(slot),
+    }));
+}
+
+/// Slot contents (index 0 is slot 1) for `wanted`, moving as few entries as
+/// possible: a backend that stays keeps its slot while that slot is within
+/// the new count; holes take new backends first, then survivors moved down
+/// from beyond the new count, highest slot first.
+pub fn assign_slots(old: &[Option<u32>], wanted: &[u32]) -> Vec<u32> {
+    let wanted_set: BTreeSet<u32> = wanted.iter().copied().collect();
+    let mut slots: Vec<Option<u32>> = vec![None; wanted.len()];
+    let mut placed = BTreeSet::new();
+    for (slot, id) in slots.iter_mut().zip(old) {
+        if let Some(id) = id
+            && wanted_set.contains(id)
+            && placed.insert(*id)
+        {
+            *slot = Some(*id);
+        }
+    }
+    let previously_anywhere: BTreeSet<u32> = old.iter().flatten().copied().collect();
+    let fresh = wanted.iter().filter(|id| !previously_anywhere.contains(id));
+    let moved_down = old
+        .iter()
+        .skip(wanted.len())
+        .rev()
+        .flatten()
+        .filter(|id| wanted_set.contains(id));
+    let mut queued = BTreeSet::new();
+    let mut pending = fresh
+        .chain(moved_down)
+        .filter(|id| !placed.contains(*id) && queued.insert(**id))
+        .copied()
+        .collect::<Vec<_>>()
+        .into_iter();
+    // Every wanted id is either kept, fresh or moved down, so the holes and
+    // `pending` match one to one; the fallback (plain order) is never taken.
+    slots
+        .into_iter()
+        .map(|slot| slot.or_else(|| pending.next()))
+        .collect::<Option<Vec<u32>>>()
+        .unwrap_or_else(|| wanted.to_vec())
+}
+
+/// Backend ids as the plan goes: programmed ones reused, new ones allocated
+/// lowest-first, and every id the desired state uses remembered.
+struct BackendIds {
+    by_backend: HashMap<Backend, u32>,
+    taken: BTreeSet<u32>,
+    referenced: BTreeSet<u32>,
+    new_backends: Vec<MapOp>,
+    next_free: u32,
+}
+
+impl BackendIds {
+    fn new(current: &DatapathState) -> Self {
+        let mut by_backend = HashMap::new();
+        for (&id, &backend) in &current.backends {
+            // Ascending ids: a duplicate (only after a hand edit) maps to the
+            // lowest, and the others are dropped as unreferenced.
+            by_backend.entry(backend).or_insert(id);
+        }
+        Self {
+            by_backend,
+            taken: current.backends.keys().copied().collect(),
+            referenced: BTreeSet::new(),
+            new_backends: Vec::new(),
+            next_free: 1,
+        }
+    }
+
+    fn id_for(&mut self, backend: Backend) -> u32 {
+        let id = match self.by_backend.get(&backend) {
+            Some(&id) => id,
+            None => {
+                while self.taken.contains(&self.next_free) {
+                    self.next_free += 1;
+                }
+                let id = self.next_free;
+                self.taken.insert(id);
+                self.by_backend.insert(backend, id);
+                self.new_backends.push(MapOp::PutBackend { id, backend });
+                id
+            }
+        };
+        self.referenced.insert(id);
+        id
+    }
+}
+
+/// Counts for logs: how many of each operation a plan holds.
+pub fn summary(ops: &[MapOp]) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    for op in ops {
+        let name = match op {
+            MapOp::PutBackend { .. } => "put_backend",
+            MapOp::PutSlot { .. } => "put_slot",
+            MapOp::PutFrontend { .. } => "put_frontend",
+            MapOp::DeleteSlot { .. } => "delete_slot",
+            MapOp::DeleteFrontend { .. } => "delete_frontend",
+            MapOp::DeleteBackend { .. } => "delete_backend",
+        };
+        *counts.entry(name).or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,272 @@
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::model::{DesiredFrontend, Endpoint, Frontend, Protocol, ServicePortName};
+
+fn frontend(vip: &str, port: u16) -> Frontend {
+    Frontend {
+        ip: vip.parse().unwrap(),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn endpoint(last_octet: u8) -> Endpoint {
+    Endpoint {
+        ip: format!("10.244.0.{last_octet}").parse().unwrap(),
+        port: 8080,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// `[(vip, port, backend octets)]` -> desired state.
+fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
+    let mut state = DesiredState::default();
+    for (vip, port, octets) in spec {
+        let mut backends: Vec<Endpoint> = octets.iter().map(|&o| endpoint(o)).collect();
+        backends.sort();
+        state.frontends.insert(
+            frontend(vip, *port),
+            DesiredFrontend {
+                service: ServicePortName::default(),
+                backends,
+            },
+        );
+    }
+    state
+}
+
+/// Applies `ops` one by one, checking after every single op that nothing
+/// the kernel can read dangles.
+fn apply_checked(mut state: DatapathState, ops: &[MapOp]) -> DatapathState {
+    for (step, op) in ops.iter().enumerate() {
+        assert!(state.admits(op), "step {step}: {op:?} not admitted");
+        state.apply(op);
+        let dangling = state.dangling();
+        assert!(
+            dangling.is_empty(),
+            "after step {step} ({op:?}): {dangling:?}"
+        );
+    }
+    state
+}
+
+/// The state serves exactly `want`, with no leftover slots or backends.
+fn assert_serves(state: &DatapathState, want: &DesiredState) {
+    let mut referenced = BTreeSet::new();
+    assert_eq!(state.frontends.len(), want.frontends.len(), "{state:#?}");
+    for (frontend, desired) in &want.frontends {
+        let programmed = &state.frontends[&frontend.key()];
+        assert_eq!(programmed.count, Some(desired.backends.len() as u16));
+        assert_eq!(
+            programmed.slots.len(),
+            desired.backends.len(),
+            "stale slots"
+        );
+        let served: BTreeSet<Endpoint> = programmed
+            .active_slots()
+            .map(|id| {
+                let id = id.unwrap();
+                referenced.insert(id);
+                Endpoint::try_from(&state.backends[&id]).unwrap()
+            })
+            .collect();
+        let expected: BTreeSet<Endpoint> = desired.backends.iter().copied().collect();
+        assert_eq!(served, expected, "{frontend}");
+    }
+    let held: BTreeSet<u32> = state.backends.keys().copied().collect();
+    assert_eq!(held, referenced, "unreferenced backends left behind");
+}
+
+type Spec<'a> = &'a [(&'a str, u16, &'a [u8])];
+
+#[test]
+fn every_transition_is_make_before_break_and_converges() {
+    let cases: &[(&str, Spec, Spec)] = &[
+        ("from nothing", &[], &[("10.96.0.10", 80, &[1, 2, 3])]),
+        ("to nothing", &[("10.96.0.10", 80, &[1, 2, 3])], &[]),
+        (
+            "grow",
+            &[("10.96.0.10", 80, &[1])],
+            &[("10.96.0.10", 80, &[1, 2, 3, 4])],
+        ),
+        (
+            "shrink from the middle",
+            &[("10.96.0.10", 80, &[1, 2, 3, 4])],
+            &[("10.96.0.10", 80, &[1, 4])],
+        ),
+        (
+            "replace all",
+            &[("10.96.0.10", 80, &[1, 2])],
+            &[("10.96.0.10", 80, &[3, 4])],
+        ),
+        (
+            "to no endpoints",
+            &[("10.96.0.10", 80, &[1, 2])],
+            &[("10.96.0.10", 80, &[])],
+        ),
+        (
+            "from no endpoints",
+            &[("10.96.0.10", 80, &[])],
+            &[("10.96.0.10", 80, &[5])],
+        ),
+        (
+            "shared backends across frontends",
+            &[("10.96.0.10", 80, &[1, 2]), ("10.96.0.11", 80, &[2, 3])],
+            &[("10.96.0.11", 80, &[1, 2]), ("fd00::10", 80, &[])],
+        ),
+        (
+            "swap one service for another",
+            &[("10.96.0.10", 80, &[1, 2, 3])],
+            &[("10.96.0.12", 443, &[1, 2, 3])],
+        ),
+    ];
+    for (name, before, after) in cases {
+        let start = apply_checked(
+            DatapathState::default(),
+            &plan(&DatapathState::default(), &desired(before)),
+        );
+        assert_serves(&start, &desired(before));
+        let ops = plan(&start, &desired(after));
+        let end = apply_checked(start, &ops);
+        assert_serves(&end, &desired(after));
+        assert!(
+            plan(&end, &desired(after)).is_empty(),
+            "{name}: not idempotent"
+        );
+    }
+}
+
+#[test]
+fn no_change_means_no_operations() {
+    let want = desired(&[("10.96.0.10", 80, &[1, 2]), ("fd00::1", 53, &[3])]);
+    let state = apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &want),
+    );
+    assert_eq!(plan(&state, &want), []);
+}
+
+#[test]
+fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
+    let want = desired(&[("10.96.0.10", 80, &[1, 2, 3])]);
+    let programmed = apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &want),
+    );
+    let mut entries = Vec::new();
+    for (key, frontend) in &programmed.frontends {
+        entries.push((
+            *key,
+            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap()),
+        ));
+        for (&slot, &id) in &frontend.slots {
+            entries.push((key.with_slot(slot), switchyard_abi::ServiceValue::slot(id)));
+        }
+    }
+    let read_back = DatapathState::from_entries(entries, programmed.backends.clone());
+    assert_eq!(read_back, programmed);
+    assert_eq!(plan(&read_back, &want), []);
+}
+
+#[test]
+fn removing_one_backend_moves_at_most_one_slot() {
+    let before = desired(&[("10.96.0.10", 80, &[1, 2, 3, 4])]);
+    let state = apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &before),
+    );
+    let ops = plan(&state, &desired(&[("10.96.0.10", 80, &[1, 3, 4])]));
+    let key = frontend("10.96.0.10", 80).key();
+    let gone = state
+        .backends
+        .iter()
+        .find(|(_, b)| Endpoint::try_from(*b).unwrap() == endpoint(2))
+        .map(|(id, _)| *id)
+        .unwrap();
+    let last = state.frontends[&key].slots[&4];
+    assert_eq!(
+        ops,
+        [
+            MapOp::PutSlot {
+                key: key.with_slot(2),
+                backend_id: last
+            },
+            MapOp::PutFrontend { key, count: 3 },
+            MapOp::DeleteSlot {
+                key: key.with_slot(4)
+            },
+            MapOp::DeleteBackend { id: gone },
+        ]
+    );
+}
+
+#[test]
+fn a_removed_frontend_loses_slot_zero_before_its_slots() {
+    let before = desired(&[("10.96.0.10", 80, &[1, 2])]);
+    let state = apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &before),
+    );
+    let ops = plan(&state, &DesiredState::default());
+    let key = frontend("10.96.0.10", 80).key();
+    assert_eq!(ops[0], MapOp::DeleteFrontend { key });
+    assert!(matches!(ops[1], MapOp::DeleteSlot { .. }));
+    assert!(matches!(ops.last(), Some(MapOp::DeleteBackend { .. })));
+}
+
+#[test]
+fn new_backends_take_the_lowest_free_ids_and_kept_ones_keep_theirs() {
+    let mut state = DatapathState::default();
+    for (id, octet) in [(1, 1), (3, 3)] {
+        state.apply(&MapOp::PutBackend {
+            id,
+            backend: Backend::from(&endpoint(octet)),
+        });
+    }
+    let ops = plan(&state, &desired(&[("10.96.0.10", 80, &[1, 3, 7, 8])]));
+    let new_ids: Vec<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutBackend { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new_ids, [2, 4]);
+}
+
+#[test]
+fn slot_assignment_table() {
+    // (old slots, wanted ids, expected slots)
+    let cases: &[(&[Option<u32>], &[u32], &[u32])] = &[
+        (&[], &[1, 2], &[1, 2]),
+        (&[Some(1), Some(2), Some(3)], &[1, 2, 3], &[1, 2, 3]),
+        (&[Some(1), Some(2), Some(3)], &[1, 3], &[1, 3]),
+        (&[Some(1), Some(2), Some(3)], &[2, 3], &[3, 2]),
+        (&[Some(1), Some(2)], &[1, 2, 5], &[1, 2, 5]),
+        (
+            &[Some(1), Some(2), Some(3), Some(4)],
+            &[1, 4, 9],
+            &[1, 9, 4],
+        ),
+        (&[None, Some(2)], &[2, 7], &[7, 2]),
+        (&[Some(2), Some(2)], &[2, 5], &[2, 5]),
+        (&[Some(1), Some(2)], &[], &[]),
+    ];
+    for (old, wanted, expected) in cases {
+        assert_eq!(
+            assign_slots(old, wanted),
+            *expected,
+            "old {old:?} wanted {wanted:?}"
+        );
+    }
+}
+
+#[test]
+fn failed_backend_writes_hold_back_the_slots_that_need_them() {
+    let state = DatapathState::default();
+    let ops = plan(&state, &desired(&[("10.96.0.10", 80, &[1])]));
+    // Skip the PutBackend as if the map were full: the slot must not pass.
+    assert!(matches!(ops[0], MapOp::PutBackend { .. }));
+    assert!(!state.admits(&ops[1]));
+}

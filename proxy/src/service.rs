@@ -1,0 +1,238 @@
+//! Services to frontends, as kube-proxy's `serviceport.go` reads them.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tracing::debug;
+
+use crate::address::parse_ip_sloppy;
+use crate::input_error::{InputError, ObjectRef, Reason};
+use crate::model::{Frontend, Protocol, ServicePortName};
+
+/// Set on objects another proxy implementation serves; kube-proxy's
+/// informers exclude them by label selector, on Services and slices alike.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set by the EndpointSlice controller on the slices of headless Services.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// The namespace an object without one lives in, as `kubectl apply` puts it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why kube-proxy's label selectors would never show us this object.
+pub fn excluded_by_label(meta: &ObjectMeta) -> Option<&'static str> {
+    let labels = meta.labels.as_ref()?;
+    [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL]
+        .into_iter()
+        .find(|label| labels.contains_key(*label))
+}
+
+pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
+    match meta.namespace.as_deref() {
+        None | Some("") => DEFAULT_NAMESPACE,
+        Some(namespace) => namespace,
+    }
+}
+
+pub fn service_ref(service: &Service) -> ObjectRef {
+    let meta = &service.metadata;
+    ObjectRef::new(
+        "Service",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// One port of one Service on one of its cluster IPs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFrontend {
+    pub frontend: Frontend,
+    pub service: ServicePortName,
+    /// The port's place in the Service, for errors: `spec.ports[1]`.
+    pub field: String,
+}
+
+/// A Service's ports, validated once and crossed with each cluster IP.
+struct PortSpec {
+    name: String,
+    port: u16,
+    protocol: Protocol,
+    field: String,
+}
+
+/// The frontends a Service asks for, in spec order; bad IPs and ports are
+/// reported and left out while the rest of the Service is still served.
+pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputError>) {
+    let object = service_ref(service);
+    let mut errors = Vec::new();
+    if let Some(label) = excluded_by_label(&service.metadata) {
+        debug!(service = %object, label, "skipping service served by another proxy");
+        return (Vec::new(), errors);
+    }
+    let Some(spec) = &service.spec else {
+        errors.push(InputError::field(
+            &object,
+            "spec",
+            Reason::MissingField,
+            "missing",
+        ));
+        return (Vec::new(), errors);
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        debug!(service = %object, "skipping ExternalName service");
+        return (Vec::new(), errors);
+    }
+
+    let (ips_field, texts): (&str, Vec<&str>) = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
+    };
+    match texts.first().copied() {
+        Some("None") => {
+            debug!(service = %object, "skipping headless service");
+            return (Vec::new(), errors);
+        }
+        // kube-proxy skips these silently because the API server always
+        // allocates one; only a hand-written manifest lacks it, and its
+        // author wants to know why nothing is served.
+        None | Some("") => {
+            errors.push(InputError::field(
+                &object,
+                "spec.clusterIP",
+                Reason::MissingField,
+                "missing; standalone mode allocates no cluster IPs",
+            ));
+            return (Vec::new(), errors);
+        }
+        Some(_) => {}
+    }
+
+    let ips = cluster_ips(&object, ips_field, &texts, &mut errors);
+    let ports = port_specs(&object, service, &mut errors);
+    let namespace = object.namespace.clone();
+    let frontends = ips
+        .iter()
+        .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
+        .map(|(ip, port)| ServiceFrontend {
+            frontend: Frontend {
+                ip,
+                port: port.port,
+                protocol: port.protocol,
+            },
+            service: ServicePortName {
+                namespace: namespace.clone(),
+                name: object.name.clone(),
+                port: port.name.clone(),
+            },
+            field: port.field.clone(),
+        })
+        .collect();
+    (frontends, errors)
+}
+
+/// kube-proxy runs one proxier per IP family and each takes the first
+/// cluster IP of its family, so a second IP of the same family is never
+/// served; saying so beats silently ignoring it.
+fn cluster_ips(
+    object: &ObjectRef,
+    field: &str,
+    texts: &[&str],
+    errors: &mut Vec<InputError>,
+) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        let at = if field == "spec.clusterIPs" {
+            format!("{field}[{index}]")
+        } else {
+            field.to_owned()
+        };
+        let Some(ip) = parse_ip_sloppy(text) else {
+            errors.push(InputError::field(
+                object,
+                at,
+                Reason::InvalidIp,
+                format!("not an IP address: {text:?}"),
+            ));
+            continue;
+        };
+        if let Some(first) = ips.iter().find(|other| other.is_ipv4() == ip.is_ipv4()) {
+            errors.push(InputError::field(
+                object,
+                at,
+                Reason::Unsupported,
+                format!(
+                    "{ip} is a second address of the family of {first}; only the first is served"
+                ),
+            ));
+            continue;
+        }
+        ips.push(ip);
+    }
+    ips
+}
+
+fn port_specs(
+    object: &ObjectRef,
+    service: &Service,
+    errors: &mut Vec<InputError>,
+) -> Vec<PortSpec> {
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_deref())
+        .unwrap_or_default();
+    if ports.is_empty() {
+        debug!(service = %object, "service has no ports");
+    }
+    let mut specs = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{index}]");
+        let protocol = match port.protocol.as_deref() {
+            None | Some("") => Protocol::Tcp,
+            Some(text) => match text.parse::<Protocol>() {
+                Ok(protocol) => protocol,
+                Err(error) => {
+                    errors.push(InputError::field(
+                        object,
+                        format!("{field}.protocol"),
+                        Reason::Unsupported,
+                        error.to_string(),
+                    ));
+                    continue;
+                }
+            },
+        };
+        // k8s-openapi reads a missing `port` as 0, so 0 covers both.
+        let number = match u16::try_from(port.port) {
+            Ok(number) if number != 0 => number,
+            _ => {
+                let got = match port.port {
+                    0 => "0 or nothing".to_owned(),
+                    other => other.to_string(),
+                };
+                errors.push(InputError::field(
+                    object,
+                    format!("{field}.port"),
+                    Reason::InvalidPort,
+                    format!("must be 1-65535, got {got}"),
+                ));
+                continue;
+            }
+        };
+        specs.push(PortSpec {
+            name: port.name.clone().unwrap_or_default(),
+            port: number,
+            protocol,
+            field,
+        });
+    }
+    specs
+}
+
+#[cfg(test)]
+mod tests;

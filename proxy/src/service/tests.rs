@@ -1,0 +1,147 @@
+use super::*;
+
+fn service(yaml: &str) -> Service {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+/// Frontends as "frontend name field" and errors as their display lines.
+fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
+    let (frontends, errors) = service_frontends(&service(yaml));
+    (
+        frontends
+            .iter()
+            .map(|f| format!("{} {} {}", f.frontend, f.service, f.field))
+            .collect(),
+        errors.iter().map(ToString::to_string).collect(),
+    )
+}
+
+#[test]
+fn service_frontends_follow_kube_proxy() {
+    let cases: &[(&str, &str, &[&str], &[&str])] = &[
+        (
+            "single unnamed port defaults to TCP and namespace default",
+            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+            &["10.96.0.10:80/TCP default/web spec.ports[0]"],
+            &[],
+        ),
+        (
+            "clusterIPs win over clusterIP and each family is served",
+            "metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.99
+  clusterIPs: [10.96.0.10, 'fd00::10']
+  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}, {name: s, port: 9, protocol: SCTP}]",
+            &[
+                "10.96.0.10:80/TCP shop/web:http spec.ports[0]",
+                "10.96.0.10:53/UDP shop/web:dns spec.ports[1]",
+                "10.96.0.10:9/SCTP shop/web:s spec.ports[2]",
+                "[fd00::10]:80/TCP shop/web:http spec.ports[0]",
+                "[fd00::10]:53/UDP shop/web:dns spec.ports[1]",
+                "[fd00::10]:9/SCTP shop/web:s spec.ports[2]",
+            ],
+            &[],
+        ),
+        (
+            "legacy leading-zero IPv4 is decimal",
+            "metadata: {name: old}\nspec: {clusterIP: 010.096.000.010, ports: [{port: 80}]}",
+            &["10.96.0.10:80/TCP default/old spec.ports[0]"],
+            &[],
+        ),
+        (
+            "bad ports are skipped, good ones served",
+            "metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: a, port: 80}, {name: b, port: 0}, {name: c}, {name: d, port: 70000}, {name: e, port: 81, protocol: ICMP}, {name: f, port: -1}]",
+            &["10.96.0.10:80/TCP default/web:a spec.ports[0]"],
+            &[
+                "api: Service default/web: spec.ports[1].port: must be 1-65535, got 0 or nothing",
+                "api: Service default/web: spec.ports[2].port: must be 1-65535, got 0 or nothing",
+                "api: Service default/web: spec.ports[3].port: must be 1-65535, got 70000",
+                "api: Service default/web: spec.ports[4].protocol: unknown protocol \"ICMP\", expected TCP, UDP or SCTP",
+                "api: Service default/web: spec.ports[5].port: must be 1-65535, got -1",
+            ],
+        ),
+        (
+            "a bad IP is skipped, the other family still served",
+            "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.300, 'fd00::10'], ports: [{port: 80}]}",
+            &["[fd00::10]:80/TCP default/web spec.ports[0]"],
+            &["api: Service default/web: spec.clusterIPs[0]: not an IP address: \"10.96.0.300\""],
+        ),
+        (
+            "bad clusterIP without clusterIPs names the singular field",
+            "metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}",
+            &[],
+            &["api: Service default/web: spec.clusterIP: not an IP address: \"banana\""],
+        ),
+        (
+            "a second IP of one family is not served",
+            "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.10, 10.96.0.11], ports: [{port: 80}]}",
+            &["10.96.0.10:80/TCP default/web spec.ports[0]"],
+            &["api: Service default/web: spec.clusterIPs[1]: 10.96.0.11 is a second address of the family of 10.96.0.10; only the first is served"],
+        ),
+        (
+            "headless",
+            "metadata: {name: db}\nspec: {clusterIP: None, ports: [{port: 5432}]}",
+            &[],
+            &[],
+        ),
+        (
+            "headless via clusterIPs",
+            "metadata: {name: db}\nspec: {clusterIPs: [None], ports: [{port: 5432}]}",
+            &[],
+            &[],
+        ),
+        (
+            "ExternalName",
+            "metadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com, clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+            &[],
+            &[],
+        ),
+        (
+            "another proxy's service",
+            "metadata: {name: web, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+            &[],
+            &[],
+        ),
+        (
+            "headless label",
+            "metadata: {name: web, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+            &[],
+            &[],
+        ),
+        (
+            "no cluster IP is reported",
+            "metadata: {name: web}\nspec: {ports: [{port: 80}]}",
+            &[],
+            &["api: Service default/web: spec.clusterIP: missing; standalone mode allocates no cluster IPs"],
+        ),
+        (
+            "no spec",
+            "metadata: {name: web}",
+            &[],
+            &["api: Service default/web: spec: missing"],
+        ),
+        (
+            "no ports serves nothing without complaint",
+            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10}",
+            &[],
+            &[],
+        ),
+    ];
+    for (name, yaml, want_frontends, want_errors) in cases {
+        let (frontends, errors) = run(yaml);
+        assert_eq!(frontends, *want_frontends, "{name}: frontends");
+        assert_eq!(errors, *want_errors, "{name}: errors");
+    }
+}
+
+#[test]
+fn errors_carry_machine_reasons() {
+    let (_, errors) = service_frontends(&service(
+        "metadata: {name: web}\nspec: {clusterIPs: [x], ports: [{port: 0}, {port: 1, protocol: Q}]}",
+    ));
+    let reasons: Vec<_> = errors.iter().map(InputError::reason).collect();
+    assert_eq!(reasons, ["invalid_ip", "invalid_port", "unsupported"]);
+}
