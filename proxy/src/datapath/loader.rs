@@ -83,8 +83,10 @@ pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
             .try_into()
             .map_err(program_error)?;
         program.load().map_err(program_error)?;
+        // A bpf_link attachment always coexists with other links on the
+        // cgroup (the kernel rejects any flags on it), so the mode is 0.
         let link_id = program
-            .attach(&cgroup_dir, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(program_error)?;
         let link: FdLink = program
             .take_link(link_id)
