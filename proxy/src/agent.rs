@@ -89,11 +89,11 @@ fn sync_once(
     let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices);
     // Each bad object is reported once, when it first appears, not on every
     // pass: a log line per pass would bury everything else.
-    let current: BTreeSet<String> = loaded
-        .errors
-        .iter()
-        .chain(&conversion_errors)
-        .map(ToString::to_string)
+    let current: BTreeSet<String> = conversion_errors
+        .into_iter()
+        .map(|error| loaded.attribute(error))
+        .chain(loaded.errors.iter().cloned())
+        .map(|error| error.to_string())
         .collect();
     for line in current.difference(reported) {
         warn!("{line}");
