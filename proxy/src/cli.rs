@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the datapath and keep it in step with the service sources.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the kernel maps hold, per frontend.
     Services(ServicesArgs),
     /// Detach the programs and remove every pin.

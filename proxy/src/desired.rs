@@ -96,7 +96,14 @@ mod tests {
 
     #[test]
     fn joins_services_and_slices() {
-        let cases: &[(&str, &[&str], &[&str], &[&str], &[&str])] = &[
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
             (
                 "named target ports resolve through the slice port",
                 &[

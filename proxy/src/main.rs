@@ -33,7 +33,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(agent::run(args))?;
+            runtime.block_on(agent::run(*args))?;
         }
         Command::Services(args) => {
             let text = services_view::render(&args.pins.bpffs, args.output)?;

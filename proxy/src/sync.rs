@@ -67,3 +67,89 @@ impl<W: MapWriter> Syncer<W> {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        datapath::fake::FakeMaps,
+        model::{DesiredFrontend, Endpoint, Frontend, Protocol, ServicePortName},
+    };
+
+    fn desired(spec: &[(&str, &[u8])]) -> DesiredState {
+        let mut state = DesiredState::default();
+        for (vip, octets) in spec {
+            let frontend = Frontend {
+                ip: vip.parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            };
+            let backends = octets
+                .iter()
+                .map(|octet| Endpoint {
+                    ip: format!("10.244.0.{octet}").parse().unwrap(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                })
+                .collect();
+            let service = ServicePortName::default();
+            state
+                .frontends
+                .insert(frontend, DesiredFrontend { service, backends });
+        }
+        state
+    }
+
+    #[test]
+    fn converges_and_then_does_nothing() {
+        let mut syncer = Syncer::adopt(FakeMaps::default()).unwrap();
+        let want = desired(&[("10.96.0.10", &[1, 2]), ("10.96.0.11", &[2])]);
+        let first = syncer.sync(&want);
+        assert!(first.failed.is_empty() && first.held_back == 0);
+        assert_eq!(first.applied, syncer.writer().applied.len());
+        assert_eq!(syncer.programmed(), &syncer.writer().state);
+        let second = syncer.sync(&want);
+        assert_eq!((second.applied, second.held_back), (0, 0));
+    }
+
+    #[test]
+    fn adopts_what_the_maps_already_hold() {
+        let want = desired(&[("10.96.0.10", &[1, 2, 3])]);
+        let mut first = Syncer::adopt(FakeMaps::default()).unwrap();
+        first.sync(&want);
+        let maps = FakeMaps {
+            state: first.programmed().clone(),
+            ..FakeMaps::default()
+        };
+        let mut restarted = Syncer::adopt(maps).unwrap();
+        assert_eq!(restarted.sync(&want).applied, 0);
+    }
+
+    #[test]
+    fn a_full_map_holds_back_only_what_depends_on_the_failed_write() {
+        let maps = FakeMaps {
+            backend_capacity: Some(2),
+            ..FakeMaps::default()
+        };
+        let mut syncer = Syncer::adopt(maps).unwrap();
+        let want = desired(&[("10.96.0.10", &[1, 2]), ("10.96.0.11", &[3])]);
+        let report = syncer.sync(&want);
+
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].1.reason(), "map_full");
+        assert!(report.held_back >= 2, "{report:?}");
+        let state = &syncer.writer().state;
+        assert!(state.dangling().is_empty(), "{:?}", state.dangling());
+        let served: Vec<_> = state.active_frontends().map(|(key, _)| *key).collect();
+        let first = want.frontends.keys().next().unwrap().key();
+        assert_eq!(served, [first], "the service that fits is served");
+
+        // Room appears (a resize, or another service going away): the next
+        // pass finishes the job from the mirror.
+        syncer.writer.backend_capacity = None;
+        let retry = syncer.sync(&want);
+        assert!(retry.failed.is_empty() && retry.held_back == 0);
+        assert_eq!(syncer.programmed().active_frontends().count(), 2);
+        assert!(syncer.programmed().dangling().is_empty());
+    }
+}

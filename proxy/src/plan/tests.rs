@@ -238,7 +238,8 @@ fn new_backends_take_the_lowest_free_ids_and_kept_ones_keep_theirs() {
 #[test]
 fn slot_assignment_table() {
     // (old slots, wanted ids, expected slots)
-    let cases: &[(&[Option<u32>], &[u32], &[u32])] = &[
+    type Case<'a> = (&'a [Option<u32>], &'a [u32], &'a [u32]);
+    let cases: &[Case] = &[
         (&[], &[1, 2], &[1, 2]),
         (&[Some(1), Some(2), Some(3)], &[1, 2, 3], &[1, 2, 3]),
         (&[Some(1), Some(2), Some(3)], &[1, 3], &[1, 3]),
