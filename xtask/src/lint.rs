@@ -1,4 +1,5 @@
-//! `cargo xtask lint`: formatting and clippy, as CI would judge them.
+//! `cargo xtask lint`: formatting and clippy, as CI judges them, for the
+//! host crates and for the kernel-side crate on its own target.
 
 use anyhow::Result;
 
@@ -14,5 +15,24 @@ pub fn run() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    // The BPF crate needs nightly (build-std); `rustup run` picks it even
+    // though cargo xtask itself runs on stable.
+    let mut ebpf = std::process::Command::new("rustup");
+    ebpf.current_dir(cargo::root()).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "switchyard-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Zbuild-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    cargo::run(&mut ebpf)
 }

@@ -33,25 +33,29 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// The kernel programs build with the nightly toolchain and `-Z build-std`,
-/// which needs the standard library's source.
+/// which needs the standard library's source; `cargo xtask lint` runs the
+/// nightly clippy on them.
 fn rust_src() -> Result<()> {
     let installed = probe(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )
     .context("rustup cannot list the nightly toolchain's components (is nightly installed?)")?;
-    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
-        step("rust-src (nightly)", "ok (already present)");
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        let label = format!("{component} (nightly)");
+        if installed.lines().any(|l| l.trim().starts_with(component)) {
+            step(&label, "ok (already present)");
+            continue;
+        }
+        cargo::run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
+        step(&label, "installed");
     }
-    cargo::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))?;
-    step("rust-src (nightly)", "installed");
     Ok(())
 }
 

@@ -4,11 +4,12 @@
 
 use anyhow::Result;
 
-use crate::{cargo, setup};
+use crate::{cargo, lint, setup};
 
 pub fn run() -> Result<()> {
     setup::run()?;
     cargo::build(false)?;
+    lint::run()?;
     cargo::run(&mut cargo::command(&["test", "--lib", "--bins"]))?;
     let agent = cargo::agent_binary();
     let mut integration = cargo::command(&[

@@ -30,10 +30,10 @@ pub fn select(frontend: &ServiceKey) -> Selection {
     let slot = frontend.with_slot(pick as u16 + 1);
     // The agent writes slots before raising the count, so a missing slot
     // means the maps were edited by hand: fail open rather than refuse.
-    let Some(entry) = (unsafe { SERVICES.get(&slot) }) else {
+    let Some(entry) = (unsafe { SERVICES.get(slot) }) else {
         return Selection::NotAService;
     };
-    match unsafe { BACKENDS.get(&entry.backend_id) } {
+    match unsafe { BACKENDS.get(entry.backend_id) } {
         Some(backend) => Selection::Backend(*backend),
         None => Selection::NotAService,
     }

@@ -137,7 +137,7 @@ fn remember(ctx: &SockAddrContext, backend: &Backend, vip: Addr, port: u16) {
     // SAFETY: the context pointer is valid for this run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRevNatKey::new(cookie, backend.addr, backend.port);
-    let _ignored_when_full = SOCK_REVNAT.insert(&key, &SockRevNatValue::new(vip, port), 0);
+    let _ignored_when_full = SOCK_REVNAT.insert(key, SockRevNatValue::new(vip, port), 0);
 }
 
 fn recall(ctx: &SockAddrContext, peer: Addr, port: u16) -> Option<SockRevNatValue> {
@@ -146,7 +146,7 @@ fn recall(ctx: &SockAddrContext, peer: Addr, port: u16) -> Option<SockRevNatValu
     unsafe {
         let cookie = bpf_get_socket_cookie(ctx.as_ptr());
         SOCK_REVNAT
-            .get(&SockRevNatKey::new(cookie, peer, port))
+            .get(SockRevNatKey::new(cookie, peer, port))
             .copied()
     }
 }
