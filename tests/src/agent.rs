@@ -157,6 +157,12 @@ impl<'a> Agent<'a> {
         serde_json::from_slice(&output.stdout).context("switchyard services printed bad JSON")
     }
 
+    /// `switchyard services --bpffs PIN`: the table a person reads.
+    pub fn services_table(&self) -> Result<String> {
+        let output = self.tool(&["services", "--bpffs", &self.pins()])?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// `switchyard cleanup --bpffs PIN --cgroup CG`.
     pub fn cleanup(&self) -> Result<Output> {
         let cgroup = self.config.cgroup.to_string_lossy().into_owned();

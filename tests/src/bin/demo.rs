@@ -49,15 +49,18 @@ fn main() -> Result<()> {
 
     println!("Starting the agent...");
     let config = AgentConfig::for_cluster(&cluster);
-    let _agent =
+    let agent =
         Agent::start(config, &cluster.node.netns).context("the agent did not become ready")?;
-    println!("Agent ready.");
+    println!("Agent ready. What the kernel maps hold (switchyard services):\n");
+    print!("{}", agent.services_table()?);
 
     report(&cluster, "4 endpoints")?;
     println!("\nScaling web down to pod-0 and pod-1 (rewriting the EndpointSlices)...");
     write_endpoints(&cluster, 2)?;
     converge(&cluster, 2)?;
     report(&cluster, "2 endpoints")?;
+    println!();
+    print!("{}", agent.services_table()?);
     println!("\nScaling web back up to 4 pods...");
     write_endpoints(&cluster, 4)?;
     converge(&cluster, 4)?;
