@@ -10,7 +10,7 @@ use tracing::debug;
 use crate::address::parse_ip_sloppy;
 use crate::input_error::{InputError, ObjectRef, Reason};
 use crate::model::{Endpoint, Frontend, Protocol};
-use crate::service::{excluded_by_label, namespace_of};
+use crate::service::{excluded_by_label, namespace_of, port_protocol};
 
 /// The label that joins a slice to its Service, in the slice's namespace.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -213,20 +213,12 @@ fn parse_slice(
                 }
             },
         };
-        let protocol = match port.protocol.as_deref() {
-            None | Some("") => Protocol::Tcp,
-            Some(text) => match text.parse::<Protocol>() {
-                Ok(protocol) => protocol,
-                Err(error) => {
-                    errors.push(InputError::field(
-                        object,
-                        format!("{field}.protocol"),
-                        Reason::Unsupported,
-                        error.to_string(),
-                    ));
-                    continue;
-                }
-            },
+        let protocol = match port_protocol(object, &field, port.protocol.as_deref()) {
+            Ok(protocol) => protocol,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
         };
         ports.push(SlicePort {
             name: port.name.clone().unwrap_or_default(),

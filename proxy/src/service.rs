@@ -34,6 +34,27 @@ pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
     }
 }
 
+/// A port's `protocol` field: TCP when absent, as the API server defaults it.
+pub(crate) fn port_protocol(
+    object: &ObjectRef,
+    field: &str,
+    protocol: Option<&str>,
+) -> Result<Protocol, InputError> {
+    match protocol {
+        None | Some("") => Ok(Protocol::Tcp),
+        Some(text) => text
+            .parse()
+            .map_err(|error: crate::model::UnknownProtocol| {
+                InputError::field(
+                    object,
+                    format!("{field}.protocol"),
+                    Reason::Unsupported,
+                    error.to_string(),
+                )
+            }),
+    }
+}
+
 pub fn service_ref(service: &Service) -> ObjectRef {
     let meta = &service.metadata;
     ObjectRef::new(
@@ -192,20 +213,12 @@ fn port_specs(
     let mut specs = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         let field = format!("spec.ports[{index}]");
-        let protocol = match port.protocol.as_deref() {
-            None | Some("") => Protocol::Tcp,
-            Some(text) => match text.parse::<Protocol>() {
-                Ok(protocol) => protocol,
-                Err(error) => {
-                    errors.push(InputError::field(
-                        object,
-                        format!("{field}.protocol"),
-                        Reason::Unsupported,
-                        error.to_string(),
-                    ));
-                    continue;
-                }
-            },
+        let protocol = match port_protocol(object, &field, port.protocol.as_deref()) {
+            Ok(protocol) => protocol,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
         };
         // k8s-openapi reads a missing `port` as 0, so 0 covers both.
         let number = match u16::try_from(port.port) {
