@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
+use k8s_openapi::api::core::v1::Node;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -13,6 +14,7 @@ use crate::{
     desired::desired_state,
     manifest::load_dir,
     sync::Syncer,
+    topology::{NodeContext, ZONE_LABEL},
     watcher::{ManifestWatcher, WatchError},
 };
 
@@ -68,7 +70,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     resync.tick().await;
 
     loop {
-        sync_once(&manifests, &mut syncer, &mut reported);
+        sync_once(&node_name, &manifests, &mut syncer, &mut reported);
         tokio::select! {
             () = watcher.changed() => {}
             _ = resync.tick() => {}
@@ -80,13 +82,27 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// This node's name and, when its Node object is known, its zone.
+fn node_context(name: &str, nodes: &[Node]) -> NodeContext {
+    let zone = nodes
+        .iter()
+        .find(|node| node.metadata.name.as_deref() == Some(name))
+        .and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+    NodeContext {
+        name: name.to_owned(),
+        zone,
+    }
+}
+
 fn sync_once(
+    node_name: &str,
     manifests: &std::path::Path,
     syncer: &mut Syncer<PinnedMaps>,
     reported: &mut BTreeSet<String>,
 ) {
     let loaded = load_dir(manifests);
-    let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices);
+    let node = node_context(node_name, &loaded.nodes);
+    let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
     // Each bad object is reported once, when it first appears, not on every
     // pass: a log line per pass would bury everything else.
     let current: BTreeSet<String> = conversion_errors

@@ -8,6 +8,7 @@ use crate::endpoints::SliceIndex;
 use crate::input_error::{InputError, Reason};
 use crate::model::{DesiredFrontend, DesiredState};
 use crate::service::{service_frontends, service_ref};
+use crate::topology::{NodeContext, select_endpoints};
 
 /// Slots are `u16` and slot 0 is the frontend itself.
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
@@ -17,6 +18,7 @@ pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
 pub fn desired_state(
     services: &[Service],
     slices: &[EndpointSlice],
+    node: &NodeContext,
 ) -> (DesiredState, Vec<InputError>) {
     let (index, mut errors) = SliceIndex::build(slices);
     let mut state = DesiredState::default();
@@ -40,12 +42,13 @@ pub fn desired_state(
                 ));
                 continue;
             }
-            let mut backends = index.endpoints(
+            let candidates = index.candidates(
                 &claim.service.namespace,
                 &claim.service.name,
                 &claim.service.port,
                 &claim.frontend,
             );
+            let mut backends = select_endpoints(&candidates, claim.policy, node);
             if backends.len() > MAX_BACKENDS_PER_FRONTEND {
                 errors.push(InputError::field(
                     &object,
@@ -157,7 +160,11 @@ mod tests {
             ),
         ];
         for (name, services, slices, want, want_errors) in cases {
-            let (state, errors) = desired_state(&objects(services), &objects(slices));
+            let (state, errors) = desired_state(
+                &objects(services),
+                &objects(slices),
+                &NodeContext::default(),
+            );
             assert_eq!(render(&state), *want, "{name}");
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             assert_eq!(errors, *want_errors, "{name}: errors");
@@ -183,7 +190,7 @@ mod tests {
             .collect();
         let services =
             objects(&["metadata: {name: web}\nspec: {clusterIP: 'fd00::10', ports: [{port: 80}]}"]);
-        let (state, errors) = desired_state(&services, &[slice]);
+        let (state, errors) = desired_state(&services, &[slice], &NodeContext::default());
         let backends = &state.frontends.values().next().unwrap().backends;
         assert_eq!(backends.len(), MAX_BACKENDS_PER_FRONTEND);
         assert!(backends.windows(2).all(|w| w[0] < w[1]));

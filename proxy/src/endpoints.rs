@@ -11,6 +11,7 @@ use crate::address::parse_ip_sloppy;
 use crate::input_error::{InputError, ObjectRef, Reason};
 use crate::model::{Endpoint, Frontend, Protocol};
 use crate::service::{excluded_by_label, namespace_of, port_protocol};
+use crate::topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints};
 
 /// The label that joins a slice to its Service, in the slice's namespace.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -43,12 +44,15 @@ struct SlicePort {
     port: u16,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct SliceEndpoint {
     ip: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
+    node_name: Option<String>,
+    zone_hints: BTreeSet<String>,
+    node_hints: BTreeSet<String>,
 }
 
 /// One slice, validated once however many frontends read it.
@@ -108,16 +112,15 @@ impl SliceIndex {
         (index, errors)
     }
 
-    /// The backends of one Service port on one frontend: its Ready
-    /// endpoints, or when none is Ready the Serving and Terminating ones
-    /// (KEP-1669), so that a rollout's last pods drain instead of refusing.
-    pub fn endpoints(
+    /// Every endpoint of one Service port on one frontend, deduplicated
+    /// across slices, with the conditions and hints `topology` decides on.
+    pub fn candidates(
         &self,
         namespace: &str,
         service: &str,
         port_name: &str,
         frontend: &Frontend,
-    ) -> Vec<Endpoint> {
+    ) -> Vec<Candidate> {
         let key = (namespace.to_owned(), service.to_owned());
         let Some(slices) = self.by_service.get(&key) else {
             return Vec::new();
@@ -141,23 +144,32 @@ impl SliceIndex {
                 };
                 // kube-proxy keeps the first copy in slice-name order.
                 if seen.insert(endpoint) {
-                    candidates.push((endpoint, *found));
+                    candidates.push(Candidate {
+                        endpoint,
+                        ready: found.ready,
+                        serving: found.serving,
+                        terminating: found.terminating,
+                        node_name: found.node_name.clone(),
+                        zone_hints: found.zone_hints.clone(),
+                        node_hints: found.node_hints.clone(),
+                    });
                 }
             }
         }
-        let pick = |want: fn(&SliceEndpoint) -> bool| -> Vec<Endpoint> {
-            candidates
-                .iter()
-                .filter(|(_, state)| want(state))
-                .map(|(endpoint, _)| *endpoint)
-                .collect()
-        };
-        let mut chosen = pick(|s| s.ready);
-        if chosen.is_empty() {
-            chosen = pick(|s| s.serving && s.terminating);
-        }
-        chosen.sort();
-        chosen
+        candidates
+    }
+
+    /// The backends with traffic policy Cluster and no topology: Ready
+    /// endpoints, or the Serving-and-Terminating ones when none is Ready.
+    pub fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        frontend: &Frontend,
+    ) -> Vec<Endpoint> {
+        let candidates = self.candidates(namespace, service, port_name, frontend);
+        select_endpoints(&candidates, TrafficPolicy::Cluster, &NodeContext::default())
     }
 }
 
@@ -254,11 +266,25 @@ fn parse_slice(
             continue;
         }
         let conditions = endpoint.conditions.as_ref();
+        let hints = endpoint.hints.as_ref();
         endpoints.push(SliceEndpoint {
             ip,
             ready: conditions.and_then(|c| c.ready).unwrap_or(true),
             serving: conditions.and_then(|c| c.serving).unwrap_or(true),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: endpoint.node_name.clone(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|zone| zone.name.clone())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|node| node.name.clone())
+                .collect(),
         });
     }
     Some(ParsedSlice {

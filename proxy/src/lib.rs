@@ -17,4 +17,5 @@ pub mod plan;
 pub mod service;
 pub mod services_view;
 pub mod sync;
+pub mod topology;
 pub mod watcher;

@@ -9,6 +9,7 @@ use tracing::debug;
 use crate::address::parse_ip_sloppy;
 use crate::input_error::{InputError, ObjectRef, Reason};
 use crate::model::{Frontend, Protocol, ServicePortName};
+use crate::topology::TrafficPolicy;
 
 /// Set on objects another proxy implementation serves; kube-proxy's
 /// informers exclude them by label selector, on Services and slices alike.
@@ -71,6 +72,8 @@ pub struct ServiceFrontend {
     pub service: ServicePortName,
     /// The port's place in the Service, for errors: `spec.ports[1]`.
     pub field: String,
+    /// `spec.internalTrafficPolicy`, which governs cluster IPs.
+    pub policy: TrafficPolicy,
 }
 
 /// A Service's ports, validated once and crossed with each cluster IP.
@@ -136,6 +139,11 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
     let ips = cluster_ips(&object, ips_field, &texts, &mut errors);
     let ports = port_specs(&object, service, &mut errors);
     let namespace = object.namespace.clone();
+    let policy = internal_traffic_policy(
+        &object,
+        spec.internal_traffic_policy.as_deref(),
+        &mut errors,
+    );
     let frontends = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
@@ -151,9 +159,32 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
                 port: port.name.clone(),
             },
             field: port.field.clone(),
+            policy,
         })
         .collect();
     (frontends, errors)
+}
+
+/// Absent means Cluster, as the API server defaults it; an unknown value is
+/// reported and served as Cluster, which reaches every endpoint.
+fn internal_traffic_policy(
+    object: &ObjectRef,
+    text: Option<&str>,
+    errors: &mut Vec<InputError>,
+) -> TrafficPolicy {
+    match text {
+        None | Some("" | "Cluster") => TrafficPolicy::Cluster,
+        Some("Local") => TrafficPolicy::Local,
+        Some(other) => {
+            errors.push(InputError::field(
+                object,
+                "spec.internalTrafficPolicy",
+                Reason::Unsupported,
+                format!("must be Cluster or Local, got {other:?}; using Cluster"),
+            ));
+            TrafficPolicy::Cluster
+        }
+    }
 }
 
 /// kube-proxy runs one proxier per IP family and each takes the first

@@ -213,6 +213,8 @@ pub struct Endpoint {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub node_name: Option<String>,
+    /// `hints.forZones`, as the EndpointSlice controller sets them.
+    pub zone_hints: Vec<String>,
 }
 
 impl Endpoint {
@@ -224,6 +226,7 @@ impl Endpoint {
             serving: Some(true),
             terminating: Some(false),
             node_name: None,
+            zone_hints: Vec::new(),
         }
     }
 
@@ -235,6 +238,11 @@ impl Endpoint {
 
     pub fn node(mut self, node_name: &str) -> Self {
         self.node_name = Some(node_name.into());
+        self
+    }
+
+    pub fn zone_hint(mut self, zone: &str) -> Self {
+        self.zone_hints.push(zone.into());
         self
     }
 
@@ -252,6 +260,14 @@ impl Endpoint {
         let mut v = json!({ "addresses": self.addresses, "conditions": conditions });
         if let Some(node) = &self.node_name {
             v["nodeName"] = json!(node);
+        }
+        if !self.zone_hints.is_empty() {
+            let zones: Vec<Value> = self
+                .zone_hints
+                .iter()
+                .map(|z| json!({ "name": z }))
+                .collect();
+            v["hints"] = json!({ "forZones": zones });
         }
         v
     }

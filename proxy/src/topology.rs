@@ -1,0 +1,127 @@
+//! Which endpoints a frontend uses, as kube-proxy's `topology.go` decides:
+//! readiness with the KEP-1669 terminating fallback, traffic policy Local,
+//! and topology-aware routing from EndpointSlice hints.
+
+use std::collections::BTreeSet;
+
+use crate::model::Endpoint;
+
+/// The label kube-proxy reads the node's zone from.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// What the rules need to know about the node the agent runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+    /// `topology.kubernetes.io/zone`; without it zone hints are ignored.
+    pub zone: Option<String>,
+}
+
+/// One endpoint of one Service port, with what the rules look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub endpoint: Endpoint,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    pub zone_hints: BTreeSet<String>,
+    pub node_hints: BTreeSet<String>,
+}
+
+impl Candidate {
+    fn is_local(&self, node: &NodeContext) -> bool {
+        self.node_name.as_deref() == Some(node.name.as_str())
+    }
+}
+
+/// `internalTrafficPolicy` (and, for external frontends, the external one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopologyMode {
+    None,
+    SameNode,
+    SameZone,
+}
+
+/// The endpoints to balance over, sorted. Empty means the frontend refuses.
+pub fn select_endpoints(
+    candidates: &[Candidate],
+    policy: TrafficPolicy,
+    node: &NodeContext,
+) -> Vec<Endpoint> {
+    let mut chosen = match policy {
+        TrafficPolicy::Cluster => {
+            let mode = topology_mode(candidates, node);
+            let topological = pick(candidates, |c| c.ready && available(c, mode, node));
+            if topological.is_empty() {
+                // The fallback ignores topology, as kube-proxy's does.
+                pick(candidates, |c| c.serving && c.terminating)
+            } else {
+                topological
+            }
+        }
+        TrafficPolicy::Local => {
+            let ready = pick(candidates, |c| c.ready && c.is_local(node));
+            if ready.is_empty() {
+                pick(candidates, |c| {
+                    c.serving && c.terminating && c.is_local(node)
+                })
+            } else {
+                ready
+            }
+        }
+    };
+    chosen.sort();
+    chosen
+}
+
+fn pick(candidates: &[Candidate], keep: impl Fn(&Candidate) -> bool) -> Vec<Endpoint> {
+    candidates
+        .iter()
+        .filter(|candidate| keep(candidate))
+        .map(|candidate| candidate.endpoint)
+        .collect()
+}
+
+fn available(candidate: &Candidate, mode: TopologyMode, node: &NodeContext) -> bool {
+    match mode {
+        TopologyMode::None => true,
+        TopologyMode::SameNode => candidate.node_hints.contains(&node.name),
+        TopologyMode::SameZone => node
+            .zone
+            .as_ref()
+            .is_some_and(|zone| candidate.zone_hints.contains(zone)),
+    }
+}
+
+/// Hints are used only when every ready endpoint carries them and at least
+/// one targets this node (or its zone); otherwise routing falls back to all
+/// endpoints, so a half-hinted slice never strands traffic. Same-node hints
+/// win over zone hints.
+fn topology_mode(candidates: &[Candidate], node: &NodeContext) -> TopologyMode {
+    let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
+    if ready.is_empty() {
+        return TopologyMode::None;
+    }
+    let all_node_hinted = ready.iter().all(|c| !c.node_hints.is_empty());
+    if all_node_hinted && ready.iter().any(|c| c.node_hints.contains(&node.name)) {
+        return TopologyMode::SameNode;
+    }
+    let all_zone_hinted = ready.iter().all(|c| !c.zone_hints.is_empty());
+    match &node.zone {
+        Some(zone) if all_zone_hinted && ready.iter().any(|c| c.zone_hints.contains(zone)) => {
+            TopologyMode::SameZone
+        }
+        _ => TopologyMode::None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
