@@ -225,12 +225,8 @@ fn parse_slice(
                 }
             },
         };
-        let protocol = match port_protocol(object, &field, port.protocol.as_deref()) {
-            Ok(protocol) => protocol,
-            Err(error) => {
-                errors.push(error);
-                continue;
-            }
+        let Some(protocol) = port_protocol(object, &field, port.protocol.as_deref(), errors) else {
+            continue;
         };
         ports.push(SlicePort {
             name: port.name.clone().unwrap_or_default(),

@@ -35,24 +35,28 @@ pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
     }
 }
 
-/// A port's `protocol` field: TCP when absent, as the API server defaults it.
+/// A port's `protocol` field: TCP when absent, as the API server defaults
+/// it; an unknown one is reported and the port skipped (`None`).
 pub(crate) fn port_protocol(
     object: &ObjectRef,
     field: &str,
     protocol: Option<&str>,
-) -> Result<Protocol, InputError> {
+    errors: &mut Vec<InputError>,
+) -> Option<Protocol> {
     match protocol {
-        None | Some("") => Ok(Protocol::Tcp),
-        Some(text) => text
-            .parse()
-            .map_err(|error: crate::model::UnknownProtocol| {
-                InputError::field(
+        None | Some("") => Some(Protocol::Tcp),
+        Some(text) => match text.parse() {
+            Ok(protocol) => Some(protocol),
+            Err(error) => {
+                errors.push(InputError::field(
                     object,
                     format!("{field}.protocol"),
                     Reason::Unsupported,
-                    error.to_string(),
-                )
-            }),
+                    crate::model::UnknownProtocol::to_string(&error),
+                ));
+                None
+            }
+        },
     }
 }
 
@@ -244,12 +248,8 @@ fn port_specs(
     let mut specs = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         let field = format!("spec.ports[{index}]");
-        let protocol = match port_protocol(object, &field, port.protocol.as_deref()) {
-            Ok(protocol) => protocol,
-            Err(error) => {
-                errors.push(error);
-                continue;
-            }
+        let Some(protocol) = port_protocol(object, &field, port.protocol.as_deref(), errors) else {
+            continue;
         };
         // k8s-openapi reads a missing `port` as 0, so 0 covers both.
         let number = match u16::try_from(port.port) {
