@@ -2,60 +2,52 @@
 //! service source describes until told to stop. Stopping leaves the
 //! datapath attached and serving; `switchyard cleanup` removes it.
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Node;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep_until},
+};
 use tracing::{info, warn};
 
 use crate::{
     cli::RunArgs,
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     desired::desired_state,
-    manifest::load_dir,
+    runner::SyncRunner,
+    source::{Source, SourceError},
     sync::Syncer,
     topology::{NodeContext, ZONE_LABEL},
-    watcher::{ManifestWatcher, WatchError},
 };
-
-/// A safety net under the file watcher: re-read the folder this often even
-/// when no event arrived.
-const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
-    Watch(#[from] WatchError),
-    #[error("manifests folder {path}: {source}")]
-    ManifestsDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the Kubernetes API source is not built yet: pass --manifests DIR")]
-    NoSource,
+    Source(#[from] SourceError),
     #[error("installing a signal handler: {source}")]
     Signal { source: std::io::Error },
 }
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let Some(manifests) = args.manifests.clone() else {
-        return Err(AgentError::NoSource);
-    };
-    if !manifests.is_dir() {
-        return Err(AgentError::ManifestsDir {
-            path: manifests,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        });
-    }
     let node_name = node_name(&args);
-    info!(node = %node_name, manifests = %manifests.display(), "starting");
-
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
+
+    let mut source = match &args.manifests {
+        Some(dir) => {
+            info!(node = %node_name, manifests = %dir.display(), "starting");
+            Source::manifests(dir.clone())?
+        }
+        None => {
+            info!(node = %node_name, "starting");
+            Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
+        }
+    };
 
     loader::attach(&args.pins.bpffs, &args.cgroup)?;
     let mut syncer = Syncer::adopt(PinnedMaps::open(&args.pins.bpffs)?)?;
@@ -64,16 +56,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         backends = syncer.programmed().backends.len(),
         "adopted pinned state"
     );
-    let mut watcher = ManifestWatcher::new(&manifests)?;
+    let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     let mut reported = BTreeSet::new();
-    let mut resync = tokio::time::interval(RESYNC_PERIOD);
-    resync.tick().await;
-
     loop {
-        sync_once(&node_name, &manifests, &mut syncer, &mut reported);
+        let due = runner.next_run(Instant::now());
         tokio::select! {
-            () = watcher.changed() => {}
-            _ = resync.tick() => {}
+            () = source.changed() => runner.request(),
+            // Until every list is in, the adopted state keeps serving.
+            () = sleep_until(due), if source.synced() => {
+                runner.ran(Instant::now());
+                sync_once(&node_name, &source, &mut syncer, &mut reported);
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -96,11 +89,11 @@ fn node_context(name: &str, nodes: &[Node]) -> NodeContext {
 
 fn sync_once(
     node_name: &str,
-    manifests: &std::path::Path,
+    source: &Source,
     syncer: &mut Syncer<PinnedMaps>,
     reported: &mut BTreeSet<String>,
 ) {
-    let loaded = load_dir(manifests);
+    let loaded = source.snapshot();
     let node = node_context(node_name, &loaded.nodes);
     let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
     // Each bad object is reported once, when it first appears, not on every

@@ -1,7 +1,7 @@
 //! The command line, as DESIGN.md's contract fixes it: other tools script
 //! against these names, so they only ever grow.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -56,6 +56,14 @@ pub struct RunArgs {
     pub metrics_bind_address: SocketAddr,
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
+    /// Longest time between two syncs even with no change (kube-proxy's
+    /// syncPeriod): drift in the maps is repaired at least this often.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sync_period: Duration,
+    /// Shortest time between two syncs (kube-proxy's minSyncPeriod); bursts
+    /// of changes within it are applied together.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub min_sync_period: Duration,
     /// KubeProxyConfiguration YAML; the fields that apply are used.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

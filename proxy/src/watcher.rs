@@ -2,10 +2,7 @@
 //! ticks. The events' content is never used: the agent re-reads the whole
 //! folder, so a missed or merged event cannot leave it out of date.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -16,10 +13,6 @@ pub struct WatchError {
     path: PathBuf,
     source: notify::Error,
 }
-
-/// Editors and `kubectl cp` write a file in several steps; waiting this long
-/// after the first event lets one re-read see the finished file.
-const SETTLE: Duration = Duration::from_millis(50);
 
 pub struct ManifestWatcher {
     // Dropping the watcher stops the events, so it lives as long as we do.
@@ -52,13 +45,13 @@ impl ManifestWatcher {
         })
     }
 
-    /// Waits for the next change, then for the folder to settle.
+    /// Waits for the next change. Cancel-safe: the agent selects on it.
+    /// A file caught half-written is simply read again on the next event
+    /// (its last write sends one), after the runner's minimum interval.
     pub async fn changed(&mut self) {
         if self.changes.recv().await.is_none() {
             // The watcher thread is gone; never report a change again.
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(SETTLE).await;
-        while self.changes.try_recv().is_ok() {}
     }
 }

@@ -1,0 +1,71 @@
+//! Where Services, EndpointSlices and Nodes come from: a manifests folder
+//! or the Kubernetes API. Both give the same snapshot shape, so everything
+//! downstream is one code path.
+
+use std::path::PathBuf;
+
+use crate::{
+    kube_source::{KubeSource, KubeSourceError},
+    manifest::{Manifests, load_dir},
+    watcher::{ManifestWatcher, WatchError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("manifests folder {path}: not a readable directory")]
+    ManifestsDir { path: PathBuf },
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Kube(#[from] KubeSourceError),
+}
+
+pub enum Source {
+    Manifests {
+        dir: PathBuf,
+        watcher: ManifestWatcher,
+    },
+    Cluster(Box<KubeSource>),
+}
+
+impl Source {
+    pub fn manifests(dir: PathBuf) -> Result<Self, SourceError> {
+        if !dir.is_dir() {
+            return Err(SourceError::ManifestsDir { path: dir });
+        }
+        let watcher = ManifestWatcher::new(&dir)?;
+        Ok(Self::Manifests { dir, watcher })
+    }
+
+    pub async fn cluster(
+        kubeconfig: Option<&std::path::Path>,
+        node_name: &str,
+    ) -> Result<Self, SourceError> {
+        Ok(Self::Cluster(Box::new(
+            KubeSource::connect(kubeconfig, node_name).await?,
+        )))
+    }
+
+    /// Whether the snapshot is complete: pruning on a partial one would
+    /// delete services that are merely not listed yet.
+    pub fn synced(&self) -> bool {
+        match self {
+            Self::Manifests { .. } => true,
+            Self::Cluster(source) => source.synced(),
+        }
+    }
+
+    pub async fn changed(&mut self) {
+        match self {
+            Self::Manifests { watcher, .. } => watcher.changed().await,
+            Self::Cluster(source) => source.changed().await,
+        }
+    }
+
+    pub fn snapshot(&self) -> Manifests {
+        match self {
+            Self::Manifests { dir, .. } => load_dir(dir),
+            Self::Cluster(source) => source.snapshot(),
+        }
+    }
+}
