@@ -36,6 +36,37 @@ use crate::manifest::Manifests;
 pub const PROXY_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// An API resource the agent reads, and the verbs its watcher uses: the
+/// single statement of what RBAC must grant (a test checks deploy/rbac.yaml
+/// against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedResource {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+/// A reflector lists, then watches; it never gets, creates or updates.
+const REFLECTOR_VERBS: &[&str] = &["list", "watch"];
+
+pub const WATCHED_RESOURCES: [WatchedResource; WATCHED_KINDS] = [
+    WatchedResource {
+        group: "",
+        resource: "services",
+        verbs: REFLECTOR_VERBS,
+    },
+    WatchedResource {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: REFLECTOR_VERBS,
+    },
+    WatchedResource {
+        group: "",
+        resource: "nodes",
+        verbs: REFLECTOR_VERBS,
+    },
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
     #[error("reading kubeconfig {path}: {source}")]

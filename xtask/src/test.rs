@@ -10,7 +10,24 @@ pub fn run() -> Result<()> {
     setup::run()?;
     cargo::build(false)?;
     lint::run()?;
-    cargo::run(&mut cargo::command(&["test", "--lib", "--bins"]))?;
+    // Everything that needs no root: the agent's unit tests and its
+    // deploy/ checks, the ABI, the harness library.
+    cargo::run(&mut cargo::command(&[
+        "test",
+        "-p",
+        "switchyard",
+        "-p",
+        "switchyard-abi",
+        "-p",
+        "xtask",
+    ]))?;
+    cargo::run(&mut cargo::command(&[
+        "test",
+        "-p",
+        "switchyard-tests",
+        "--lib",
+        "--bins",
+    ]))?;
     let agent = cargo::agent_binary();
     let mut integration = cargo::command(&[
         "test",
