@@ -19,6 +19,8 @@ pub struct ProgrammedFrontend {
     /// Slot 0's count; `None` while only slots exist (written ahead of a new
     /// frontend, or left over after it was removed).
     pub count: Option<u16>,
+    /// Slot 0's session-affinity timeout in seconds (0: none).
+    pub affinity_timeout: u32,
     /// Slot number (>= 1) -> backend id, including slots beyond `count`,
     /// which the kernel never reads.
     pub slots: BTreeMap<u16, u32>,
@@ -49,6 +51,7 @@ impl DatapathState {
             let frontend = state.frontends.entry(key.with_slot(0)).or_default();
             if key.slot == 0 {
                 frontend.count = Some(value.count);
+                frontend.affinity_timeout = value.affinity_timeout;
             } else {
                 frontend.slots.insert(key.slot, value.backend_id);
             }
@@ -72,12 +75,23 @@ impl DatapathState {
             MapOp::PutSlot { key, backend_id } => {
                 self.frontend_mut(&key).slots.insert(key.slot, backend_id);
             }
-            MapOp::PutFrontend { key, count } => self.frontend_mut(&key).count = Some(count),
+            MapOp::PutFrontend {
+                key,
+                count,
+                affinity_timeout,
+            } => {
+                let frontend = self.frontend_mut(&key);
+                frontend.count = Some(count);
+                frontend.affinity_timeout = affinity_timeout;
+            }
             MapOp::DeleteSlot { key } => self.edit_existing(&key, |frontend| {
                 frontend.slots.remove(&key.slot);
             }),
             MapOp::DeleteFrontend { key } => {
-                self.edit_existing(&key, |frontend| frontend.count = None);
+                self.edit_existing(&key, |frontend| {
+                    frontend.count = None;
+                    frontend.affinity_timeout = 0;
+                });
             }
             MapOp::DeleteBackend { id } => {
                 self.backends.remove(&id);
@@ -93,7 +107,7 @@ impl DatapathState {
         match op {
             MapOp::PutBackend { .. } | MapOp::DeleteFrontend { .. } => true,
             MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
-            MapOp::PutFrontend { key, count } => {
+            MapOp::PutFrontend { key, count, .. } => {
                 let slots = self.frontends.get(&key.with_slot(0)).map(|f| &f.slots);
                 (1..=*count).all(|slot| {
                     slots

@@ -67,6 +67,7 @@ pub fn desired_state(
                 DesiredFrontend {
                     service: claim.service,
                     backends,
+                    affinity_timeout: claim.affinity_timeout,
                 },
             );
         }

@@ -207,6 +207,8 @@ pub struct DesiredFrontend {
     pub service: ServicePortName,
     /// Sorted and deduplicated; empty means connections are refused.
     pub backends: Vec<Endpoint>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
+    pub affinity_timeout: u32,
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub enum MapOp {
     PutFrontend {
         key: ServiceKey,
         count: u16,
+        affinity_timeout: u32,
     },
     DeleteSlot {
         key: ServiceKey,
@@ -68,7 +69,11 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
             .map(|endpoint| ids.id_for(Backend::from(endpoint)))
             .collect();
         let existing = current.frontends.get(&key);
-        update_frontend(key, existing, &wanted, &mut frontend_ops);
+        let target = Target {
+            backend_ids: &wanted,
+            affinity_timeout: want.affinity_timeout,
+        };
+        update_frontend(key, existing, &target, &mut frontend_ops);
     }
     for (key, existing) in &current.frontends {
         if !wanted_keys.contains(key) {
@@ -87,16 +92,22 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     ops
 }
 
+/// What one frontend should become.
+struct Target<'a> {
+    backend_ids: &'a [u32],
+    affinity_timeout: u32,
+}
+
 fn update_frontend(
     key: ServiceKey,
     existing: Option<&ProgrammedFrontend>,
-    wanted: &[u32],
+    target: &Target<'_>,
     ops: &mut Vec<MapOp>,
 ) {
     let empty = ProgrammedFrontend::default();
     let existing = existing.unwrap_or(&empty);
     let old: Vec<Option<u32>> = existing.active_slots().collect();
-    let slots = assign_slots(&old, wanted);
+    let slots = assign_slots(&old, target.backend_ids);
     for (slot, &backend_id) in (1..).zip(&slots) {
         if existing.slots.get(&slot) != Some(&backend_id) {
             ops.push(MapOp::PutSlot {
@@ -107,8 +118,12 @@ fn update_frontend(
     }
     // `wanted` was capped at u16::MAX entries above.
     let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
-    if existing.count != Some(count) {
-        ops.push(MapOp::PutFrontend { key, count });
+    if existing.count != Some(count) || existing.affinity_timeout != target.affinity_timeout {
+        ops.push(MapOp::PutFrontend {
+            key,
+            count,
+            affinity_timeout: target.affinity_timeout,
+        });
     }
     ops.extend(
         existing

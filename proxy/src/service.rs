@@ -78,6 +78,8 @@ pub struct ServiceFrontend {
     pub field: String,
     /// `spec.internalTrafficPolicy`, which governs cluster IPs.
     pub policy: TrafficPolicy,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 is none.
+    pub affinity_timeout: u32,
 }
 
 /// A Service's ports, validated once and crossed with each cluster IP.
@@ -148,6 +150,7 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
         spec.internal_traffic_policy.as_deref(),
         &mut errors,
     );
+    let affinity_timeout = client_ip_affinity(&object, spec, &mut errors);
     let frontends = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
@@ -164,9 +167,54 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
             },
             field: port.field.clone(),
             policy,
+            affinity_timeout,
         })
         .collect();
     (frontends, errors)
+}
+
+/// kube-proxy's default and ceiling for `timeoutSeconds` (3 hours, 1 day).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
+
+/// `sessionAffinity: ClientIP` -> its timeout; `None` or absent -> 0.
+fn client_ip_affinity(
+    object: &ObjectRef,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    errors: &mut Vec<InputError>,
+) -> u32 {
+    match spec.session_affinity.as_deref() {
+        None | Some("" | "None") => 0,
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|config| config.client_ip.as_ref())
+                .and_then(|client_ip| client_ip.timeout_seconds);
+            match timeout {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(seconds @ 1..=MAX_AFFINITY_TIMEOUT) => seconds.unsigned_abs(),
+                Some(other) => {
+                    errors.push(InputError::field(
+                        object,
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        Reason::InvalidPort,
+                        format!("must be 1-{MAX_AFFINITY_TIMEOUT}, got {other}; using {DEFAULT_AFFINITY_TIMEOUT}"),
+                    ));
+                    DEFAULT_AFFINITY_TIMEOUT
+                }
+            }
+        }
+        Some(other) => {
+            errors.push(InputError::field(
+                object,
+                "spec.sessionAffinity",
+                Reason::Unsupported,
+                format!("must be None or ClientIP, got {other:?}; using None"),
+            ));
+            0
+        }
+    }
 }
 
 /// Absent means Cluster, as the API server defaults it; an unknown value is

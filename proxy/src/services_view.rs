@@ -17,6 +17,9 @@ pub struct FrontendView {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// `sessionAffinity: ClientIP` timeout in seconds, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
     pub backends: Vec<BackendView>,
 }
 
@@ -48,6 +51,7 @@ pub fn views(state: &DatapathState) -> Vec<FrontendView> {
             ip: IpAddr::from(key.addr),
             port: u16::from_be(key.port),
             protocol: protocol_name(key.proto),
+            affinity_timeout: (frontend.affinity_timeout > 0).then_some(frontend.affinity_timeout),
             backends: frontend
                 .active_slots()
                 .map(|id| {
@@ -84,7 +88,10 @@ fn table(views: &[FrontendView]) -> String {
     let rows: Vec<(String, String)> = views
         .iter()
         .map(|view| {
-            let frontend = format!("{}/{}", endpoint(view.ip, view.port), view.protocol);
+            let mut frontend = format!("{}/{}", endpoint(view.ip, view.port), view.protocol);
+            if let Some(timeout) = view.affinity_timeout {
+                let _infallible = write!(frontend, " affinity={timeout}s");
+            }
             let backends = if view.backends.is_empty() {
                 "(none: connections refused)".to_owned()
             } else {

@@ -93,9 +93,14 @@ mod tests {
                 })
                 .collect();
             let service = ServicePortName::default();
-            state
-                .frontends
-                .insert(frontend, DesiredFrontend { service, backends });
+            state.frontends.insert(
+                frontend,
+                DesiredFrontend {
+                    service,
+                    backends,
+                    affinity_timeout: 0,
+                },
+            );
         }
         state
     }

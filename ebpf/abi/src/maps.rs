@@ -14,6 +14,7 @@ use crate::Addr;
 pub const SERVICES_MAP: &str = "SY_SERVICES_V1";
 pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
 pub const SOCK_REVNAT_MAP: &str = "SY_SOCK_RNAT_V1";
+pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
 
 /// Capacity of the service map: frontends times (1 + backends per frontend).
 pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
@@ -22,6 +23,10 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
 /// backend. LRU: an idle socket's entry may be evicted, which costs it the
 /// VIP in `getpeername`, never its traffic.
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 131_072;
+
+/// Session-affinity records, one per client and frontend. LRU: a client
+/// idle long enough to be evicted would have timed out anyway.
+pub const AFFINITY_MAX_ENTRIES: u32 = 131_072;
 
 /// IANA protocol numbers, as in `bpf_sock_addr.protocol`.
 pub const PROTO_TCP: u8 = 6;
@@ -58,7 +63,8 @@ impl ServiceKey {
     }
 }
 
-/// Slot 0 carries `count`; slots 1..=count carry `backend_id`.
+/// Slot 0 carries `count` and the frontend's settings; slots 1..=count
+/// carry `backend_id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
@@ -66,14 +72,17 @@ pub struct ServiceValue {
     /// Backends in slots 1..=count; 0 means the service refuses connections.
     pub count: u16,
     pub flags: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
+    pub affinity_timeout: u32,
 }
 
 impl ServiceValue {
-    pub const fn frontend(count: u16) -> Self {
+    pub const fn frontend(count: u16, affinity_timeout: u32) -> Self {
         Self {
             backend_id: 0,
             count,
             flags: 0,
+            affinity_timeout,
         }
     }
 
@@ -82,8 +91,48 @@ impl ServiceValue {
             backend_id,
             count: 0,
             flags: 0,
+            affinity_timeout: 0,
         }
     }
+}
+
+/// A client of a frontend. The client is its network namespace (the
+/// socket's netns cookie): at connect() time a socket has no source address
+/// yet, and a pod is exactly one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad: [u8; 5],
+}
+
+impl AffinityKey {
+    pub const fn new(netns_cookie: u64, frontend: &ServiceKey) -> Self {
+        Self {
+            netns_cookie,
+            addr: frontend.addr,
+            port: frontend.port,
+            proto: frontend.proto,
+            pad: [0; 5],
+        }
+    }
+}
+
+/// The backend a client was last sent to, by slot and id: the kernel checks
+/// that the slot still names that id, so a backend removed from the service
+/// (or moved) ends the affinity without any userspace cleanup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` of the last connection that used it.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub slot: u16,
+    pub pad: u16,
 }
 
 /// A backend's address; keyed by backend id (`u32`, never 0).
@@ -152,7 +201,9 @@ impl SockRevNatValue {
 
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);
 const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 20);
@@ -167,4 +218,6 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNatValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

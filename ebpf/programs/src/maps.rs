@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use switchyard_abi::{
-    BACKENDS_MAX_ENTRIES, Backend, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey,
-    ServiceValue, SockRevNatKey, SockRevNatValue,
+    AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
+    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -20,3 +21,7 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIE
 #[map(name = "SY_SOCK_RNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
+
+#[map(name = "SY_AFFINITY_V1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);

@@ -1,10 +1,12 @@
 //! Backend selection over the slot layout: slot 0 says how many backends a
-//! frontend has, a random slot in 1..=count names one.
+//! frontend has (and its affinity timeout), a slot in 1..=count names one.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use switchyard_abi::{Backend, ServiceKey};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use switchyard_abi::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, SERVICES};
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 pub enum Selection {
     /// Not a frontend we serve: leave the socket call alone.
@@ -14,23 +16,67 @@ pub enum Selection {
     Backend(Backend),
 }
 
-pub fn select(frontend: &ServiceKey) -> Selection {
+/// `client` identifies the caller for session affinity (its netns cookie).
+pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
     // SAFETY: map values are plain integers; the pointer is valid for the
     // duration of this program run.
-    let Some(front) = (unsafe { SERVICES.get(frontend) }) else {
+    let Some(front) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Selection::NotAService;
     };
-    let count = u32::from(front.count);
-    if count == 0 {
+    if front.count == 0 {
         return Selection::NoBackends;
     }
+    if front.affinity_timeout == 0 {
+        return backend_in_slot(frontend, random_slot(&front));
+    }
+    let key = AffinityKey::new(client, frontend);
     // SAFETY: a helper with no arguments.
-    let pick = unsafe { bpf_get_prandom_u32() } % count;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout = u64::from(front.affinity_timeout) * NANOS_PER_SECOND;
+    let slot = match unsafe { AFFINITY.get(&key) }.copied() {
+        Some(kept)
+            if now.saturating_sub(kept.last_used_ns) < timeout
+                && kept.slot >= 1
+                && kept.slot <= front.count
+                && slot_names(frontend, kept.slot, kept.backend_id) =>
+        {
+            kept.slot
+        }
+        _ => random_slot(&front),
+    };
+    let selection = backend_in_slot(frontend, slot);
+    if let Selection::Backend(_) = selection
+        && let Some(entry) = unsafe { SERVICES.get(frontend.with_slot(slot)) }
+    {
+        // Refreshed on every connection, as kube-proxy's `recent` match is.
+        let record = AffinityValue {
+            last_used_ns: now,
+            backend_id: entry.backend_id,
+            slot,
+            pad: 0,
+        };
+        let _ignored_when_full = AFFINITY.insert(key, record, 0);
+    }
+    selection
+}
+
+fn random_slot(front: &ServiceValue) -> u16 {
+    // SAFETY: a helper with no arguments.
+    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(front.count);
     // `pick < count <= u16::MAX`, so the slot fits.
-    let slot = frontend.with_slot(pick as u16 + 1);
+    pick as u16 + 1
+}
+
+fn slot_names(frontend: &ServiceKey, slot: u16, backend_id: u32) -> bool {
+    // SAFETY: as in `select`.
+    unsafe { SERVICES.get(frontend.with_slot(slot)) }
+        .is_some_and(|entry| entry.backend_id == backend_id)
+}
+
+fn backend_in_slot(frontend: &ServiceKey, slot: u16) -> Selection {
     // The agent writes slots before raising the count, so a missing slot
     // means the maps were edited by hand: fail open rather than refuse.
-    let Some(entry) = (unsafe { SERVICES.get(slot) }) else {
+    let Some(entry) = (unsafe { SERVICES.get(frontend.with_slot(slot)) }) else {
         return Selection::NotAService;
     };
     match unsafe { BACKENDS.get(entry.backend_id) } {

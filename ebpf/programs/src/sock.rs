@@ -12,7 +12,7 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use switchyard_abi::{Addr, Backend, ServiceKey, SockRevNatKey, SockRevNatValue};
@@ -38,7 +38,7 @@ pub fn forward4(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).protocol)) as u8,
         )
     };
-    match select(&ServiceKey::new(vip, port, proto, 0)) {
+    match select(&ServiceKey::new(vip, port, proto, 0), client(ctx)) {
         Selection::NotAService => PROCEED,
         Selection::NoBackends => refuse(),
         // An IPv4 socket cannot reach an IPv6 backend; the agent never
@@ -66,7 +66,7 @@ pub fn forward6(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).protocol)) as u8,
         )
     };
-    match select(&ServiceKey::new(vip, port, proto, 0)) {
+    match select(&ServiceKey::new(vip, port, proto, 0), client(ctx)) {
         Selection::NotAService => PROCEED,
         Selection::NoBackends => refuse(),
         Selection::Backend(backend) => {
@@ -120,6 +120,12 @@ pub fn reverse6(ctx: &SockAddrContext) -> i32 {
         }
     }
     PROCEED
+}
+
+/// The caller's identity for session affinity: its network namespace.
+fn client(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the context pointer is valid for this run.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
 /// kube-proxy REJECTs traffic to a service without endpoints; the closest

@@ -20,7 +20,7 @@ use aya::{
     EbpfLoader,
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
 };
-use switchyard_abi::{BACKENDS_MAP, SERVICES_MAP, SOCK_REVNAT_MAP};
+use switchyard_abi::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP, SOCK_REVNAT_MAP};
 use tracing::{info, warn};
 
 use super::DatapathError;
@@ -40,7 +40,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
     "getpeername6",
 ];
 
-pub const MAP_NAMES: [&str; 3] = [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP];
+pub const MAP_NAMES: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP, AFFINITY_MAP];
 
 const LINKS_DIR: &str = "links";
 const BPF_FS_TYPE: &str = "bpf";

@@ -62,9 +62,13 @@ impl MapWriter for PinnedMaps {
                 .services
                 .insert(key, ServiceValue::slot(*backend_id), 0)
                 .map_err(services),
-            MapOp::PutFrontend { key, count } => self
+            MapOp::PutFrontend {
+                key,
+                count,
+                affinity_timeout,
+            } => self
                 .services
-                .insert(key, ServiceValue::frontend(*count), 0)
+                .insert(key, ServiceValue::frontend(*count, *affinity_timeout), 0)
                 .map_err(services),
             MapOp::DeleteSlot { key } | MapOp::DeleteFrontend { key } => {
                 ignore_missing(self.services.remove(key)).map_err(services)

@@ -30,6 +30,7 @@ fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
             DesiredFrontend {
                 service: ServicePortName::default(),
                 backends,
+                affinity_timeout: 0,
             },
         );
     }
@@ -158,7 +159,7 @@ fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
     for (key, frontend) in &programmed.frontends {
         entries.push((
             *key,
-            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap()),
+            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0),
         ));
         for (&slot, &id) in &frontend.slots {
             entries.push((key.with_slot(slot), switchyard_abi::ServiceValue::slot(id)));
@@ -192,7 +193,11 @@ fn removing_one_backend_moves_at_most_one_slot() {
                 key: key.with_slot(2),
                 backend_id: last
             },
-            MapOp::PutFrontend { key, count: 3 },
+            MapOp::PutFrontend {
+                key,
+                count: 3,
+                affinity_timeout: 0
+            },
             MapOp::DeleteSlot {
                 key: key.with_slot(4)
             },
@@ -270,4 +275,30 @@ fn failed_backend_writes_hold_back_the_slots_that_need_them() {
     // Skip the PutBackend as if the map were full: the slot must not pass.
     assert!(matches!(ops[0], MapOp::PutBackend { .. }));
     assert!(!state.admits(&ops[1]));
+}
+
+#[test]
+fn switching_session_affinity_rewrites_only_slot_zero() {
+    let mut want = desired(&[("10.96.0.10", 80, &[1, 2])]);
+    let state = apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &want),
+    );
+    let key = frontend("10.96.0.10", 80).key();
+    for timeout in [10_800, 0] {
+        want.frontends
+            .values_mut()
+            .for_each(|f| f.affinity_timeout = timeout);
+        let ops = plan(&state, &want);
+        let expected: &[MapOp] = if timeout == 0 {
+            &[]
+        } else {
+            &[MapOp::PutFrontend {
+                key,
+                count: 2,
+                affinity_timeout: timeout,
+            }]
+        };
+        assert_eq!(ops, expected);
+    }
 }

@@ -145,3 +145,67 @@ fn errors_carry_machine_reasons() {
     let reasons: Vec<_> = errors.iter().map(InputError::reason).collect();
     assert_eq!(reasons, ["invalid_ip", "invalid_port", "unsupported"]);
 }
+
+#[test]
+fn policies_and_session_affinity_table() {
+    // (spec extras, internal policy, affinity timeout, error fragment)
+    let cases: &[(&str, TrafficPolicy, u32, Option<&str>)] = &[
+        ("", TrafficPolicy::Cluster, 0, None),
+        (
+            "internalTrafficPolicy: Local",
+            TrafficPolicy::Local,
+            0,
+            None,
+        ),
+        (
+            "internalTrafficPolicy: Nearby",
+            TrafficPolicy::Cluster,
+            0,
+            Some("internalTrafficPolicy"),
+        ),
+        ("sessionAffinity: None", TrafficPolicy::Cluster, 0, None),
+        (
+            "sessionAffinity: ClientIP",
+            TrafficPolicy::Cluster,
+            10_800,
+            None,
+        ),
+        (
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
+            TrafficPolicy::Cluster,
+            60,
+            None,
+        ),
+        (
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
+            TrafficPolicy::Cluster,
+            10_800,
+            Some("timeoutSeconds"),
+        ),
+        (
+            "sessionAffinity: Cookie",
+            TrafficPolicy::Cluster,
+            0,
+            Some("sessionAffinity"),
+        ),
+    ];
+    for (extra, policy, timeout, error) in cases {
+        let yaml = format!(
+            "metadata: {{name: web}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80}}]\n  {extra}"
+        );
+        let (frontends, errors) = service_frontends(&service(&yaml));
+        assert_eq!(frontends.len(), 1, "{extra}");
+        assert_eq!(frontends[0].policy, *policy, "{extra}");
+        assert_eq!(frontends[0].affinity_timeout, *timeout, "{extra}");
+        match error {
+            None => assert!(errors.is_empty(), "{extra}: {errors:?}"),
+            Some(fragment) => {
+                assert_eq!(errors.len(), 1, "{extra}: {errors:?}");
+                assert!(
+                    errors[0].to_string().contains(fragment),
+                    "{extra}: {errors:?}"
+                );
+            }
+        }
+    }
+}
