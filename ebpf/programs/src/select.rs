@@ -33,7 +33,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout = u64::from(front.affinity_timeout) * NANOS_PER_SECOND;
-    let slot = match unsafe { AFFINITY.get(&key) }.copied() {
+    let slot = match unsafe { AFFINITY.get(key) }.copied() {
         Some(kept)
             if now.saturating_sub(kept.last_used_ns) < timeout
                 && kept.slot >= 1
