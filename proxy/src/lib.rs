@@ -11,6 +11,7 @@ pub mod datapath_state;
 pub mod desired;
 pub mod endpoints;
 pub mod input_error;
+pub mod kube_proxy_config;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;

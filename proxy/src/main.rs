@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use switchyard::{
     agent,
     cli::{Cli, Command},
     datapath::loader,
+    kube_proxy_config::KubeProxyConfiguration,
     services_view,
 };
 use tracing_subscriber::EnvFilter;
@@ -17,7 +18,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match dispatch(Cli::parse().command) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    match dispatch(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchyard: {error:#}");
@@ -26,9 +32,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            if let Some(path) = args.config.clone() {
+                let explicit = matches
+                    .subcommand_matches("run")
+                    .ok_or_else(|| anyhow::anyhow!("run arguments missing"))?;
+                KubeProxyConfiguration::load(&path)?.apply_to(&path, &mut args, explicit)?;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
