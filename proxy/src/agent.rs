@@ -2,19 +2,28 @@
 //! service source describes until told to stop. Stopping leaves the
 //! datapath attached and serving; `switchyard cleanup` removes it.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use k8s_openapi::api::core::v1::Node;
+use switchyard_abi::{BACKENDS_MAP, BACKENDS_MAX_ENTRIES, SERVICES_MAP, SERVICES_MAX_ENTRIES};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, sleep_until},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
+    admin_server::{self, Endpoints},
     cli::RunArgs,
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     desired::desired_state,
+    health::{ProxyHealth, node_eligible},
+    input_error::InputError,
+    metrics::Metrics,
     runner::SyncRunner,
     source::{Source, SourceError},
     sync::Syncer,
@@ -38,7 +47,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
 
-    let mut source = match &args.manifests {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Mutex::new(ProxyHealth::new(args.sync_period)));
+    serve_http(&args, &metrics, &health).await;
+
+    let source = match &args.manifests {
         Some(dir) => {
             info!(node = %node_name, manifests = %dir.display(), "starting");
             Source::manifests(dir.clone())?
@@ -50,22 +63,33 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
 
     loader::attach(&args.pins.bpffs, &args.cgroup)?;
-    let mut syncer = Syncer::adopt(PinnedMaps::open(&args.pins.bpffs)?)?;
+    let syncer = Syncer::adopt(PinnedMaps::open(&args.pins.bpffs)?)?;
     info!(
         frontends = syncer.programmed().frontends.len(),
         backends = syncer.programmed().backends.len(),
         "adopted pinned state"
     );
+    let mut agent = Agent {
+        node_name,
+        source,
+        syncer,
+        metrics,
+        health,
+        reported: BTreeMap::new(),
+        queued_since: None,
+    };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
-    let mut reported = BTreeSet::new();
     loop {
         let due = runner.next_run(Instant::now());
         tokio::select! {
-            () = source.changed() => runner.request(),
+            () = agent.source.changed() => {
+                runner.request();
+                agent.queued();
+            }
             // Until every list is in, the adopted state keeps serving.
-            () = sleep_until(due), if source.synced() => {
+            () = sleep_until(due), if agent.source.synced() => {
                 runner.ran(Instant::now());
-                sync_once(&node_name, &source, &mut syncer, &mut reported);
+                agent.sync();
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -75,50 +99,146 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// kube-proxy logs a bind failure and keeps proxying; so do we: the
+/// datapath matters more than its observability.
+async fn serve_http(args: &RunArgs, metrics: &Arc<Metrics>, health: &Arc<Mutex<ProxyHealth>>) {
+    let servers = [
+        (
+            args.metrics_bind_address,
+            Endpoints::Metrics(Arc::clone(metrics)),
+        ),
+        (
+            args.healthz_bind_address,
+            Endpoints::Health(Arc::clone(health)),
+        ),
+    ];
+    for (address, endpoints) in servers {
+        match admin_server::bind(address).await {
+            Ok(listener) => {
+                info!(%address, "serving HTTP");
+                tokio::spawn(admin_server::serve(listener, endpoints));
+            }
+            Err(bind_error) => error!(error = %bind_error, "HTTP endpoint not served"),
+        }
+    }
+}
+
+struct Agent {
+    node_name: String,
+    source: Source,
+    syncer: Syncer<PinnedMaps>,
+    metrics: Arc<Metrics>,
+    health: Arc<Mutex<ProxyHealth>>,
+    /// Input problems of the last pass, by their log line.
+    reported: BTreeMap<String, InputError>,
+    /// When the oldest change not yet applied arrived.
+    queued_since: Option<(Instant, SystemTime)>,
+}
+
+impl Agent {
+    fn health(&self) -> std::sync::MutexGuard<'_, ProxyHealth> {
+        // A poisoned lock only means a panic elsewhere mid-update; the
+        // health record itself is still meaningful.
+        self.health
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn queued(&mut self) {
+        let now = SystemTime::now();
+        self.queued_since.get_or_insert((Instant::now(), now));
+        self.health().queued_update(now);
+        self.metrics.observe_queued(now);
+    }
+
+    fn sync(&mut self) {
+        let started = Instant::now();
+        let loaded = self.source.snapshot();
+        let own_node = loaded
+            .nodes
+            .iter()
+            .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        let node = node_context(&self.node_name, own_node);
+        let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
+        let current: BTreeMap<String, InputError> = conversion_errors
+            .into_iter()
+            .map(|error| loaded.attribute(error))
+            .chain(loaded.errors.iter().cloned())
+            .map(|error| (error.to_string(), error))
+            .collect();
+        // Each bad object is reported once, when it first appears, not on
+        // every pass: a log line per pass would bury everything else.
+        let new: Vec<&InputError> = current
+            .iter()
+            .filter(|(line, _)| !self.reported.contains_key(*line))
+            .map(|(line, error)| {
+                warn!("{line}");
+                error
+            })
+            .collect();
+        self.metrics.set_input_errors(current.values(), new);
+        self.reported = current;
+
+        let report = self.syncer.sync(&desired);
+        for (_, failure) in &report.failed {
+            let map = failure.map_name().unwrap_or("none");
+            self.metrics.record_map_failure(map, failure.reason());
+        }
+        self.observe(&desired, own_node, started);
+        info!(
+            frontends = self.syncer.programmed().frontends.len(),
+            backends = self.syncer.programmed().backends.len(),
+            applied = report.applied,
+            failed = report.failed.len(),
+            held_back = report.held_back,
+            skipped_objects = self.reported.len(),
+            "programmed"
+        );
+    }
+
+    fn observe(
+        &mut self,
+        desired: &crate::model::DesiredState,
+        node: Option<&Node>,
+        started: Instant,
+    ) {
+        let now = SystemTime::now();
+        let queued_for = self.queued_since.take().map(|(at, _)| at.elapsed());
+        self.metrics
+            .observe_sync(started.elapsed(), now, queued_for);
+        let programmed = self.syncer.programmed();
+        self.metrics.set_programmed(
+            programmed.active_frontends().count(),
+            programmed.backends.len(),
+        );
+        let service_entries = programmed
+            .frontends
+            .values()
+            .map(|frontend| usize::from(frontend.count.is_some()) + frontend.slots.len())
+            .sum();
+        self.metrics
+            .set_map_usage(SERVICES_MAP, service_entries, SERVICES_MAX_ENTRIES);
+        self.metrics.set_map_usage(
+            BACKENDS_MAP,
+            programmed.backends.len(),
+            BACKENDS_MAX_ENTRIES,
+        );
+        self.metrics
+            .set_no_local_endpoints("internal", desired.no_local_endpoints);
+        let mut health = self.health();
+        health.updated(now);
+        // A node not (yet) known is eligible, as in kube-proxy.
+        health.set_node_eligible(node.is_none_or(node_eligible));
+    }
+}
+
 /// This node's name and, when its Node object is known, its zone.
-fn node_context(name: &str, nodes: &[Node]) -> NodeContext {
-    let zone = nodes
-        .iter()
-        .find(|node| node.metadata.name.as_deref() == Some(name))
-        .and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+fn node_context(name: &str, node: Option<&Node>) -> NodeContext {
+    let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
     NodeContext {
         name: name.to_owned(),
         zone,
     }
-}
-
-fn sync_once(
-    node_name: &str,
-    source: &Source,
-    syncer: &mut Syncer<PinnedMaps>,
-    reported: &mut BTreeSet<String>,
-) {
-    let loaded = source.snapshot();
-    let node = node_context(node_name, &loaded.nodes);
-    let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
-    // Each bad object is reported once, when it first appears, not on every
-    // pass: a log line per pass would bury everything else.
-    let current: BTreeSet<String> = conversion_errors
-        .into_iter()
-        .map(|error| loaded.attribute(error))
-        .chain(loaded.errors.iter().cloned())
-        .map(|error| error.to_string())
-        .collect();
-    for line in current.difference(reported) {
-        warn!("{line}");
-    }
-    *reported = current;
-
-    let report = syncer.sync(&desired);
-    info!(
-        frontends = syncer.programmed().frontends.len(),
-        backends = syncer.programmed().backends.len(),
-        applied = report.applied,
-        failed = report.failed.len(),
-        held_back = report.held_back,
-        skipped_objects = reported.len(),
-        "programmed"
-    );
 }
 
 fn node_name(args: &RunArgs) -> String {

@@ -8,7 +8,7 @@ use crate::endpoints::SliceIndex;
 use crate::input_error::{InputError, Reason};
 use crate::model::{DesiredFrontend, DesiredState};
 use crate::service::{service_frontends, service_ref};
-use crate::topology::{NodeContext, select_endpoints};
+use crate::topology::{NodeContext, TrafficPolicy, select_endpoints};
 
 /// Slots are `u16` and slot 0 is the frontend itself.
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
@@ -22,6 +22,7 @@ pub fn desired_state(
 ) -> (DesiredState, Vec<InputError>) {
     let (index, mut errors) = SliceIndex::build(slices);
     let mut state = DesiredState::default();
+    let mut no_local = std::collections::BTreeSet::new();
 
     // Sorted so that which of two Services claiming one frontend wins does
     // not depend on watch event order.
@@ -49,6 +50,9 @@ pub fn desired_state(
                 &claim.frontend,
             );
             let mut backends = select_endpoints(&candidates, claim.policy, node);
+            if claim.policy == TrafficPolicy::Local && backends.is_empty() {
+                no_local.insert(claim.service.clone());
+            }
             if backends.len() > MAX_BACKENDS_PER_FRONTEND {
                 errors.push(InputError::field(
                     &object,
@@ -72,6 +76,7 @@ pub fn desired_state(
             );
         }
     }
+    state.no_local_endpoints = no_local.len();
     (state, errors)
 }
 

@@ -4,16 +4,19 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod admin_server;
 pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod datapath_state;
 pub mod desired;
 pub mod endpoints;
+pub mod health;
 pub mod input_error;
 pub mod kube_proxy_config;
 pub mod kube_source;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod runner;

@@ -200,6 +200,9 @@ impl fmt::Display for ServicePortName {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, DesiredFrontend>,
+    /// Service ports with `internalTrafficPolicy: Local` and no endpoint on
+    /// this node (kube-proxy's `no_local_endpoints` metric).
+    pub no_local_endpoints: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -84,6 +84,14 @@ impl DatapathError {
         }
     }
 
+    /// The map an operation failed on, for the failed-operations metric.
+    pub fn map_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Map { map, .. } | Self::MissingMap { map } => Some(map),
+            _ => None,
+        }
+    }
+
     /// Short label for the failed-operations metric.
     pub fn reason(&self) -> &'static str {
         match self {

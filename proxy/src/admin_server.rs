@@ -1,0 +1,196 @@
+//! The HTTP endpoints a cluster expects of a kube-proxy: `/metrics` and
+//! `/proxyMode` (metrics address, default 127.0.0.1:10249), `/healthz` and
+//! `/livez` (health address, default 0.0.0.0:10256).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::{health::ProxyHealth, metrics::Metrics};
+
+/// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
+/// "nftables" there.
+pub const PROXY_MODE: &str = "ebpf";
+
+#[derive(Debug, thiserror::Error)]
+#[error("binding {address}: {source}")]
+pub struct BindError {
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Which endpoints one listener serves.
+#[derive(Clone)]
+pub enum Endpoints {
+    Metrics(Arc<Metrics>),
+    Health(Arc<Mutex<ProxyHealth>>),
+}
+
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError { address, source })
+}
+
+/// Serves until the task is dropped. A failed connection affects only
+/// itself.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting an HTTP connection");
+                continue;
+            }
+        };
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = endpoints.respond(&request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+impl Endpoints {
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        match (self, path) {
+            (Self::Metrics(metrics), "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            ),
+            (Self::Metrics(_), "/proxyMode") => reply(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                PROXY_MODE.into(),
+            ),
+            (Self::Health(health), "/healthz" | "/livez") => {
+                let now = SystemTime::now();
+                let answer = {
+                    // A poisoned lock only means a panic elsewhere mid-update;
+                    // the health record is still meaningful.
+                    let health = health.lock().unwrap_or_else(|poison| poison.into_inner());
+                    if path == "/healthz" {
+                        health.healthz(now)
+                    } else {
+                        health.livez(now)
+                    }
+                };
+                let status =
+                    StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                reply(status, "application/json", answer.body)
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "404 page not found\n".into(),
+            ),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A real HTTP/1.1 exchange over loopback; returns the whole response.
+    async fn get(address: SocketAddr, path: &str) -> String {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .unwrap()
+    }
+
+    async fn start(endpoints: Endpoints) -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, endpoints));
+        address
+    }
+
+    #[tokio::test]
+    async fn metrics_listener_serves_metrics_and_proxy_mode() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_programmed(2, 5);
+        let address = start(Endpoints::Metrics(metrics)).await;
+        let response = get(address, "/metrics").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.contains("switchyard_frontends_programmed 2"));
+        let mode = get(address, "/proxyMode").await;
+        assert!(
+            mode.starts_with("HTTP/1.1 200 OK") && mode.ends_with("ebpf"),
+            "{mode}"
+        );
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn health_listener_follows_the_health_rules() {
+        let health = Arc::new(Mutex::new(ProxyHealth::new(Duration::from_secs(30))));
+        let address = start(Endpoints::Health(Arc::clone(&health))).await;
+        let healthy = get(address, "/healthz").await;
+        assert!(healthy.starts_with("HTTP/1.1 200 OK"), "{healthy}");
+        let lower = healthy.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"));
+        assert!(lower.contains("x-content-type-options: nosniff"));
+        assert!(healthy.contains("\"nodeEligible\":true"));
+
+        health.lock().unwrap().set_node_eligible(false);
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 503"));
+        let livez = get(address, "/livez").await;
+        assert!(livez.starts_with("HTTP/1.1 200 OK") && !livez.contains("nodeEligible"));
+
+        let long_ago = SystemTime::now() - Duration::from_secs(120);
+        health.lock().unwrap().queued_update(long_ago);
+        assert!(get(address, "/livez").await.starts_with("HTTP/1.1 503"));
+    }
+}

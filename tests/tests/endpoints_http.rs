@@ -1,0 +1,99 @@
+//! kube-proxy's HTTP endpoints, served by the agent inside its node's
+//! namespace: `/healthz` and `/livez` on 10256, `/metrics` and
+//! `/proxyMode` on 127.0.0.1:10249.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use serde_json::json;
+use support::*;
+use switchyard_tests::{
+    Agent, AgentConfig, Cluster, ClusterSpec, NetNs, ServiceManifest, ServicePort,
+};
+
+/// One HTTP/1.1 GET from inside `netns` (loopback of that namespace only);
+/// returns (status, body).
+fn get(netns: &NetNs, port: u16, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    netns
+        .within(move || {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let status = response[9..12].parse().unwrap();
+            let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+            (status, body)
+        })
+        .unwrap()
+}
+
+fn node(tainted: bool) -> serde_json::Value {
+    let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
+    if tainted {
+        node["spec"] =
+            json!({"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]});
+    }
+    node
+}
+
+#[test]
+fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(2)).unwrap();
+    write_web(&cluster, &cluster.pods);
+    let bad = ServiceManifest::new("bad", NAMESPACE)
+        .cluster_ip("10.96.9.1")
+        .port(ServicePort::tcp("http", 0, 8080));
+    cluster
+        .manifests()
+        .write("other.yaml", &[node(false), bad.to_value()])
+        .unwrap();
+    let agent = Agent::start(AgentConfig::for_cluster(&cluster), &cluster.node.netns).unwrap();
+    let netns = &cluster.node.netns;
+
+    let (status, body) = get(netns, 10256, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let healthz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        healthz["lastUpdated"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert_eq!(healthz["nodeEligible"], true);
+    assert_eq!(get(netns, 10256, "/livez").0, 200);
+    assert_eq!(get(netns, 10249, "/proxyMode"), (200, "ebpf".to_owned()));
+
+    let (status, metrics) = get(netns, 10249, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "switchyard_frontends_programmed 2",
+        "switchyard_backends_programmed 4",
+        "switchyard_input_errors{reason=\"invalid_port\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?}:\n{metrics}");
+    }
+
+    // The autoscaler marks the node for removal: load balancers must stop
+    // sending here (healthz fails) but the agent stays alive (livez passes).
+    cluster
+        .manifests()
+        .write("other.yaml", &[node(true), bad.to_value()])
+        .unwrap();
+    time_until(Duration::from_secs(5), || {
+        get(netns, 10256, "/healthz").0 == 503
+    });
+    assert_eq!(get(netns, 10256, "/livez").0, 200);
+    drop(agent);
+}
