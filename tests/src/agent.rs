@@ -37,6 +37,8 @@ pub fn binary() -> PathBuf {
 pub struct AgentConfig {
     pub bin: PathBuf,
     pub manifests: PathBuf,
+    /// When set, the agent watches this API server instead of `manifests`.
+    pub kubeconfig: Option<PathBuf>,
     pub cgroup: PathBuf,
     /// The pin dir, below a test's bpffs mount.
     pub bpffs: PathBuf,
@@ -53,12 +55,19 @@ impl AgentConfig {
         Self {
             bin: binary(),
             manifests: cluster.manifests().path().to_owned(),
+            kubeconfig: None,
             cgroup: cluster.client.cgroup.path().to_owned(),
             bpffs: cluster.node.bpffs.join("switchyard"),
             node_name: cluster.node.name.clone(),
             extra_args: Vec::new(),
             log: cluster.scratch.join("agent.log"),
         }
+    }
+
+    /// Watch the API server behind `kubeconfig` (a [`crate::FakeApiServer`]).
+    pub fn with_kubeconfig(mut self, kubeconfig: PathBuf) -> Self {
+        self.kubeconfig = Some(kubeconfig);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -110,10 +119,12 @@ impl<'a> Agent<'a> {
         let log = OpenOptions::new().create(true).append(true).open(&c.log)?;
         self.log_offset = log.metadata()?.len() as usize;
         let mut cmd = Command::new(&c.bin);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(&c.manifests)
-            .arg("--cgroup")
+        cmd.arg("run");
+        match &c.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("--manifests").arg(&c.manifests),
+        };
+        cmd.arg("--cgroup")
             .arg(&c.cgroup)
             .arg("--bpffs")
             .arg(&c.bpffs)
@@ -214,6 +225,15 @@ impl<'a> Agent<'a> {
         }
         self.launch()?;
         self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// Starts again without waiting for a first sync (which an agent
+    /// cut off from its API server never reaches).
+    pub fn relaunch(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("agent still running");
+        }
+        self.launch()
     }
 
     /// `stop` (SIGINT) then `start_again`, as an upgrade would.

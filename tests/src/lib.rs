@@ -9,6 +9,7 @@
 //! by a `Drop` guard, also when a test panics; every loop is bounded.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod scratch;
 pub mod topology;
 
 pub use agent::{Agent, AgentConfig};
+pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
 pub use cgroup::Cgroup;
 pub use manifest::{

@@ -1,0 +1,178 @@
+//! The API server's state, as etcd would hold it: objects by kind,
+//! namespace and name; one global resourceVersion counter; a history of
+//! change events for watches to replay; a compaction point before which
+//! versions are gone (410).
+
+use std::{
+    collections::BTreeMap,
+    sync::mpsc::{Receiver, Sender, channel},
+};
+
+use serde_json::{Value, json};
+
+use super::selector::Selector;
+
+/// A resource kind the server knows: its kind, list kind, API version and
+/// whether it is namespaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Kind {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+pub const KINDS: [Kind; 3] = [
+    Kind {
+        kind: "Service",
+        api_version: "v1",
+        plural: "services",
+        namespaced: true,
+    },
+    Kind {
+        kind: "EndpointSlice",
+        api_version: "discovery.k8s.io/v1",
+        plural: "endpointslices",
+        namespaced: true,
+    },
+    Kind {
+        kind: "Node",
+        api_version: "v1",
+        plural: "nodes",
+        namespaced: false,
+    },
+];
+
+pub fn kind_named(kind: &str) -> Option<Kind> {
+    KINDS.iter().copied().find(|k| k.kind == kind)
+}
+
+type Key = (&'static str, String, String);
+
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub rv: u64,
+    pub kind: &'static str,
+    /// The object before (None when created) and after (None when deleted).
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+#[derive(Default)]
+pub struct Store {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    compacted: u64,
+    history: Vec<Change>,
+    subscribers: Vec<(u64, Sender<Change>)>,
+    next_uid: u64,
+}
+
+impl Store {
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    /// Creates or replaces; returns the stored object.
+    pub fn apply(&mut self, mut object: Value) -> Value {
+        let kind = kind_named(object["kind"].as_str().unwrap_or_default())
+            .unwrap_or_else(|| panic!("unsupported kind in {object}"));
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let namespace = if kind.namespaced {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            object["metadata"]["namespace"] = json!(ns);
+            ns
+        } else {
+            String::new()
+        };
+        let key = (kind.kind, namespace, name);
+        let before = self.objects.get(&key).cloned();
+        self.rv += 1;
+        let metadata = &mut object["metadata"];
+        metadata["resourceVersion"] = json!(self.rv.to_string());
+        let uid = before
+            .as_ref()
+            .and_then(|b| b["metadata"]["uid"].as_str().map(String::from))
+            .unwrap_or_else(|| {
+                self.next_uid += 1;
+                format!("00000000-0000-0000-0000-{:012}", self.next_uid)
+            });
+        metadata["uid"] = json!(uid);
+        if metadata.get("creationTimestamp").is_none() {
+            metadata["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        self.objects.insert(key, object.clone());
+        self.record(kind.kind, before, Some(object.clone()));
+        object
+    }
+
+    pub fn delete(&mut self, kind: &str, namespace: &str, name: &str) -> bool {
+        let Some(kind) = kind_named(kind) else {
+            return false;
+        };
+        let namespace = if kind.namespaced { namespace } else { "" };
+        let key = (kind.kind, namespace.to_owned(), name.to_owned());
+        let Some(before) = self.objects.remove(&key) else {
+            return false;
+        };
+        self.rv += 1;
+        let mut gone = before.clone();
+        gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.record(kind.kind, Some(before), None);
+        if let Some(last) = self.history.last_mut() {
+            last.before = Some(gone);
+        }
+        true
+    }
+
+    fn record(&mut self, kind: &'static str, before: Option<Value>, after: Option<Value>) {
+        let change = Change {
+            rv: self.rv,
+            kind,
+            before,
+            after,
+        };
+        self.subscribers
+            .retain(|(_, subscriber)| subscriber.send(change.clone()).is_ok());
+        self.history.push(change);
+    }
+
+    /// Every version up to now becomes too old to watch from.
+    pub fn compact(&mut self) {
+        self.compacted = self.rv;
+        self.history.clear();
+    }
+
+    /// The objects of `kind` matching the selectors, in key order.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>, selector: &Selector) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind.kind && namespace.is_none_or(|n| n == ns))
+            .filter(|(_, object)| selector.matches(object))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// Changes after `rv` (None when `rv` is compacted away), and a live
+    /// feed of the ones to come.
+    pub fn watch_from(&mut self, rv: u64, id: u64) -> Option<(Vec<Change>, Receiver<Change>)> {
+        if rv < self.compacted {
+            return None;
+        }
+        let replay = self.history.iter().filter(|c| c.rv > rv).cloned().collect();
+        let (sender, receiver) = channel();
+        self.subscribers.push((id, sender));
+        Some((replay, receiver))
+    }
+
+    /// Ends every live feed (the watch connections notice and close).
+    pub fn drop_subscribers(&mut self) {
+        self.subscribers.clear();
+    }
+}
