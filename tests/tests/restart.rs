@@ -29,13 +29,22 @@ fn killed_agent_restarts_without_breaking_open_or_new_connections() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    agent.kill_hard().unwrap();
-    // Nothing runs in userspace now; the pinned datapath still balances.
-    assert_eq!(
-        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
-        names(&pods)
-    );
-    agent.start_again().unwrap();
+    // New connections keep coming the whole time the agent is killed,
+    // absent and restarting: not one may fail.
+    let steady = std::thread::scope(|scope| {
+        let load = scope.spawn(|| cluster.client.burst(vip4(80), 400).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        agent.kill_hard().unwrap();
+        // Nothing runs in userspace now; the pinned datapath still balances.
+        assert_eq!(
+            answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+            names(&pods)
+        );
+        agent.start_again().unwrap();
+        load.join().unwrap()
+    });
+    assert!(steady.ok && steady.failures == 0, "{steady:?}");
+    assert_eq!(steady.per_backend.len(), pods.len(), "{steady:?}");
     assert_eq!(
         answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
         names(&pods)
