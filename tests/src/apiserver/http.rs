@@ -76,27 +76,27 @@ fn serve(stream: TcpStream, shared: &Arc<Shared>) {
             None => respond(&mut stream, 404, &status(404, "NotFound", "not found")),
         };
     }
+    let scope = Scope {
+        kind,
+        namespace: namespace.as_deref(),
+        selector: &selector,
+        request: &request,
+    };
     if matches!(request.param("watch"), "true" | "1") {
         shared.watches.fetch_add(1, Ordering::Relaxed);
-        watch(
-            &mut stream,
-            shared,
-            kind,
-            namespace.as_deref(),
-            &selector,
-            &request,
-        );
+        watch(&mut stream, shared, &scope);
     } else {
         shared.lists.fetch_add(1, Ordering::Relaxed);
-        list(
-            &mut stream,
-            shared,
-            kind,
-            namespace.as_deref(),
-            &selector,
-            &request,
-        );
+        list(&mut stream, shared, &scope);
     }
+}
+
+/// What one list or watch request asks for.
+struct Scope<'a> {
+    kind: Kind,
+    namespace: Option<&'a str>,
+    selector: &'a Selector,
+    request: &'a Request,
 }
 
 /// `/api/v1/[namespaces/NS/]PLURAL[/NAME]` and the same under
@@ -126,14 +126,13 @@ fn route(segments: &[&str]) -> Option<(Kind, Option<String>, Option<String>)> {
     Some((kind, namespace, name))
 }
 
-fn list(
-    stream: &mut TcpStream,
-    shared: &Shared,
-    kind: Kind,
-    namespace: Option<&str>,
-    selector: &Selector,
-    request: &Request,
-) {
+fn list(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
+    let Scope {
+        kind,
+        namespace,
+        selector,
+        request,
+    } = *scope;
     let (items, rv) = {
         let store = shared.store();
         (
@@ -163,14 +162,13 @@ fn list(
     respond(stream, 200, &body);
 }
 
-fn watch(
-    stream: &mut TcpStream,
-    shared: &Shared,
-    kind: Kind,
-    namespace: Option<&str>,
-    selector: &Selector,
-    request: &Request,
-) {
+fn watch(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
+    let Scope {
+        kind,
+        namespace,
+        selector,
+        request,
+    } = *scope;
     let generation = shared.generation.load(Ordering::Acquire);
     let mut bookmarks = shared.bookmarks.load(Ordering::Acquire);
     let want_bookmarks = matches!(request.param("allowWatchBookmarks"), "true" | "1");
