@@ -209,9 +209,17 @@ fn parse_slice(
     for (index, port) in slice.ports.iter().flatten().enumerate() {
         let field = format!("ports[{index}]");
         // A slice may list a port with no number: it means "all ports",
-        // which kube-proxy has no rule for, so it is skipped quietly.
+        // which kube-proxy has no rule for. It is skipped, and said once.
         let number = match port.port {
-            None | Some(0) => continue,
+            None | Some(0) => {
+                errors.push(InputError::field(
+                    object,
+                    format!("{field}.port"),
+                    Reason::InvalidPort,
+                    "no port number; this port is ignored, as kube-proxy does",
+                ));
+                continue;
+            }
             Some(number) => match u16::try_from(number) {
                 Ok(number) => number,
                 Err(_) => {

@@ -109,7 +109,10 @@ endpoints: [{addresses: [10.0.0.1]}]
             "",
             "10.96.0.10:80/TCP",
             &["10.0.0.1:9000/TCP"],
-            &[],
+            &[
+                "api: EndpointSlice default/s: ports[0].port: no port number; this port is ignored, as kube-proxy does",
+                "api: EndpointSlice default/s: ports[1].port: no port number; this port is ignored, as kube-proxy does",
+            ],
         ),
         (
             "endpoints dedupe across slices, first slice by name wins",
