@@ -35,6 +35,17 @@ const SYNC_BUCKETS: [f64; 12] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Adds `metric` to `registry` and hands it back for updating.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are constant and unique");
+    metric
+}
+
 fn seconds_since_epoch(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -54,10 +65,7 @@ impl Metrics {
             let metric =
                 Histogram::with_opts(HistogramOpts::new(name, help).buckets(SYNC_BUCKETS.to_vec()))
                     .expect("valid histogram");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let sync_duration = histogram(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -69,10 +77,7 @@ impl Metrics {
         );
         let gauge = |name: &str, help: &str| {
             let metric = Gauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let last_sync = gauge(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
@@ -84,10 +89,7 @@ impl Metrics {
         );
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let no_local_endpoints = int_gauge_vec(
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
@@ -111,10 +113,7 @@ impl Metrics {
         );
         let int_gauge = |name: &str, help: &str| {
             let metric = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let frontends = int_gauge(
             "switchyard_frontends_programmed",
@@ -123,10 +122,7 @@ impl Metrics {
         let backends = int_gauge("switchyard_backends_programmed", "Backends in the datapath");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let map_failures = counter_vec(
             "switchyard_map_operation_failures_total",
@@ -140,10 +136,7 @@ impl Metrics {
         );
         let counter = |name: &str, help: &str| {
             let metric = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique name");
-            metric
+            registered(&registry, metric)
         };
         let service_changes = counter(
             "kubeproxy_sync_proxy_rules_service_changes_total",
