@@ -17,7 +17,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -26,6 +26,8 @@ use crate::{health::ProxyHealth, metrics::Metrics};
 /// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
 /// "nftables" there.
 pub const PROXY_MODE: &str = "ebpf";
+
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("binding {address}: {source}")]
@@ -64,7 +66,11 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
                 let response = endpoints.respond(&request);
                 async move { Ok::<_, Infallible>(response) }
             });
+            // A client that connects and never sends a request is dropped
+            // rather than holding a task forever.
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

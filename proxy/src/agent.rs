@@ -184,7 +184,8 @@ impl Agent {
             let map = failure.map_name().unwrap_or("none");
             self.metrics.record_map_failure(map, failure.reason());
         }
-        self.observe(&desired, own_node, started);
+        let complete = report.failed.is_empty() && report.held_back == 0;
+        self.observe(&desired, own_node, started, complete);
         info!(
             frontends = self.syncer.programmed().frontends.len(),
             backends = self.syncer.programmed().backends.len(),
@@ -201,11 +202,16 @@ impl Agent {
         desired: &crate::model::DesiredState,
         node: Option<&Node>,
         started: Instant,
+        complete: bool,
     ) {
         let now = SystemTime::now();
-        let queued_for = self.queued_since.take().map(|(at, _)| at.elapsed());
-        self.metrics
-            .observe_sync(started.elapsed(), now, queued_for);
+        if complete {
+            let queued_for = self.queued_since.take().map(|(at, _)| at.elapsed());
+            self.metrics
+                .observe_sync(started.elapsed(), now, queued_for);
+        } else {
+            self.metrics.observe_incomplete_sync(started.elapsed());
+        }
         let programmed = self.syncer.programmed();
         self.metrics.set_programmed(
             programmed.active_frontends().count(),
@@ -226,7 +232,11 @@ impl Agent {
         self.metrics
             .set_no_local_endpoints("internal", desired.no_local_endpoints);
         let mut health = self.health();
-        health.updated(now);
+        // As kube-proxy: a pass that left changes unapplied (a full map, say)
+        // is not an update, so a problem that persists turns /healthz 503.
+        if complete {
+            health.updated(now);
+        }
         // A node not (yet) known is eligible, as in kube-proxy.
         health.set_node_eligible(node.is_none_or(node_eligible));
     }

@@ -178,6 +178,12 @@ impl Metrics {
         }
     }
 
+    /// A sync that left some changes unapplied: its cost counts, but it is
+    /// not a completed sync.
+    pub fn observe_incomplete_sync(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
+    }
+
     pub fn observe_queued(&self, at: SystemTime) {
         self.last_queued.set(seconds_since_epoch(at));
     }
