@@ -1,6 +1,8 @@
 //! IP address text as Kubernetes objects may carry it.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 /// Parses an IP the way kube-proxy's `ParseIPSloppy` does.
 ///
@@ -54,9 +56,121 @@ fn parse_v6_sloppy(text: &str) -> Option<Ipv6Addr> {
     format!("{head}:{v4}").parse().ok()
 }
 
+/// An address prefix: `10.0.0.0/8`, `fd00::/64`. Host bits are cleared, so
+/// `10.1.2.3/8` and `10.0.0.0/8` are the same prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub prefix_len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a CIDR: {text:?} (expected ADDRESS/PREFIX-LENGTH)")]
+pub struct BadCidr {
+    pub text: String,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => mask_v4(ip, self.prefix_len) == network,
+            (IpAddr::V6(network), IpAddr::V6(ip)) => mask_v6(ip, self.prefix_len) == network,
+            _ => false,
+        }
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+fn mask_v6(ip: Ipv6Addr, len: u8) -> Ipv6Addr {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    Ipv6Addr::from(u128::from(ip) & mask)
+}
+
+impl FromStr for Cidr {
+    type Err = BadCidr;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadCidr {
+            text: text.to_owned(),
+        };
+        let (address, len) = text.trim().split_once('/').ok_or_else(bad)?;
+        let ip = parse_ip_sloppy(address).ok_or_else(bad)?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        let network = match ip {
+            IpAddr::V4(v4) if prefix_len <= 32 => IpAddr::V4(mask_v4(v4, prefix_len)),
+            IpAddr::V6(v6) if prefix_len <= 128 => IpAddr::V6(mask_v6(v6, prefix_len)),
+            _ => return Err(bad()),
+        };
+        Ok(Self {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, bool)]);
+        let cases: &[Case] = &[
+            (
+                "10.1.2.3/8",
+                Some("10.0.0.0/8"),
+                &[
+                    ("10.200.0.1", true),
+                    ("11.0.0.1", false),
+                    ("fd00::1", false),
+                ],
+            ),
+            ("0.0.0.0/0", Some("0.0.0.0/0"), &[("192.168.1.1", true)]),
+            (
+                "203.0.113.7/32",
+                Some("203.0.113.7/32"),
+                &[("203.0.113.7", true), ("203.0.113.8", false)],
+            ),
+            (
+                "fd00:77::5/64",
+                Some("fd00:77::/64"),
+                &[
+                    ("fd00:77::1", true),
+                    ("fd00:78::1", false),
+                    ("10.0.0.1", false),
+                ],
+            ),
+            ("::/0", Some("::/0"), &[("2001:db8::1", true)]),
+            ("10.0.0.0/33", None, &[]),
+            ("10.0.0.0", None, &[]),
+            ("x/8", None, &[]),
+        ];
+        for (text, want, probes) in cases {
+            let parsed = text.parse::<Cidr>();
+            assert_eq!(
+                parsed.as_ref().ok().map(ToString::to_string).as_deref(),
+                *want,
+                "{text}"
+            );
+            for (ip, inside) in *probes {
+                assert_eq!(
+                    parsed.as_ref().unwrap().contains(ip.parse().unwrap()),
+                    *inside,
+                    "{text} {ip}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn parses_like_kube_proxy() {

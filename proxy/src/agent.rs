@@ -24,6 +24,8 @@ use crate::{
     health::{ProxyHealth, node_eligible},
     input_error::InputError,
     metrics::Metrics,
+    node_network,
+    packet_path::{PacketPath, PacketPathError},
     runner::SyncRunner,
     source::{Source, SourceError},
     sync::Syncer,
@@ -36,6 +38,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    PacketPath(#[from] PacketPathError),
     #[error("installing a signal handler: {source}")]
     Signal { source: std::io::Error },
 }
@@ -62,7 +66,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     };
 
-    loader::attach(&args.pins.bpffs, &args.cgroup)?;
+    let mut programs = loader::load(&args.pins.bpffs)?;
+    programs.attach_sockets(&args.cgroup)?;
+    let mut packet_path = PacketPath::new(&args, &args.pins.bpffs)?;
+    // Subscribed before the first read, so no change falls in between.
+    let mut network_changes = node_network::watch().map_err(PacketPathError::from)?;
+    packet_path.refresh(&mut programs, &metrics).await?;
+    programs.retire_older_generations();
+    let mut collect = tokio::time::interval(args.conntrack.gc_interval);
     let syncer = Syncer::adopt(PinnedMaps::open(&args.pins.bpffs)?)?;
     info!(
         frontends = syncer.programmed().frontends.len(),
@@ -75,6 +86,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         syncer,
         metrics,
         health,
+        packet_path,
         reported: BTreeMap::new(),
         queued_since: None,
     };
@@ -91,6 +103,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 runner.ran(Instant::now());
                 agent.sync();
             }
+            Some(()) = network_changes.recv() => {
+                match agent.packet_path.refresh(&mut programs, &agent.metrics).await {
+                    Ok(true) => runner.request(),
+                    Ok(false) => {}
+                    Err(error) => warn!(%error, "re-reading the node's network"),
+                }
+            }
+            _ = collect.tick() => agent.packet_path.collect(&agent.metrics),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -129,6 +149,7 @@ struct Agent {
     syncer: Syncer<PinnedMaps>,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<ProxyHealth>>,
+    packet_path: PacketPath,
     /// Input problems of the last pass, by their log line.
     reported: BTreeMap<String, InputError>,
     /// When the oldest change not yet applied arrived.
@@ -158,7 +179,11 @@ impl Agent {
             .nodes
             .iter()
             .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()));
-        let node = node_context(&self.node_name, own_node);
+        let node = node_context(
+            &self.node_name,
+            own_node,
+            self.packet_path.node_port_addresses(),
+        );
         let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()
@@ -242,12 +267,18 @@ impl Agent {
     }
 }
 
-/// This node's name and, when its Node object is known, its zone.
-fn node_context(name: &str, node: Option<&Node>) -> NodeContext {
+/// This node's name, its zone when its Node object is known, and the
+/// addresses its NodePorts answer on.
+fn node_context(
+    name: &str,
+    node: Option<&Node>,
+    node_port_addresses: &[std::net::IpAddr],
+) -> NodeContext {
     let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
     NodeContext {
         name: name.to_owned(),
         zone,
+        node_port_addresses: node_port_addresses.to_vec(),
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Command {
     Services(ServicesArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
+    /// List the per-packet path's tracked connections and count them.
+    Conntrack(ServicesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +69,41 @@ pub struct RunArgs {
     /// KubeProxyConfiguration YAML; the fields that apply are used.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
+}
+
+/// kube-proxy's conntrack flags, applied to Switchyard's own conntrack.
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    /// Idle timeout of established TCP connections.
+    #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub tcp_established: Duration,
+    /// Idle timeout of TCP connections after a FIN or RST.
+    #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tcp_close_wait: Duration,
+    /// Idle timeout of UDP flows the backend has not answered.
+    #[arg(long = "conntrack-udp-timeout", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub udp: Duration,
+    /// Idle timeout of answered UDP flows.
+    #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub udp_stream: Duration,
+    /// How often expired connections are collected.
+    #[arg(long = "conntrack-gc-interval", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub gc_interval: Duration,
+}
+
+impl ConntrackArgs {
+    pub fn timeouts(&self) -> switchyard_abi::FlowTimeouts {
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1);
+        switchyard_abi::FlowTimeouts {
+            tcp_established: seconds(self.tcp_established),
+            tcp_closing: seconds(self.tcp_close_wait),
+            udp: seconds(self.udp),
+            udp_stream: seconds(self.udp_stream),
+            ..switchyard_abi::FlowTimeouts::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,17 +1,59 @@
 //! What the maps hold, in typed form: the agent's mirror of the kernel, the
 //! input of every plan, and what `switchyard services` shows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use switchyard_abi::{Backend, ServiceKey, ServiceValue};
+use switchyard_abi::{
+    Addr, Backend, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, ServiceValue, SourceRange,
+};
 
-use crate::plan::MapOp;
+use crate::{address::Cidr, plan::MapOp};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DatapathState {
     /// Keyed by each frontend's slot-0 key.
     pub frontends: BTreeMap<ServiceKey, ProgrammedFrontend>,
     pub backends: BTreeMap<u32, Backend>,
+    /// `loadBalancerSourceRanges` entries.
+    pub source_ranges: BTreeSet<RangeKey>,
+}
+
+/// One key of the source-range LPM trie: a frontend and a source prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RangeKey {
+    pub prefix_len: u32,
+    pub range: SourceRange,
+}
+
+impl RangeKey {
+    pub fn new(frontend: &ServiceKey, cidr: &Cidr) -> Self {
+        // IPv4 prefixes sit behind the 96 bits of the mapped-address prefix.
+        let family_bits = if cidr.network.is_ipv4() { 96 } else { 0 };
+        Self {
+            prefix_len: SOURCE_RANGE_FRONTEND_BITS + family_bits + u32::from(cidr.prefix_len),
+            range: SourceRange {
+                addr: frontend.addr,
+                port: frontend.port,
+                proto: frontend.proto,
+                pad: 0,
+                src: Addr::from(cidr.network),
+            },
+        }
+    }
+
+    /// The source prefix this key admits.
+    pub fn source(&self) -> Cidr {
+        let ip = IpAddr::from(self.range.src);
+        let family_bits = if ip.is_ipv4() { 96 } else { 0 };
+        let bits = self
+            .prefix_len
+            .saturating_sub(SOURCE_RANGE_FRONTEND_BITS + family_bits);
+        Cidr {
+            network: ip,
+            prefix_len: u8::try_from(bits).unwrap_or(u8::MAX),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +63,8 @@ pub struct ProgrammedFrontend {
     pub count: Option<u16>,
     /// Slot 0's session-affinity timeout in seconds (0: none).
     pub affinity_timeout: u32,
+    /// Slot 0's `FRONTEND_*` bits.
+    pub flags: u16,
     /// Slot number (>= 1) -> backend id, including slots beyond `count`,
     /// which the kernel never reads.
     pub slots: BTreeMap<u16, u32>,
@@ -42,16 +86,19 @@ impl DatapathState {
     pub fn from_entries(
         services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
         backends: impl IntoIterator<Item = (u32, Backend)>,
+        source_ranges: impl IntoIterator<Item = RangeKey>,
     ) -> Self {
         let mut state = Self {
             frontends: BTreeMap::new(),
             backends: backends.into_iter().collect(),
+            source_ranges: source_ranges.into_iter().collect(),
         };
         for (key, value) in services {
             let frontend = state.frontends.entry(key.with_slot(0)).or_default();
             if key.slot == 0 {
                 frontend.count = Some(value.count);
                 frontend.affinity_timeout = value.affinity_timeout;
+                frontend.flags = value.flags;
             } else {
                 frontend.slots.insert(key.slot, value.backend_id);
             }
@@ -78,11 +125,19 @@ impl DatapathState {
             MapOp::PutFrontend {
                 key,
                 count,
+                flags,
                 affinity_timeout,
             } => {
                 let frontend = self.frontend_mut(&key);
                 frontend.count = Some(count);
+                frontend.flags = flags;
                 frontend.affinity_timeout = affinity_timeout;
+            }
+            MapOp::PutSourceRange { range } => {
+                self.source_ranges.insert(range);
+            }
+            MapOp::DeleteSourceRange { range } => {
+                self.source_ranges.remove(&range);
             }
             MapOp::DeleteSlot { key } => self.edit_existing(&key, |frontend| {
                 frontend.slots.remove(&key.slot);
@@ -91,6 +146,7 @@ impl DatapathState {
                 self.edit_existing(&key, |frontend| {
                     frontend.count = None;
                     frontend.affinity_timeout = 0;
+                    frontend.flags = 0;
                 });
             }
             MapOp::DeleteBackend { id } => {
@@ -105,7 +161,10 @@ impl DatapathState {
     /// an earlier operation of it failed.
     pub fn admits(&self, op: &MapOp) -> bool {
         match op {
-            MapOp::PutBackend { .. } | MapOp::DeleteFrontend { .. } => true,
+            MapOp::PutBackend { .. }
+            | MapOp::DeleteFrontend { .. }
+            | MapOp::PutSourceRange { .. }
+            | MapOp::DeleteSourceRange { .. } => true,
             MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
             MapOp::PutFrontend { key, count, .. } => {
                 let slots = self.frontends.get(&key.with_slot(0)).map(|f| &f.slots);

@@ -6,8 +6,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpoints::SliceIndex;
 use crate::input_error::{InputError, Reason};
-use crate::model::{DesiredFrontend, DesiredState};
-use crate::service::{service_frontends, service_ref};
+use crate::model::{DesiredFrontend, DesiredState, HealthCheck, Scope};
+use crate::service::{health_check_node_port, service_frontends, service_ref};
 use crate::topology::{NodeContext, TrafficPolicy, select_endpoints};
 
 /// Slots are `u16` and slot 0 is the frontend itself.
@@ -31,8 +31,10 @@ pub fn desired_state(
 
     for service in ordered {
         let object = service_ref(service);
-        let (frontends, service_errors) = service_frontends(service);
+        let (frontends, service_errors) = service_frontends(service, &node.node_port_addresses);
         errors.extend(service_errors);
+        let health_check_port = health_check_node_port(service);
+        let mut local_endpoints = std::collections::BTreeSet::new();
         for claim in frontends {
             if let Some(owner) = state.frontends.get(&claim.frontend) {
                 errors.push(InputError::field(
@@ -66,14 +68,39 @@ pub fn desired_state(
                 ));
                 backends.truncate(MAX_BACKENDS_PER_FRONTEND);
             }
+            if claim.frontend.scope == Scope::External {
+                local_endpoints.extend(backends.iter().filter(|b| b.local).map(|b| b.ip));
+            }
             state.frontends.insert(
                 claim.frontend,
                 DesiredFrontend {
                     service: claim.service,
                     backends,
                     affinity_timeout: claim.affinity_timeout,
+                    flags: claim.flags,
+                    source_ranges: claim.source_ranges,
                 },
             );
+        }
+        if let Some(port) = health_check_port {
+            let check = HealthCheck {
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
+                local_endpoints: local_endpoints.len(),
+            };
+            if let Some(taken) = state.health_checks.get(&port) {
+                errors.push(InputError::field(
+                    &object,
+                    "spec.healthCheckNodePort",
+                    Reason::Conflict,
+                    format!(
+                        "port {port} is already served for {}/{}",
+                        taken.namespace, taken.name
+                    ),
+                ));
+            } else {
+                state.health_checks.insert(port, check);
+            }
         }
     }
     state.no_local_endpoints = no_local.len();

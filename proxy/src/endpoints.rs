@@ -141,6 +141,8 @@ impl SliceIndex {
                     ip: found.ip,
                     port: port.port,
                     protocol: frontend.protocol,
+                    // Decided with the node in view, by `topology`.
+                    local: false,
                 };
                 // kube-proxy keeps the first copy in slice-name order.
                 if seen.insert(endpoint) {

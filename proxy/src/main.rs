@@ -55,6 +55,10 @@ fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> 
             print!("{text}");
         }
         Command::Cleanup(args) => loader::cleanup(&args.pins.bpffs)?,
+        Command::Conntrack(args) => {
+            let text = services_view::render_connections(&args.pins.bpffs, args.output)?;
+            print!("{text}");
+        }
     }
     Ok(())
 }

@@ -28,6 +28,14 @@ pub struct Metrics {
     map_failures: IntCounterVec,
     input_errors: IntGaugeVec,
     input_errors_seen: IntCounterVec,
+    packets: IntCounterVec,
+    /// The kernel's counter totals already added to `packets`.
+    packets_seen: std::sync::Mutex<Vec<u64>>,
+    conntrack_entries: IntGauge,
+    conntrack_collected: IntCounter,
+    devices: IntGauge,
+    node_port_addresses: IntGauge,
+    health_check_failures: IntCounter,
 }
 
 /// Sync work ranges from microseconds (nothing changed) to seconds.
@@ -146,6 +154,31 @@ impl Metrics {
             "kubeproxy_sync_proxy_rules_endpoint_changes_total",
             "Cumulative proxy rules EndpointSlice changes",
         );
+        let packets = counter_vec(
+            "switchyard_packets_total",
+            "Packets the per-packet path handled, by verdict and reason (drops and rejects by why)",
+            &["verdict", "reason"],
+        );
+        let conntrack_entries = int_gauge(
+            "switchyard_conntrack_entries",
+            "Conntrack entries (two per connection) at the last collection",
+        );
+        let conntrack_collected = counter(
+            "switchyard_conntrack_collected_total",
+            "Conntrack entries removed as expired",
+        );
+        let devices = int_gauge(
+            "switchyard_devices_attached",
+            "Devices carrying the per-packet programs",
+        );
+        let node_port_addresses = int_gauge(
+            "switchyard_nodeport_addresses",
+            "Node addresses NodePorts are served on",
+        );
+        let health_check_failures = counter(
+            "switchyard_health_check_server_failures_total",
+            "Health check node ports that could not be served",
+        );
         for policy in ["internal", "external"] {
             no_local_endpoints.with_label_values(&[policy]).set(0);
         }
@@ -165,7 +198,51 @@ impl Metrics {
             map_failures,
             input_errors,
             input_errors_seen,
+            packets,
+            packets_seen: std::sync::Mutex::new(Vec::new()),
+            conntrack_entries,
+            conntrack_collected,
+            devices,
+            node_port_addresses,
+            health_check_failures,
         }
+    }
+
+    /// The kernel's per-reason totals (`switchyard_abi::COUNTER_LABELS`
+    /// order), which only grow while the pinned map lives.
+    pub fn set_packet_counters(&self, totals: &[u64]) {
+        let mut seen = self
+            .packets_seen
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        seen.resize(totals.len(), 0);
+        for ((total, previous), (verdict, reason)) in totals
+            .iter()
+            .zip(seen.iter_mut())
+            .zip(switchyard_abi::COUNTER_LABELS)
+        {
+            self.packets
+                .with_label_values(&[verdict, reason])
+                .inc_by(total.saturating_sub(*previous));
+            *previous = (*previous).max(*total);
+        }
+    }
+
+    pub fn observe_conntrack(&self, entries: usize, collected: usize) {
+        self.conntrack_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.conntrack_collected
+            .inc_by(u64::try_from(collected).unwrap_or(u64::MAX));
+    }
+
+    pub fn set_network(&self, devices: usize, node_port_addresses: usize) {
+        self.devices.set(i64::try_from(devices).unwrap_or(i64::MAX));
+        self.node_port_addresses
+            .set(i64::try_from(node_port_addresses).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_health_check_failure(&self) {
+        self.health_check_failures.inc();
     }
 
     /// A sync finished at `at` after `took`; `queued_for` is how long the
@@ -271,8 +348,18 @@ mod tests {
         let web = ObjectRef::new("Service", "default", "web");
         let bad = InputError::field(&web, "spec.ports[0].port", Reason::InvalidPort, "0");
         metrics.set_input_errors([&bad], [&bad]);
+        let mut totals = [0u64; switchyard_abi::COUNTERS_LEN as usize];
+        totals[switchyard_abi::COUNTER_DROP_SOURCE_RANGE as usize] = 4;
+        metrics.set_packet_counters(&totals);
+        totals[switchyard_abi::COUNTER_DROP_SOURCE_RANGE as usize] = 6;
+        metrics.set_packet_counters(&totals);
+        metrics.observe_conntrack(8, 2);
         let text = metrics.render();
         for line in [
+            "switchyard_packets_total{reason=\"source_range\",verdict=\"dropped\"} 6",
+            "switchyard_packets_total{reason=\"no_endpoints\",verdict=\"rejected\"} 0",
+            "switchyard_conntrack_entries 8",
+            "switchyard_conntrack_collected_total 2",
             "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
             "kubeproxy_network_programming_duration_seconds_count 1",
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds 0",

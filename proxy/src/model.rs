@@ -6,7 +6,12 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use switchyard_abi::{Addr, Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceKey};
+use switchyard_abi::{
+    Addr, BACKEND_LOCAL, Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    ServiceKey,
+};
+
+use crate::address::Cidr;
 
 /// Transport protocols Kubernetes Services may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,12 +86,33 @@ pub struct UnknownProtocolNumber {
     pub number: u8,
 }
 
-/// An address clients connect to: a VIP, port and protocol.
+/// Which traffic a frontend entry serves (see `switchyard_abi::SCOPE_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Connections started on this node, through the socket hooks.
+    #[default]
+    Internal,
+    /// Packets from outside, through the per-packet path.
+    External,
+}
+
+impl Scope {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Internal => SCOPE_INTERNAL,
+            Self::External => SCOPE_EXTERNAL,
+        }
+    }
+}
+
+/// An address clients connect to: a VIP, port and protocol, and whether
+/// the entry is for traffic from this node or from outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: Scope,
 }
 
 /// An address connections are sent to.
@@ -95,6 +121,8 @@ pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// Runs on this node: packets from outside reach it without SNAT.
+    pub local: bool,
 }
 
 fn fmt_socket(
@@ -108,7 +136,11 @@ fn fmt_socket(
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_socket(self.ip, self.port, self.protocol, f)
+        fmt_socket(self.ip, self.port, self.protocol, f)?;
+        if self.scope == Scope::External {
+            f.write_str(" (external)")?;
+        }
+        Ok(())
     }
 }
 
@@ -121,10 +153,11 @@ impl fmt::Display for Endpoint {
 impl Frontend {
     /// The frontend's slot-0 key.
     pub fn key(&self) -> ServiceKey {
-        ServiceKey::new(
+        ServiceKey::scoped(
             Addr::from(self.ip),
             self.port.to_be(),
             self.protocol.number(),
+            self.scope.number(),
             0,
         )
     }
@@ -147,16 +180,22 @@ impl TryFrom<&ServiceKey> for Frontend {
             ip: IpAddr::from(key.addr),
             port: u16::from_be(key.port),
             protocol,
+            scope: if key.scope == SCOPE_EXTERNAL {
+                Scope::External
+            } else {
+                Scope::Internal
+            },
         })
     }
 }
 
 impl From<&Endpoint> for Backend {
     fn from(endpoint: &Endpoint) -> Self {
-        Backend::new(
+        Backend::with_flags(
             Addr::from(endpoint.ip),
             endpoint.port.to_be(),
             endpoint.protocol.number(),
+            if endpoint.local { BACKEND_LOCAL } else { 0 },
         )
     }
 }
@@ -172,6 +211,7 @@ impl TryFrom<&Backend> for Endpoint {
             ip: IpAddr::from(backend.addr),
             port: u16::from_be(backend.port),
             protocol,
+            local: backend.flags & BACKEND_LOCAL != 0,
         })
     }
 }
@@ -203,6 +243,18 @@ pub struct DesiredState {
     /// Service ports with `internalTrafficPolicy: Local` and no endpoint on
     /// this node (kube-proxy's `no_local_endpoints` metric).
     pub no_local_endpoints: usize,
+    /// Health check node ports to serve, by port.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// What kube-proxy's health check node port of one
+/// `externalTrafficPolicy: Local` Service answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// Endpoints of the Service on this node.
+    pub local_endpoints: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -212,6 +264,10 @@ pub struct DesiredFrontend {
     pub backends: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
     pub affinity_timeout: u32,
+    /// `switchyard_abi::FRONTEND_*` bits.
+    pub flags: u16,
+    /// `loadBalancerSourceRanges`, when `flags` asks for them.
+    pub source_ranges: Vec<Cidr>,
 }
 
 #[cfg(test)]
@@ -223,6 +279,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             port,
             protocol,
+            scope: Scope::Internal,
         }
     }
 
@@ -292,6 +349,7 @@ mod tests {
                 ip: ip.parse().unwrap(),
                 port,
                 protocol,
+                local: port == 53,
             };
             let backend = Backend::from(&endpoint);
             assert_eq!(backend.port.to_ne_bytes(), port.to_be_bytes());

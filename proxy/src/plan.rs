@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
-    datapath_state::{DatapathState, ProgrammedFrontend},
+    datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
     model::DesiredState,
 };
 
@@ -41,7 +41,14 @@ pub enum MapOp {
     PutFrontend {
         key: ServiceKey,
         count: u16,
+        flags: u16,
         affinity_timeout: u32,
+    },
+    PutSourceRange {
+        range: RangeKey,
+    },
+    DeleteSourceRange {
+        range: RangeKey,
     },
     DeleteSlot {
         key: ServiceKey,
@@ -59,9 +66,15 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     let mut ids = BackendIds::new(current);
     let mut frontend_ops = Vec::new();
     let mut wanted_keys = BTreeSet::new();
+    let mut wanted_ranges = BTreeSet::new();
     for (frontend, want) in &desired.frontends {
         let key = frontend.key();
         wanted_keys.insert(key);
+        wanted_ranges.extend(
+            want.source_ranges
+                .iter()
+                .map(|cidr| RangeKey::new(&key, cidr)),
+        );
         let wanted: Vec<u32> = want
             .backends
             .iter()
@@ -71,6 +84,7 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
         let existing = current.frontends.get(&key);
         let target = Target {
             backend_ids: &wanted,
+            flags: want.flags,
             affinity_timeout: want.affinity_timeout,
         };
         update_frontend(key, existing, &target, &mut frontend_ops);
@@ -80,8 +94,21 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
             remove_frontend(*key, existing, &mut frontend_ops);
         }
     }
+    // Ranges go in before the frontend that checks them and out after it
+    // stopped, like backends.
     let mut ops = ids.new_backends;
+    ops.extend(
+        wanted_ranges
+            .difference(&current.source_ranges)
+            .map(|&range| MapOp::PutSourceRange { range }),
+    );
     ops.extend(frontend_ops);
+    ops.extend(
+        current
+            .source_ranges
+            .difference(&wanted_ranges)
+            .map(|&range| MapOp::DeleteSourceRange { range }),
+    );
     ops.extend(
         current
             .backends
@@ -95,6 +122,7 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
 /// What one frontend should become.
 struct Target<'a> {
     backend_ids: &'a [u32],
+    flags: u16,
     affinity_timeout: u32,
 }
 
@@ -118,10 +146,14 @@ fn update_frontend(
     }
     // `wanted` was capped at u16::MAX entries above.
     let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
-    if existing.count != Some(count) || existing.affinity_timeout != target.affinity_timeout {
+    if existing.count != Some(count)
+        || existing.affinity_timeout != target.affinity_timeout
+        || existing.flags != target.flags
+    {
         ops.push(MapOp::PutFrontend {
             key,
             count,
+            flags: target.flags,
             affinity_timeout: target.affinity_timeout,
         });
     }
@@ -242,6 +274,8 @@ pub fn summary(ops: &[MapOp]) -> BTreeMap<&'static str, usize> {
             MapOp::DeleteSlot { .. } => "delete_slot",
             MapOp::DeleteFrontend { .. } => "delete_frontend",
             MapOp::DeleteBackend { .. } => "delete_backend",
+            MapOp::PutSourceRange { .. } => "put_source_range",
+            MapOp::DeleteSourceRange { .. } => "delete_source_range",
         };
         *counts.entry(name).or_default() += 1;
     }

@@ -6,10 +6,14 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::debug;
 
-use crate::address::parse_ip_sloppy;
+use crate::address::{Cidr, parse_ip_sloppy};
 use crate::input_error::{InputError, ObjectRef, Reason};
-use crate::model::{Frontend, Protocol, ServicePortName};
+use crate::model::{Frontend, Protocol, Scope, ServicePortName};
 use crate::topology::TrafficPolicy;
+
+mod external;
+
+pub use external::health_check_node_port;
 
 /// Set on objects another proxy implementation serves; kube-proxy's
 /// informers exclude them by label selector, on Services and slices alike.
@@ -80,6 +84,10 @@ pub struct ServiceFrontend {
     pub policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is none.
     pub affinity_timeout: u32,
+    /// `switchyard_abi::FRONTEND_*` bits.
+    pub flags: u16,
+    /// `loadBalancerSourceRanges` of the frontend's family.
+    pub source_ranges: Vec<Cidr>,
 }
 
 /// A Service's ports, validated once and crossed with each cluster IP.
@@ -87,12 +95,19 @@ struct PortSpec {
     name: String,
     port: u16,
     protocol: Protocol,
+    /// `nodePort`, when the Service has one.
+    node_port: Option<u16>,
     field: String,
 }
 
-/// The frontends a Service asks for, in spec order; bad IPs and ports are
-/// reported and left out while the rest of the Service is still served.
-pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputError>) {
+/// The frontends a Service asks for, in spec order: cluster IPs, then
+/// NodePorts on `node_port_addresses`, externalIPs and LoadBalancer IPs. Bad
+/// IPs and ports are reported and left out while the rest of the Service is
+/// still served.
+pub fn service_frontends(
+    service: &Service,
+    node_port_addresses: &[IpAddr],
+) -> (Vec<ServiceFrontend>, Vec<InputError>) {
     let object = service_ref(service);
     let mut errors = Vec::new();
     if let Some(label) = excluded_by_label(&service.metadata) {
@@ -151,7 +166,7 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
         &mut errors,
     );
     let affinity_timeout = client_ip_affinity(&object, spec, &mut errors);
-    let frontends = ips
+    let mut frontends: Vec<ServiceFrontend> = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
         .map(|(ip, port)| ServiceFrontend {
@@ -159,6 +174,7 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
                 ip,
                 port: port.port,
                 protocol: port.protocol,
+                scope: Scope::Internal,
             },
             service: ServicePortName {
                 namespace: namespace.clone(),
@@ -168,8 +184,33 @@ pub fn service_frontends(service: &Service) -> (Vec<ServiceFrontend>, Vec<InputE
             field: port.field.clone(),
             policy,
             affinity_timeout,
+            flags: 0,
+            source_ranges: Vec::new(),
         })
         .collect();
+    let exposed =
+        external::Exposure::read(&object, service, &ips, node_port_addresses, &mut errors);
+    for port in &ports {
+        let base = ServiceFrontend {
+            frontend: Frontend {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                port: port.port,
+                protocol: port.protocol,
+                scope: Scope::Internal,
+            },
+            service: ServicePortName {
+                namespace: namespace.clone(),
+                name: object.name.clone(),
+                port: port.name.clone(),
+            },
+            field: port.field.clone(),
+            policy: TrafficPolicy::Cluster,
+            affinity_timeout,
+            flags: 0,
+            source_ranges: Vec::new(),
+        };
+        exposed.frontends(&base, port.node_port, &mut frontends);
+    }
     (frontends, errors)
 }
 
@@ -217,10 +258,19 @@ fn client_ip_affinity(
     }
 }
 
-/// Absent means Cluster, as the API server defaults it; an unknown value is
-/// reported and served as Cluster, which reaches every endpoint.
 fn internal_traffic_policy(
     object: &ObjectRef,
+    text: Option<&str>,
+    errors: &mut Vec<InputError>,
+) -> TrafficPolicy {
+    traffic_policy(object, "spec.internalTrafficPolicy", text, errors)
+}
+
+/// Absent means Cluster, as the API server defaults it; an unknown value is
+/// reported and served as Cluster, which reaches every endpoint.
+fn traffic_policy(
+    object: &ObjectRef,
+    field: &str,
     text: Option<&str>,
     errors: &mut Vec<InputError>,
 ) -> TrafficPolicy {
@@ -230,7 +280,7 @@ fn internal_traffic_policy(
         Some(other) => {
             errors.push(InputError::field(
                 object,
-                "spec.internalTrafficPolicy",
+                field,
                 Reason::Unsupported,
                 format!("must be Cluster or Local, got {other:?}; using Cluster"),
             ));
@@ -316,10 +366,24 @@ fn port_specs(
                 continue;
             }
         };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(number @ 1..=65_535) => Some(number as u16),
+            Some(other) => {
+                errors.push(InputError::field(
+                    object,
+                    format!("{field}.nodePort"),
+                    Reason::InvalidPort,
+                    format!("must be 1-65535, got {other}"),
+                ));
+                None
+            }
+        };
         specs.push(PortSpec {
             name: port.name.clone().unwrap_or_default(),
             port: number,
             protocol,
+            node_port,
             field,
         });
     }

@@ -4,12 +4,20 @@
 use std::{fmt::Write as _, net::IpAddr, path::Path};
 
 use serde::Serialize;
-use switchyard_abi::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use switchyard_abi::{
+    BACKEND_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL,
+};
 
 use crate::{
     cli::OutputFormat,
-    datapath::{DatapathError, MapReader, pinned::PinnedMaps},
-    datapath_state::DatapathState,
+    conntrack::ConnectionView,
+    datapath::{
+        DatapathError, MapReader,
+        flow_table::{FlowTable, monotonic_now_ns},
+        pinned::PinnedMaps,
+    },
+    datapath_state::{DatapathState, RangeKey},
 };
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -17,9 +25,19 @@ pub struct FrontendView {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// "internal" (connections from this node, socket hooks) or "external"
+    /// (packets from outside, per-packet path).
+    pub scope: &'static str,
     /// `sessionAffinity: ClientIP` timeout in seconds, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
+    /// Sources are NATed to this node for backends on other nodes
+    /// (`externalTrafficPolicy: Cluster`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snat_remote: bool,
+    /// `loadBalancerSourceRanges`, when they restrict the frontend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ranges: Option<Vec<String>>,
     pub backends: Vec<BackendView>,
 }
 
@@ -29,18 +47,44 @@ pub struct BackendView {
     /// `None` when a slot names an id the backend map lacks.
     pub ip: Option<IpAddr>,
     pub port: Option<u16>,
+    /// On this node.
+    pub local: bool,
 }
 
 pub fn render(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathError> {
     let state = PinnedMaps::open(pin_dir)?.read_state()?;
     let views = views(&state);
     Ok(match format {
-        OutputFormat::Json => {
-            let mut text = serde_json::to_string_pretty(&views).unwrap_or_default();
-            text.push('\n');
+        OutputFormat::Json => json(&views),
+        OutputFormat::Table => table(&views),
+    })
+}
+
+fn json(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// `switchyard conntrack`: every tracked connection, then the count.
+pub fn render_connections(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathError> {
+    let table = FlowTable::open(pin_dir)?;
+    let now = monotonic_now_ns();
+    let views: Vec<ConnectionView> = table
+        .connections()
+        .iter()
+        .map(|connection| ConnectionView::new(connection, now))
+        .collect();
+    Ok(match format {
+        OutputFormat::Json => json(&views),
+        OutputFormat::Table => {
+            let mut text = String::new();
+            for view in &views {
+                let _infallible = writeln!(text, "{view}");
+            }
+            let _infallible = writeln!(text, "{} connections", views.len());
             text
         }
-        OutputFormat::Table => table(&views),
     })
 }
 
@@ -51,7 +95,26 @@ pub fn views(state: &DatapathState) -> Vec<FrontendView> {
             ip: IpAddr::from(key.addr),
             port: u16::from_be(key.port),
             protocol: protocol_name(key.proto),
+            scope: if key.scope == SCOPE_EXTERNAL {
+                "external"
+            } else {
+                "internal"
+            },
             affinity_timeout: (frontend.affinity_timeout > 0).then_some(frontend.affinity_timeout),
+            snat_remote: frontend.flags & FRONTEND_SNAT_REMOTE != 0,
+            source_ranges: (frontend.flags & FRONTEND_SOURCE_RANGES != 0).then(|| {
+                state
+                    .source_ranges
+                    .iter()
+                    .filter(|range| {
+                        range.range.addr == key.addr
+                            && range.range.port == key.port
+                            && range.range.proto == key.proto
+                    })
+                    .map(RangeKey::source)
+                    .map(|cidr| cidr.to_string())
+                    .collect()
+            }),
             backends: frontend
                 .active_slots()
                 .map(|id| {
@@ -61,6 +124,7 @@ pub fn views(state: &DatapathState) -> Vec<FrontendView> {
                         id,
                         ip: backend.map(|backend| IpAddr::from(backend.addr)),
                         port: backend.map(|backend| u16::from_be(backend.port)),
+                        local: backend.is_some_and(|backend| backend.flags & BACKEND_LOCAL != 0),
                     }
                 })
                 .collect(),
@@ -89,8 +153,17 @@ fn table(views: &[FrontendView]) -> String {
         .iter()
         .map(|view| {
             let mut frontend = format!("{}/{}", endpoint(view.ip, view.port), view.protocol);
+            if view.scope == "external" {
+                frontend.push_str(" external");
+            }
+            if view.snat_remote {
+                frontend.push_str(" snat");
+            }
             if let Some(timeout) = view.affinity_timeout {
                 let _infallible = write!(frontend, " affinity={timeout}s");
+            }
+            if let Some(ranges) = &view.source_ranges {
+                let _infallible = write!(frontend, " from={}", ranges.join(","));
             }
             let backends = if view.backends.is_empty() {
                 "(none: connections refused)".to_owned()

@@ -83,6 +83,7 @@ mod tests {
                 ip: vip.parse().unwrap(),
                 port: 80,
                 protocol: Protocol::Tcp,
+                scope: crate::model::Scope::Internal,
             };
             let backends = octets
                 .iter()
@@ -90,6 +91,7 @@ mod tests {
                     ip: format!("10.244.0.{octet}").parse().unwrap(),
                     port: 8080,
                     protocol: Protocol::Tcp,
+                    local: false,
                 })
                 .collect();
             let service = ServicePortName::default();
@@ -99,6 +101,8 @@ mod tests {
                     service,
                     backends,
                     affinity_timeout: 0,
+                    flags: 0,
+                    source_ranges: Vec::new(),
                 },
             );
         }

@@ -15,6 +15,9 @@ pub struct NodeContext {
     pub name: String,
     /// `topology.kubernetes.io/zone`; without it zone hints are ignored.
     pub zone: Option<String>,
+    /// The addresses NodePorts are served on (`--nodeport-addresses`
+    /// applied to this node's addresses).
+    pub node_port_addresses: Vec<std::net::IpAddr>,
 }
 
 /// One endpoint of one Service port, with what the rules look at.
@@ -59,18 +62,18 @@ pub fn select_endpoints(
     let mut chosen = match policy {
         TrafficPolicy::Cluster => {
             let mode = topology_mode(candidates, node);
-            let topological = pick(candidates, |c| c.ready && available(c, mode, node));
+            let topological = pick(candidates, node, |c| c.ready && available(c, mode, node));
             if topological.is_empty() {
                 // The fallback ignores topology, as kube-proxy's does.
-                pick(candidates, |c| c.serving && c.terminating)
+                pick(candidates, node, |c| c.serving && c.terminating)
             } else {
                 topological
             }
         }
         TrafficPolicy::Local => {
-            let ready = pick(candidates, |c| c.ready && c.is_local(node));
+            let ready = pick(candidates, node, |c| c.ready && c.is_local(node));
             if ready.is_empty() {
-                pick(candidates, |c| {
+                pick(candidates, node, |c| {
                     c.serving && c.terminating && c.is_local(node)
                 })
             } else {
@@ -82,11 +85,18 @@ pub fn select_endpoints(
     chosen
 }
 
-fn pick(candidates: &[Candidate], keep: impl Fn(&Candidate) -> bool) -> Vec<Endpoint> {
+fn pick(
+    candidates: &[Candidate],
+    node: &NodeContext,
+    keep: impl Fn(&Candidate) -> bool,
+) -> Vec<Endpoint> {
     candidates
         .iter()
         .filter(|candidate| keep(candidate))
-        .map(|candidate| candidate.endpoint)
+        .map(|candidate| Endpoint {
+            local: candidate.is_local(node),
+            ..candidate.endpoint
+        })
         .collect()
 }
 

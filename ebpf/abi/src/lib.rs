@@ -8,7 +8,9 @@
 #![no_std]
 
 pub mod addr;
+pub mod flow;
 pub mod maps;
 
 pub use addr::Addr;
+pub use flow::*;
 pub use maps::*;

@@ -43,25 +43,50 @@ pub struct ServiceKey {
     /// 0 is the frontend itself; 1..=count are its backends.
     pub slot: u16,
     pub proto: u8,
-    pub pad: [u8; 3],
+    /// [`SCOPE_INTERNAL`] or [`SCOPE_EXTERNAL`].
+    pub scope: u8,
+    pub pad: [u8; 2],
 }
+
+/// What the socket hooks look up: traffic that starts on this node. For a
+/// NodePort, LoadBalancer IP or externalIP it reaches every endpoint, as
+/// kube-proxy sends node-local traffic to external addresses through the
+/// cluster-wide chain whatever `externalTrafficPolicy` says.
+pub const SCOPE_INTERNAL: u8 = 0;
+/// What the per-packet path looks up: traffic that arrived from outside,
+/// balanced by `externalTrafficPolicy`. Cilium splits its service map the
+/// same way (`SCOPE_EXT` / `SCOPE_INT`).
+pub const SCOPE_EXTERNAL: u8 = 1;
 
 impl ServiceKey {
     pub const fn new(addr: Addr, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self::scoped(addr, port_be, proto, SCOPE_INTERNAL, slot)
+    }
+
+    pub const fn scoped(addr: Addr, port_be: u16, proto: u8, scope: u8, slot: u16) -> Self {
         Self {
             addr,
             port: port_be,
             slot,
             proto,
-            pad: [0; 3],
+            scope,
+            pad: [0; 2],
         }
     }
 
     /// The same frontend at another slot.
     pub const fn with_slot(&self, slot: u16) -> Self {
-        Self::new(self.addr, self.port, self.proto, slot)
+        Self::scoped(self.addr, self.port, self.proto, self.scope, slot)
     }
 }
+
+/// Slot-0 flag: only sources in the frontend's `loadBalancerSourceRanges`
+/// (the source-range map) may use it; the rest are dropped.
+pub const FRONTEND_SOURCE_RANGES: u16 = 1;
+/// Slot-0 flag (external scope): `externalTrafficPolicy: Cluster`, so a
+/// connection sent to a backend on another node has its source NATed to
+/// this node, which keeps the reply coming back through here.
+pub const FRONTEND_SNAT_REMOTE: u16 = 2;
 
 /// Slot 0 carries `count` and the frontend's settings; slots 1..=count
 /// carry `backend_id`.
@@ -77,11 +102,11 @@ pub struct ServiceValue {
 }
 
 impl ServiceValue {
-    pub const fn frontend(count: u16, affinity_timeout: u32) -> Self {
+    pub const fn frontend(count: u16, flags: u16, affinity_timeout: u32) -> Self {
         Self {
             backend_id: 0,
             count,
-            flags: 0,
+            flags,
             affinity_timeout,
         }
     }
@@ -96,13 +121,14 @@ impl ServiceValue {
     }
 }
 
-/// A client of a frontend. The client is its network namespace (the
-/// socket's netns cookie): at connect() time a socket has no source address
-/// yet, and a pod is exactly one network namespace.
+/// A client of a frontend. In the socket path the client is its network
+/// namespace (the socket's netns cookie): at connect() time a socket has no
+/// source address yet, and a pod is exactly one network namespace. In the
+/// per-packet path it is the source address folded by [`client_of_addr`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    pub netns_cookie: u64,
+    pub client: u64,
     pub addr: Addr,
     /// Network byte order.
     pub port: u16,
@@ -111,15 +137,26 @@ pub struct AffinityKey {
 }
 
 impl AffinityKey {
-    pub const fn new(netns_cookie: u64, frontend: &ServiceKey) -> Self {
+    pub const fn new(client: u64, frontend: &ServiceKey) -> Self {
         Self {
-            netns_cookie,
+            client,
             addr: frontend.addr,
             port: frontend.port,
             proto: frontend.proto,
             pad: [0; 5],
         }
     }
+}
+
+/// A packet client's identity for [`AffinityKey`]: its address folded to 64
+/// bits with the top bit set. Netns cookies count up from 1 and never reach
+/// the top bit, so the two kinds of client cannot meet; two IPv6 clients
+/// that fold alike share an affinity record, which only means they are sent
+/// to the same backend.
+pub const fn client_of_addr(addr: &Addr) -> u64 {
+    let high = ((addr.words[0] as u64) << 32) | addr.words[1] as u64;
+    let low = ((addr.words[2] as u64) << 32) | addr.words[3] as u64;
+    (high ^ low) | (1 << 63)
 }
 
 /// The backend a client was last sent to, by slot and id: the kernel checks
@@ -143,16 +180,25 @@ pub struct Backend {
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
-    pub pad: u8,
+    /// [`BACKEND_LOCAL`].
+    pub flags: u8,
 }
+
+/// The backend runs on this node: the per-packet path never NATs the
+/// source of a connection to it.
+pub const BACKEND_LOCAL: u8 = 1;
 
 impl Backend {
     pub const fn new(addr: Addr, port_be: u16, proto: u8) -> Self {
+        Self::with_flags(addr, port_be, proto, 0)
+    }
+
+    pub const fn with_flags(addr: Addr, port_be: u16, proto: u8, flags: u8) -> Self {
         Self {
             addr,
             port: port_be,
             proto,
-            pad: 0,
+            flags,
         }
     }
 }

@@ -6,10 +6,16 @@
 #![no_main]
 
 mod maps;
+mod nat;
+mod packet;
+mod reject;
 mod select;
 mod sock;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -51,6 +57,19 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     sock::reverse6(&ctx)
+}
+
+/// Packets arriving on a node device: NodePort, LoadBalancer IP and
+/// externalIP connections from outside, and replies to NATed sources.
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    nat::ingress(&ctx)
+}
+
+/// Packets leaving a node device: replies of local backends.
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    nat::egress(&ctx)
 }
 
 #[cfg(not(test))]

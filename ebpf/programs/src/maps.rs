@@ -3,13 +3,15 @@
 //! agent checks at load time that each ABI name exists in this object.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NodeConfig, SERVICES_MAX_ENTRIES,
+    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue, SourceRange,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -25,3 +27,33 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "SY_AFFINITY_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+#[map(name = "SY_CT_V1")]
+pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
+
+#[map(name = "SY_NODE_V1")]
+pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
+
+// The kernel requires LPM tries to be created without preallocation.
+#[map(name = "SY_SRC_RANGES_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
+    LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SY_COUNTERS_V1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+pub const REJECT_SCRATCH_LEN: usize = 128;
+
+/// Where refusals are built (see `reject`); private to the object, unpinned.
+#[map]
+pub static REJECT_SCRATCH: PerCpuArray<[u8; REJECT_SCRATCH_LEN]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to a per-CPU counter: no other CPU writes this slot, so a
+/// plain increment is exact.
+pub fn count(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer is this CPU's slot, valid for this run.
+        unsafe { *counter += 1 };
+    }
+}

@@ -13,10 +13,12 @@ pub enum Selection {
     NotAService,
     /// A frontend with no usable backend: the caller must be refused.
     NoBackends,
-    Backend(Backend),
+    /// The backend and its id.
+    Backend(Backend, u32),
 }
 
-/// `client` identifies the caller for session affinity (its netns cookie).
+/// `client` identifies the caller for session affinity: its netns cookie,
+/// or for a packet [`switchyard_abi::client_of_addr`].
 pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
     // SAFETY: map values are plain integers; the pointer is valid for the
     // duration of this program run.
@@ -45,7 +47,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         _ => random_slot(&front),
     };
     let selection = backend_in_slot(frontend, slot);
-    if let Selection::Backend(_) = selection
+    if let Selection::Backend(..) = selection
         && let Some(entry) = unsafe { SERVICES.get(frontend.with_slot(slot)) }
     {
         // Refreshed on every connection, as kube-proxy's `recent` match is.
@@ -80,7 +82,7 @@ fn backend_in_slot(frontend: &ServiceKey, slot: u16) -> Selection {
         return Selection::NotAService;
     };
     match unsafe { BACKENDS.get(entry.backend_id) } {
-        Some(backend) => Selection::Backend(*backend),
+        Some(backend) => Selection::Backend(*backend, entry.backend_id),
         None => Selection::NotAService,
     }
 }

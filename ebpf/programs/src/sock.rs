@@ -43,8 +43,8 @@ pub fn forward4(ctx: &SockAddrContext) -> i32 {
         Selection::NoBackends => refuse(),
         // An IPv4 socket cannot reach an IPv6 backend; the agent never
         // programs one, so this only guards against hand-edited maps.
-        Selection::Backend(backend) if !backend.addr.is_v4() => PROCEED,
-        Selection::Backend(backend) => {
+        Selection::Backend(backend, _) if !backend.addr.is_v4() => PROCEED,
+        Selection::Backend(backend, _) => {
             remember(ctx, &backend, vip, port);
             // SAFETY: as above; user_ip4 and user_port are writable here.
             unsafe {
@@ -69,7 +69,7 @@ pub fn forward6(ctx: &SockAddrContext) -> i32 {
     match select(&ServiceKey::new(vip, port, proto, 0), client(ctx)) {
         Selection::NotAService => PROCEED,
         Selection::NoBackends => refuse(),
-        Selection::Backend(backend) => {
+        Selection::Backend(backend, _) => {
             remember(ctx, &backend, vip, port);
             // SAFETY: as above. An IPv4 backend is written IPv4-mapped,
             // which a dual-stack IPv6 socket reaches over IPv4.

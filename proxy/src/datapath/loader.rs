@@ -1,34 +1,49 @@
-//! Puts the socket programs in the kernel, attaches them to a cgroup and pins
-//! everything under one bpffs directory, so the datapath keeps serving while
-//! the agent is stopped or restarting.
+//! Puts the programs in the kernel, attaches them (socket hooks to a cgroup,
+//! packet hooks to devices) and pins everything under one bpffs directory,
+//! so the datapath keeps serving while the agent is stopped or restarting.
 //!
 //! Layout of the pin directory:
 //! - `SY_*` the maps, pinned by name (reused as they are on the next start);
-//! - `links/<generation>/<program>` one bpf_link per hook and agent start.
+//! - `links/<generation>/<program>[@<device>]` one bpf_link per hook and
+//!   agent start.
 //!
 //! A restart attaches a new generation before detaching the old one. Both run
-//! for that moment, harmlessly: the first translates a VIP, the second then
-//! sees a backend address, which is not a frontend, and lets it pass.
+//! for that moment, harmlessly: the first translates, the second then sees a
+//! backend address, which is not a frontend, and lets it pass.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
-    EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+        links::PinnedLink, tc::TcAttachOptions,
+    },
 };
-use switchyard_abi::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP, SOCK_REVNAT_MAP};
+use switchyard_abi::{
+    AFFINITY_MAP, BACKENDS_MAP, CONNTRACK_MAP, COUNTERS_MAP, NODE_MAP, SERVICES_MAP,
+    SOCK_REVNAT_MAP, SOURCE_RANGES_MAP,
+};
 use tracing::{info, warn};
 
 use super::DatapathError;
+use crate::node_network::Device;
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));
 
-/// Every hook, by its function name in `ebpf/programs/src/main.rs`.
+/// The kernel programs, for tools that load them on their own (the packet
+/// tests run them through `BPF_PROG_TEST_RUN`).
+pub fn object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
+/// Every socket hook, by its function name in `ebpf/programs/src/main.rs`.
 pub const SOCKET_PROGRAMS: [&str; 8] = [
     "connect4",
     "connect6",
@@ -40,21 +55,41 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
     "getpeername6",
 ];
 
-pub const MAP_NAMES: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP, AFFINITY_MAP];
+/// The per-packet hooks and where each goes on a device.
+pub const PACKET_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("tc_ingress", TcAttachType::Ingress),
+    ("tc_egress", TcAttachType::Egress),
+];
+
+pub const MAP_NAMES: [&str; 8] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    SOCK_REVNAT_MAP,
+    AFFINITY_MAP,
+    CONNTRACK_MAP,
+    NODE_MAP,
+    SOURCE_RANGES_MAP,
+    COUNTERS_MAP,
+];
 
 const LINKS_DIR: &str = "links";
 const BPF_FS_TYPE: &str = "bpf";
 
-/// Loads the programs (reusing pinned maps), attaches them to `cgroup` and
-/// pins the links as a new generation, then detaches older generations.
-pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
-    prepare_pin_dir(pin_dir)?;
-    let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
-        path: cgroup.to_path_buf(),
-        source,
-    })?;
-    let previous = generations(pin_dir)?;
+/// The loaded programs of this agent start, and the generation its links
+/// are pinned under.
+pub struct Programs {
+    ebpf: Ebpf,
+    generation: PathBuf,
+    previous: Vec<PathBuf>,
+    /// Devices (by index) the packet programs are attached to.
+    devices: BTreeSet<u32>,
+}
 
+/// Loads every program (reusing pinned maps) and opens a new generation of
+/// link pins.
+pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
+    prepare_pin_dir(pin_dir)?;
+    let previous = generations(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(EBPF_OBJECT)
@@ -66,51 +101,119 @@ pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
             return Err(DatapathError::MissingMap { map });
         }
     }
-
+    for name in SOCKET_PROGRAMS {
+        program_mut::<CgroupSockAddr>(&mut ebpf, name)?
+            .load()
+            .map_err(program_error(name))?;
+    }
+    for (name, _) in PACKET_PROGRAMS {
+        program_mut::<SchedClassifier>(&mut ebpf, name)?
+            .load()
+            .map_err(program_error(name))?;
+    }
     let generation = pin_dir.join(LINKS_DIR).join(generation_name());
     fs::create_dir_all(&generation).map_err(|source| DatapathError::PinDir {
         path: generation.clone(),
         source,
     })?;
-    for name in SOCKET_PROGRAMS {
-        let program_error = |source| DatapathError::Program {
-            program: name,
-            source: Box::new(source),
-        };
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| program_error(aya::programs::ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(program_error)?;
-        program.load().map_err(program_error)?;
-        // A bpf_link attachment always coexists with other links on the
-        // cgroup (the kernel rejects any flags on it), so the mode is 0.
-        let link_id = program
-            .attach(&cgroup_dir, CgroupAttachMode::Single)
-            .map_err(program_error)?;
-        let link: FdLink = program
-            .take_link(link_id)
-            .map_err(program_error)?
-            .try_into()
-            .map_err(
-                |source: aya::programs::links::LinkError| DatapathError::Pin {
-                    path: generation.join(name),
-                    source: Box::new(source),
-                },
-            )?;
-        let path = generation.join(name);
-        link.pin(&path).map_err(|source| DatapathError::Pin {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-    }
-    info!(cgroup = %cgroup.display(), generation = %generation.display(), "socket hooks attached");
+    Ok(Programs {
+        ebpf,
+        generation,
+        previous,
+        devices: BTreeSet::new(),
+    })
+}
 
-    for old in previous {
-        if let Err(error) = detach_generation(&old) {
-            warn!(%error, generation = %old.display(), "could not detach an older generation");
+fn program_error(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::Program {
+        program,
+        source: Box::new(source),
+    }
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| program_error(name)(aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(program_error(name))
+}
+
+impl Programs {
+    /// Attaches the socket hooks to `cgroup`.
+    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let cgroup_dir = fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for name in SOCKET_PROGRAMS {
+            let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+            // A bpf_link attachment always coexists with other links on the
+            // cgroup (the kernel rejects any flags on it), so the mode is 0.
+            let link_id = program
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(program_error(name))?;
+            let link = program.take_link(link_id).map_err(program_error(name))?;
+            pin_link(link.try_into(), &self.generation.join(name))?;
+        }
+        info!(cgroup = %cgroup.display(), generation = %self.generation.display(), "socket hooks attached");
+        Ok(())
+    }
+
+    /// Attaches the packet hooks to `device` (tcx links, appended after any
+    /// other program there) unless this start already did.
+    pub fn attach_device(&mut self, device: &Device) -> Result<(), DatapathError> {
+        if self.devices.contains(&device.index) {
+            return Ok(());
+        }
+        for (name, attach_type) in PACKET_PROGRAMS {
+            let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+            let link_id = program
+                .attach_with_options(
+                    &device.name,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(program_error(name))?;
+            let link = program.take_link(link_id).map_err(program_error(name))?;
+            let path = self.generation.join(format!("{name}@{}", device.name));
+            // A device of the same name from an earlier run of this start
+            // (deleted and re-created) left its pin behind.
+            let _ = fs::remove_file(&path);
+            pin_link(link.try_into(), &path)?;
+        }
+        self.devices.insert(device.index);
+        info!(device = %device.name, "packet hooks attached");
+        Ok(())
+    }
+
+    /// Forgets devices that are gone: their links went with them.
+    pub fn forget_devices_except(&mut self, present: &BTreeSet<u32>) {
+        self.devices.retain(|index| present.contains(index));
+    }
+
+    /// Detaches what earlier agent starts attached, once this one serves.
+    pub fn retire_older_generations(&mut self) {
+        for old in std::mem::take(&mut self.previous) {
+            if let Err(error) = detach_generation(&old) {
+                warn!(%error, generation = %old.display(), "could not detach an older generation");
+            }
         }
     }
+}
+
+fn pin_link<E>(link: Result<FdLink, E>, path: &Path) -> Result<(), DatapathError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Pin {
+        path: path.to_path_buf(),
+        source,
+    };
+    let link = link.map_err(|error| pin_error(Box::new(error)))?;
+    link.pin(path).map_err(|error| pin_error(Box::new(error)))?;
     Ok(())
 }
 

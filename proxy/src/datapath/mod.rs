@@ -6,6 +6,7 @@
 //! [`DatapathState`] and [`MapOp`] values only.
 
 pub mod fake;
+pub mod flow_table;
 pub mod loader;
 pub mod pinned;
 

@@ -4,30 +4,38 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
-use switchyard_abi::{BACKENDS_MAP, Backend, SERVICES_MAP, ServiceKey, ServiceValue};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use switchyard_abi::{
+    BACKENDS_MAP, Backend, SERVICES_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRange,
+};
 
 use super::{DatapathError, MapReader, MapWriter};
-use crate::{datapath_state::DatapathState, plan::MapOp};
+use crate::{
+    datapath_state::{DatapathState, RangeKey},
+    plan::MapOp,
+};
 
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
+    source_ranges: LpmTrie<MapData, SourceRange, u8>,
 }
 
 impl PinnedMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
-            services: open_hash(pin_dir, SERVICES_MAP)?,
-            backends: open_hash(pin_dir, BACKENDS_MAP)?,
+            services: open_pinned(pin_dir, SERVICES_MAP)?,
+            backends: open_pinned(pin_dir, BACKENDS_MAP)?,
+            source_ranges: open_pinned(pin_dir, SOURCE_RANGES_MAP)?,
         })
     }
 }
 
-fn open_hash<K: aya::Pod, V: aya::Pod>(
-    pin_dir: &Path,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, DatapathError> {
+/// A pinned map as its typed view (`HashMap`, `LpmTrie`, ...).
+pub(crate) fn open_pinned<T>(pin_dir: &Path, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
     let path = pin_dir.join(name);
     if !path.exists() {
         return Err(DatapathError::NotPinned {
@@ -36,7 +44,7 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
     }
     let data = MapData::from_pin(&path).map_err(|source| DatapathError::map(name, source))?;
     let map = Map::from_map_data(data).map_err(|source| DatapathError::map(name, source))?;
-    HashMap::try_from(map).map_err(|source| DatapathError::map(name, source))
+    T::try_from(map).map_err(|source| DatapathError::map(name, source))
 }
 
 /// Deleting what is already gone is success: the sync is level-triggered and
@@ -54,6 +62,7 @@ impl MapWriter for PinnedMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         let services = |result| DatapathError::map(SERVICES_MAP, result);
         let backends = |result| DatapathError::map(BACKENDS_MAP, result);
+        let ranges = |result| DatapathError::map(SOURCE_RANGES_MAP, result);
         match op {
             MapOp::PutBackend { id, backend } => {
                 self.backends.insert(id, backend, 0).map_err(backends)
@@ -65,11 +74,25 @@ impl MapWriter for PinnedMaps {
             MapOp::PutFrontend {
                 key,
                 count,
+                flags,
                 affinity_timeout,
             } => self
                 .services
-                .insert(key, ServiceValue::frontend(*count, *affinity_timeout), 0)
+                .insert(
+                    key,
+                    ServiceValue::frontend(*count, *flags, *affinity_timeout),
+                    0,
+                )
                 .map_err(services),
+            MapOp::PutSourceRange { range } => self
+                .source_ranges
+                .insert(&Key::new(range.prefix_len, range.range), 1, 0)
+                .map_err(ranges),
+            MapOp::DeleteSourceRange { range } => ignore_missing(
+                self.source_ranges
+                    .remove(&Key::new(range.prefix_len, range.range)),
+            )
+            .map_err(ranges),
             MapOp::DeleteSlot { key } | MapOp::DeleteFrontend { key } => {
                 ignore_missing(self.services.remove(key)).map_err(services)
             }
@@ -87,6 +110,15 @@ impl MapReader for PinnedMaps {
         let services: Vec<(ServiceKey, ServiceValue)> =
             self.services.iter().filter_map(Result::ok).collect();
         let backends: Vec<(u32, Backend)> = self.backends.iter().filter_map(Result::ok).collect();
-        Ok(DatapathState::from_entries(services, backends))
+        let ranges: Vec<RangeKey> = self
+            .source_ranges
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| RangeKey {
+                prefix_len: key.prefix_len(),
+                range: key.data(),
+            })
+            .collect();
+        Ok(DatapathState::from_entries(services, backends, ranges))
     }
 }

@@ -11,6 +11,7 @@ fn frontend(text: &str) -> Frontend {
         ip: addr.ip(),
         port: addr.port(),
         protocol: protocol.parse().unwrap(),
+        scope: crate::model::Scope::Internal,
     }
 }
 

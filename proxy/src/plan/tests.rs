@@ -8,6 +8,7 @@ fn frontend(vip: &str, port: u16) -> Frontend {
         ip: vip.parse().unwrap(),
         port,
         protocol: Protocol::Tcp,
+        scope: crate::model::Scope::Internal,
     }
 }
 
@@ -16,6 +17,7 @@ fn endpoint(last_octet: u8) -> Endpoint {
         ip: format!("10.244.0.{last_octet}").parse().unwrap(),
         port: 8080,
         protocol: Protocol::Tcp,
+        local: false,
     }
 }
 
@@ -31,6 +33,8 @@ fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
                 service: ServicePortName::default(),
                 backends,
                 affinity_timeout: 0,
+                flags: 0,
+                source_ranges: Vec::new(),
             },
         );
     }
@@ -159,13 +163,13 @@ fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
     for (key, frontend) in &programmed.frontends {
         entries.push((
             *key,
-            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0),
+            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0, 0),
         ));
         for (&slot, &id) in &frontend.slots {
             entries.push((key.with_slot(slot), switchyard_abi::ServiceValue::slot(id)));
         }
     }
-    let read_back = DatapathState::from_entries(entries, programmed.backends.clone());
+    let read_back = DatapathState::from_entries(entries, programmed.backends.clone(), []);
     assert_eq!(read_back, programmed);
     assert_eq!(plan(&read_back, &want), []);
 }
@@ -196,6 +200,7 @@ fn removing_one_backend_moves_at_most_one_slot() {
             MapOp::PutFrontend {
                 key,
                 count: 3,
+                flags: 0,
                 affinity_timeout: 0
             },
             MapOp::DeleteSlot {
@@ -296,6 +301,7 @@ fn switching_session_affinity_rewrites_only_slot_zero() {
             &[MapOp::PutFrontend {
                 key,
                 count: 2,
+                flags: 0,
                 affinity_timeout: timeout,
             }]
         };

@@ -6,7 +6,7 @@ fn service(yaml: &str) -> Service {
 
 /// Frontends as "frontend name field" and errors as their display lines.
 fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
-    let (frontends, errors) = service_frontends(&service(yaml));
+    let (frontends, errors) = service_frontends(&service(yaml), &[]);
     (
         frontends
             .iter()
@@ -139,9 +139,12 @@ spec:
 
 #[test]
 fn errors_carry_machine_reasons() {
-    let (_, errors) = service_frontends(&service(
-        "metadata: {name: web}\nspec: {clusterIPs: [x], ports: [{port: 0}, {port: 1, protocol: Q}]}",
-    ));
+    let (_, errors) = service_frontends(
+        &service(
+            "metadata: {name: web}\nspec: {clusterIPs: [x], ports: [{port: 0}, {port: 1, protocol: Q}]}",
+        ),
+        &[],
+    );
     let reasons: Vec<_> = errors.iter().map(InputError::reason).collect();
     assert_eq!(reasons, ["invalid_ip", "invalid_port", "unsupported"]);
 }
@@ -193,7 +196,7 @@ fn policies_and_session_affinity_table() {
         let yaml = format!(
             "metadata: {{name: web}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80}}]\n  {extra}"
         );
-        let (frontends, errors) = service_frontends(&service(&yaml));
+        let (frontends, errors) = service_frontends(&service(&yaml), &[]);
         assert_eq!(frontends.len(), 1, "{extra}");
         assert_eq!(frontends[0].policy, *policy, "{extra}");
         assert_eq!(frontends[0].affinity_timeout, *timeout, "{extra}");

@@ -14,6 +14,7 @@ fn candidate(text: &str) -> Candidate {
             ip,
             port: 80,
             protocol: Protocol::Tcp,
+            local: false,
         },
         ready: true,
         serving: true,
@@ -173,6 +174,7 @@ fn endpoint_selection_table() {
         let node = NodeContext {
             name: "a".into(),
             zone: zone.map(String::from),
+            node_port_addresses: Vec::new(),
         };
         let candidates: Vec<Candidate> = candidates.iter().map(|c| candidate(c)).collect();
         let got: Vec<u8> = select_endpoints(&candidates, *policy, &node)

@@ -1,0 +1,274 @@
+//! The per-packet path: connections from outside to NodePorts, LoadBalancer
+//! IPs and externalIPs, translated on the node's devices with a conntrack of
+//! our own (see `switchyard_abi::flow`).
+//!
+//! Ingress: a known flow is translated as recorded (forward, or a reply to
+//! a NATed source); an unknown one addressed to an external-scope frontend
+//! gets a backend, two conntrack entries and its first translation.
+//! Egress: replies from local backends get the frontend back as source.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use switchyard_abi::{
+    Addr, BACKEND_LOCAL, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK, COUNTER_DROP_FRAGMENT,
+    COUNTER_DROP_SNAT_PORTS, COUNTER_DROP_SOURCE_RANGE, COUNTER_REJECT_NO_ENDPOINTS,
+    COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey, PROTO_UDP, SCOPE_EXTERNAL,
+    SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_FRONTEND_BITS, ServiceKey,
+    SourceRange, client_of_addr,
+};
+
+use crate::{
+    maps::{BACKENDS, CONNTRACK, NODE, SERVICES, SOURCE_RANGES, count},
+    packet::{self, End, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    reject::reject,
+    select::{Selection, select},
+};
+
+const OK: i32 = packet::NEXT;
+const SHOT: i32 = TC_ACT_SHOT;
+/// `last_seen_ns` is refreshed at most this often, so a busy flow does not
+/// write its shared entry on every packet.
+const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+pub fn ingress(ctx: &TcContext) -> i32 {
+    let Some(packet) = packet::parse(ctx) else {
+        return OK;
+    };
+    let key = packet.key();
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: the pointer is valid for this run; the copy is ours.
+        let flow = unsafe { *entry };
+        if flow.kind == FLOW_REPLY {
+            touch(entry, &packet);
+            return reply(ctx, &packet, &flow, true);
+        }
+        if flow.kind == FLOW_FORWARD && still_valid(&packet, &flow) {
+            touch(entry, &packet);
+            count(COUNTER_TRANSLATED);
+            return forward(ctx, &packet, &flow);
+        }
+    }
+    new_connection(ctx, &packet, &key)
+}
+
+pub fn egress(ctx: &TcContext) -> i32 {
+    let Some(packet) = packet::parse(ctx) else {
+        return OK;
+    };
+    let Some(entry) = CONNTRACK.get_ptr_mut(packet.key()) else {
+        return OK;
+    };
+    // SAFETY: as in `ingress`.
+    let flow = unsafe { *entry };
+    if flow.kind != FLOW_REPLY {
+        return OK;
+    }
+    touch(entry, &packet);
+    reply(ctx, &packet, &flow, false)
+}
+
+/// Whether a forward entry still describes this packet's connection. A SYN
+/// after FIN or RST is a new connection reusing the client's port. A UDP
+/// flow whose backend went away moves to a live one at once: UDP has no
+/// handshake to fail, so a stale entry would blackhole it until it expired.
+/// TCP keeps its backend, which lets established connections to a
+/// terminating endpoint finish.
+fn still_valid(packet: &Packet, flow: &Flow) -> bool {
+    if packet.has_tcp_flag(TCP_SYN) && !packet.has_tcp_flag(TCP_ACK) {
+        return flow.closing == 0;
+    }
+    if packet.proto != PROTO_UDP {
+        return true;
+    }
+    // SAFETY: map values are plain integers, valid for this run.
+    let alive = unsafe { BACKENDS.get(flow.backend_id) }
+        .is_some_and(|backend| backend.addr == flow.addr && backend.port == flow.port);
+    if !alive {
+        count(COUNTER_BACKEND_REPLACED);
+    }
+    alive
+}
+
+fn new_connection(ctx: &TcContext, packet: &Packet, key: &FlowKey) -> i32 {
+    let frontend = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_EXTERNAL, 0);
+    // SAFETY: as in `still_valid`.
+    let Some(settings) = (unsafe { SERVICES.get(frontend) }).copied() else {
+        return OK;
+    };
+    if packet.first_fragment {
+        // The later fragments carry no ports to translate by.
+        count(COUNTER_DROP_FRAGMENT);
+        return SHOT;
+    }
+    if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_allowed(&frontend, &packet.src) {
+        count(COUNTER_DROP_SOURCE_RANGE);
+        return SHOT;
+    }
+    let (backend, backend_id) = match select(&frontend, client_of_addr(&packet.src)) {
+        Selection::NotAService => return OK,
+        Selection::NoBackends => {
+            count(COUNTER_REJECT_NO_ENDPOINTS);
+            return reject(ctx, packet);
+        }
+        Selection::Backend(backend, id) => (backend, id),
+    };
+    if backend.addr.is_v4() == packet.v6 {
+        return OK;
+    }
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut flow = Flow {
+        last_seen_ns: now,
+        addr: backend.addr,
+        port: backend.port,
+        backend_id,
+        kind: FLOW_FORWARD,
+        ..Flow::default()
+    };
+    let snat = settings.flags & FRONTEND_SNAT_REMOTE != 0 && backend.flags & BACKEND_LOCAL == 0;
+    if snat {
+        let Some((addr, port)) = claim_snat_port(packet, &flow, now) else {
+            count(COUNTER_DROP_SNAT_PORTS);
+            return SHOT;
+        };
+        flow.snat = 1;
+        flow.snat_addr = addr;
+        flow.snat_port = port;
+    } else {
+        let answer = Flow {
+            last_seen_ns: now,
+            addr: packet.dst,
+            port: packet.dport,
+            kind: FLOW_REPLY,
+            ..Flow::default()
+        };
+        if CONNTRACK.insert(flow.partner(key), answer, 0).is_err() {
+            count(COUNTER_DROP_CONNTRACK);
+            return SHOT;
+        }
+    }
+    if CONNTRACK.insert(key, flow, 0).is_err() {
+        count(COUNTER_DROP_CONNTRACK);
+        return SHOT;
+    }
+    count(COUNTER_TRANSLATED_NEW);
+    forward(ctx, packet, &flow)
+}
+
+/// Reserves a source port on this node for a connection to `flow`'s
+/// backend by inserting its reply entry, which only succeeds for a port no
+/// other connection to that backend holds.
+fn claim_snat_port(packet: &Packet, flow: &Flow, now: u64) -> Option<(Addr, u16)> {
+    let node = NODE.get(0)?;
+    let addr = if packet.v6 { node.ipv6 } else { node.ipv4 };
+    if addr == Addr::default() {
+        return None;
+    }
+    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    // SAFETY: a helper with no arguments.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let answer = Flow {
+        last_seen_ns: now,
+        addr: packet.dst,
+        port: packet.dport,
+        snat_addr: packet.src,
+        snat_port: packet.sport,
+        kind: FLOW_REPLY,
+        snat: 1,
+        ..Flow::default()
+    };
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        // `% span` keeps the offset within u16.
+        let port = (SNAT_PORT_MIN + (start.wrapping_add(attempt) % span) as u16).to_be();
+        let key = FlowKey::new(flow.addr, addr, flow.port, port, packet.proto);
+        if CONNTRACK
+            .insert(key, answer, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return Some((addr, port));
+        }
+    }
+    None
+}
+
+fn source_allowed(frontend: &ServiceKey, src: &Addr) -> bool {
+    let range = SourceRange {
+        addr: frontend.addr,
+        port: frontend.port,
+        proto: frontend.proto,
+        pad: 0,
+        src: *src,
+    };
+    SOURCE_RANGES
+        .get(Key::new(SOURCE_RANGE_FRONTEND_BITS + 128, range))
+        .is_some()
+}
+
+/// Client -> backend, with the source NATed when the entry says so.
+fn forward(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
+    if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none() {
+        return SHOT;
+    }
+    let src = if flow.snat != 0 {
+        if packet::rewrite(ctx, packet, End::Source, &flow.snat_addr, flow.snat_port).is_none() {
+            return SHOT;
+        }
+        flow.snat_addr
+    } else {
+        packet.src
+    };
+    packet::redirect_by_route(ctx, packet.v6, packet.proto, &src, &flow.addr)
+}
+
+/// Backend -> client, from the frontend. At ingress (a reply to a NATed
+/// source) it is routed on; at egress it is already leaving.
+fn reply(ctx: &TcContext, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32 {
+    if packet::rewrite(ctx, packet, End::Source, &flow.addr, flow.port).is_none() {
+        return SHOT;
+    }
+    let dst = if flow.snat != 0 {
+        if packet::rewrite(
+            ctx,
+            packet,
+            End::Destination,
+            &flow.snat_addr,
+            flow.snat_port,
+        )
+        .is_none()
+        {
+            return SHOT;
+        }
+        flow.snat_addr
+    } else {
+        packet.dst
+    };
+    count(COUNTER_REPLY_TRANSLATED);
+    if at_ingress {
+        packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.addr, &dst)
+    } else {
+        OK
+    }
+}
+
+/// Records that the flow is alive, and closing once a FIN or RST passes.
+/// Plain stores of whole fields: racing CPUs write the same values.
+fn touch(entry: *mut Flow, packet: &Packet) {
+    // SAFETY: a helper with no arguments; `entry` is valid for this run.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        if now.wrapping_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
+            (*entry).last_seen_ns = now;
+        }
+        if (*entry).seen == 0 {
+            (*entry).seen = 1;
+        }
+        if (*entry).closing == 0 && packet.has_tcp_flag(TCP_FIN | TCP_RST) {
+            (*entry).closing = 1;
+        }
+    }
+}

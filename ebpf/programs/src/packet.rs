@@ -1,0 +1,299 @@
+//! Reading and rewriting one packet's headers on a tc hook, and sending it
+//! on by route. Every access goes through the skb load/store helpers, which
+//! bound-check each read and write themselves, so no direct packet pointer
+//! needs proving safe to the verifier.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use switchyard_abi::{Addr, COUNTER_PASS_NO_ROUTE, FlowKey, PROTO_TCP, PROTO_UDP};
+
+use crate::maps::count;
+
+/// "Not mine, carry on": `TCX_NEXT` on tcx, `TC_ACT_UNSPEC` on cls_bpf.
+/// Either way the next program on the hook still sees the packet, where
+/// `TC_ACT_OK` would end the chain and hide it from them.
+pub const NEXT: i32 = -1;
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP or UDP packet's addressing, as read from its headers.
+pub struct Packet {
+    pub v6: bool,
+    /// Offset of the TCP or UDP header.
+    pub l4: usize,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order, as read.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// The first fragment of a fragmented datagram: its ports are here, but
+    /// the later fragments carry none and could not be translated.
+    pub first_fragment: bool,
+    /// IPv4 with options: the reject builders only handle plain headers.
+    pub ip_options: bool,
+}
+
+impl Packet {
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+
+    pub fn has_tcp_flag(&self, flag: u8) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & flag != 0
+    }
+
+    fn checksum_offset(&self) -> usize {
+        if self.proto == PROTO_TCP {
+            self.l4 + 16
+        } else {
+            self.l4 + 6
+        }
+    }
+
+    /// UDP over IPv4 may carry no checksum (0), which must stay 0; a
+    /// computed 0 is sent as 0xffff.
+    fn l4_flags(&self) -> u64 {
+        if self.proto == PROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        }
+    }
+}
+
+/// `None` for anything but unfragmented or first-fragment TCP and UDP over
+/// IPv4 or IPv6 without extension headers (other than a fragment header):
+/// such packets pass untouched.
+pub fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    match ethertype {
+        ETH_P_IP => parse_v4(ctx),
+        ETH_P_IPV6 => parse_v6(ctx),
+        _ => None,
+    }
+}
+
+fn parse_v4(ctx: &TcContext) -> Option<Packet> {
+    let version_ihl = ctx.load::<u8>(ETH_HLEN).ok()?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
+        return None;
+    }
+    let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+    if fragment & 0x1fff != 0 {
+        return None;
+    }
+    let proto = ctx.load::<u8>(ETH_HLEN + 9).ok()?;
+    let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + 12).ok()?);
+    let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + 16).ok()?);
+    let first_fragment = fragment & 0x2000 != 0;
+    transport(
+        ctx,
+        false,
+        ETH_HLEN + header_len,
+        proto,
+        src,
+        dst,
+        first_fragment,
+    )
+    .map(|packet| Packet {
+        ip_options: header_len != 20,
+        ..packet
+    })
+}
+
+fn parse_v6(ctx: &TcContext) -> Option<Packet> {
+    let mut next = ctx.load::<u8>(ETH_HLEN + 6).ok()?;
+    let src = Addr {
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + 8).ok()?,
+    };
+    let dst = Addr {
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + 24).ok()?,
+    };
+    let mut l4 = ETH_HLEN + IPV6_HLEN;
+    let mut first_fragment = false;
+    if next == NEXTHDR_FRAGMENT {
+        let offset_flags = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+        if offset_flags >> 3 != 0 {
+            return None;
+        }
+        next = ctx.load::<u8>(l4).ok()?;
+        first_fragment = true;
+        l4 += 8;
+    }
+    transport(ctx, true, l4, next, src, dst, first_fragment)
+}
+
+fn transport(
+    ctx: &TcContext,
+    v6: bool,
+    l4: usize,
+    proto: u8,
+    src: Addr,
+    dst: Addr,
+    first_fragment: bool,
+) -> Option<Packet> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let tcp_flags = if proto == PROTO_TCP {
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Packet {
+        v6,
+        l4,
+        proto,
+        src,
+        dst,
+        sport: ctx.load::<u16>(l4).ok()?,
+        dport: ctx.load::<u16>(l4 + 2).ok()?,
+        tcp_flags,
+        first_fragment,
+        ip_options: false,
+    })
+}
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Rewrites one end's address and port, updating the IPv4 header checksum
+/// and the TCP/UDP checksum incrementally: a packet that arrived with a bad
+/// checksum leaves with one too, for the receiver to drop.
+pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
+    let (old_addr, old_port, port_offset) = match end {
+        End::Source => (&packet.src, packet.sport, packet.l4),
+        End::Destination => (&packet.dst, packet.dport, packet.l4 + 2),
+    };
+    let checksum = packet.checksum_offset();
+    let l4_flags = packet.l4_flags();
+    if packet.v6 {
+        let offset = match end {
+            End::Source => ETH_HLEN + 8,
+            End::Destination => ETH_HLEN + 24,
+        };
+        let mut old = old_addr.words;
+        let mut new = addr.words;
+        // SAFETY: both buffers are 16-byte stack arrays.
+        let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return None;
+        }
+        ctx.l4_csum_replace(
+            checksum,
+            0,
+            diff as u64,
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags,
+        )
+        .ok()?;
+        ctx.store(offset, &addr.words, 0).ok()?;
+    } else {
+        let offset = match end {
+            End::Source => ETH_HLEN + 12,
+            End::Destination => ETH_HLEN + 16,
+        };
+        let (old, new) = (u64::from(old_addr.v4_word()), u64::from(addr.v4_word()));
+        ctx.l4_csum_replace(
+            checksum,
+            old,
+            new,
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
+        )
+        .ok()?;
+        ctx.l3_csum_replace(ETH_HLEN + 10, old, new, 4).ok()?;
+        ctx.store(offset, &addr.v4_word(), 0).ok()?;
+    }
+    if old_port != port {
+        ctx.l4_csum_replace(checksum, u64::from(old_port), u64::from(port), l4_flags | 2)
+            .ok()?;
+        ctx.store(port_offset, &port, 0).ok()?;
+    }
+    Some(())
+}
+
+/// Sends a translated packet straight out of the device the route to its
+/// new destination names, with the neighbour's MAC address: the stack's
+/// forwarding path would refuse a packet whose source is now this node's
+/// own address. Without a route the packet goes up the stack as it is.
+pub fn redirect_by_route(ctx: &TcContext, v6: bool, proto: u8, src: &Addr, dst: &Addr) -> i32 {
+    // SAFETY: plain C structs of integers and unions of integers.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = if v6 { AF_INET6 } else { AF_INET };
+    params.l4_protocol = proto;
+    // SAFETY: the context is this run's skb.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if v6 {
+        params.__bindgen_anon_3.ipv6_src = src.words;
+        params.__bindgen_anon_4.ipv6_dst = dst.words;
+    } else {
+        params.__bindgen_anon_3.ipv4_src = src.v4_word();
+        params.__bindgen_anon_4.ipv4_dst = dst.v4_word();
+    }
+    // SAFETY: `params` is a live, correctly sized lookup struct.
+    let result = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match result as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
+                return NEXT;
+            }
+            // SAFETY: a helper taking integers.
+            unsafe { bpf_redirect(params.ifindex, 0) as i32 }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // SAFETY: as above; the lookup left the next hop in `*_dst`.
+            let mut next_hop: bpf_redir_neigh = unsafe { zeroed() };
+            next_hop.nh_family = u32::from(params.family);
+            unsafe {
+                if v6 {
+                    next_hop.__bindgen_anon_1.ipv6_nh = params.__bindgen_anon_4.ipv6_dst;
+                } else {
+                    next_hop.__bindgen_anon_1.ipv4_nh = params.__bindgen_anon_4.ipv4_dst;
+                }
+                bpf_redirect_neigh(
+                    params.ifindex,
+                    &mut next_hop,
+                    size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                ) as i32
+            }
+        }
+        _ => {
+            count(COUNTER_PASS_NO_ROUTE);
+            NEXT
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The per-packet path's pinned maps as the agent uses them: conntrack
+//! (read, garbage-collected, flushed), this node's NAT addresses, and the
+//! kernel's counters.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use switchyard_abi::{
+    Addr, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey, FlowTimeouts, NODE_MAP,
+    NodeConfig,
+};
+
+use super::{DatapathError, pinned::open_pinned};
+use crate::conntrack::{Connection, connections};
+
+pub struct FlowTable {
+    conntrack: HashMap<MapData, FlowKey, Flow>,
+    node: Array<MapData, NodeConfig>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// What one garbage collection found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collection {
+    /// Entries in the map before collecting.
+    pub entries: usize,
+    /// Entries removed.
+    pub removed: usize,
+}
+
+impl FlowTable {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            conntrack: open_pinned(pin_dir, CONNTRACK_MAP)?,
+            node: open_pinned(pin_dir, NODE_MAP)?,
+            counters: open_pinned(pin_dir, COUNTERS_MAP)?,
+        })
+    }
+
+    /// Every entry; one deleted while we iterate is simply not seen.
+    pub fn entries(&self) -> Vec<(FlowKey, Flow)> {
+        self.conntrack.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn connections(&self) -> Vec<Connection> {
+        connections(self.entries())
+    }
+
+    /// The addresses NATed connections leave from.
+    pub fn set_snat_addresses(
+        &mut self,
+        ipv4: Option<IpAddr>,
+        ipv6: Option<IpAddr>,
+    ) -> Result<(), DatapathError> {
+        let config = NodeConfig {
+            ipv4: ipv4.map(Addr::from).unwrap_or_default(),
+            ipv6: ipv6.map(Addr::from).unwrap_or_default(),
+        };
+        self.node
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::map(NODE_MAP, source))
+    }
+
+    /// Each counter summed over CPUs, by `switchyard_abi::COUNTER_*`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS_LEN as usize], DatapathError> {
+        let mut totals = [0u64; COUNTERS_LEN as usize];
+        for (index, total) in (0..COUNTERS_LEN).zip(totals.iter_mut()) {
+            let per_cpu = self
+                .counters
+                .get(&index, 0)
+                .map_err(|source| DatapathError::map(COUNTERS_MAP, source))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Removes both entries of every connection idle past its timeout.
+    pub fn collect_garbage(&mut self, now_ns: u64, timeouts: &FlowTimeouts) -> Collection {
+        let entries = self.entries();
+        let mut collection = Collection {
+            entries: entries.len(),
+            removed: 0,
+        };
+        for connection in connections(entries) {
+            if connection.expired(now_ns, timeouts) {
+                collection.removed += self.remove(connection.keys());
+            }
+        }
+        collection
+    }
+
+    /// Removes entries by key; returns how many were there.
+    pub fn remove(&mut self, keys: impl IntoIterator<Item = FlowKey>) -> usize {
+        keys.into_iter()
+            .filter(|key| self.conntrack.remove(key).is_ok())
+            .count()
+    }
+}
+
+/// `bpf_ktime_get_ns()`'s clock, for comparing with `last_seen_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|now| {
+            u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(now.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}

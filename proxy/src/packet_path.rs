@@ -1,0 +1,120 @@
+//! The per-packet path's life in the agent: the node's devices followed and
+//! given the programs as they appear, the NodePort addresses and NAT
+//! source addresses kept current, and conntrack collected.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use switchyard_abi::FlowTimeouts;
+use tracing::{info, warn};
+
+use crate::{
+    cli::RunArgs,
+    datapath::{
+        DatapathError,
+        flow_table::{FlowTable, monotonic_now_ns},
+        loader::Programs,
+    },
+    metrics::Metrics,
+    node_network::{
+        self, BadNodePortAddress, DeviceSelection, NetworkError, NetworkSnapshot, NodePortAddresses,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PacketPathError {
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    NodePortAddresses(#[from] BadNodePortAddress),
+}
+
+pub struct PacketPath {
+    flows: FlowTable,
+    selection: DeviceSelection,
+    wanted_node_ports: NodePortAddresses,
+    timeouts: FlowTimeouts,
+    network: NetworkSnapshot,
+    node_port_addresses: Vec<IpAddr>,
+}
+
+impl PacketPath {
+    pub fn new(args: &RunArgs, pin_dir: &Path) -> Result<Self, PacketPathError> {
+        Ok(Self {
+            flows: FlowTable::open(pin_dir)?,
+            selection: DeviceSelection::from_flag(&args.devices),
+            wanted_node_ports: NodePortAddresses::from_flag(&args.nodeport_addresses)?,
+            timeouts: args.conntrack.timeouts(),
+            network: NetworkSnapshot::default(),
+            node_port_addresses: Vec::new(),
+        })
+    }
+
+    /// The addresses NodePorts are served on now.
+    pub fn node_port_addresses(&self) -> &[IpAddr] {
+        &self.node_port_addresses
+    }
+
+    /// Re-reads the node's devices and addresses, attaches the programs to
+    /// devices that are new, and updates the NAT source addresses. Returns
+    /// whether the NodePort addresses changed (the frontends must follow).
+    /// A device that cannot be attached is logged and retried next time;
+    /// the others are served.
+    pub async fn refresh(
+        &mut self,
+        programs: &mut Programs,
+        metrics: &Metrics,
+    ) -> Result<bool, PacketPathError> {
+        let network = node_network::read().await?;
+        let selected = network.selected(&self.selection);
+        if let DeviceSelection::Named(names) = &self.selection {
+            for name in names {
+                if !selected.iter().any(|device| &device.name == name) {
+                    warn!(device = %name, "--devices names a device this node does not have (yet)");
+                }
+            }
+        }
+        let mut attached = 0;
+        for device in &selected {
+            match programs.attach_device(device) {
+                Ok(()) => attached += 1,
+                Err(error) => warn!(device = %device.name, %error, "packet hooks not attached"),
+            }
+        }
+        let present: BTreeSet<u32> = network.devices.iter().map(|d| d.index).collect();
+        programs.forget_devices_except(&present);
+        let (ipv4, ipv6) = network.snat_addresses(&self.selection);
+        self.flows.set_snat_addresses(ipv4, ipv6)?;
+        let addresses = network.node_port_addresses(&self.wanted_node_ports, &self.selection);
+        let changed = addresses != self.node_port_addresses;
+        if changed || network != self.network {
+            info!(
+                devices = ?selected.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+                node_port_addresses = ?addresses,
+                snat_ipv4 = ?ipv4,
+                snat_ipv6 = ?ipv6,
+                "node network"
+            );
+        }
+        metrics.set_network(attached, addresses.len());
+        self.node_port_addresses = addresses;
+        self.network = network;
+        Ok(changed)
+    }
+
+    /// Removes expired connections and publishes conntrack and packet
+    /// counters.
+    pub fn collect(&mut self, metrics: &Metrics) {
+        let collection = self
+            .flows
+            .collect_garbage(monotonic_now_ns(), &self.timeouts);
+        metrics.observe_conntrack(collection.entries - collection.removed, collection.removed);
+        match self.flows.counters() {
+            Ok(totals) => metrics.set_packet_counters(&totals),
+            Err(error) => warn!(%error, "reading the datapath counters"),
+        }
+    }
+}
