@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod mount;
 pub mod name;
 pub mod netns;
+pub mod packet;
 pub mod probe;
 pub mod process;
 pub mod scratch;

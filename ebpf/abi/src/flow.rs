@@ -117,15 +117,13 @@ impl Flow {
     }
 }
 
-/// This node, as the per-packet path needs it: key 0 of an array map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct NodeConfig {
-    /// Source address for NATed IPv4 connections; zero when there is none.
-    pub ipv4: Addr,
-    /// Source address for NATed IPv6 connections; zero when there is none.
-    pub ipv6: Addr,
-}
+/// Keys of the node map, an array of [`Addr`]: the addresses NATed
+/// connections leave from, zero when the node has none of that family. One
+/// entry per family rather than a struct of both: the verifier then sees a
+/// bounds-checked lookup instead of an offset computed from a flag.
+pub const NODE_SNAT_IPV4: u32 = 0;
+pub const NODE_SNAT_IPV6: u32 = 1;
+pub const NODE_ENTRIES: u32 = 2;
 
 /// Idle times after which the agent forgets a connection, in seconds
 /// (kube-proxy's `--conntrack-*` flags). The kernel side keeps no clocks of
@@ -222,7 +220,6 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Flow>() == 56);
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 36);
 
@@ -231,6 +228,5 @@ mod pod {
     // SAFETY: as in `maps`: #[repr(C)], integers only, explicit padding.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
-    unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::SourceRange {}
 }

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use switchyard_abi::{
-    AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NodeConfig, SERVICES_MAX_ENTRIES,
+    AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
+    CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NODE_ENTRIES, SERVICES_MAX_ENTRIES,
     SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
     SockRevNatValue, SourceRange,
 };
@@ -32,7 +32,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
 #[map(name = "SY_NODE_V1")]
-pub static NODE: Array<NodeConfig> = Array::pinned(1, 0);
+pub static NODE: Array<Addr> = Array::pinned(NODE_ENTRIES, 0);
 
 // The kernel requires LPM tries to be created without preallocation.
 #[map(name = "SY_SRC_RANGES_V1")]

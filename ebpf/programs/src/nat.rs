@@ -14,12 +14,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use switchyard_abi::{
-    Addr, BACKEND_LOCAL, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK, COUNTER_DROP_FRAGMENT,
-    COUNTER_DROP_SNAT_PORTS, COUNTER_DROP_SOURCE_RANGE, COUNTER_REJECT_NO_ENDPOINTS,
-    COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY,
-    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey, PROTO_UDP, SCOPE_EXTERNAL,
-    SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_FRONTEND_BITS, ServiceKey,
-    SourceRange, client_of_addr,
+    Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
+    COUNTER_DROP_FRAGMENT, COUNTER_DROP_SNAT_PORTS, COUNTER_DROP_SOURCE_RANGE,
+    COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED,
+    COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
+    Flow, FlowKey, NODE_SNAT_IPV4, NODE_SNAT_IPV6, PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_ATTEMPTS,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange,
+    client_of_addr,
 };
 
 use crate::{
@@ -35,25 +36,53 @@ const SHOT: i32 = TC_ACT_SHOT;
 /// write its shared entry on every packet.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// Each stage is its own function, called from here one after another:
+/// the verifier adds up the stack frames along a call chain (512 bytes at
+/// most), and inlined into one frame they would not fit.
 pub fn ingress(ctx: &TcContext) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
         return OK;
     };
-    let key = packet.key();
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: the pointer is valid for this run; the copy is ours.
-        let flow = unsafe { *entry };
-        if flow.kind == FLOW_REPLY {
-            touch(entry, &packet);
-            return reply(ctx, &packet, &flow, true);
+    if let Some(verdict) = tracked(ctx, &packet) {
+        return verdict;
+    }
+    match choose(&packet) {
+        Choice::Verdict(verdict) => verdict,
+        Choice::Refuse => {
+            count(COUNTER_REJECT_NO_ENDPOINTS);
+            reject(ctx, &packet)
         }
-        if flow.kind == FLOW_FORWARD && still_valid(&packet, &flow) {
-            touch(entry, &packet);
-            count(COUNTER_TRANSLATED);
-            return forward(ctx, &packet, &flow);
+        Choice::Backend { backend, id, snat } => {
+            let nat = if snat {
+                let Some(nat) = claim_snat_port(&packet, &backend) else {
+                    count(COUNTER_DROP_SNAT_PORTS);
+                    return SHOT;
+                };
+                Some(nat)
+            } else {
+                None
+            };
+            start(ctx, &packet, &backend, id, nat)
         }
     }
-    new_connection(ctx, &packet, &key)
+}
+
+/// A packet of a connection conntrack knows, translated as recorded.
+#[inline(never)]
+fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
+    let entry = CONNTRACK.get_ptr_mut(packet.key())?;
+    // SAFETY: the pointer is valid for this run; the copy is ours.
+    let flow = unsafe { *entry };
+    if flow.kind == FLOW_REPLY {
+        touch(entry, packet);
+        return Some(reply(ctx, packet, &flow, true));
+    }
+    if flow.kind == FLOW_FORWARD && still_valid(packet, &flow) {
+        touch(entry, packet);
+        count(COUNTER_TRANSLATED);
+        return Some(forward(ctx, packet, &flow));
+    }
+    None
 }
 
 pub fn egress(ctx: &TcContext) -> i32 {
@@ -94,48 +123,72 @@ fn still_valid(packet: &Packet, flow: &Flow) -> bool {
     alive
 }
 
-fn new_connection(ctx: &TcContext, packet: &Packet, key: &FlowKey) -> i32 {
+enum Choice {
+    Verdict(i32),
+    /// The frontend has no endpoints.
+    Refuse,
+    Backend {
+        backend: Backend,
+        id: u32,
+        /// NAT the source to this node.
+        snat: bool,
+    },
+}
+
+/// What a packet starting a connection gets: not ours, dropped, refused,
+/// or a backend.
+#[inline(never)]
+fn choose(packet: &Packet) -> Choice {
     let frontend = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_EXTERNAL, 0);
     // SAFETY: as in `still_valid`.
     let Some(settings) = (unsafe { SERVICES.get(frontend) }).copied() else {
-        return OK;
+        return Choice::Verdict(OK);
     };
     if packet.first_fragment {
         // The later fragments carry no ports to translate by.
         count(COUNTER_DROP_FRAGMENT);
-        return SHOT;
+        return Choice::Verdict(SHOT);
     }
     if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_allowed(&frontend, &packet.src) {
         count(COUNTER_DROP_SOURCE_RANGE);
-        return SHOT;
+        return Choice::Verdict(SHOT);
     }
-    let (backend, backend_id) = match select(&frontend, client_of_addr(&packet.src)) {
-        Selection::NotAService => return OK,
-        Selection::NoBackends => {
-            count(COUNTER_REJECT_NO_ENDPOINTS);
-            return reject(ctx, packet);
-        }
-        Selection::Backend(backend, id) => (backend, id),
-    };
-    if backend.addr.is_v4() == packet.v6 {
-        return OK;
+    match select(&frontend, client_of_addr(&packet.src)) {
+        Selection::NotAService => Choice::Verdict(OK),
+        Selection::NoBackends => Choice::Refuse,
+        // The agent never pairs families; this guards hand-edited maps.
+        Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => Choice::Verdict(OK),
+        Selection::Backend(backend, id) => Choice::Backend {
+            backend,
+            id,
+            snat: settings.flags & FRONTEND_SNAT_REMOTE != 0 && backend.flags & BACKEND_LOCAL == 0,
+        },
     }
+}
+
+/// Records a new connection to `backend` and sends its first packet there.
+/// With `nat` (this node's address and port, whose reply entry
+/// `claim_snat_port` already made) the source is NATed.
+#[inline(never)]
+fn start(
+    ctx: &TcContext,
+    packet: &Packet,
+    backend: &Backend,
+    id: u32,
+    nat: Option<(Addr, u16)>,
+) -> i32 {
+    let key = packet.key();
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flow = Flow {
         last_seen_ns: now,
         addr: backend.addr,
         port: backend.port,
-        backend_id,
+        backend_id: id,
         kind: FLOW_FORWARD,
         ..Flow::default()
     };
-    let snat = settings.flags & FRONTEND_SNAT_REMOTE != 0 && backend.flags & BACKEND_LOCAL == 0;
-    if snat {
-        let Some((addr, port)) = claim_snat_port(packet, &flow, now) else {
-            count(COUNTER_DROP_SNAT_PORTS);
-            return SHOT;
-        };
+    if let Some((addr, port)) = nat {
         flow.snat = 1;
         flow.snat_addr = addr;
         flow.snat_port = port;
@@ -147,7 +200,7 @@ fn new_connection(ctx: &TcContext, packet: &Packet, key: &FlowKey) -> i32 {
             kind: FLOW_REPLY,
             ..Flow::default()
         };
-        if CONNTRACK.insert(flow.partner(key), answer, 0).is_err() {
+        if CONNTRACK.insert(flow.partner(&key), answer, 0).is_err() {
             count(COUNTER_DROP_CONNTRACK);
             return SHOT;
         }
@@ -160,18 +213,23 @@ fn new_connection(ctx: &TcContext, packet: &Packet, key: &FlowKey) -> i32 {
     forward(ctx, packet, &flow)
 }
 
-/// Reserves a source port on this node for a connection to `flow`'s
-/// backend by inserting its reply entry, which only succeeds for a port no
-/// other connection to that backend holds.
-fn claim_snat_port(packet: &Packet, flow: &Flow, now: u64) -> Option<(Addr, u16)> {
-    let node = NODE.get(0)?;
-    let addr = if packet.v6 { node.ipv6 } else { node.ipv4 };
+/// Reserves a source port on this node for a connection to `backend` by
+/// inserting its reply entry, which only succeeds for a port no other
+/// connection to that backend holds.
+#[inline(never)]
+fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)> {
+    let family = if packet.v6 {
+        NODE_SNAT_IPV6
+    } else {
+        NODE_SNAT_IPV4
+    };
+    let addr = *NODE.get(family)?;
     if addr == Addr::default() {
         return None;
     }
     let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    // SAFETY: a helper with no arguments.
-    let start = unsafe { bpf_get_prandom_u32() };
+    // SAFETY: helpers with no arguments.
+    let (start, now) = unsafe { (bpf_get_prandom_u32(), bpf_ktime_get_ns()) };
     let answer = Flow {
         last_seen_ns: now,
         addr: packet.dst,
@@ -185,7 +243,7 @@ fn claim_snat_port(packet: &Packet, flow: &Flow, now: u64) -> Option<(Addr, u16)
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         // `% span` keeps the offset within u16.
         let port = (SNAT_PORT_MIN + (start.wrapping_add(attempt) % span) as u16).to_be();
-        let key = FlowKey::new(flow.addr, addr, flow.port, port, packet.proto);
+        let key = FlowKey::new(backend.addr, addr, backend.port, port, packet.proto);
         if CONNTRACK
             .insert(key, answer, u64::from(BPF_NOEXIST))
             .is_ok()

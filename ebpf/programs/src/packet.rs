@@ -242,6 +242,7 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
 /// new destination names, with the neighbour's MAC address: the stack's
 /// forwarding path would refuse a packet whose source is now this node's
 /// own address. Without a route the packet goes up the stack as it is.
+#[inline(never)]
 pub fn redirect_by_route(ctx: &TcContext, v6: bool, proto: u8, src: &Addr, dst: &Addr) -> i32 {
     // SAFETY: plain C structs of integers and unions of integers.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };

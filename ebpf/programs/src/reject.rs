@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use switchyard_abi::{COUNTER_DROP_UNREJECTABLE, PROTO_TCP};
@@ -89,12 +89,26 @@ fn port_unreachable<const LEN: usize>(ctx: &TcContext, packet: &Packet) -> Optio
     if packet.ip_options {
         return None;
     }
-    let quoted_len = if packet.v6 { 48 } else { 28 };
+    // A constant per instantiation: the verifier wants a fixed, non-zero
+    // length for the load below.
+    let quoted_len: usize = if LEN == ICMP6_LEN { 48 } else { 28 };
     let out = scratch::<LEN>()?;
     let icmp = LEN - quoted_len - 8;
     // The quote first: `ip_header` reads the original addresses from the
     // parsed packet, but the quote must come from the bytes themselves.
-    ctx.load_bytes(ETH_HLEN, &mut out[icmp + 8..]).ok()?;
+    let quote = out[icmp + 8..].as_mut_ptr();
+    // SAFETY: `quote` has exactly `quoted_len` bytes of the buffer left.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ETH_HLEN as u32,
+            quote.cast(),
+            quoted_len as u32,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
     let (proto, kind, code) = if packet.v6 {
         (IPPROTO_ICMPV6, 1, 4)
     } else {

@@ -19,6 +19,9 @@ pub enum Selection {
 
 /// `client` identifies the caller for session affinity: its netns cookie,
 /// or for a packet [`switchyard_abi::client_of_addr`].
+// Its own frame: the per-packet path's call chain would otherwise pass the
+// verifier's 512-byte stack limit.
+#[inline(never)]
 pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
     // SAFETY: map values are plain integers; the pointer is valid for the
     // duration of this program run.

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use switchyard_abi::{
     Addr, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey, FlowTimeouts, NODE_MAP,
-    NodeConfig,
+    NODE_SNAT_IPV4, NODE_SNAT_IPV6,
 };
 
 use super::{DatapathError, pinned::open_pinned};
@@ -16,7 +16,7 @@ use crate::conntrack::{Connection, connections};
 
 pub struct FlowTable {
     conntrack: HashMap<MapData, FlowKey, Flow>,
-    node: Array<MapData, NodeConfig>,
+    node: Array<MapData, Addr>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -53,13 +53,12 @@ impl FlowTable {
         ipv4: Option<IpAddr>,
         ipv6: Option<IpAddr>,
     ) -> Result<(), DatapathError> {
-        let config = NodeConfig {
-            ipv4: ipv4.map(Addr::from).unwrap_or_default(),
-            ipv6: ipv6.map(Addr::from).unwrap_or_default(),
-        };
-        self.node
-            .set(0, config, 0)
-            .map_err(|source| DatapathError::map(NODE_MAP, source))
+        for (index, ip) in [(NODE_SNAT_IPV4, ipv4), (NODE_SNAT_IPV6, ipv6)] {
+            self.node
+                .set(index, ip.map(Addr::from).unwrap_or_default(), 0)
+                .map_err(|source| DatapathError::map(NODE_MAP, source))?;
+        }
+        Ok(())
     }
 
     /// Each counter summed over CPUs, by `switchyard_abi::COUNTER_*`.

@@ -189,6 +189,11 @@ impl Programs {
         Ok(())
     }
 
+    /// A packet program, for running it on test input (`BPF_PROG_TEST_RUN`).
+    pub fn packet_program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.ebpf.program(name)?.try_into().ok()
+    }
+
     /// Forgets devices that are gone: their links went with them.
     pub fn forget_devices_except(&mut self, present: &BTreeSet<u32>) {
         self.devices.retain(|index| present.contains(index));
