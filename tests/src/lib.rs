@@ -27,12 +27,13 @@ pub use agent::{Agent, AgentConfig};
 pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
 pub use cgroup::Cgroup;
+pub use client::Prober;
 pub use manifest::{
     AddressType, Endpoint, EndpointPort, EndpointSliceManifest, ManifestDir, Protocol,
     ServiceManifest, ServicePort, TargetPort,
 };
 pub use netns::NetNs;
-pub use probe::{Attempt, Reply, Summary};
+pub use probe::{Attempt, HttpResult, Reply, Summary};
 pub use process::Spawned;
 pub use scratch::Scratch;
 pub use topology::{Client, Cluster, ClusterSpec, Node, PendingSummary, Pod};
