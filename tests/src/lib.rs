@@ -29,8 +29,9 @@ pub use bpffs::BpfFs;
 pub use cgroup::Cgroup;
 pub use client::Prober;
 pub use manifest::{
-    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, ManifestDir, Protocol,
-    ServiceManifest, ServicePort, TargetPort,
+    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, IpMode, LoadBalancerIngress,
+    ManifestDir, NodeManifest, Protocol, ServiceManifest, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy,
 };
 pub use netns::NetNs;
 pub use probe::{Attempt, HttpResult, Reply, Summary};
