@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::multinode::MultiNodeCluster;
 use crate::netns::NetNs;
 use crate::process::{self, Spawned};
 use crate::topology::Cluster;
@@ -61,6 +62,25 @@ impl AgentConfig {
             node_name: cluster.node.name.clone(),
             extra_args: Vec::new(),
             log: cluster.scratch.join("agent.log"),
+        }
+    }
+
+    /// The wiring for node `node_index` (0-based) of a [`MultiNodeCluster`]:
+    /// the manifests folder all nodes share, the node's cgroup,
+    /// `<node bpffs>/switchyard`, the node's name, a log of its own, and
+    /// `--devices eth0` (its LAN interface) for the per-packet path. Panics
+    /// if there is no such node.
+    pub fn for_node(cluster: &MultiNodeCluster, node_index: usize) -> Self {
+        let node = &cluster.nodes[node_index];
+        Self {
+            bin: binary(),
+            manifests: cluster.manifests().path().to_owned(),
+            kubeconfig: None,
+            cgroup: node.cgroup.path().to_owned(),
+            bpffs: node.bpffs.join("switchyard"),
+            node_name: node.name.clone(),
+            extra_args: vec!["--devices".into(), "eth0".into()],
+            log: cluster.scratch.join(format!("{}-agent.log", node.name)),
         }
     }
 

@@ -1,6 +1,7 @@
-//! `Client`: the client namespace and cgroup of a topology, and `netprobe`
-//! runs inside both with their JSON output parsed. Running inside the cgroup
-//! is what puts the probes under the agent's socket hooks.
+//! `Prober`: `netprobe` runs inside a namespace and, optionally, a cgroup,
+//! with their JSON output parsed. Running inside an agent's cgroup is what
+//! puts the probes under its socket hooks. `Client`, the client namespace and
+//! cgroup of the one-node topology, probes through it.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cgroup::Cgroup;
 use crate::netns::NetNs;
-use crate::probe::{self, Attempt, Summary};
+use crate::probe::{self, Attempt, HttpResult, Summary};
 use crate::process::{self, Spawned};
 
 /// Per-attempt socket timeout the helpers pass to netprobe.
@@ -35,12 +36,69 @@ impl Client {
         }
     }
 
-    /// `netprobe ARGS...` in the client netns and cgroup, killed after
+    /// Probes from the client netns, inside the client cgroup.
+    pub fn prober(&self) -> Prober<'_> {
+        Prober::new(&self.netns, Some(&self.cgroup))
+    }
+
+    /// See [`Prober::netprobe`].
+    pub fn netprobe(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        self.prober().netprobe(args, timeout)
+    }
+
+    /// See [`Prober::tcp`].
+    pub fn tcp(&self, to: SocketAddr, count: u32) -> Result<Vec<Attempt>> {
+        self.prober().tcp(to, count)
+    }
+
+    /// See [`Prober::udp`].
+    pub fn udp(&self, to: SocketAddr, count: u32, connected: bool) -> Result<Vec<Attempt>> {
+        self.prober().udp(to, count, connected)
+    }
+
+    /// See [`Prober::burst`].
+    pub fn burst(&self, to: SocketAddr, count: u32) -> Result<Summary> {
+        self.prober().burst(to, count)
+    }
+
+    /// See [`Prober::hold`].
+    pub fn hold(&self, to: SocketAddr, duration: Duration, interval: Duration) -> Result<Summary> {
+        self.prober().hold(to, duration, interval)
+    }
+
+    /// See [`Prober::spawn_hold`].
+    pub fn spawn_hold(
+        &self,
+        to: SocketAddr,
+        duration: Duration,
+        interval: Duration,
+        out: PathBuf,
+    ) -> Result<PendingSummary> {
+        self.prober().spawn_hold(to, duration, interval, out)
+    }
+}
+
+/// Where a probe runs: a namespace and, when the probe must pass an agent's
+/// socket hooks, the cgroup they are attached to. Without a cgroup the probe
+/// stays in the test's own cgroup, which no agent ever hooks (an outside
+/// client, or a check that bypasses the agent).
+#[derive(Clone, Copy, Debug)]
+pub struct Prober<'a> {
+    pub netns: &'a NetNs,
+    pub cgroup: Option<&'a Cgroup>,
+}
+
+impl<'a> Prober<'a> {
+    pub fn new(netns: &'a NetNs, cgroup: Option<&'a Cgroup>) -> Self {
+        Self { netns, cgroup }
+    }
+
+    /// `netprobe ARGS...` in the namespace (and cgroup), killed after
     /// `timeout`. The exit status is left to the caller.
     pub fn netprobe(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = Command::new(probe::binary()?);
         cmd.args(args);
-        process::run_bounded(&mut cmd, &self.netns, Some(&self.cgroup), timeout)
+        process::run_bounded(&mut cmd, self.netns, self.cgroup, timeout)
     }
 
     /// `netprobe tcp`: one attempt per connection.
@@ -113,12 +171,42 @@ impl Client {
         cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::inherit());
-        let spawned = Spawned::spawn(&mut cmd, &self.netns, Some(&self.cgroup))?;
+        let spawned = Spawned::spawn(&mut cmd, self.netns, self.cgroup)?;
         Ok(PendingSummary {
             spawned,
             out,
             timeout: duration * 2 + SLACK,
         })
+    }
+
+    /// `netprobe http-get`: one HTTP/1.1 `GET path` to `to`; the status and
+    /// body, or an error naming what failed ("refused", "timeout"...).
+    pub fn http_get(&self, to: SocketAddr, path: &str) -> Result<(u16, String)> {
+        let timeout_ms = ATTEMPT_TIMEOUT.as_millis().to_string();
+        let output = self.netprobe(
+            &[
+                "http-get",
+                "--to",
+                &to.to_string(),
+                "--path",
+                path,
+                "--timeout-ms",
+                &timeout_ms,
+            ],
+            ATTEMPT_TIMEOUT * 2 + SLACK,
+        )?;
+        let mut items: Vec<HttpResult> = parse(&output)?;
+        let result = match (items.pop(), items.is_empty()) {
+            (Some(r), true) => r,
+            _ => bail!("expected one http-get line: {}", stderr(&output)),
+        };
+        match (result.ok, result.status) {
+            (true, Some(status)) => Ok((status, result.body.unwrap_or_default())),
+            _ => bail!(
+                "GET http://{to}{path} failed: {}",
+                result.error.as_deref().unwrap_or("unknown")
+            ),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Test harness for Switchyard: guards for every kernel object a test creates
 //! (network namespaces, cgroups, bpffs mounts, processes, scratch dirs), a
-//! single-node topology builder, Kubernetes manifest writers, a guard for the
-//! agent itself, and the JSON types of the `netprobe` tool.
+//! one-node and a multi-node topology builder, Kubernetes manifest writers, a
+//! guard for the agent itself, and the JSON types of the `netprobe` tool.
 //!
 //! Safety rules (see DESIGN.md): non-loopback traffic only ever leaves a
 //! process inside a namespace created here; socket hooks only go on a cgroup
@@ -16,6 +16,7 @@ pub mod client;
 pub mod command;
 pub mod manifest;
 pub mod mount;
+pub mod multinode;
 pub mod name;
 pub mod netns;
 pub mod packet;
@@ -23,17 +24,21 @@ pub mod probe;
 pub mod process;
 pub mod scratch;
 pub mod topology;
+mod wiring;
 
 pub use agent::{Agent, AgentConfig};
 pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
 pub use cgroup::Cgroup;
+pub use client::Prober;
 pub use manifest::{
-    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, ManifestDir, Protocol,
-    ServiceManifest, ServicePort, TargetPort,
+    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, IpMode, LoadBalancerIngress,
+    ManifestDir, NodeManifest, Protocol, ServiceManifest, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy,
 };
+pub use multinode::{ClusterNode, MultiNodeCluster, MultiNodeSpec, NodeSpec, Outside};
 pub use netns::NetNs;
-pub use probe::{Attempt, Reply, Summary};
+pub use probe::{Attempt, HttpResult, Reply, Summary};
 pub use process::Spawned;
 pub use scratch::Scratch;
 pub use topology::{Client, Cluster, ClusterSpec, Node, PendingSummary, Pod};

@@ -1,5 +1,5 @@
 //! Kubernetes manifests for the agent's `--manifests` folder: builders for a
-//! Service and an EndpointSlice, and a folder writer that replaces files
+//! Service, an EndpointSlice and a Node, and a folder writer that replaces files
 //! atomically, so the agent's watcher never reads half a file.
 
 use std::collections::BTreeMap;
@@ -60,6 +60,12 @@ impl ServicePort {
         Self::new(name, Protocol::Udp, port, target_port)
     }
 
+    /// `nodePort` (NodePort and LoadBalancer Services).
+    pub fn node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
+        self
+    }
+
     fn to_value(&self) -> Value {
         let mut v = json!({ "port": self.port, "protocol": self.protocol.as_str() });
         if let Some(name) = &self.name {
@@ -77,6 +83,67 @@ impl ServicePort {
     }
 }
 
+/// `spec.type` of a Service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
+        }
+    }
+}
+
+/// `spec.externalTrafficPolicy` (and `internalTrafficPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+impl TrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+/// `status.loadBalancer.ingress[].ipMode`: `VIP` (the default: the node
+/// handles the IP itself) or `Proxy` (traffic comes from the load balancer,
+/// so the proxy must not short-circuit it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpMode {
+    Vip,
+    Proxy,
+}
+
+impl IpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpMode::Vip => "VIP",
+            IpMode::Proxy => "Proxy",
+        }
+    }
+}
+
+/// One `status.loadBalancer.ingress` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBalancerIngress {
+    pub ip: String,
+    pub ip_mode: Option<IpMode>,
+}
+
 /// A `v1/Service`. `ipFamilies` and `ipFamilyPolicy` follow from the
 /// cluster IPs given, as the API server would fill them in.
 #[derive(Clone, Debug)]
@@ -87,6 +154,12 @@ pub struct ServiceManifest {
     pub cluster_ips: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub labels: BTreeMap<String, String>,
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    pub external_ips: Vec<String>,
+    pub load_balancer_source_ranges: Vec<String>,
+    pub health_check_node_port: Option<u16>,
+    /// `status.loadBalancer.ingress`, as a cloud controller would set it.
+    pub load_balancer_ingress: Vec<LoadBalancerIngress>,
     /// Extra `spec` fields merged as given (e.g. `internalTrafficPolicy`).
     pub extra_spec: BTreeMap<String, Value>,
 }
@@ -100,6 +173,11 @@ impl ServiceManifest {
             cluster_ips: Vec::new(),
             ports: Vec::new(),
             labels: BTreeMap::new(),
+            external_traffic_policy: None,
+            external_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            health_check_node_port: None,
+            load_balancer_ingress: Vec::new(),
             extra_spec: BTreeMap::new(),
         }
     }
@@ -119,8 +197,55 @@ impl ServiceManifest {
         self
     }
 
+    /// `spec.type` as free text (also for values the API would reject).
     pub fn service_type(mut self, ty: &str) -> Self {
         self.service_type = ty.into();
+        self
+    }
+
+    /// `spec.type`.
+    pub fn type_(self, ty: ServiceType) -> Self {
+        self.service_type(ty.as_str())
+    }
+
+    pub fn external_traffic_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.external_traffic_policy = Some(policy);
+        self
+    }
+
+    /// Adds one `spec.externalIPs` entry.
+    pub fn external_ip(mut self, ip: impl ToString) -> Self {
+        self.external_ips.push(ip.to_string());
+        self
+    }
+
+    /// Adds one `spec.loadBalancerSourceRanges` CIDR.
+    pub fn load_balancer_source_range(mut self, cidr: &str) -> Self {
+        self.load_balancer_source_ranges.push(cidr.into());
+        self
+    }
+
+    /// `spec.healthCheckNodePort` (LoadBalancer with the Local policy).
+    pub fn health_check_node_port(mut self, port: u16) -> Self {
+        self.health_check_node_port = Some(port);
+        self
+    }
+
+    /// Adds one `status.loadBalancer.ingress` IP without an `ipMode`.
+    pub fn load_balancer_ingress(mut self, ip: impl ToString) -> Self {
+        self.load_balancer_ingress.push(LoadBalancerIngress {
+            ip: ip.to_string(),
+            ip_mode: None,
+        });
+        self
+    }
+
+    /// Adds one `status.loadBalancer.ingress` IP with an `ipMode`.
+    pub fn load_balancer_ingress_with_mode(mut self, ip: impl ToString, mode: IpMode) -> Self {
+        self.load_balancer_ingress.push(LoadBalancerIngress {
+            ip: ip.to_string(),
+            ip_mode: Some(mode),
+        });
         self
     }
 
@@ -150,15 +275,42 @@ impl ServiceManifest {
             };
             spec["ipFamilyPolicy"] = json!(policy);
         }
+        if let Some(policy) = self.external_traffic_policy {
+            spec["externalTrafficPolicy"] = json!(policy.as_str());
+        }
+        if !self.external_ips.is_empty() {
+            spec["externalIPs"] = json!(self.external_ips);
+        }
+        if !self.load_balancer_source_ranges.is_empty() {
+            spec["loadBalancerSourceRanges"] = json!(self.load_balancer_source_ranges);
+        }
+        if let Some(port) = self.health_check_node_port {
+            spec["healthCheckNodePort"] = json!(port);
+        }
         for (k, v) in &self.extra_spec {
             spec[k] = v.clone();
         }
-        json!({
+        let mut service = json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": metadata(&self.name, &self.namespace, &self.labels),
             "spec": spec,
-        })
+        });
+        if !self.load_balancer_ingress.is_empty() {
+            let ingress: Vec<Value> = self
+                .load_balancer_ingress
+                .iter()
+                .map(|i| {
+                    let mut v = json!({ "ip": i.ip });
+                    if let Some(mode) = i.ip_mode {
+                        v["ipMode"] = json!(mode.as_str());
+                    }
+                    v
+                })
+                .collect();
+            service["status"] = json!({ "loadBalancer": { "ingress": ingress } });
+        }
+        service
     }
 }
 
@@ -213,6 +365,8 @@ pub struct Endpoint {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub node_name: Option<String>,
+    /// `zone`: the zone of the endpoint's node.
+    pub zone: Option<String>,
     /// `hints.forZones`, as the EndpointSlice controller sets them.
     pub zone_hints: Vec<String>,
 }
@@ -226,6 +380,7 @@ impl Endpoint {
             serving: Some(true),
             terminating: Some(false),
             node_name: None,
+            zone: None,
             zone_hints: Vec::new(),
         }
     }
@@ -238,6 +393,11 @@ impl Endpoint {
 
     pub fn node(mut self, node_name: &str) -> Self {
         self.node_name = Some(node_name.into());
+        self
+    }
+
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.zone = Some(zone.into());
         self
     }
 
@@ -260,6 +420,9 @@ impl Endpoint {
         let mut v = json!({ "addresses": self.addresses, "conditions": conditions });
         if let Some(node) = &self.node_name {
             v["nodeName"] = json!(node);
+        }
+        if let Some(zone) = &self.zone {
+            v["zone"] = json!(zone);
         }
         if !self.zone_hints.is_empty() {
             let zones: Vec<Value> = self
@@ -333,6 +496,79 @@ impl EndpointSliceManifest {
             "addressType": self.address_type.as_str(),
             "ports": ports,
             "endpoints": self.endpoints.iter().map(Endpoint::to_value).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The zone label a Node carries and topology-aware routing reads.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A `v1/Node`: what the agent reads of its own node (name, zone label,
+/// addresses, pod CIDRs).
+#[derive(Clone, Debug)]
+pub struct NodeManifest {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `status.addresses` as (type, address), e.g. ("InternalIP", "192.168.77.11").
+    pub addresses: Vec<(String, String)>,
+    pub pod_cidrs: Vec<String>,
+}
+
+impl NodeManifest {
+    /// With the `kubernetes.io/hostname` label the kubelet always sets.
+    pub fn new(name: &str) -> Self {
+        let labels = BTreeMap::from([("kubernetes.io/hostname".to_owned(), name.to_owned())]);
+        Self {
+            name: name.into(),
+            labels,
+            addresses: Vec::new(),
+            pod_cidrs: Vec::new(),
+        }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The `topology.kubernetes.io/zone` label.
+    pub fn zone(self, zone: &str) -> Self {
+        self.label(ZONE_LABEL, zone)
+    }
+
+    /// Adds an `InternalIP` address.
+    pub fn internal_ip(mut self, ip: impl ToString) -> Self {
+        self.addresses.push(("InternalIP".into(), ip.to_string()));
+        self
+    }
+
+    /// Adds a `spec.podCIDRs` entry (the first is also `spec.podCIDR`).
+    pub fn pod_cidr(mut self, cidr: &str) -> Self {
+        self.pod_cidrs.push(cidr.into());
+        self
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut metadata = json!({ "name": self.name });
+        if !self.labels.is_empty() {
+            metadata["labels"] = json!(self.labels);
+        }
+        let mut spec = json!({});
+        if let Some(first) = self.pod_cidrs.first() {
+            spec["podCIDR"] = json!(first);
+            spec["podCIDRs"] = json!(self.pod_cidrs);
+        }
+        let addresses: Vec<Value> = self
+            .addresses
+            .iter()
+            .map(|(ty, address)| json!({ "type": ty, "address": address }))
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": metadata,
+            "spec": spec,
+            "status": { "addresses": addresses },
         })
     }
 }
@@ -425,6 +661,58 @@ mod tests {
             slice["endpoints"][1]["conditions"],
             json!({"ready": false, "serving": true, "terminating": true})
         );
+    }
+
+    #[test]
+    fn load_balancer_service_renders_node_ports_policy_and_status() {
+        let svc = ServiceManifest::new("lb", "default")
+            .type_(ServiceType::LoadBalancer)
+            .cluster_ip("10.96.0.20")
+            .port(ServicePort::tcp("http", 80, 8080).node_port(30080))
+            .external_traffic_policy(TrafficPolicy::Local)
+            .health_check_node_port(32000)
+            .external_ip("192.168.77.100")
+            .load_balancer_source_range("192.168.77.0/24")
+            .load_balancer_ingress("203.0.113.10")
+            .load_balancer_ingress_with_mode("fd00:203::10", IpMode::Proxy)
+            .to_value();
+        let spec = &svc["spec"];
+        assert_eq!(spec["type"], "LoadBalancer");
+        assert_eq!(spec["ports"][0]["nodePort"], 30080);
+        assert_eq!(spec["externalTrafficPolicy"], "Local");
+        assert_eq!(spec["healthCheckNodePort"], 32000);
+        assert_eq!(spec["externalIPs"], json!(["192.168.77.100"]));
+        assert_eq!(spec["loadBalancerSourceRanges"], json!(["192.168.77.0/24"]));
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "203.0.113.10"}, {"ip": "fd00:203::10", "ipMode": "Proxy"}])
+        );
+        let plain = ServiceManifest::new("c", "default").to_value();
+        assert!(plain.get("status").is_none(), "{plain}");
+        assert!(plain["spec"].get("externalTrafficPolicy").is_none());
+    }
+
+    #[test]
+    fn node_renders_zone_addresses_and_pod_cidrs() {
+        let node = NodeManifest::new("node-1")
+            .zone("zone-a")
+            .internal_ip("192.168.77.11")
+            .internal_ip("fd00:77::11")
+            .pod_cidr("10.244.1.0/24")
+            .to_value();
+        assert_eq!(node["kind"], "Node");
+        assert_eq!(node["metadata"]["labels"][ZONE_LABEL], "zone-a");
+        assert_eq!(
+            node["metadata"]["labels"]["kubernetes.io/hostname"],
+            "node-1"
+        );
+        assert_eq!(
+            node["status"]["addresses"][1],
+            json!({"type": "InternalIP", "address": "fd00:77::11"})
+        );
+        assert_eq!(node["spec"]["podCIDR"], "10.244.1.0/24");
+        let endpoint = Endpoint::ready("10.244.1.10").node("node-1").zone("zone-a");
+        assert_eq!(endpoint.to_value()["zone"], "zone-a");
     }
 
     #[test]

@@ -85,6 +85,19 @@ impl Summary {
     }
 }
 
+/// The one line `netprobe http-get` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResult {
+    pub ok: bool,
+    /// Same kinds as [`Attempt::error`], or "bad_response".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
 /// Parses every non-empty line of `stdout` as one JSON value.
 pub fn parse_lines<T: DeserializeOwned>(stdout: &[u8]) -> Result<Vec<T>> {
     String::from_utf8_lossy(stdout)

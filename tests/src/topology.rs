@@ -13,22 +13,18 @@
 //! namespaces, so no probe can reach a real network.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 
 use crate::bpffs::BpfFs;
 use crate::cgroup::Cgroup;
-use crate::manifest::{AddressType, Endpoint, EndpointPort, EndpointSliceManifest, ManifestDir};
+use crate::manifest::{EndpointPort, EndpointSliceManifest, ManifestDir};
 use crate::netns::NetNs;
-use crate::probe;
 use crate::process::Spawned;
 use crate::scratch::Scratch;
+use crate::wiring::{self, Gateway, Placement, PodAddress};
 
 pub use crate::client::{Client, PendingSummary};
-
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to build. `Default`: node `node-a`, pods `pod-0` and `pod-1`, TCP on
 /// 8080 and 9090, UDP on 8080.
@@ -96,6 +92,18 @@ pub struct Cluster {
     manifests: ManifestDir,
 }
 
+impl Node {
+    /// `br0`, the pods' (and the client's) default gateway.
+    pub(crate) fn gateway(&self) -> Gateway<'_> {
+        Gateway {
+            netns: &self.netns,
+            bridge: "br0",
+            v4: self.bridge_v4,
+            v6: self.bridge_v6,
+        }
+    }
+}
+
 impl Cluster {
     pub fn up(spec: &ClusterSpec) -> Result<Self> {
         ensure!(spec.pods.len() <= 200, "at most 200 pods fit the /24");
@@ -108,50 +116,29 @@ impl Cluster {
             bridge_v4: Ipv4Addr::new(10, 244, 0, 1),
             bridge_v6: "fd00:244::1".parse()?,
         };
-        let ns = &node.netns;
-        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
-        ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "br0"])?;
-        ns.ip(&["addr", "add", "fd00:244::1/64", "dev", "br0", "nodad"])?;
-        ns.ip(&["link", "set", "br0", "up"])?;
+        wiring::bridge(&node.netns, "br0", Some((node.bridge_v4, node.bridge_v6)))?;
 
         let client_ns = NetNs::new("client")?;
         let (client_v4, client_v6) = (Ipv4Addr::new(10, 244, 0, 2), "fd00:244::2".parse()?);
-        attach(&node, &client_ns, "vc0", client_v4, client_v6)?;
+        node.gateway()
+            .attach(&client_ns, "vc0", client_v4, client_v6)?;
         let client = Client::new(client_ns, Cgroup::new("client")?, client_v4, client_v6);
 
-        let netprobe = probe::binary()?;
         let mut pods = Vec::new();
         for (i, name) in spec.pods.iter().enumerate() {
             let host = 10 + i as u8;
-            let ipv4 = Ipv4Addr::new(10, 244, 0, host);
-            let ipv6: Ipv6Addr = format!("fd00:244::{host:x}").parse()?;
-            let netns = NetNs::new("pod")?;
-            attach(&node, &netns, &format!("vp{i}"), ipv4, ipv6)?;
-            let log = scratch.join(format!("{name}.log"));
-            let mut cmd = Command::new(&netprobe);
-            cmd.args(["serve", "--name", name]);
-            for port in &spec.tcp_ports {
-                for ip in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
-                    cmd.args(["--tcp", &SocketAddr::new(ip, *port).to_string()]);
-                }
-            }
-            for port in &spec.udp_ports {
-                for ip in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
-                    cmd.args(["--udp", &SocketAddr::new(ip, *port).to_string()]);
-                }
-            }
-            let out = std::fs::File::create(&log)?;
-            cmd.stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
-            let server = Spawned::spawn(&mut cmd, &netns, None)?;
-            pods.push(Pod {
-                name: name.clone(),
-                ipv4,
-                ipv6,
-                server,
-                netns,
-            });
+            let address = PodAddress {
+                name,
+                ipv4: Ipv4Addr::new(10, 244, 0, host),
+                ipv6: format!("fd00:244::{host:x}").parse()?,
+            };
+            pods.push(node.gateway().start_pod(
+                &format!("vp{i}"),
+                address,
+                &spec.tcp_ports,
+                &spec.udp_ports,
+                &scratch,
+            )?);
         }
         let mut cluster = Self {
             pods,
@@ -160,7 +147,7 @@ impl Cluster {
             scratch,
             manifests,
         };
-        cluster.wait_servers_ready()?;
+        wiring::wait_ready(&mut cluster.pods, &cluster.scratch)?;
         Ok(cluster)
     }
 
@@ -182,89 +169,13 @@ impl Cluster {
         port: &EndpointPort,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> [EndpointSliceManifest; 2] {
-        let mut v4 = EndpointSliceManifest::new(
-            &format!("{service}-v4"),
-            namespace,
-            service,
-            AddressType::IPv4,
-        )
-        .port(port.clone());
-        let mut v6 = EndpointSliceManifest::new(
-            &format!("{service}-v6"),
-            namespace,
-            service,
-            AddressType::IPv6,
-        )
-        .port(port.clone());
-        for pod in pods {
-            v4 = v4.endpoint(Endpoint::ready(pod.ipv4).node(&self.node.name));
-            v6 = v6.endpoint(Endpoint::ready(pod.ipv6).node(&self.node.name));
-        }
-        [v4, v6]
+        let on_node = pods.into_iter().map(|pod| {
+            let at = Placement {
+                node: &self.node.name,
+                zone: None,
+            };
+            (at, pod)
+        });
+        wiring::endpoint_slices(service, namespace, port, on_node)
     }
-
-    /// Polls each server's log for its "ready" line (printed once all its
-    /// sockets are bound).
-    fn wait_servers_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for pod in &mut self.pods {
-            let log = self.scratch.join(format!("{}.log", pod.name));
-            loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("\"ready\":true") {
-                    break;
-                }
-                if let Some(status) = pod.server.try_wait()? {
-                    bail!("server of {} exited ({status}): {text}", pod.name);
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "server of {} not ready within {READY_TIMEOUT:?}: {text}",
-                        pod.name
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Puts `ns` on the node's bridge through a veth (`host_if` on the node side,
-/// `eth0` inside), with both addresses and default routes via the bridge.
-fn attach(node: &Node, ns: &NetNs, host_if: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
-    let n = &node.netns;
-    n.ip(&[
-        "link",
-        "add",
-        host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])
-    .with_context(|| format!("veth {host_if} for {}", ns.name()))?;
-    n.ip(&["link", "set", host_if, "master", "br0", "up"])?;
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &node.bridge_v4.to_string(),
-    ])?;
-    ns.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &node.bridge_v6.to_string(),
-    ])?;
-    Ok(())
 }

@@ -4,6 +4,7 @@
 //! what address the server saw and what getpeername()/recvfrom() reported.
 
 mod client;
+mod http;
 mod serve;
 mod socket;
 
@@ -79,6 +80,16 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// One HTTP/1.1 GET (Connection: close); one line with status and body.
+    HttpGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Bounds the connect and the whole exchange after it.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -147,6 +158,15 @@ fn run(command: Command) -> Result<bool> {
             let summary = client::burst(to, count, ms(timeout_ms));
             print_line(&summary)?;
             Ok(summary.ok)
+        }
+        Command::HttpGet {
+            to,
+            path,
+            timeout_ms,
+        } => {
+            let result = http::get(to, &path, ms(timeout_ms));
+            print_line(&result)?;
+            Ok(result.ok)
         }
     }
 }
