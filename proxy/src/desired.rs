@@ -52,8 +52,14 @@ pub fn desired_state(
                 &claim.frontend,
             );
             let mut backends = select_endpoints(&candidates, claim.policy, node);
+            let mut flags = claim.flags;
             if claim.policy == TrafficPolicy::Local && backends.is_empty() {
                 no_local.insert(claim.service.clone());
+                if claim.frontend.scope == Scope::External
+                    && !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty()
+                {
+                    flags |= switchyard_abi::FRONTEND_DROP_NO_LOCAL;
+                }
             }
             if backends.len() > MAX_BACKENDS_PER_FRONTEND {
                 errors.push(InputError::field(
@@ -77,7 +83,7 @@ pub fn desired_state(
                     service: claim.service,
                     backends,
                     affinity_timeout: claim.affinity_timeout,
-                    flags: claim.flags,
+                    flags,
                     source_ranges: claim.source_ranges,
                 },
             );

@@ -188,6 +188,12 @@ impl<'a> Agent<'a> {
         serde_json::from_slice(&output.stdout).context("switchyard services printed bad JSON")
     }
 
+    /// `switchyard conntrack --bpffs PIN -o json`: the tracked connections.
+    pub fn conntrack(&self) -> Result<serde_json::Value> {
+        let output = self.tool(&["conntrack", "--bpffs", &self.pins(), "-o", "json"])?;
+        serde_json::from_slice(&output.stdout).context("switchyard conntrack printed bad JSON")
+    }
+
     /// `switchyard services --bpffs PIN`: the table a person reads.
     pub fn services_table(&self) -> Result<String> {
         let output = self.tool(&["services", "--bpffs", &self.pins()])?;

@@ -108,8 +108,20 @@ impl<'a> Prober<'a> {
 
     /// `netprobe udp`, with `sendto()` or, if `connected`, `connect()`+`send()`.
     pub fn udp(&self, to: SocketAddr, count: u32, connected: bool) -> Result<Vec<Attempt>> {
+        self.udp_from(to, count, connected, 0)
+    }
+
+    /// [`Self::udp`] from a fixed source port (0: any).
+    pub fn udp_from(
+        &self,
+        to: SocketAddr,
+        count: u32,
+        connected: bool,
+        source_port: u16,
+    ) -> Result<Vec<Attempt>> {
         let to = to.to_string();
-        let mut args = vec!["udp", "--to", &to];
+        let port = source_port.to_string();
+        let mut args = vec!["udp", "--to", &to, "--source-port", &port];
         if connected {
             args.push("--connected");
         }

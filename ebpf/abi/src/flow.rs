@@ -201,7 +201,8 @@ pub const COUNTER_DROP_CONNTRACK: u32 = 7;
 pub const COUNTER_DROP_UNREJECTABLE: u32 = 8;
 pub const COUNTER_PASS_NO_ROUTE: u32 = 9;
 pub const COUNTER_BACKEND_REPLACED: u32 = 10;
-pub const COUNTERS_LEN: u32 = 11;
+pub const COUNTER_DROP_NO_LOCAL: u32 = 11;
+pub const COUNTERS_LEN: u32 = 12;
 
 /// `(metric, reason)` per counter index.
 pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
@@ -216,6 +217,7 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
     ("dropped", "cannot_reject"),
     ("passed", "no_route"),
     ("translated", "backend_replaced"),
+    ("dropped", "no_local_endpoints"),
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

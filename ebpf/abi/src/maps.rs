@@ -87,6 +87,10 @@ pub const FRONTEND_SOURCE_RANGES: u16 = 1;
 /// connection sent to a backend on another node has its source NATed to
 /// this node, which keeps the reply coming back through here.
 pub const FRONTEND_SNAT_REMOTE: u16 = 2;
+/// Slot-0 flag (external scope): `externalTrafficPolicy: Local` with
+/// endpoints on other nodes only. Packets are dropped, not refused, as
+/// kube-proxy does, so a load balancer's retry finds a node that has one.
+pub const FRONTEND_DROP_NO_LOCAL: u16 = 4;
 
 /// Slot 0 carries `count` and the frontend's settings; slots 1..=count
 /// carry `backend_id`.

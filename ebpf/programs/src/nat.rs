@@ -15,12 +15,12 @@ use aya_ebpf::{
 };
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
-    COUNTER_DROP_FRAGMENT, COUNTER_DROP_SNAT_PORTS, COUNTER_DROP_SOURCE_RANGE,
-    COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED,
-    COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
-    Flow, FlowKey, NODE_SNAT_IPV4, NODE_SNAT_IPV6, PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_ATTEMPTS,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange,
-    client_of_addr,
+    COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
+    COUNTER_DROP_SOURCE_RANGE, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
+    COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_DROP_NO_LOCAL,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey, NODE_SNAT_IPV4, NODE_SNAT_IPV6,
+    PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange, client_of_addr,
 };
 
 use crate::{
@@ -155,6 +155,10 @@ fn choose(packet: &Packet) -> Choice {
     }
     match select(&frontend, client_of_addr(&packet.src)) {
         Selection::NotAService => Choice::Verdict(OK),
+        Selection::NoBackends if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
+            count(COUNTER_DROP_NO_LOCAL);
+            Choice::Verdict(SHOT)
+        }
         Selection::NoBackends => Choice::Refuse,
         // The agent never pairs families; this guards hand-edited maps.
         Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => Choice::Verdict(OK),

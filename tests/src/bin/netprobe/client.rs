@@ -68,12 +68,13 @@ fn fill(attempt: &mut Attempt, result: std::io::Result<Reply>) {
 }
 
 /// One UDP request/reply; `connected` uses connect()+send, otherwise sendto.
-pub fn udp_once(to: SocketAddr, connected: bool, timeout: Duration) -> Attempt {
-    let local: SocketAddr = if to.is_ipv4() {
+pub fn udp_once(to: SocketAddr, connected: bool, source_port: u16, timeout: Duration) -> Attempt {
+    let mut local: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
         "[::]:0".parse().expect("literal")
     };
+    local.set_port(source_port);
     let result = (|| {
         let socket = UdpSocket::bind(local)?;
         socket.set_read_timeout(Some(timeout))?;

@@ -57,6 +57,9 @@ enum Command {
         /// connect() the socket instead of using sendto().
         #[arg(long)]
         connected: bool,
+        /// Send from this port (0: any), e.g. to keep one UDP flow.
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
@@ -133,10 +136,16 @@ fn run(command: Command) -> Result<bool> {
             to,
             count,
             connected,
+            source_port,
             timeout_ms,
         } => {
             for _ in 0..count {
-                print_line(&client::udp_once(to, connected, ms(timeout_ms)))?;
+                print_line(&client::udp_once(
+                    to,
+                    connected,
+                    source_port,
+                    ms(timeout_ms),
+                ))?;
             }
             Ok(true)
         }

@@ -1,0 +1,295 @@
+//! Traffic from outside the cluster through the per-packet path, on two
+//! nodes joined by a LAN, each with its own agent (see `multinode`):
+//! NodePorts under both traffic policies, LoadBalancer IPs with source
+//! ranges, externalIPs, refusals, UDP flows following their backend,
+//! conntrack, health check node ports, hairpin. Needs root; run with
+//! --test-threads=1.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use switchyard_tests::{
+    Agent, AgentConfig, Attempt, EndpointPort, MultiNodeCluster, MultiNodeSpec, Protocol,
+    ServiceManifest, ServicePort, ServiceType, TrafficPolicy,
+};
+
+const NS: &str = "default";
+
+fn cluster() -> MultiNodeCluster {
+    MultiNodeCluster::up(&MultiNodeSpec::new(&[1, 1])).expect("topology comes up")
+}
+
+fn agents<'a>(cluster: &'a MultiNodeCluster, extra: &[&str]) -> Vec<Agent<'a>> {
+    (0..cluster.nodes.len())
+        .map(|index| {
+            let config = extra
+                .iter()
+                .fold(AgentConfig::for_node(cluster, index), |config, arg| {
+                    config.arg(*arg)
+                });
+            Agent::start(config, &cluster.nodes[index].netns).expect("agent starts")
+        })
+        .collect()
+}
+
+/// A dual-stack Service `name` (TCP and UDP on port 80 -> 8080) with
+/// slices over the given pods, as `name.yaml`.
+fn write_service(cluster: &MultiNodeCluster, service: ServiceManifest, pods: &[(usize, usize)]) {
+    let name = service.name.clone();
+    let members: Vec<_> = pods
+        .iter()
+        .map(|&(node, pod)| (&cluster.nodes[node], &cluster.nodes[node].pods[pod]))
+        .collect();
+    let mut documents = vec![service.to_value()];
+    for port in [
+        EndpointPort::new("tcp", Protocol::Tcp, 8080),
+        EndpointPort::new("udp", Protocol::Udp, 8080),
+    ] {
+        let [v4, v6] = cluster.endpoint_slices(
+            &format!("{name}-{}", port.name.clone().unwrap_or_default()),
+            NS,
+            &port,
+            &members,
+        );
+        documents.push(v4.label("kubernetes.io/service-name", &name).to_value());
+        documents.push(v6.label("kubernetes.io/service-name", &name).to_value());
+    }
+    cluster
+        .manifests()
+        .write(&format!("{name}.yaml"), &documents)
+        .unwrap();
+}
+
+fn service(name: &str, ty: ServiceType, node_port: u16, index: u8) -> ServiceManifest {
+    ServiceManifest::new(name, NS)
+        .type_(ty)
+        .cluster_ip(format!("10.96.0.{index}"))
+        .cluster_ip(format!("fd00:96::{index}"))
+        .port(ServicePort::tcp("tcp", 80, 8080).node_port(node_port))
+        .port(ServicePort::udp("udp", 80, 8080).node_port(node_port))
+}
+
+fn peers(attempts: &[Attempt]) -> BTreeSet<(String, IpAddr)> {
+    attempts
+        .iter()
+        .map(|attempt| {
+            assert!(attempt.ok, "attempt failed: {attempt:?}");
+            let peer: SocketAddr = attempt
+                .peer_seen_by_server
+                .as_ref()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (attempt.name.clone().unwrap(), peer.ip())
+        })
+        .collect()
+}
+
+/// Polls `probe` until it holds, for at most ten seconds.
+fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if probe() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn node_port_cluster_policy_reaches_local_and_remote_pods_through_the_same_node() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    write_service(
+        &c,
+        service("web", ServiceType::NodePort, 30080, 10),
+        &[(0, 0), (1, 0)],
+    );
+    let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
+    let (pod1, pod2) = (&node1.pods[0].name, &node2.pods[0].name);
+    for (target, outside, node_ip) in [
+        (
+            node1.addr_v4(30080),
+            IpAddr::V4(c.outside.ipv4),
+            IpAddr::V4(node1.ipv4),
+        ),
+        (
+            node1.addr_v6(30080),
+            IpAddr::V6(c.outside.ipv6),
+            IpAddr::V6(node1.ipv6),
+        ),
+    ] {
+        eventually("NodePort answers", || {
+            c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
+        });
+        let seen = peers(&c.outside.tcp(target, 16).unwrap());
+        // The local pod sees the client; the remote one the node, whose
+        // NAT brings its answer back the way the request came.
+        let want = BTreeSet::from([(pod1.clone(), outside), (pod2.clone(), node_ip)]);
+        assert_eq!(seen, want, "{target}");
+        let udp = peers(&c.outside.udp(target, 12, true).unwrap());
+        assert!(
+            udp.is_subset(&want) && !udp.is_empty(),
+            "{target} UDP: {udp:?}"
+        );
+    }
+}
+
+#[test]
+fn local_policy_keeps_the_client_ip_and_health_checks_tell_nodes_apart() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let lb = service("local", ServiceType::LoadBalancer, 30081, 11)
+        .external_traffic_policy(TrafficPolicy::Local)
+        .health_check_node_port(32100);
+    write_service(&c, lb, &[(1, 0)]);
+    let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
+    eventually(
+        "Local NodePort answers on the node with the endpoint",
+        || {
+            c.outside
+                .tcp(node2.addr_v4(30081), 1)
+                .unwrap()
+                .iter()
+                .all(|a| a.ok)
+        },
+    );
+    let seen = peers(&c.outside.tcp(node2.addr_v4(30081), 4).unwrap());
+    let want = BTreeSet::from([(node2.pods[0].name.clone(), IpAddr::V4(c.outside.ipv4))]);
+    assert_eq!(seen, want, "client IP preserved");
+    let from_v6 = peers(&c.outside.tcp(node2.addr_v6(30081), 2).unwrap());
+    assert!(
+        from_v6
+            .iter()
+            .all(|(_, ip)| *ip == IpAddr::V6(c.outside.ipv6))
+    );
+    // No local endpoint: dropped, so a load balancer's retry goes elsewhere.
+    let attempt = &c.outside.tcp(node1.addr_v4(30081), 1).unwrap()[0];
+    assert_eq!(attempt.error.as_deref(), Some("timeout"), "{attempt:?}");
+
+    let (status, body) = c.outside.http_get(node2.addr_v4(32100)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 1);
+    assert_eq!(json["service"]["name"], "local");
+    let (status, body) = c.outside.http_get(node1.addr_v4(32100)).unwrap();
+    assert_eq!(status, 503, "{body}");
+}
+
+#[test]
+fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let node1 = &c.nodes[0];
+    c.outside.route_via("203.0.113.0/24", node1).unwrap();
+    c.outside.route_via("198.51.100.0/24", node1).unwrap();
+    let lb = |range: &str| {
+        service("lb", ServiceType::LoadBalancer, 30082, 12)
+            .load_balancer_ingress("203.0.113.10")
+            .load_balancer_source_range(range)
+            .external_ip("198.51.100.10")
+    };
+    let pods = [(0, 0), (1, 0)];
+    write_service(&c, lb("192.168.77.0/24"), &pods);
+    let lb_ip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+    let external_ip: SocketAddr = "198.51.100.10:80".parse().unwrap();
+    eventually("LoadBalancer IP answers an allowed source", || {
+        c.outside.tcp(lb_ip, 1).unwrap().iter().all(|a| a.ok)
+    });
+    assert_eq!(peers(&c.outside.tcp(lb_ip, 6).unwrap()).len() > 0, true);
+    assert!(c.outside.tcp(external_ip, 4).unwrap().iter().all(|a| a.ok));
+
+    write_service(&c, lb("10.0.0.0/8"), &pods);
+    eventually("a source outside the ranges is dropped", || {
+        c.outside.tcp(lb_ip, 1).unwrap()[0].error.as_deref() == Some("timeout")
+    });
+    // Source ranges bind LoadBalancer IPs only, as in kube-proxy.
+    assert!(c.outside.tcp(external_ip, 2).unwrap().iter().all(|a| a.ok));
+}
+
+#[test]
+fn no_endpoints_is_refused_at_once() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    write_service(&c, service("empty", ServiceType::NodePort, 30083, 13), &[]);
+    let node1 = &c.nodes[0];
+    for target in [node1.addr_v4(30083), node1.addr_v6(30083)] {
+        eventually("refused", || {
+            c.outside.tcp(target, 1).unwrap()[0].error.as_deref() == Some("refused")
+        });
+        let udp = &c.outside.udp(target, 1, true).unwrap()[0];
+        assert_eq!(udp.error.as_deref(), Some("refused"), "{target}: {udp:?}");
+    }
+}
+
+#[test]
+fn a_udp_flow_follows_its_service_to_a_new_backend_and_conntrack_expires() {
+    let c = cluster();
+    let agents = agents(
+        &c,
+        &[
+            "--conntrack-udp-timeout=2s",
+            "--conntrack-udp-timeout-stream=2s",
+            "--conntrack-gc-interval=500ms",
+        ],
+    );
+    let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
+    let udp = service("dns", ServiceType::NodePort, 30084, 14);
+    write_service(&c, udp.clone(), &[(0, 0)]);
+    let target = node1.addr_v4(30084);
+    let prober = c.outside.prober();
+    let ask = || prober.udp_from(target, 1, false, 45_000).unwrap().remove(0);
+    eventually("UDP NodePort answers", || ask().ok);
+    assert_eq!(ask().name.as_deref(), Some(node1.pods[0].name.as_str()));
+
+    let flows = agents[0].conntrack().unwrap();
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["client"], "192.168.77.2:45000");
+    assert_eq!(flows[0]["protocol"], "UDP");
+
+    // The backend goes; the same client port reaches the new one at once,
+    // with no wait for the old flow to time out.
+    write_service(&c, udp, &[(1, 0)]);
+    eventually("the flow moved to the new backend", || {
+        ask().name.as_deref() == Some(node2.pods[0].name.as_str())
+    });
+    eventually("idle flows are collected", || {
+        agents[0]
+            .conntrack()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+}
+
+#[test]
+fn pods_and_node_processes_reach_node_ports_including_their_own() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    write_service(
+        &c,
+        service("self", ServiceType::NodePort, 30085, 15),
+        &[(0, 0)],
+    );
+    let node1 = &c.nodes[0];
+    let pod = &node1.pods[0].name;
+    eventually(
+        "hairpin: the pod reaches itself through its NodePort",
+        || node1.pod_client(0).tcp(node1.addr_v4(30085), 1).unwrap()[0].ok,
+    );
+    let hairpin = node1.pod_client(0).tcp(node1.addr_v4(30085), 3).unwrap();
+    assert!(
+        hairpin
+            .iter()
+            .all(|a| a.name.as_deref() == Some(pod.as_str()))
+    );
+    let host = node1.host_client().tcp(node1.addr_v6(30085), 3).unwrap();
+    assert!(
+        host.iter()
+            .all(|a| a.ok && a.name.as_deref() == Some(pod.as_str())),
+        "{host:?}"
+    );
+}
