@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::{health::ProxyHealth, metrics::Metrics};
+use crate::{health::ProxyHealth, metrics::Metrics, model::HealthCheck};
 
 /// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
 /// "nftables" there.
@@ -41,6 +41,26 @@ pub struct BindError {
 pub enum Endpoints {
     Metrics(Arc<Metrics>),
     Health(Arc<Mutex<ProxyHealth>>),
+    /// A health check node port: every path answers for one Service.
+    ServiceHealth {
+        check: Arc<Mutex<HealthCheck>>,
+        proxy: Arc<Mutex<ProxyHealth>>,
+    },
+}
+
+/// kube-proxy's health check node port body (`service_health.go`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceHealthBody<'a> {
+    service: ServiceName<'a>,
+    local_endpoints: usize,
+    service_proxy_healthy: bool,
+}
+
+#[derive(serde::Serialize)]
+struct ServiceName<'a> {
+    namespace: &'a str,
+    name: &'a str,
 }
 
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
@@ -83,6 +103,9 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
 impl Endpoints {
     fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path();
+        if let Self::ServiceHealth { check, proxy } = self {
+            return service_health(check, proxy);
+        }
         match (self, path) {
             (Self::Metrics(metrics), "/metrics") => reply(
                 StatusCode::OK,
@@ -117,6 +140,43 @@ impl Endpoints {
             ),
         }
     }
+}
+
+/// 200 when this node has endpoints of the Service and the proxy is
+/// healthy, else 503; the weight header lets a load balancer spread by
+/// endpoint count.
+fn service_health(check: &Mutex<HealthCheck>, proxy: &Mutex<ProxyHealth>) -> Response<Full<Bytes>> {
+    let check = check
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    let proxy_healthy = proxy
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .is_healthy(SystemTime::now());
+    let body = ServiceHealthBody {
+        service: ServiceName {
+            namespace: &check.namespace,
+            name: &check.name,
+        },
+        local_endpoints: check.local_endpoints,
+        service_proxy_healthy: proxy_healthy,
+    };
+    let status = if check.local_endpoints > 0 && proxy_healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = reply(
+        status,
+        "application/json",
+        serde_json::to_string(&body).unwrap_or_default(),
+    );
+    response.headers_mut().insert(
+        "X-Load-Balancing-Endpoint-Weight",
+        header::HeaderValue::from(check.local_endpoints),
+    );
+    response
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -154,6 +214,37 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_health_answers_like_kube_proxy() {
+        let check = Arc::new(Mutex::new(HealthCheck {
+            namespace: "ns".into(),
+            name: "web".into(),
+            local_endpoints: 2,
+        }));
+        let proxy = Arc::new(Mutex::new(ProxyHealth::new(Duration::from_secs(30))));
+        let address = start(Endpoints::ServiceHealth {
+            check: Arc::clone(&check),
+            proxy: Arc::clone(&proxy),
+        })
+        .await;
+        let ok = get(address, "/any/path").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(
+            ok.to_ascii_lowercase()
+                .contains("x-load-balancing-endpoint-weight: 2")
+        );
+        assert!(ok.ends_with(
+            r#"{"service":{"namespace":"ns","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#
+        ));
+        check.lock().unwrap().local_endpoints = 0;
+        assert!(get(address, "/").await.starts_with("HTTP/1.1 503"));
+        check.lock().unwrap().local_endpoints = 1;
+        let long_ago = SystemTime::now() - Duration::from_secs(120);
+        proxy.lock().unwrap().queued_update(long_ago);
+        let sick = get(address, "/").await;
+        assert!(sick.starts_with("HTTP/1.1 503") && sick.contains("\"serviceProxyHealthy\":false"));
     }
 
     async fn start(endpoints: Endpoints) -> SocketAddr {

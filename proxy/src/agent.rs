@@ -27,6 +27,7 @@ use crate::{
     node_network,
     packet_path::{PacketPath, PacketPathError},
     runner::SyncRunner,
+    service_health_server::ServiceHealthServers,
     source::{Source, SourceError},
     sync::Syncer,
     topology::{NodeContext, ZONE_LABEL},
@@ -85,8 +86,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         source,
         syncer,
         metrics,
-        health,
+        health: Arc::clone(&health),
         packet_path,
+        health_checks: ServiceHealthServers::new(Vec::new(), Arc::clone(&health)),
         reported: BTreeMap::new(),
         queued_since: None,
     };
@@ -101,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             // Until every list is in, the adopted state keeps serving.
             () = sleep_until(due), if agent.source.synced() => {
                 runner.ran(Instant::now());
-                agent.sync();
+                agent.sync().await;
             }
             Some(()) = network_changes.recv() => {
                 match agent.packet_path.refresh(&mut programs, &agent.metrics).await {
@@ -150,6 +152,7 @@ struct Agent {
     metrics: Arc<Metrics>,
     health: Arc<Mutex<ProxyHealth>>,
     packet_path: PacketPath,
+    health_checks: ServiceHealthServers,
     /// Input problems of the last pass, by their log line.
     reported: BTreeMap<String, InputError>,
     /// When the oldest change not yet applied arrived.
@@ -172,7 +175,7 @@ impl Agent {
         self.metrics.observe_queued(now);
     }
 
-    fn sync(&mut self) {
+    async fn sync(&mut self) {
         let started = Instant::now();
         let loaded = self.source.snapshot();
         let own_node = loaded
@@ -208,6 +211,10 @@ impl Agent {
         for (_, failure) in &report.failed {
             let map = failure.map_name().unwrap_or("none");
             self.metrics.record_map_failure(map, failure.reason());
+        }
+        for error in self.health_checks.sync(&desired.health_checks).await {
+            warn!("{error}");
+            self.metrics.count_health_check_failure();
         }
         let complete = report.failed.is_empty() && report.held_back == 0;
         self.observe(&desired, own_node, started, complete);

@@ -92,7 +92,13 @@ pub fn desired_state(
             let check = HealthCheck {
                 namespace: object.namespace.clone(),
                 name: object.name.clone(),
-                local_endpoints: local_endpoints.len(),
+                // A dual-stack pod has an endpoint per family; kube-proxy's
+                // per-family proxiers each count their own.
+                local_endpoints: local_endpoints
+                    .iter()
+                    .filter(|ip| ip.is_ipv4())
+                    .count()
+                    .max(local_endpoints.iter().filter(|ip| ip.is_ipv6()).count()),
             };
             if let Some(taken) = state.health_checks.get(&port) {
                 errors.push(InputError::field(

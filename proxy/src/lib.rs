@@ -24,6 +24,7 @@ pub mod packet_path;
 pub mod plan;
 pub mod runner;
 pub mod service;
+pub mod service_health_server;
 pub mod services_view;
 pub mod source;
 pub mod sync;

@@ -197,7 +197,7 @@ fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
     eventually("LoadBalancer IP answers an allowed source", || {
         c.outside.tcp(lb_ip, 1).unwrap().iter().all(|a| a.ok)
     });
-    assert_eq!(peers(&c.outside.tcp(lb_ip, 6).unwrap()).len() > 0, true);
+    assert!(!peers(&c.outside.tcp(lb_ip, 6).unwrap()).is_empty());
     assert!(c.outside.tcp(external_ip, 4).unwrap().iter().all(|a| a.ok));
 
     write_service(&c, lb("10.0.0.0/8"), &pods);
