@@ -90,9 +90,15 @@ pub fn programmed_backends(
     })
 }
 
+/// A slot whose backend is missing reads as `missing-<id>`: the tool reads
+/// the service and backend maps one after the other, so a read that
+/// straddles an update can see a slot whose old backend was just removed.
+/// Pollers then simply look again.
 fn backend_text(backend: &Value) -> String {
-    let ip: IpAddr = backend["ip"].as_str().unwrap().parse().unwrap();
-    SocketAddr::new(ip, backend["port"].as_u64().unwrap() as u16).to_string()
+    match (backend["ip"].as_str(), backend["port"].as_u64()) {
+        (Some(ip), Some(port)) => SocketAddr::new(ip.parse().unwrap(), port as u16).to_string(),
+        _ => format!("missing-{}", backend["id"]),
+    }
 }
 
 /// Polls (bounded) until `done` holds; returns how long that took.
