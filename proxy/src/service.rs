@@ -166,49 +166,34 @@ pub fn service_frontends(
         &mut errors,
     );
     let affinity_timeout = client_ip_affinity(&object, spec, &mut errors);
+    // One port on one cluster IP; external frontends start from it too.
+    let port_frontend = |ip: IpAddr, port: &PortSpec| ServiceFrontend {
+        frontend: Frontend {
+            ip,
+            port: port.port,
+            protocol: port.protocol,
+            scope: Scope::Internal,
+        },
+        service: ServicePortName {
+            namespace: namespace.clone(),
+            name: object.name.clone(),
+            port: port.name.clone(),
+        },
+        field: port.field.clone(),
+        policy,
+        affinity_timeout,
+        flags: 0,
+        source_ranges: Vec::new(),
+    };
     let mut frontends: Vec<ServiceFrontend> = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
-        .map(|(ip, port)| ServiceFrontend {
-            frontend: Frontend {
-                ip,
-                port: port.port,
-                protocol: port.protocol,
-                scope: Scope::Internal,
-            },
-            service: ServicePortName {
-                namespace: namespace.clone(),
-                name: object.name.clone(),
-                port: port.name.clone(),
-            },
-            field: port.field.clone(),
-            policy,
-            affinity_timeout,
-            flags: 0,
-            source_ranges: Vec::new(),
-        })
+        .map(|(ip, port)| port_frontend(ip, port))
         .collect();
     let exposed =
         external::Exposure::read(&object, service, &ips, node_port_addresses, &mut errors);
     for port in &ports {
-        let base = ServiceFrontend {
-            frontend: Frontend {
-                ip: IpAddr::from([0, 0, 0, 0]),
-                port: port.port,
-                protocol: port.protocol,
-                scope: Scope::Internal,
-            },
-            service: ServicePortName {
-                namespace: namespace.clone(),
-                name: object.name.clone(),
-                port: port.name.clone(),
-            },
-            field: port.field.clone(),
-            policy: TrafficPolicy::Cluster,
-            affinity_timeout,
-            flags: 0,
-            source_ranges: Vec::new(),
-        };
+        let base = port_frontend(IpAddr::from([0, 0, 0, 0]), port);
         exposed.frontends(&base, port.node_port, &mut frontends);
     }
     (frontends, errors)

@@ -108,6 +108,14 @@ fn lab() -> Result<NetNs> {
     Ok(ns)
 }
 
+/// Runs `test` inside a fresh lab namespace against freshly loaded programs.
+fn in_lab(test: impl FnOnce(&mut Datapath) -> Result<()> + Send) -> Result<()> {
+    let ns = lab()?;
+    let bpffs = BpfFs::new()?;
+    let pin_dir = bpffs.join("switchyard");
+    ns.within(|| test(&mut Datapath::new(&pin_dir)?))?
+}
+
 /// The loaded programs with maps filled as the agent of node-1 would.
 struct Datapath {
     programs: loader::Programs,
@@ -201,11 +209,7 @@ fn check(datapath: &Datapath, program: &str, name: &str, frame: &Frame, want: &W
 
 #[test]
 fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
-    let ns = lab()?;
-    let bpffs = BpfFs::new()?;
-    let pin_dir = bpffs.join("switchyard");
-    ns.within(|| -> Result<()> {
-        let datapath = Datapath::new(&pin_dir)?;
+    in_lab(|datapath| {
         let frame = |proto, src: &str, dst: &str| Frame::new(proto, addr(src), addr(dst));
 
         // Stateless rows: (name, frame, verdict, source, destination, next hop).
@@ -306,17 +310,12 @@ fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
             assert_eq!(datapath.run("tc_ingress", frame)?.0, SHOT, "{name}");
         }
         Ok(())
-    })??;
-    Ok(())
+    })
 }
 
 #[test]
 fn no_endpoints_answers_with_rst_or_port_unreachable() -> Result<()> {
-    let ns = lab()?;
-    let bpffs = BpfFs::new()?;
-    let pin_dir = bpffs.join("switchyard");
-    ns.within(|| -> Result<()> {
-        let datapath = Datapath::new(&pin_dir)?;
+    in_lab(|datapath| {
         for (src, dst) in [
             ("192.168.77.2:40010", "192.168.77.11:30083"),
             ("[fd00:77::2]:40010", "[fd00:77::11]:30083"),
@@ -363,17 +362,12 @@ fn no_endpoints_answers_with_rst_or_port_unreachable() -> Result<()> {
             "never answer a RST"
         );
         Ok(())
-    })??;
-    Ok(())
+    })
 }
 
 #[test]
 fn snat_connection_round_trip_and_conntrack() -> Result<()> {
-    let ns = lab()?;
-    let bpffs = BpfFs::new()?;
-    let pin_dir = bpffs.join("switchyard");
-    ns.within(|| -> Result<()> {
-        let mut datapath = Datapath::new(&pin_dir)?;
+    in_lab(|datapath| {
         for (client, node, backend) in [
             (
                 "192.168.77.2:40020",
@@ -441,17 +435,12 @@ fn snat_connection_round_trip_and_conntrack() -> Result<()> {
         let later = now + 2 * 86_400 * 1_000_000_000;
         assert_eq!(datapath.flows.collect_garbage(later, &timeouts).removed, 6);
         Ok(())
-    })??;
-    Ok(())
+    })
 }
 
 #[test]
 fn local_backend_replies_get_the_frontend_back_at_egress() -> Result<()> {
-    let ns = lab()?;
-    let bpffs = BpfFs::new()?;
-    let pin_dir = bpffs.join("switchyard");
-    ns.within(|| -> Result<()> {
-        let datapath = Datapath::new(&pin_dir)?;
+    in_lab(|datapath| {
         let request = Frame::new(UDP, addr("192.168.77.2:40030"), addr("192.168.77.11:30081"));
         assert_eq!(datapath.run("tc_ingress", &request)?.0, REDIRECT);
         let answer = Frame::new(UDP, addr("10.244.1.10:5353"), addr("192.168.77.2:40030"));
@@ -464,6 +453,5 @@ fn local_backend_replies_get_the_frontend_back_at_egress() -> Result<()> {
         let (verdict, out) = datapath.run("tc_egress", &unrelated)?;
         assert_eq!((verdict, out), (NEXT, unrelated.bytes()));
         Ok(())
-    })??;
-    Ok(())
+    })
 }

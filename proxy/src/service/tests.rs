@@ -212,3 +212,71 @@ fn policies_and_session_affinity_table() {
         }
     }
 }
+
+#[test]
+fn external_frontends_follow_kube_proxy() {
+    use switchyard_abi::{FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES};
+    let node: Vec<IpAddr> = ["192.168.77.11", "fd00:77::11"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let render = |yaml: &str| -> (Vec<String>, Vec<String>) {
+        let (frontends, errors) = service_frontends(&service(yaml), &node);
+        let lines = frontends
+            .iter()
+            .filter(|f| f.frontend.scope == Scope::External || f.frontend.port != 80)
+            .map(|f| {
+                let mut flags = Vec::new();
+                if f.flags & FRONTEND_SNAT_REMOTE != 0 {
+                    flags.push("snat".to_owned());
+                }
+                if f.flags & FRONTEND_SOURCE_RANGES != 0 {
+                    let ranges: Vec<String> =
+                        f.source_ranges.iter().map(ToString::to_string).collect();
+                    flags.push(format!("from={}", ranges.join(",")));
+                }
+                format!("{} {:?} {}", f.frontend, f.policy, flags.join(" "))
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect();
+        (lines, errors.iter().map(ToString::to_string).collect())
+    };
+    // (name, service, external frontends, errors)
+    let cases: &[(&str, &str, &[&str], &[&str])] = &[
+        (
+            "NodePort: every node address of the Service's families, both scopes",
+            "metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}",
+            &[
+                "192.168.77.11:30080/TCP Cluster",
+                "192.168.77.11:30080/TCP (external) Cluster snat",
+            ],
+            &[],
+        ),
+        (
+            "Local policy: no SNAT; externalIPs on any type",
+            "metadata: {name: l}\nspec: {externalTrafficPolicy: Local, clusterIPs: [10.96.0.1, 'fd00::1'], externalIPs: [198.51.100.1, bad], ports: [{port: 80}]}",
+            &["198.51.100.1:80/TCP (external) Local"],
+            &["api: Service default/l: spec.externalIPs[1]: not an IP address: \"bad\""],
+        ),
+        (
+            "LoadBalancer: ingress IPs with source ranges of their family; ipMode Proxy left alone",
+            "metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIPs: [10.96.0.1, 'fd00::1'], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/8'], ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 'fd00:203::1'}]}}",
+            &[
+                "203.0.113.1:80/TCP (external) Cluster snat from=10.0.0.0/8",
+                "[fd00:203::1]:80/TCP (external) Cluster snat from=fd00::/8",
+            ],
+            &[],
+        ),
+    ];
+    for (name, yaml, want, want_errors) in cases {
+        let (got, errors) = render(yaml);
+        let got: Vec<&str> = got
+            .iter()
+            .map(String::as_str)
+            .filter(|line| line.contains("(external)") || line.contains(":30080/TCP Cluster"))
+            .collect();
+        assert_eq!(got, *want, "{name}");
+        assert_eq!(errors, *want_errors, "{name}: errors");
+    }
+}
