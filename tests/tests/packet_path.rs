@@ -279,7 +279,7 @@ fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
             ),
         ];
         for (name, frame, want) in &rows {
-            let seen = check(&datapath, "tc_ingress", name, frame, want);
+            let seen = check(datapath, "tc_ingress", name, frame, want);
             if want.src.ends_with(":0") {
                 // A NATed source port comes from the SNAT range.
                 let port = seen.src.port();
