@@ -21,8 +21,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
-        links::PinnedLink, tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        links::FdLink,
+        links::PinnedLink,
+        tc::{self, NlOptions, TcAttachOptions},
     },
 };
 use switchyard_abi::{
@@ -170,13 +172,18 @@ impl Programs {
         }
         for (name, attach_type) in PACKET_PROGRAMS {
             let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
-            let link_id = program
-                .attach_with_options(
-                    &device.name,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(program_error(name))?;
+            let tcx = program.attach_with_options(
+                &device.name,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            );
+            let link_id = match tcx {
+                Ok(link_id) => link_id,
+                Err(tcx_error) => {
+                    attach_classic(program, name, attach_type, device, &tcx_error)?;
+                    continue;
+                }
+            };
             let link = program.take_link(link_id).map_err(program_error(name))?;
             let path = self.generation.join(format!("{name}@{}", device.name));
             // A device of the same name from an earlier run of this start
@@ -207,6 +214,35 @@ impl Programs {
             }
         }
     }
+}
+
+/// Kernels before 6.6 have no tcx: a direct-action cls_bpf filter on the
+/// clsact qdisc instead. Such a filter is no bpf_link and cannot be pinned;
+/// it is left attached when the agent exits (the datapath keeps serving, as
+/// with pinned links), and the next start replaces it by program name.
+fn attach_classic(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    attach_type: TcAttachType,
+    device: &Device,
+    tcx_error: &aya::programs::ProgramError,
+) -> Result<(), DatapathError> {
+    // EEXIST when a qdisc is there already: fine.
+    let _ = tc::qdisc_add_clsact(&device.name);
+    // Nothing to detach on a first start.
+    let _ = tc::qdisc_detach_program(&device.name, attach_type, name);
+    let link_id = program
+        .attach_with_options(
+            &device.name,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(program_error(name))?;
+    let link = program.take_link(link_id).map_err(program_error(name))?;
+    // Dropping the link would detach the filter.
+    std::mem::forget(link);
+    warn!(device = %device.name, program = name, error = %tcx_error, "no tcx; attached to the clsact qdisc instead");
+    Ok(())
 }
 
 fn pin_link<E>(link: Result<FdLink, E>, path: &Path) -> Result<(), DatapathError>
