@@ -275,6 +275,11 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<i32> {
+        self.process.as_ref().map(Spawned::pid)
+    }
+
     /// Everything the agent printed so far, all starts included.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.config.log).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point for developers and CI.
 
+mod bench;
 mod cargo;
 mod demo;
 mod lint;
@@ -32,6 +33,15 @@ enum Task {
     Demo,
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Release build, then the benchmark (root; never run by CI).
+    Bench {
+        /// Also 30k and 50k Services.
+        #[arg(long)]
+        full: bool,
+        /// Passed to the bench runner (see `switchyard-bench --help`).
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,5 +54,6 @@ fn main() -> Result<()> {
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Lint => lint::run(),
+        Task::Bench { full, extra } => bench::run(full, &extra),
     }
 }

@@ -17,7 +17,7 @@ const TOOLS: &[(&str, &str)] = &[("ip", "iproute2")];
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages(TOOLS)
 }
 
 fn step(name: &str, outcome: &str) {
@@ -154,13 +154,13 @@ fn cargo_home() -> Result<PathBuf> {
 
 /// Installs the Debian package of each missing tool (one `apt-get update`
 /// first, and only if something is missing).
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+pub fn debian_packages(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| !on_path(tool))
         .map(|(_, package)| *package)
         .collect();
-    for (tool, package) in TOOLS {
+    for (tool, package) in tools {
         if !missing.contains(package) {
             step(&format!("{package} ({tool})"), "ok (already present)");
         }

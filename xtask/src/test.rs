@@ -20,6 +20,8 @@ pub fn run() -> Result<()> {
         "switchyard-abi",
         "-p",
         "xtask",
+        "-p",
+        "switchyard-bench",
     ]))?;
     cargo::run(&mut cargo::command(&[
         "test",

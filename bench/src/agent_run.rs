@@ -1,0 +1,180 @@
+//! Switchyard as the bench runs it: the real agent in the node namespace,
+//! watching a list/watch API server (the harness's stand-in for a
+//! kube-apiserver) that holds the catalog, its hooks on the client cgroup.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use switchyard_tests::{
+    AddressType, Agent, AgentConfig, Endpoint, EndpointPort, EndpointSliceManifest, FakeApiServer,
+    NodeManifest, Protocol, ServiceManifest, ServicePort, ServiceType,
+};
+
+use crate::catalog::{CatalogService, NAMESPACE, SERVICE_PORT, TARGET_PORT};
+use crate::rig::Rig;
+
+const NODE_NAME: &str = "bench-node";
+const POLL: Duration = Duration::from_millis(5);
+
+pub struct RunningAgent<'a> {
+    pub agent: Agent<'a>,
+    pub api: FakeApiServer,
+}
+
+impl<'a> RunningAgent<'a> {
+    /// Serves `services` from a fresh API server, starts the agent and
+    /// returns once it has programmed all of them, with the time that took
+    /// from the process start (the cold-start figure).
+    pub fn start(
+        rig: &'a Rig,
+        agent_bin: &Path,
+        services: &[CatalogService],
+        devices: Option<&str>,
+        ready_timeout: Duration,
+    ) -> Result<(Self, Duration)> {
+        let api = FakeApiServer::start_in(&rig.node)?;
+        api.apply(NodeManifest::new(NODE_NAME).to_value());
+        for service in services {
+            api.apply(service_object(service));
+            api.apply(slice_object(service, &service.endpoints));
+        }
+        let kubeconfig = rig.scratch.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig)?;
+        let mut config = AgentConfig {
+            bin: agent_bin.to_owned(),
+            manifests: rig.scratch.path().to_owned(),
+            kubeconfig: Some(kubeconfig),
+            cgroup: rig.cgroup.path().to_owned(),
+            bpffs: rig.bpffs.join("switchyard"),
+            node_name: NODE_NAME.into(),
+            // The bench's node has no metrics consumer; fixed ports could
+            // clash with another run's agent in another namespace anyway.
+            extra_args: vec![
+                "--metrics-bind-address".into(),
+                "127.0.0.1:0".into(),
+                "--healthz-bind-address".into(),
+                "127.0.0.1:0".into(),
+            ],
+            // A log per start: readiness is read from this start's lines.
+            log: rig
+                .scratch
+                .join(format!("{}.log", switchyard_tests::name::unique("agent"))),
+        };
+        if let Some(devices) = devices {
+            config = config.arg("--devices").arg(devices);
+        }
+        let started = Instant::now();
+        let mut agent = Agent::spawn(config, &rig.node)?;
+        wait_programmed(&mut agent, services.len(), ready_timeout)?;
+        let took = started.elapsed();
+        Ok((Self { agent, api }, took))
+    }
+
+    /// Replaces `service`'s endpoints, as the EndpointSlice controller would.
+    pub fn set_endpoints(&self, service: &CatalogService, endpoints: &[Ipv4Addr]) {
+        self.api.apply(slice_object(service, endpoints));
+    }
+
+    /// Peak resident memory of the agent so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> Result<f64> {
+        let pid = self.agent.pid().context("agent not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmHWM in /proc/PID/status")?;
+        Ok(kib / 1024.0)
+    }
+
+    /// Stops the agent and removes its hooks and pins, so the next mode
+    /// runs on a bare node.
+    pub fn stop(mut self) -> Result<()> {
+        self.agent.stop()?;
+        let output = self.agent.cleanup()?;
+        if !output.status.success() {
+            bail!(
+                "switchyard cleanup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        self.api.stop();
+        Ok(())
+    }
+}
+
+/// Polls the agent's log for a "programmed" line covering `expected`
+/// frontends.
+fn wait_programmed(agent: &mut Agent<'_>, expected: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if programmed_frontends(&agent.log()) >= expected {
+            return Ok(());
+        }
+        if !agent.is_running() {
+            bail!("agent exited before programming:\n{}", agent.log());
+        }
+        if Instant::now() > deadline {
+            bail!("agent did not program {expected} frontends within {timeout:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The most frontends any "programmed" log line reports.
+fn programmed_frontends(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("programmed"))
+        .filter_map(|l| {
+            let rest = l.split("frontends=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn service_object(service: &CatalogService) -> serde_json::Value {
+    let port = ServicePort::tcp("http", SERVICE_PORT, TARGET_PORT);
+    let manifest = ServiceManifest::new(&service.name, NAMESPACE).cluster_ip(service.cluster_ip);
+    match service.node_port {
+        Some(node_port) => manifest
+            .type_(ServiceType::NodePort)
+            .port(port.node_port(node_port)),
+        None => manifest.port(port),
+    }
+    .to_value()
+}
+
+fn slice_object(service: &CatalogService, endpoints: &[Ipv4Addr]) -> serde_json::Value {
+    let mut slice = EndpointSliceManifest::new(
+        &format!("{}-v4", service.name),
+        NAMESPACE,
+        &service.name,
+        AddressType::IPv4,
+    )
+    .port(EndpointPort::new("http", Protocol::Tcp, TARGET_PORT));
+    for ip in endpoints {
+        slice = slice.endpoint(Endpoint::ready(ip).node(NODE_NAME));
+    }
+    slice.to_value()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_largest_programmed_count() {
+        let log = "x INFO programmed frontends=2 backends=8 applied=10\n\
+                   x INFO programmed frontends=10002 backends=40008 applied=5\n\
+                   x WARN something else frontends=99999\n";
+        assert_eq!(programmed_frontends(log), 10_002);
+        assert_eq!(programmed_frontends(""), 0);
+    }
+}

@@ -1,0 +1,177 @@
+//! The synthetic cluster every mode serves: N Services of four endpoints
+//! each, and two probed Services among them, one last in order (the worst
+//! case for a linear rule walk) and one at a random position (the average
+//! case). Only the probed ones point at real pods; the rest point at
+//! addresses nobody answers, as they only have to exist.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Port every Service listens on and every endpoint serves.
+pub const SERVICE_PORT: u16 = 80;
+pub const TARGET_PORT: u16 = 8080;
+pub const ENDPOINTS_PER_SERVICE: usize = 4;
+pub const NAMESPACE: &str = "bench";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogService {
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub endpoints: Vec<Ipv4Addr>,
+    /// Set on the one Service the NodePort test reaches from outside.
+    pub node_port: Option<u16>,
+}
+
+impl CatalogService {
+    pub fn frontend(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.cluster_ip, SERVICE_PORT)
+    }
+
+    /// kube-proxy's service port name: `namespace/name:port-name`.
+    pub fn port_name(&self) -> String {
+        format!("{NAMESPACE}/{}:http", self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    Last,
+    Random,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 2] = [Placement::Last, Placement::Random];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Placement::Last => "last",
+            Placement::Random => "random",
+        }
+    }
+}
+
+pub struct Catalog {
+    pub services: Vec<CatalogService>,
+    last: usize,
+    random: usize,
+}
+
+impl Catalog {
+    /// `dummies` Services plus the two probed ones, whose endpoints are
+    /// `pods`. `seed` fixes the random position so a run can be repeated.
+    pub fn new(dummies: usize, pods: &[Ipv4Addr], seed: u64) -> Self {
+        let total = dummies + 2;
+        // The random probe goes anywhere but the end, where the other is.
+        let random = (splitmix(seed) % (total as u64 - 1)) as usize;
+        let last = total - 1;
+        let services = (0..total)
+            .map(|index| {
+                let probed = index == last || index == random;
+                CatalogService {
+                    name: if probed {
+                        format!("probe-{}", if index == last { "last" } else { "random" })
+                    } else {
+                        format!("svc-{index}")
+                    },
+                    cluster_ip: cluster_ip(index),
+                    endpoints: if probed {
+                        pods.to_vec()
+                    } else {
+                        dummy_endpoints(index)
+                    },
+                    node_port: None,
+                }
+            })
+            .collect();
+        Self {
+            services,
+            last,
+            random,
+        }
+    }
+
+    pub fn probe(&self, placement: Placement) -> &CatalogService {
+        match placement {
+            Placement::Last => &self.services[self.last],
+            Placement::Random => &self.services[self.random],
+        }
+    }
+
+    /// Makes the last probe a NodePort Service on `port` too.
+    pub fn with_node_port(mut self, port: u16) -> Self {
+        self.services[self.last].node_port = Some(port);
+        self
+    }
+
+    /// Index of the probed Service in rule order.
+    pub fn position(&self, placement: Placement) -> usize {
+        match placement {
+            Placement::Last => self.last,
+            Placement::Random => self.random,
+        }
+    }
+}
+
+/// 10.96.0.0/12, skipping .0 of the range.
+fn cluster_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + index as u32)
+}
+
+/// Four addresses per dummy Service in 10.128.0.0/10: routable nowhere in
+/// the rig, and never connected to.
+fn dummy_endpoints(index: usize) -> Vec<Ipv4Addr> {
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (index * ENDPOINTS_PER_SERVICE) as u32;
+    (0..ENDPOINTS_PER_SERVICE as u32)
+        .map(|i| Ipv4Addr::from(base + i))
+        .collect()
+}
+
+/// A fixed, well-mixed number from a seed (SplitMix64).
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods() -> Vec<Ipv4Addr> {
+        (10..14).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect()
+    }
+
+    #[test]
+    fn probes_sit_last_and_inside() {
+        for dummies in [0, 1, 1_000, 50_000] {
+            let catalog = Catalog::new(dummies, &pods(), 7);
+            assert_eq!(catalog.services.len(), dummies + 2);
+            assert_eq!(catalog.position(Placement::Last), dummies + 1);
+            assert!(catalog.position(Placement::Random) < dummies + 1);
+            for placement in Placement::ALL {
+                assert_eq!(catalog.probe(placement).endpoints, pods());
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_distinct() {
+        let catalog = Catalog::new(50_000, &pods(), 1);
+        let mut ips: Vec<_> = catalog.services.iter().map(|s| s.cluster_ip).collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), catalog.services.len());
+        assert_eq!(catalog.services[0].cluster_ip, Ipv4Addr::new(10, 96, 0, 1));
+        let dummy = &catalog.services[1];
+        assert_eq!(dummy.endpoints.len(), ENDPOINTS_PER_SERVICE);
+        assert!(dummy.endpoints.iter().all(|ip| ip.octets()[1] >= 128));
+    }
+
+    #[test]
+    fn same_seed_same_position() {
+        let a = Catalog::new(10_000, &pods(), 42).position(Placement::Random);
+        let b = Catalog::new(10_000, &pods(), 42).position(Placement::Random);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,73 @@
+//! Kernel time of the agent's connect4 hook per run, from the kernel's own
+//! BPF run-time statistics (BPF_ENABLE_STATS: on only while the returned
+//! guard lives, and only for this measurement).
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    loaded_programs,
+};
+
+/// Statistics collection, on while this lives.
+pub struct StatsGuard {
+    _fd: OwnedFd,
+}
+
+pub fn enable() -> Result<StatsGuard> {
+    let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (needs kernel 5.8 and root)")?;
+    Ok(StatsGuard { _fd: fd })
+}
+
+/// Cumulative run time and run count of one program.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub run_time_ns: u64,
+    pub runs: u64,
+}
+
+impl RunStats {
+    /// Mean nanoseconds per run between `earlier` and `self`.
+    pub fn ns_per_run_since(&self, earlier: &RunStats) -> Option<f64> {
+        let runs = self.runs.checked_sub(earlier.runs)?;
+        let time = self.run_time_ns.checked_sub(earlier.run_time_ns)?;
+        (runs > 0).then(|| time as f64 / runs as f64)
+    }
+}
+
+/// Reads the statistics of the program behind the newest pinned link named
+/// `program` under `<pins>/links/<generation>/`.
+pub fn read(pins: &Path, program: &str) -> Result<RunStats> {
+    let link_path = newest_link(pins, program)?;
+    let link: FdLink = PinnedLink::from_pin(&link_path)
+        .with_context(|| format!("open pinned link {}", link_path.display()))?
+        .into();
+    let id = link.info().context("link info")?.program_id();
+    for info in loaded_programs() {
+        let info = info.context("listing loaded programs")?;
+        if info.id() == id {
+            return Ok(RunStats {
+                run_time_ns: info.run_time().as_nanos() as u64,
+                runs: info.run_count(),
+            });
+        }
+    }
+    anyhow::bail!("program {id} behind {} is not loaded", link_path.display())
+}
+
+fn newest_link(pins: &Path, program: &str) -> Result<std::path::PathBuf> {
+    let links = pins.join("links");
+    let mut generations: Vec<_> = std::fs::read_dir(&links)
+        .with_context(|| format!("read {}", links.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(program).exists())
+        .collect();
+    generations.sort();
+    generations
+        .pop()
+        .map(|dir| dir.join(program))
+        .with_context(|| format!("no pinned {program} link under {}", links.display()))
+}

@@ -1,0 +1,24 @@
+//! `cargo xtask bench`: Switchyard against kube-proxy-shaped iptables and
+//! nftables rule sets and against direct connections, in network namespaces
+//! on one machine, reported as ratios measured in one run.
+//!
+//! The same safety rules as the integration tests hold: all traffic stays
+//! inside namespaces the bench creates, the socket hooks go on a cgroup it
+//! creates, every load loop is bounded in time and count, and guards remove
+//! everything when it ends or fails.
+
+pub mod agent_run;
+pub mod catalog;
+pub mod chain_name;
+pub mod hook_cost;
+pub mod iptables_rules;
+pub mod load_result;
+pub mod netfilter;
+pub mod nftables_rules;
+pub mod plot;
+pub mod progress;
+pub mod report;
+pub mod results;
+pub mod rig;
+pub mod scenario;
+pub mod traffic;

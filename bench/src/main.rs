@@ -1,0 +1,119 @@
+//! The bench runner: builds the rig, measures every scale, writes the
+//! Markdown report, the raw samples as JSON and the plot.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use switchyard_bench::netfilter;
+use switchyard_bench::progress::Progress;
+use switchyard_bench::results::{BenchReport, Mode};
+use switchyard_bench::rig::Rig;
+use switchyard_bench::scenario::{self, Extras, Options};
+use switchyard_bench::{plot, report};
+
+#[derive(Parser)]
+#[command(about = "Switchyard vs kube-proxy-shaped iptables/nftables vs direct, in namespaces")]
+struct Cli {
+    /// The agent binary (a release build).
+    #[arg(long)]
+    agent: PathBuf,
+    /// The load generator binary.
+    #[arg(long)]
+    loadgen: PathBuf,
+    /// Where the report, the JSON samples and the plot go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also 30k and 50k Services, and endpoint changes at 50k.
+    #[arg(long)]
+    full: bool,
+    /// Length of one measured run.
+    #[arg(long, default_value = "2000")]
+    run_ms: u64,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Timed endpoint changes per mode.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Measure these numbers of Services instead (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<usize>,
+    /// Fixes the probed Service's random position.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let scales: &[usize] = if !cli.services.is_empty() {
+        &cli.services
+    } else if cli.full {
+        &[0, 1_000, 10_000, 30_000, 50_000]
+    } else {
+        &[0, 1_000, 10_000]
+    };
+    let change_scales: &[usize] = if cli.full {
+        &[10_000, 50_000]
+    } else {
+        &[10_000]
+    };
+    let options = Options {
+        agent: cli.agent.clone(),
+        run: Duration::from_millis(cli.run_ms),
+        runs: cli.runs,
+        changes: cli.changes,
+        seed: cli.seed,
+        ready_timeout: Duration::from_secs(120),
+    };
+    std::fs::create_dir_all(&cli.out)?;
+    let rig = Rig::up(&cli.loadgen).context("building the bench topology")?;
+    let mut progress = Progress::new(scales.len() * Mode::ALL.len() + 3);
+    let mut report = BenchReport {
+        kernel: kernel(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        tools: netfilter::versions(),
+        full: cli.full,
+        run_ms: cli.run_ms,
+        runs: cli.runs,
+        scales: Vec::new(),
+        node_port: Vec::new(),
+    };
+    for (i, services) in scales.iter().enumerate() {
+        let extras = Extras {
+            established: i == 0 || i + 1 == scales.len(),
+            changes: change_scales.contains(services),
+        };
+        let scale = scenario::measure(&rig, &options, *services, extras, &mut progress)?;
+        report.scales.push(scale);
+        // Written after every scale: a run cut short still leaves its data.
+        write_outputs(&cli.out, &report)?;
+    }
+    report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
+    progress.finish();
+    let markdown = write_outputs(&cli.out, &report)?;
+    println!("{markdown}");
+    println!(
+        "Wrote {0}/bench.md, {0}/bench.json and {0}/connection-rate.svg",
+        cli.out.display()
+    );
+    Ok(())
+}
+
+fn write_outputs(out: &std::path::Path, report: &BenchReport) -> Result<String> {
+    let markdown = report::markdown(report);
+    std::fs::write(out.join("bench.md"), &markdown)?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(out.join("connection-rate.svg"), plot::svg(report))?;
+    Ok(markdown)
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

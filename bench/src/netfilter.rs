@@ -1,0 +1,135 @@
+//! The two kube-proxy baselines as the node's rule sets: loading the whole
+//! set (a full sync), applying one endpoint change (a partial sync) and
+//! clearing the node's netfilter state between modes. Each returns how long
+//! the kernel took to take the rules, as kube-proxy would wait for it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use switchyard_tests::NetNs;
+
+use crate::catalog::CatalogService;
+use crate::{iptables_rules, nftables_rules};
+
+/// iptables through its nf_tables backend, as kube-proxy's iptables mode
+/// runs on current distributions (the legacy backend is on its way out).
+const IPTABLES_RESTORE: &str = "iptables-nft-restore";
+const NFT: &str = "nft";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleSet {
+    Iptables,
+    Nftables,
+}
+
+impl RuleSet {
+    /// Loads the full rule set for `services` into `node`.
+    pub fn load(
+        self,
+        node: &NetNs,
+        services: &[CatalogService],
+        scratch: &Path,
+    ) -> Result<Duration> {
+        match self {
+            RuleSet::Iptables => apply(
+                node,
+                IPTABLES_RESTORE,
+                &[],
+                &iptables_rules::full(services),
+                scratch,
+            ),
+            RuleSet::Nftables => {
+                apply(node, NFT, &["-f"], &nftables_rules::full(services), scratch)
+            }
+        }
+    }
+
+    /// Applies one Service's endpoint change the way the proxy's partial
+    /// sync would.
+    pub fn change(
+        self,
+        node: &NetNs,
+        services: &[CatalogService],
+        before: &CatalogService,
+        after: &CatalogService,
+        scratch: &Path,
+    ) -> Result<Duration> {
+        match self {
+            RuleSet::Iptables => apply(
+                node,
+                IPTABLES_RESTORE,
+                &["--noflush"],
+                &iptables_rules::endpoint_change(services, before, after),
+                scratch,
+            ),
+            RuleSet::Nftables => apply(
+                node,
+                NFT,
+                &["-f"],
+                &nftables_rules::endpoint_change(before, after),
+                scratch,
+            ),
+        }
+    }
+}
+
+/// Empties the node's whole netfilter configuration: the iptables-nft
+/// tables are nf_tables tables too. The namespace is the bench's own.
+pub fn clear(node: &NetNs) -> Result<()> {
+    node.exec(NFT, &["flush", "ruleset"])?;
+    Ok(())
+}
+
+/// The versions the report names.
+pub fn versions() -> String {
+    let version = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| format!("{program}: not found"))
+    };
+    format!(
+        "{}; {}",
+        version(IPTABLES_RESTORE, "--version"),
+        version(NFT, "--version")
+    )
+}
+
+/// Writes `rules` to a file and feeds it to `program ARGS FILE|stdin`
+/// inside `node`, timing only the tool's run.
+fn apply(
+    node: &NetNs,
+    program: &str,
+    args: &[&str],
+    rules: &str,
+    scratch: &Path,
+) -> Result<Duration> {
+    let file = scratch.join(format!("{program}.rules"));
+    std::fs::write(&file, rules)?;
+    let mut cmd = node.command(program)?;
+    cmd.args(args);
+    if program == NFT {
+        cmd.arg(&file).stdin(Stdio::null());
+    } else {
+        cmd.stdin(std::fs::File::open(&file)?);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {program} (cargo xtask setup installs it)"))?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{program} {} rejected {}: {}",
+            args.join(" "),
+            file.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(took)
+}

@@ -1,0 +1,241 @@
+//! The rule set kube-proxy's nftables mode writes for ClusterIP Services,
+//! as an `nft -f` script: one `ip kube-proxy` table whose `services` chain
+//! looks the destination up in the `service-ips` verdict map (one lookup,
+//! whatever the number of Services), per-service chains choosing an
+//! endpoint with `numgen random`, per-endpoint chains doing the DNAT, and
+//! the filter-side checks kube-proxy adds. Shapes follow kube-proxy's
+//! golden test output (pkg/proxy/nftables/proxier_test.go).
+
+use std::fmt::Write;
+
+use crate::catalog::{CatalogService, NAMESPACE, TARGET_PORT};
+use crate::chain_name::hash8;
+use crate::iptables_rules::CLUSTER_CIDR;
+
+const TABLE: &str = "ip kube-proxy";
+/// The Service CIDR the catalog allocates from.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+fn service_chain(service: &CatalogService) -> String {
+    let port_name = service.port_name();
+    format!(
+        "service-{}-{NAMESPACE}/{}/tcp/http",
+        hash8(&[&port_name, "tcp"]),
+        service.name
+    )
+}
+
+fn endpoint_chain(service: &CatalogService, ip: &std::net::Ipv4Addr) -> String {
+    let port_name = service.port_name();
+    let endpoint = format!("{ip}:{TARGET_PORT}");
+    format!(
+        "endpoint-{}-{NAMESPACE}/{}/tcp/http__{ip}/{TARGET_PORT}",
+        hash8(&[&port_name, "tcp", &endpoint]),
+        service.name
+    )
+}
+
+/// The whole table, replacing any previous one.
+pub fn full(services: &[CatalogService]) -> String {
+    let mut out = String::with_capacity(services.len() * 1_400 + 4_096);
+    // `add` then `delete` empties the table whether or not it existed.
+    let _ = writeln!(out, "add table {TABLE}\ndelete table {TABLE}");
+    skeleton(&mut out);
+    for service in services {
+        let _ = writeln!(out, "add chain {TABLE} {}", service_chain(service));
+        for ip in &service.endpoints {
+            let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(service, ip));
+        }
+    }
+    for service in services {
+        service_rules(&mut out, service);
+        let _ = writeln!(
+            out,
+            "add element {TABLE} cluster-ips {{ {} }}",
+            service.cluster_ip
+        );
+        let _ = writeln!(
+            out,
+            "add element {TABLE} service-ips {{ {} . tcp . {} : goto {} }}",
+            service.cluster_ip,
+            service.frontend().port(),
+            service_chain(service)
+        );
+    }
+    out
+}
+
+/// What kube-proxy sends when one Service's endpoints change: that
+/// service's chain rewritten, new endpoint chains added, stale ones removed.
+pub fn endpoint_change(before: &CatalogService, after: &CatalogService) -> String {
+    let mut out = String::new();
+    let chain = service_chain(after);
+    let _ = writeln!(out, "flush chain {TABLE} {chain}");
+    for ip in after
+        .endpoints
+        .iter()
+        .filter(|ip| !before.endpoints.contains(ip))
+    {
+        let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(after, ip));
+    }
+    service_rules(&mut out, after);
+    for ip in before
+        .endpoints
+        .iter()
+        .filter(|ip| !after.endpoints.contains(ip))
+    {
+        let stale = endpoint_chain(before, ip);
+        let _ = writeln!(
+            out,
+            "flush chain {TABLE} {stale}\ndelete chain {TABLE} {stale}"
+        );
+    }
+    out
+}
+
+/// The service chain (masquerade check, numgen dispatch) and, where new,
+/// the endpoint chains' rules.
+fn service_rules(out: &mut String, service: &CatalogService) {
+    let chain = service_chain(service);
+    let _ = writeln!(
+        out,
+        "add rule {TABLE} {chain} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+        service.cluster_ip,
+        service.frontend().port()
+    );
+    let targets: Vec<String> = service
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{i} : goto {}", endpoint_chain(service, ip)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "add rule {TABLE} {chain} numgen random mod {} vmap {{ {} }}",
+        service.endpoints.len(),
+        targets.join(" , ")
+    );
+    for ip in &service.endpoints {
+        let endpoint = endpoint_chain(service, ip);
+        let _ = writeln!(
+            out,
+            "flush chain {TABLE} {endpoint}\nadd rule {TABLE} {endpoint} ip saddr {ip} jump mark-for-masquerade\nadd rule {TABLE} {endpoint} meta l4proto tcp dnat to {ip}:{TARGET_PORT}"
+        );
+    }
+}
+
+/// The base chains, sets and maps every kube-proxy table has.
+fn skeleton(out: &mut String) {
+    let t = TABLE;
+    let _ = write!(
+        out,
+        r#"add table {t} {{ comment "rules for kube-proxy" ; }}
+add chain {t} mark-for-masquerade
+add rule {t} mark-for-masquerade mark set mark or 0x4000
+add chain {t} masquerading
+add rule {t} masquerading mark and 0x4000 == 0 return
+add rule {t} masquerading mark set mark xor 0x4000
+add rule {t} masquerading masquerade fully-random
+add set {t} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}
+add set {t} nodeport-ips {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}
+add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add map {t} service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
+add map {t} firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
+add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
+add map {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}
+add chain {t} services
+add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule {t} services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add chain {t} firewall-check
+add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
+add chain {t} service-endpoints-check
+add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+add chain {t} nodeport-endpoints-check
+add rule {t} nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
+add chain {t} cluster-ips-check
+add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule {t} cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment "Drop traffic to unallocated ClusterIPs"
+add chain {t} filter-prerouting {{ type filter hook prerouting priority -110 ; }}
+add rule {t} filter-prerouting ct state new jump firewall-check
+add chain {t} filter-input {{ type filter hook input priority -110 ; }}
+add rule {t} filter-input ct state new jump nodeport-endpoints-check
+add rule {t} filter-input ct state new jump service-endpoints-check
+add chain {t} filter-forward {{ type filter hook forward priority -110 ; }}
+add rule {t} filter-forward ct state new jump service-endpoints-check
+add rule {t} filter-forward ct state new jump cluster-ips-check
+add chain {t} filter-output {{ type filter hook output priority -110 ; }}
+add rule {t} filter-output ct state new jump service-endpoints-check
+add rule {t} filter-output ct state new jump firewall-check
+add chain {t} nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add rule {t} nat-prerouting jump services
+add chain {t} nat-output {{ type nat hook output priority -100 ; }}
+add rule {t} nat-output jump services
+add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}
+add rule {t} nat-postrouting jump masquerading
+"#
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::catalog::{Catalog, Placement};
+
+    fn catalog(dummies: usize) -> Catalog {
+        let pods: Vec<_> = (10..14).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect();
+        Catalog::new(dummies, &pods, 3)
+    }
+
+    #[test]
+    fn service_dispatch_is_one_map_lookup() {
+        let catalog = catalog(98);
+        let script = full(&catalog.services);
+        // No per-service rule in `services`: only the vmap elements grow.
+        assert_eq!(
+            script.matches("add rule ip kube-proxy services ").count(),
+            2
+        );
+        assert_eq!(
+            script
+                .matches("add element ip kube-proxy service-ips ")
+                .count(),
+            100
+        );
+        let probe = catalog.probe(Placement::Last);
+        assert!(script.contains(&format!(
+            "add element ip kube-proxy service-ips {{ {} . tcp . 80 : goto {} }}",
+            probe.cluster_ip,
+            service_chain(probe)
+        )));
+        assert!(script.contains("numgen random mod 4 vmap { 0 : goto endpoint-"));
+        assert!(script.contains("meta l4proto tcp dnat to 10.244.0.10:8080\n"));
+    }
+
+    #[test]
+    fn chain_names_carry_hash_and_identity() {
+        let catalog = catalog(0);
+        let probe = catalog.probe(Placement::Last);
+        let chain = service_chain(probe);
+        assert!(chain.starts_with("service-"));
+        assert!(chain.ends_with("-bench/probe-last/tcp/http"));
+        assert_eq!(
+            chain.len(),
+            "service-".len() + 8 + "-bench/probe-last/tcp/http".len()
+        );
+        assert!(endpoint_chain(probe, &probe.endpoints[0]).ends_with("__10.244.0.10/8080"));
+    }
+
+    #[test]
+    fn endpoint_change_touches_one_service() {
+        let catalog = catalog(10);
+        let before = catalog.probe(Placement::Last).clone();
+        let mut after = before.clone();
+        after.endpoints = vec![before.endpoints[1]];
+        let delta = endpoint_change(&before, &after);
+        assert_eq!(delta.matches("delete chain").count(), 3);
+        assert!(delta.contains("numgen random mod 1 vmap { 0 : goto endpoint-"));
+        assert!(!delta.contains("svc-"));
+    }
+}

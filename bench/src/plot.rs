@@ -1,0 +1,167 @@
+//! An SVG line chart of connection rate against the number of Services, one
+//! line per mode, the probed Service last. Hand-written SVG: no plotting
+//! dependency, and the file renders on GitHub and in any browser.
+
+use std::fmt::Write;
+
+use crate::catalog::Placement;
+use crate::results::{BenchReport, Mode};
+
+const WIDTH: f64 = 720.0;
+const HEIGHT: f64 = 420.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 160.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 60.0;
+
+fn color(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Direct => "#555555",
+        Mode::Switchyard => "#1f77b4",
+        Mode::Iptables => "#d62728",
+        Mode::Nftables => "#ff7f0e",
+    }
+}
+
+pub fn svg(report: &BenchReport) -> String {
+    let scales = &report.scales;
+    let rates: Vec<Vec<Option<f64>>> = Mode::ALL
+        .iter()
+        .map(|mode| {
+            scales
+                .iter()
+                .map(|s| s.mode(*mode).and_then(|m| m.crr_rate(Placement::Last)))
+                .collect()
+        })
+        .collect();
+    let top = rates
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .fold(0.0, f64::max);
+    let y_max = nice_ceiling(top.max(1.0));
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    // Services grow by orders of magnitude: equal spacing per measured N
+    // reads better than a linear axis that crushes 0 and 1k together.
+    let x = |i: usize| LEFT + plot_w * (i as f64 + 0.5) / scales.len().max(1) as f64;
+    let y = |v: f64| TOP + plot_h * (1.0 - v / y_max);
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">New connections per second through a ClusterIP vs number of Services</text>"#,
+        WIDTH / 2.0
+    );
+    for step in 0..=4 {
+        let value = y_max * step as f64 / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 8.0,
+            y(value) + 4.0,
+            thousands(value),
+            y = y(value)
+        );
+    }
+    for (i, scale) in scales.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x(i),
+            HEIGHT - BOTTOM + 20.0,
+            thousands(scale.services as f64)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">Services (4 endpoints each), probed Service last</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 15.0
+    );
+    for (row, mode) in Mode::ALL.iter().enumerate() {
+        let points: Vec<String> = rates[row]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+            .collect();
+        let c = color(*mode);
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2.5"/>"#,
+            points.join(" ")
+        );
+        for point in &points {
+            let (px, py) = point.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(out, r#"<circle cx="{px}" cy="{py}" r="3.5" fill="{c}"/>"#);
+        }
+        let ly = TOP + 20.0 + row as f64 * 22.0;
+        let lx = WIDTH - RIGHT + 20.0;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2.5"/><text x="{}" y="{}">{}</text>"#,
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0,
+            mode.label()
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// 1, 2 or 5 times a power of ten, at or above `value`.
+fn nice_ceiling(value: f64) -> f64 {
+    let magnitude = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|v| *v >= value)
+        .unwrap_or(10.0 * magnitude)
+}
+
+fn thousands(value: f64) -> String {
+    if value >= 1_000.0 {
+        format!("{}k", (value / 1_000.0 * 10.0).round() / 10.0)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_values() {
+        assert_eq!(nice_ceiling(17_300.0), 20_000.0);
+        assert_eq!(nice_ceiling(20_000.0), 20_000.0);
+        assert_eq!(nice_ceiling(31_400.0), 50_000.0);
+        assert_eq!(thousands(50_000.0), "50k");
+        assert_eq!(thousands(2_500.0), "2.5k");
+        assert_eq!(thousands(0.0), "0");
+    }
+
+    #[test]
+    fn empty_report_is_still_a_document() {
+        let report = BenchReport {
+            kernel: "k".into(),
+            cpus: 2,
+            tools: String::new(),
+            full: false,
+            run_ms: 1,
+            runs: 1,
+            scales: Vec::new(),
+            node_port: Vec::new(),
+        };
+        let svg = svg(&report);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+}

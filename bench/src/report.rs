@@ -1,0 +1,284 @@
+//! The Markdown report: one table per question, ratios beside the raw
+//! figures, and the targets with a plain verdict each.
+
+use std::fmt::Write;
+
+use crate::catalog::Placement;
+use crate::results::{BenchReport, Mode, Scale};
+
+/// Targets from the issue, checked against what this run measured.
+const RATE_FLOOR: f64 = 0.95;
+const RATE_FLATNESS: f64 = 0.03;
+const HOOK_NS: f64 = 1_000.0;
+const CHANGE_P99_MS: f64 = 10.0;
+const COLD_START_S: f64 = 2.0;
+const RSS_MIB: f64 = 200.0;
+const TARGET_SCALE: usize = 50_000;
+
+pub fn markdown(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Kernel {}, {} CPUs, {}. Each connection-rate figure is the median of {} runs of {} ms; client on CPU 0, servers on CPU 1. `N` counts Services of 4 endpoints besides the two probed ones.\n",
+        report.kernel, report.cpus, report.tools, report.runs, report.run_ms
+    );
+    connection_rates(&mut out, report);
+    established(&mut out, report);
+    per_connect_cost(&mut out, report);
+    control_plane(&mut out, report);
+    node_port(&mut out, report);
+    targets(&mut out, report);
+    out
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn rate(scale: &Scale, mode: Mode, placement: Placement) -> String {
+    fmt(scale.mode(mode).and_then(|m| m.crr_rate(placement)), 0)
+}
+
+fn connection_rates(out: &mut String, report: &BenchReport) {
+    out.push_str(
+        "### New connections per second through a ClusterIP (connect, request, close)\n\n",
+    );
+    out.push_str("| N | direct | Switchyard last / random | iptables last / random | nftables last / random | Switchyard ÷ direct | Switchyard ÷ iptables | iptables ÷ direct | nftables ÷ direct |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let last = Placement::Last;
+    for scale in &report.scales {
+        let pair = |mode| {
+            format!(
+                "{} / {}",
+                rate(scale, mode, last),
+                rate(scale, mode, Placement::Random)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            scale.services,
+            rate(scale, Mode::Direct, last),
+            pair(Mode::Switchyard),
+            pair(Mode::Iptables),
+            pair(Mode::Nftables),
+            fmt(scale.ratio(Mode::Switchyard, Mode::Direct, last), 3),
+            fmt(scale.ratio(Mode::Switchyard, Mode::Iptables, last), 2),
+            fmt(scale.ratio(Mode::Iptables, Mode::Direct, last), 3),
+            fmt(scale.ratio(Mode::Nftables, Mode::Direct, last), 3),
+        );
+    }
+    let errors: Vec<String> = report
+        .scales
+        .iter()
+        .flat_map(|s| s.modes.iter().map(move |m| (s.services, m)))
+        .filter(|(_, m)| m.crr_errors() > 0)
+        .map(|(n, m)| format!("{} at N={n}: {}", m.mode.label(), m.crr_errors()))
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "\nFailed connections: {}.", errors.join("; "));
+    }
+    out.push('\n');
+}
+
+fn established(out: &mut String, report: &BenchReport) {
+    out.push_str("### Established connections: 64-byte round trips and bulk throughput\n\n");
+    out.push_str(
+        "| N | mode | round trips/s | p50 µs | p99 µs | ÷ direct | stream Gbit/s | ÷ direct |\n",
+    );
+    out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    for scale in &report.scales {
+        let direct = scale.mode(Mode::Direct);
+        let direct_rr = direct.and_then(|d| d.rr.as_ref()).map(|r| r.rate());
+        let direct_stream = direct
+            .and_then(|d| d.stream.as_ref())
+            .map(|r| r.gbit_per_s());
+        for mode in &scale.modes {
+            let Some(rr) = &mode.rr else { continue };
+            let stream = mode.stream.as_ref().map(|s| s.gbit_per_s());
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
+                scale.services,
+                mode.mode.label(),
+                rr.rate(),
+                rr.p50_us,
+                rr.p99_us,
+                fmt(direct_rr.map(|d| rr.rate() / d), 3),
+                fmt(stream, 2),
+                fmt(stream.zip(direct_stream).map(|(s, d)| s / d), 3),
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn per_connect_cost(out: &mut String, report: &BenchReport) {
+    out.push_str("### Kernel cost per connection\n\n");
+    out.push_str("Switchyard's connect4 hook is timed by the kernel (BPF run-time statistics). The netfilter modes' rule walk has no such counter here, so their cost is derived from the rates: 1/rate(mode) − 1/rate(direct), probed Service last; the same derivation is shown for Switchyard.\n\n");
+    out.push_str("| N | Switchyard connect4 ns/run | Switchyard extra µs/conn | iptables extra µs/conn | nftables extra µs/conn |\n");
+    out.push_str("|---:|---:|---:|---:|---:|\n");
+    for scale in &report.scales {
+        let extra = |mode| fmt(scale.extra_us_per_connection(mode, Placement::Last), 1);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            scale.services,
+            fmt(scale.mode(Mode::Switchyard).and_then(|m| m.hook_ns), 0),
+            extra(Mode::Switchyard),
+            extra(Mode::Iptables),
+            extra(Mode::Nftables),
+        );
+    }
+    out.push('\n');
+}
+
+fn control_plane(out: &mut String, report: &BenchReport) {
+    out.push_str("### Control plane\n\n");
+    out.push_str("Programming everything: Switchyard from process start to all Services in the maps (watching the API server stand-in); the baselines' `iptables-nft-restore` and `nft -f` of the whole rule set. One EndpointSlice change: from the change (API write, or the restore started) until new connections reach the new backend, p50 / p99.\n\n");
+    out.push_str("| N | Switchyard all (s) | iptables all (s) | nftables all (s) | Switchyard change p50 / p99 ms | iptables change p50 / p99 ms | nftables change p50 / p99 ms | Switchyard peak RSS MiB |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for scale in &report.scales {
+        let all = |mode| fmt(scale.mode(mode).and_then(|m| m.program_all_s), 2);
+        let change = |mode| {
+            scale.mode(mode).map_or_else(
+                || "–".into(),
+                |m| {
+                    format!(
+                        "{} / {}",
+                        fmt(m.change_percentile(0.5), 1),
+                        fmt(m.change_percentile(0.99), 1)
+                    )
+                },
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            scale.services,
+            all(Mode::Switchyard),
+            all(Mode::Iptables),
+            all(Mode::Nftables),
+            change(Mode::Switchyard),
+            change(Mode::Iptables),
+            change(Mode::Nftables),
+            fmt(scale.mode(Mode::Switchyard).and_then(|m| m.peak_rss_mib), 1),
+        );
+    }
+    out.push('\n');
+}
+
+fn node_port(out: &mut String, report: &BenchReport) {
+    if report.node_port.is_empty() {
+        return;
+    }
+    out.push_str(
+        "### NodePort from outside the node (per-packet path), new connections per second\n\n",
+    );
+    out.push_str("| mode | connections/s | p50 µs | p99 µs |\n|---|---:|---:|---:|\n");
+    for result in &report.node_port {
+        let rates: Vec<f64> = result.samples.iter().map(|s| s.rate()).collect();
+        let first = result.samples.first();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} |",
+            result.mode.label(),
+            crate::load_result::median(&rates),
+            fmt(first.map(|s| s.p50_us), 1),
+            fmt(first.map(|s| s.p99_us), 1),
+        );
+    }
+    out.push('\n');
+}
+
+/// One row per target: what was asked, what was measured, and whether it
+/// was met. A target this run could not measure says so.
+fn targets(out: &mut String, report: &BenchReport) {
+    out.push_str("### Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
+    let mut row = |target: &str, measured: Option<(f64, String)>, ok: &dyn Fn(f64) -> bool| {
+        let (measured, verdict) = match measured {
+            Some((value, text)) => (text, if ok(value) { "met" } else { "**missed**" }),
+            None => ("not measured in this run".into(), "–"),
+        };
+        let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
+    };
+    let scales = &report.scales;
+    let worst_ratio = scales
+        .iter()
+        .flat_map(|s| {
+            Placement::ALL
+                .into_iter()
+                .filter_map(|p| s.ratio(Mode::Switchyard, Mode::Direct, p))
+                .map(move |r| (r, s.services))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    row(
+        "Switchyard ≥ 0.95 × direct connection rate at every N",
+        worst_ratio.map(|(r, n)| (r, format!("lowest {r:.3} (N={n})"))),
+        &|r| r >= RATE_FLOOR,
+    );
+    let rate_at = |s: &Scale| {
+        s.mode(Mode::Switchyard)
+            .and_then(|m| m.crr_rate(Placement::Last))
+    };
+    let flat = scales
+        .first()
+        .zip(scales.last())
+        .filter(|(a, b)| a.services != b.services)
+        .and_then(|(a, b)| Some((rate_at(a)?, rate_at(b)?, b.services)))
+        .map(|(a, b, n)| {
+            (
+                (b / a - 1.0).abs(),
+                format!("{:+.1}% from N=0 to N={n}", (b / a - 1.0) * 100.0),
+            )
+        });
+    row(
+        "Switchyard connection rate flat in N (within 3%)",
+        flat,
+        &|d| d <= RATE_FLATNESS,
+    );
+    let hook = scales
+        .iter()
+        .filter_map(|s| Some((s.mode(Mode::Switchyard)?.hook_ns?, s.services)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    row(
+        "connect hook under 1 µs at every N",
+        hook.map(|(ns, n)| (ns, format!("highest {ns:.0} ns (N={n})"))),
+        &|ns| ns < HOOK_NS,
+    );
+    let change = scales
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.mode(Mode::Switchyard)?.change_percentile(0.99)?,
+                s.services,
+            ))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    row(
+        "one endpoint change applied in under 10 ms at p99",
+        change.map(|(ms, n)| (ms, format!("p99 {ms:.1} ms (N={n})"))),
+        &|ms| ms < CHANGE_P99_MS,
+    );
+    let at_target = scales
+        .iter()
+        .find(|s| s.services >= TARGET_SCALE)
+        .and_then(|s| s.mode(Mode::Switchyard));
+    row(
+        "cold start of 50k Services × 4 endpoints under 2 s",
+        at_target
+            .and_then(|m| m.program_all_s)
+            .map(|s| (s, format!("{s:.2} s"))),
+        &|s| s < COLD_START_S,
+    );
+    row(
+        "agent RSS under 200 MiB at 50k Services",
+        at_target
+            .and_then(|m| m.peak_rss_mib)
+            .map(|mib| (mib, format!("{mib:.0} MiB"))),
+        &|mib| mib < RSS_MIB,
+    );
+    if at_target.is_none() {
+        out.push_str("\nThe 50k targets need `cargo xtask bench --full`.\n");
+    }
+}

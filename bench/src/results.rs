@@ -1,0 +1,195 @@
+//! Everything one bench run measured, as raw samples (written out as JSON)
+//! and the summaries the report prints.
+
+use serde::Serialize;
+
+use crate::catalog::Placement;
+use crate::load_result::{LoadResult, median, percentile};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Straight to the pod IP: the floor.
+    Direct,
+    Switchyard,
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Switchyard,
+        Mode::Iptables,
+        Mode::Nftables,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Switchyard => "Switchyard",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CrrSample {
+    /// None for direct, which has no Service to place.
+    pub placement: Option<Placement>,
+    pub result: LoadResult,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeResult {
+    pub mode: Mode,
+    pub crr: Vec<CrrSample>,
+    pub rr: Option<LoadResult>,
+    pub stream: Option<LoadResult>,
+    /// Switchyard: process start to all Services programmed; baselines:
+    /// the restore of the whole rule set.
+    pub program_all_s: Option<f64>,
+    /// One endpoint change until new connections reach the new backend.
+    pub change_ms: Vec<f64>,
+    /// Baselines: how long the restore tool itself took for each change.
+    pub change_apply_ms: Vec<f64>,
+    pub peak_rss_mib: Option<f64>,
+    /// Switchyard: kernel ns per connect4 run (BPF run-time statistics).
+    pub hook_ns: Option<f64>,
+}
+
+impl ModeResult {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            crr: Vec::new(),
+            rr: None,
+            stream: None,
+            program_all_s: None,
+            change_ms: Vec::new(),
+            change_apply_ms: Vec::new(),
+            peak_rss_mib: None,
+            hook_ns: None,
+        }
+    }
+
+    /// Median connection rate at `placement` (direct ignores placement).
+    pub fn crr_rate(&self, placement: Placement) -> Option<f64> {
+        let rates: Vec<f64> = self
+            .crr
+            .iter()
+            .filter(|s| s.placement.is_none() || s.placement == Some(placement))
+            .map(|s| s.result.rate())
+            .collect();
+        (!rates.is_empty()).then(|| median(&rates))
+    }
+
+    pub fn crr_errors(&self) -> u64 {
+        self.crr.iter().map(|s| s.result.errors).sum()
+    }
+
+    pub fn change_percentile(&self, q: f64) -> Option<f64> {
+        let mut sorted = self.change_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        (!sorted.is_empty()).then(|| percentile(&sorted, q))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scale {
+    /// Services besides the two probed ones.
+    pub services: usize,
+    pub modes: Vec<ModeResult>,
+}
+
+impl Scale {
+    pub fn mode(&self, mode: Mode) -> Option<&ModeResult> {
+        self.modes.iter().find(|m| m.mode == mode)
+    }
+
+    /// `mode`'s connection rate over `base`'s, at `placement`.
+    pub fn ratio(&self, mode: Mode, base: Mode, placement: Placement) -> Option<f64> {
+        let top = self.mode(mode)?.crr_rate(placement)?;
+        let bottom = self.mode(base)?.crr_rate(placement)?;
+        (bottom > 0.0).then(|| top / bottom)
+    }
+
+    /// Microseconds a connection costs `mode` beyond a direct one, from the
+    /// two rates: 1/rate(mode) - 1/rate(direct).
+    pub fn extra_us_per_connection(&self, mode: Mode, placement: Placement) -> Option<f64> {
+        let rate = self.mode(mode)?.crr_rate(placement)?;
+        let direct = self.mode(Mode::Direct)?.crr_rate(placement)?;
+        (rate > 0.0 && direct > 0.0).then(|| 1e6 / rate - 1e6 / direct)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodePortResult {
+    pub mode: Mode,
+    pub samples: Vec<LoadResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub kernel: String,
+    pub cpus: usize,
+    pub tools: String,
+    pub full: bool,
+    pub run_ms: u64,
+    pub runs: usize,
+    pub scales: Vec<Scale>,
+    pub node_port: Vec<NodePortResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crr(mode: Mode, placement: Option<Placement>, rates: &[f64]) -> ModeResult {
+        let mut result = ModeResult::new(mode);
+        for rate in rates {
+            result.crr.push(CrrSample {
+                placement,
+                result: LoadResult {
+                    operations: *rate as u64,
+                    elapsed_s: 1.0,
+                    ..LoadResult::default()
+                },
+            });
+        }
+        result
+    }
+
+    #[test]
+    fn ratios_and_extra_cost_come_from_medians() {
+        let scale = Scale {
+            services: 0,
+            modes: vec![
+                crr(Mode::Direct, None, &[10_000.0, 9_000.0, 11_000.0]),
+                crr(
+                    Mode::Iptables,
+                    Some(Placement::Last),
+                    &[5_000.0, 4_000.0, 6_000.0],
+                ),
+            ],
+        };
+        let ratio = scale
+            .ratio(Mode::Iptables, Mode::Direct, Placement::Last)
+            .unwrap();
+        assert!((ratio - 0.5).abs() < 1e-9);
+        // 1/5000 s - 1/10000 s = 100 us.
+        let extra = scale
+            .extra_us_per_connection(Mode::Iptables, Placement::Last)
+            .unwrap();
+        assert!((extra - 100.0).abs() < 1e-9);
+        assert_eq!(
+            scale.ratio(Mode::Iptables, Mode::Direct, Placement::Random),
+            None
+        );
+        assert_eq!(
+            scale.ratio(Mode::Nftables, Mode::Direct, Placement::Last),
+            None
+        );
+    }
+}

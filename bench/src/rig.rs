@@ -1,0 +1,168 @@
+//! The benchmark's network, in namespaces it owns:
+//!
+//! ```text
+//!   node netns (ip_forward=1; the agent, or the iptables/nftables rules)
+//!     br0 10.244.0.1/24 ── bp<i> ── pod netns <i>: 10.244.0.(10+i), loadgen serve (cpu 1)
+//!     vcl 10.250.0.1/30 ────────── client netns:  10.250.0.2, loadgen clients (cpu 0)
+//! ```
+//!
+//! The client is routed, not bridged, to the pods: every mode's traffic
+//! crosses the node's IP layer once, so the only difference between modes
+//! is the service translation itself. (Bridged, the iptables modes would
+//! also need br_netfilter for replies to find their way back.)
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use switchyard_tests::{BpfFs, Cgroup, NetNs, Scratch, Spawned};
+
+use crate::catalog::TARGET_PORT;
+
+pub const PODS: usize = 4;
+pub const NODE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const BRIDGE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// Clients on one core, servers on the other.
+pub const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct BenchPod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    // Before `netns`: the server dies before its namespace goes.
+    _server: Spawned,
+    _netns: NetNs,
+}
+
+/// Field order is teardown order.
+pub struct Rig {
+    pub pods: Vec<BenchPod>,
+    pub client: NetNs,
+    pub cgroup: Cgroup,
+    pub node: NetNs,
+    pub bpffs: BpfFs,
+    pub scratch: Scratch,
+    pub loadgen: PathBuf,
+}
+
+impl Rig {
+    pub fn up(loadgen: &Path) -> Result<Self> {
+        let scratch = Scratch::new("bench")?;
+        let node = NetNs::new("bnode")?;
+        node.sysctl("net/ipv4/ip_forward", "1")?;
+        // Connection-rate runs leave many TIME_WAIT entries behind; in the
+        // iptables modes they fill the shared conntrack table long before
+        // its default 120 s timeout would clear them.
+        node.sysctl("net/netfilter/nf_conntrack_tcp_timeout_time_wait", "1")
+            .context("conntrack sysctls (is nf_conntrack available?)")?;
+        node.ip(&["link", "add", "br0", "type", "bridge"])?;
+        node.ip(&["addr", "add", &format!("{BRIDGE}/24"), "dev", "br0"])?;
+        node.ip(&["link", "set", "br0", "up"])?;
+
+        let client = NetNs::new("bclient")?;
+        link(&node, "vcl", &client, NODE_CLIENT_SIDE, CLIENT, 30)?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_CLIENT_SIDE}/30"),
+            "dev",
+            "vcl",
+        ])?;
+        client.sysctl("net/ipv4/ip_local_port_range", "1024 65000")?;
+        client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+        let cgroup = Cgroup::new("bclient")?;
+
+        let mut pods = Vec::new();
+        for i in 0..PODS {
+            let name = format!("pod-{i}");
+            let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
+            let netns = NetNs::new("bpod")?;
+            link(&node, &format!("bp{i}"), &netns, BRIDGE, ip, 24)?;
+            node.ip(&["link", "set", &format!("bp{i}"), "master", "br0"])?;
+            let log = scratch.join(format!("{name}.log"));
+            let mut cmd = Command::new(loadgen);
+            cmd.args(["serve", "--name", &name, "--cpu", &SERVER_CPU.to_string()])
+                .arg("--listen")
+                .arg(SocketAddr::from((ip, TARGET_PORT)).to_string())
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(scratch.join(format!("{name}.err")))?);
+            let server = Spawned::spawn(&mut cmd, &netns, None)?;
+            pods.push(BenchPod {
+                name,
+                ip,
+                _server: server,
+                _netns: netns,
+            });
+        }
+        let rig = Self {
+            pods,
+            client,
+            cgroup,
+            node,
+            bpffs: BpfFs::new()?,
+            scratch,
+            loadgen: loadgen.to_owned(),
+        };
+        rig.wait_servers()?;
+        Ok(rig)
+    }
+
+    pub fn pod_ips(&self) -> Vec<Ipv4Addr> {
+        self.pods.iter().map(|p| p.ip).collect()
+    }
+
+    pub fn pod_named(&self, ip: Ipv4Addr) -> Option<&BenchPod> {
+        self.pods.iter().find(|p| p.ip == ip)
+    }
+
+    fn wait_servers(&self) -> Result<()> {
+        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+        for pod in &self.pods {
+            let log = self.scratch.join(format!("{}.log", pod.name));
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ready")
+            {
+                if Instant::now() > deadline {
+                    bail!("{} did not start serving (see {})", pod.name, log.display());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A veth from `node` (as `node_if`) into `ns` (as eth0, address
+/// `address`/`prefix`), both up, `ns` routed via `gateway`.
+fn link(
+    node: &NetNs,
+    node_if: &str,
+    ns: &NetNs,
+    gateway: Ipv4Addr,
+    address: Ipv4Addr,
+    prefix: u8,
+) -> Result<()> {
+    node.ip(&[
+        "link",
+        "add",
+        node_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.ip(&["link", "set", node_if, "up"])?;
+    ns.ip(&["addr", "add", &format!("{address}/{prefix}"), "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+    Ok(())
+}
