@@ -3,7 +3,7 @@
 //! kube-apiserver) that holds the catalog, its hooks on the client cgroup.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -32,6 +32,7 @@ impl<'a> RunningAgent<'a> {
         agent_bin: &Path,
         services: &[CatalogService],
         devices: Option<&str>,
+        log: PathBuf,
         ready_timeout: Duration,
     ) -> Result<(Self, Duration)> {
         let api = FakeApiServer::start_in(&rig.node)?;
@@ -57,10 +58,7 @@ impl<'a> RunningAgent<'a> {
                 "--healthz-bind-address".into(),
                 "127.0.0.1:0".into(),
             ],
-            // A log per start: readiness is read from this start's lines.
-            log: rig
-                .scratch
-                .join(format!("{}.log", switchyard_tests::name::unique("agent"))),
+            log,
         };
         if let Some(devices) = devices {
             config = config.arg("--devices").arg(devices);

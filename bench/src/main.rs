@@ -40,6 +40,13 @@ struct Cli {
     /// Measure these numbers of Services instead (comma-separated).
     #[arg(long, value_delimiter = ',')]
     services: Vec<usize>,
+    /// Measure only these modes (direct, switchyard, iptables, nftables);
+    /// ratios to a mode left out are not reported.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Vec<Mode>,
+    /// Skip the NodePort comparison.
+    #[arg(long)]
+    no_node_port: bool,
     /// Fixes the probed Service's random position.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -66,10 +73,17 @@ fn main() -> Result<()> {
         changes: cli.changes,
         seed: cli.seed,
         ready_timeout: Duration::from_secs(120),
+        modes: if cli.modes.is_empty() {
+            Mode::ALL.to_vec()
+        } else {
+            cli.modes.clone()
+        },
+        logs: cli.out.clone(),
     };
     std::fs::create_dir_all(&cli.out)?;
     let rig = Rig::up(&cli.loadgen).context("building the bench topology")?;
-    let mut progress = Progress::new(scales.len() * Mode::ALL.len() + 3);
+    let node_port_steps = if cli.no_node_port { 0 } else { 3 };
+    let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {
         kernel: kernel(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -90,7 +104,9 @@ fn main() -> Result<()> {
         // Written after every scale: a run cut short still leaves its data.
         write_outputs(&cli.out, &report)?;
     }
-    report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
+    if !cli.no_node_port {
+        report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
+    }
     progress.finish();
     let markdown = write_outputs(&cli.out, &report)?;
     println!("{markdown}");
@@ -110,6 +126,13 @@ fn write_outputs(out: &std::path::Path, report: &BenchReport) -> Result<String> 
     )?;
     std::fs::write(out.join("connection-rate.svg"), plot::svg(report))?;
     Ok(markdown)
+}
+
+fn parse_mode(name: &str) -> Result<Mode, String> {
+    Mode::ALL
+        .into_iter()
+        .find(|mode| mode.label().eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("unknown mode {name:?} (direct, switchyard, iptables, nftables)"))
 }
 
 fn kernel() -> String {

@@ -31,6 +31,18 @@ pub struct Options {
     pub changes: usize,
     pub seed: u64,
     pub ready_timeout: Duration,
+    pub modes: Vec<Mode>,
+    /// Where each agent start writes its log (kept with the report).
+    pub logs: PathBuf,
+}
+
+impl Options {
+    /// A fresh log file per agent start: readiness is read from its lines.
+    fn agent_log(&self, what: &str) -> PathBuf {
+        let path = self.logs.join(format!("agent-{what}.log"));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
 }
 
 /// What to measure at this scale besides connection rates.
@@ -49,7 +61,7 @@ pub fn measure(
 ) -> Result<Scale> {
     let catalog = Catalog::new(services, &rig.pod_ips(), options.seed);
     let mut modes = Vec::new();
-    for mode in Mode::ALL {
+    for mode in options.modes.iter().copied() {
         progress.step(&format!("N={services} {}", mode.label()));
         let result = match mode {
             Mode::Direct => direct(rig, options, extras, progress)?,
@@ -107,6 +119,7 @@ fn switchyard(
         &options.agent,
         &catalog.services,
         None,
+        options.agent_log(&catalog.services.len().to_string()),
         options.ready_timeout,
     )?;
     result.program_all_s = Some(cold.as_secs_f64());
@@ -333,6 +346,7 @@ pub fn node_port(
         &options.agent,
         &catalog.services,
         Some("vcl"),
+        options.agent_log("node-port"),
         options.ready_timeout,
     )?;
     let switchyard = runs(node_port, progress);

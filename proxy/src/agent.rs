@@ -18,18 +18,20 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin_server::{self, Endpoints},
+    change_set::ChangeSet,
     cli::RunArgs,
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    desired::desired_state,
+    desired::{desired_state, update_services},
     health::{ProxyHealth, node_eligible},
     input_error::InputError,
     metrics::Metrics,
+    model::DesiredState,
     node_network,
     packet_path::{PacketPath, PacketPathError},
     runner::SyncRunner,
     service_health_server::ServiceHealthServers,
     source::{Source, SourceError},
-    sync::Syncer,
+    sync::{SyncReport, Syncer},
     topology::{NodeContext, ZONE_LABEL},
 };
 
@@ -91,6 +93,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         health_checks: ServiceHealthServers::new(Vec::new(), Arc::clone(&health)),
         reported: BTreeMap::new(),
         queued_since: None,
+        desired: None,
+        node: NodeContext::default(),
+        node_eligible: true,
+        last_full: None,
+        full_pending: true,
+        sync_period: args.sync_period,
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {
@@ -107,7 +115,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             Some(()) = network_changes.recv() => {
                 match agent.packet_path.refresh(&mut programs, &agent.metrics).await {
-                    Ok(true) => runner.request(),
+                    Ok(true) => {
+                        agent.full_pending = true;
+                        runner.request();
+                    }
                     Ok(false) => {}
                     Err(error) => warn!(%error, "re-reading the node's network"),
                 }
@@ -157,6 +168,16 @@ struct Agent {
     reported: BTreeMap<String, InputError>,
     /// When the oldest change not yet applied arrived.
     queued_since: Option<(Instant, SystemTime)>,
+    /// What the last pass programmed, and the node it was computed for:
+    /// the base a pass over a few changed Services patches.
+    desired: Option<DesiredState>,
+    node: NodeContext,
+    node_eligible: bool,
+    last_full: Option<Instant>,
+    /// Something only a full pass takes in (the node's network changed, or
+    /// a pass left work undone).
+    full_pending: bool,
+    sync_period: std::time::Duration,
 }
 
 impl Agent {
@@ -177,17 +198,94 @@ impl Agent {
 
     async fn sync(&mut self) {
         let started = Instant::now();
+        let changes = self.source.take_changes();
+        let (report, pass) = match self.changed_pass(&changes) {
+            Some(report) => (report, "changed"),
+            None => (self.full_pass(), "full"),
+        };
+        let written = started.elapsed();
+        for (_, failure) in &report.failed {
+            let map = failure.map_name().unwrap_or("none");
+            self.metrics.record_map_failure(map, failure.reason());
+        }
+        let complete = report.failed.is_empty() && report.held_back == 0;
+        // A later pass over a few Services assumes everything else matches.
+        self.full_pending |= !complete;
+        let desired = self.desired.take().unwrap_or_default();
+        for error in self.health_checks.sync(&desired.health_checks).await {
+            warn!("{error}");
+            self.metrics.count_health_check_failure();
+        }
+        self.observe(&desired, started, complete);
+        self.desired = Some(desired);
+        info!(
+            pass,
+            frontends = self.syncer.programmed().frontends.len(),
+            backends = self.syncer.programmed().backends.len(),
+            applied = report.applied,
+            failed = report.failed.len(),
+            held_back = report.held_back,
+            skipped_objects = self.reported.len(),
+            written_ms = written.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "programmed"
+        );
+    }
+
+    /// Recomputes and rewrites only the Services in `changes`, when that
+    /// gives what a full pass would: the source can name them, the last
+    /// full pass is recent, complete and for the same node, and none of
+    /// them contests a frontend with another Service.
+    fn changed_pass(&mut self, changes: &ChangeSet) -> Option<SyncReport> {
+        let fresh = self
+            .last_full
+            .is_some_and(|at| at.elapsed() < self.sync_period);
+        if changes.everything || self.full_pending || !fresh {
+            return None;
+        }
+        let desired = self.desired.as_mut()?;
+        let loaded = self.source.services(&changes.services)?;
+        let Ok((scope, errors)) = update_services(
+            desired,
+            &changes.services,
+            &loaded.services,
+            &loaded.slices,
+            &self.node,
+        ) else {
+            self.desired = None;
+            return None;
+        };
+        // Errors of these Services are added, not replaced: the next full
+        // pass settles which still stand.
+        let mut new = Vec::new();
+        for error in errors {
+            let line = error.to_string();
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.reported.entry(line) {
+                warn!("{}", entry.key());
+                new.push(error.clone());
+                entry.insert(error);
+            }
+        }
+        self.metrics.set_input_errors(self.reported.values(), &new);
+        Some(self.syncer.sync_frontends(desired, &scope))
+    }
+
+    /// Re-reads every object, recomputes the whole desired state and
+    /// rewrites whatever differs.
+    fn full_pass(&mut self) -> SyncReport {
         let loaded = self.source.snapshot();
         let own_node = loaded
             .nodes
             .iter()
             .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()));
-        let node = node_context(
+        self.node_eligible = own_node.is_none_or(node_eligible);
+        self.node = node_context(
             &self.node_name,
             own_node,
             self.packet_path.node_port_addresses(),
         );
-        let (desired, conversion_errors) = desired_state(&loaded.services, &loaded.slices, &node);
+        let (desired, conversion_errors) =
+            desired_state(&loaded.services, &loaded.slices, &self.node);
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()
             .map(|error| loaded.attribute(error))
@@ -206,36 +304,14 @@ impl Agent {
             .collect();
         self.metrics.set_input_errors(current.values(), new);
         self.reported = current;
-
         let report = self.syncer.sync(&desired);
-        for (_, failure) in &report.failed {
-            let map = failure.map_name().unwrap_or("none");
-            self.metrics.record_map_failure(map, failure.reason());
-        }
-        for error in self.health_checks.sync(&desired.health_checks).await {
-            warn!("{error}");
-            self.metrics.count_health_check_failure();
-        }
-        let complete = report.failed.is_empty() && report.held_back == 0;
-        self.observe(&desired, own_node, started, complete);
-        info!(
-            frontends = self.syncer.programmed().frontends.len(),
-            backends = self.syncer.programmed().backends.len(),
-            applied = report.applied,
-            failed = report.failed.len(),
-            held_back = report.held_back,
-            skipped_objects = self.reported.len(),
-            "programmed"
-        );
+        self.desired = Some(desired);
+        self.last_full = Some(Instant::now());
+        self.full_pending = false;
+        report
     }
 
-    fn observe(
-        &mut self,
-        desired: &crate::model::DesiredState,
-        node: Option<&Node>,
-        started: Instant,
-        complete: bool,
-    ) {
+    fn observe(&mut self, desired: &DesiredState, started: Instant, complete: bool) {
         let now = SystemTime::now();
         if complete {
             let queued_for = self.queued_since.take().map(|(at, _)| at.elapsed());
@@ -262,7 +338,7 @@ impl Agent {
             BACKENDS_MAX_ENTRIES,
         );
         self.metrics
-            .set_no_local_endpoints("internal", desired.no_local_endpoints);
+            .set_no_local_endpoints("internal", desired.no_local.len());
         let mut health = self.health();
         // As kube-proxy: a pass that left changes unapplied (a full map, say)
         // is not an update, so a problem that persists turns /healthz 503.
@@ -270,7 +346,7 @@ impl Agent {
             health.updated(now);
         }
         // A node not (yet) known is eligible, as in kube-proxy.
-        health.set_node_eligible(node.is_none_or(node_eligible));
+        health.set_node_eligible(self.node_eligible);
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the maps hold, in typed form: the agent's mirror of the kernel, the
 //! input of every plan, and what `switchyard services` shows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use switchyard_abi::{
@@ -10,14 +10,57 @@ use switchyard_abi::{
 
 use crate::{address::Cidr, plan::MapOp};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct DatapathState {
     /// Keyed by each frontend's slot-0 key.
     pub frontends: BTreeMap<ServiceKey, ProgrammedFrontend>,
     pub backends: BTreeMap<u32, Backend>,
     /// `loadBalancerSourceRanges` entries.
     pub source_ranges: BTreeSet<RangeKey>,
+    /// Derived from the above and kept up to date by [`Self::apply`], so a
+    /// plan touching one frontend costs as much at 50k Services as at 1.
+    index: BackendIndex,
 }
+
+/// Lookups a plan needs without walking every backend or slot.
+#[derive(Clone, Debug, Default)]
+struct BackendIndex {
+    /// The lowest id holding each backend.
+    ids: HashMap<Backend, u32>,
+    /// How many slots (active or not) name each backend id.
+    slot_refs: HashMap<u32, u32>,
+    /// Unused ids below `high`, and `high`: one above the largest id used.
+    free: BTreeSet<u32>,
+    high: u32,
+}
+
+impl BackendIndex {
+    fn taken(&mut self, id: u32) {
+        if id >= self.high {
+            self.free.extend(self.high.max(1)..id);
+            self.high = id + 1;
+        } else {
+            self.free.remove(&id);
+        }
+    }
+
+    fn released(&mut self, id: u32) {
+        if id < self.high {
+            self.free.insert(id);
+        }
+    }
+}
+
+impl PartialEq for DatapathState {
+    /// The index is derived data: two states are equal when the maps are.
+    fn eq(&self, other: &Self) -> bool {
+        self.frontends == other.frontends
+            && self.backends == other.backends
+            && self.source_ranges == other.source_ranges
+    }
+}
+
+impl Eq for DatapathState {}
 
 /// One key of the source-range LPM trie: a frontend and a source prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +83,11 @@ impl RangeKey {
                 src: Addr::from(cidr.network),
             },
         }
+    }
+
+    /// The frontend this range belongs to, as a slot-0 key without scope.
+    pub fn frontend_key(&self) -> ServiceKey {
+        ServiceKey::new(self.range.addr, self.range.port, self.range.proto, 0)
     }
 
     /// The source prefix this key admits.
@@ -92,7 +140,14 @@ impl DatapathState {
             frontends: BTreeMap::new(),
             backends: backends.into_iter().collect(),
             source_ranges: source_ranges.into_iter().collect(),
+            index: BackendIndex::default(),
         };
+        // Ascending ids: a duplicate (only after a hand edit) maps to the
+        // lowest, and the others are dropped as unreferenced.
+        for (&id, &backend) in &state.backends {
+            state.index.ids.entry(backend).or_insert(id);
+            state.index.taken(id);
+        }
         for (key, value) in services {
             let frontend = state.frontends.entry(key.with_slot(0)).or_default();
             if key.slot == 0 {
@@ -101,9 +156,30 @@ impl DatapathState {
                 frontend.flags = value.flags;
             } else {
                 frontend.slots.insert(key.slot, value.backend_id);
+                *state.index.slot_refs.entry(value.backend_id).or_default() += 1;
             }
         }
         state
+    }
+
+    /// The id already holding `backend`, if any.
+    pub fn backend_id(&self, backend: &Backend) -> Option<u32> {
+        self.index.ids.get(backend).copied()
+    }
+
+    /// Ids no backend holds, lowest first, without end: the ones a plan
+    /// hands out in order.
+    pub fn free_backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.index
+            .free
+            .iter()
+            .copied()
+            .chain(self.index.high.max(1)..)
+    }
+
+    /// How many slots, active or not, name backend `id`.
+    pub fn slot_refs(&self, id: u32) -> u32 {
+        self.index.slot_refs.get(&id).copied().unwrap_or(0)
     }
 
     /// Frontends the kernel serves (slot 0 present), with their backend ids.
@@ -117,10 +193,17 @@ impl DatapathState {
     pub fn apply(&mut self, op: &MapOp) {
         match *op {
             MapOp::PutBackend { id, backend } => {
-                self.backends.insert(id, backend);
+                if let Some(replaced) = self.backends.insert(id, backend) {
+                    self.unindex_backend(id, &replaced);
+                }
+                let holder = self.index.ids.entry(backend).or_insert(id);
+                *holder = (*holder).min(id);
+                self.index.taken(id);
             }
             MapOp::PutSlot { key, backend_id } => {
-                self.frontend_mut(&key).slots.insert(key.slot, backend_id);
+                let previous = self.frontend_mut(&key).slots.insert(key.slot, backend_id);
+                self.unref_slot(previous);
+                *self.index.slot_refs.entry(backend_id).or_default() += 1;
             }
             MapOp::PutFrontend {
                 key,
@@ -139,9 +222,13 @@ impl DatapathState {
             MapOp::DeleteSourceRange { range } => {
                 self.source_ranges.remove(&range);
             }
-            MapOp::DeleteSlot { key } => self.edit_existing(&key, |frontend| {
-                frontend.slots.remove(&key.slot);
-            }),
+            MapOp::DeleteSlot { key } => {
+                let mut removed = None;
+                self.edit_existing(&key, |frontend| {
+                    removed = frontend.slots.remove(&key.slot);
+                });
+                self.unref_slot(removed);
+            }
             MapOp::DeleteFrontend { key } => {
                 self.edit_existing(&key, |frontend| {
                     frontend.count = None;
@@ -150,8 +237,30 @@ impl DatapathState {
                 });
             }
             MapOp::DeleteBackend { id } => {
-                self.backends.remove(&id);
+                if let Some(removed) = self.backends.remove(&id) {
+                    self.unindex_backend(id, &removed);
+                    self.index.released(id);
+                }
             }
+        }
+    }
+
+    fn unref_slot(&mut self, backend_id: Option<u32>) {
+        let Some(id) = backend_id else { return };
+        if let Some(refs) = self.index.slot_refs.get_mut(&id) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.index.slot_refs.remove(&id);
+            }
+        }
+    }
+
+    /// `backend` no longer lives at `id`. A duplicate at another id (only
+    /// ever after a hand edit) is forgotten too: a plan then gives the
+    /// backend a fresh id, and the duplicate goes as unreferenced.
+    fn unindex_backend(&mut self, id: u32, backend: &Backend) {
+        if self.index.ids.get(backend) == Some(&id) {
+            self.index.ids.remove(backend);
         }
     }
 
@@ -179,10 +288,15 @@ impl DatapathState {
                 .get(&key.with_slot(0))
                 .and_then(|frontend| frontend.count)
                 .is_none_or(|count| key.slot > count),
-            MapOp::DeleteBackend { id } => !self
-                .frontends
-                .values()
-                .any(|frontend| frontend.active_slots().any(|slot| slot == Some(*id))),
+            // No slot at all naming it is the common case and settles it
+            // at once; only a stale slot beyond a count needs the walk.
+            MapOp::DeleteBackend { id } => {
+                self.slot_refs(*id) == 0
+                    || !self
+                        .frontends
+                        .values()
+                        .any(|frontend| frontend.active_slots().any(|slot| slot == Some(*id)))
+            }
         }
     }
 

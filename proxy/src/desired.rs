@@ -6,7 +6,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpoints::SliceIndex;
 use crate::input_error::{InputError, Reason};
-use crate::model::{DesiredFrontend, DesiredState, HealthCheck, Scope};
+use std::collections::BTreeSet;
+
+use crate::model::{DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName};
 use crate::service::{health_check_node_port, service_frontends, service_ref};
 use crate::topology::{NodeContext, TrafficPolicy, select_endpoints};
 
@@ -22,101 +24,198 @@ pub fn desired_state(
 ) -> (DesiredState, Vec<InputError>) {
     let (index, mut errors) = SliceIndex::build(slices);
     let mut state = DesiredState::default();
-    let mut no_local = std::collections::BTreeSet::new();
-
     // Sorted so that which of two Services claiming one frontend wins does
     // not depend on watch event order.
     let mut ordered: Vec<&Service> = services.iter().collect();
     ordered.sort_by_cached_key(|service| service_ref(service));
-
     for service in ordered {
-        let object = service_ref(service);
-        let (frontends, service_errors) = service_frontends(service, &node.node_port_addresses);
-        errors.extend(service_errors);
-        let health_check_port = health_check_node_port(service);
-        let mut local_endpoints = std::collections::BTreeSet::new();
-        for claim in frontends {
-            if let Some(owner) = state.frontends.get(&claim.frontend) {
-                errors.push(InputError::field(
-                    &object,
-                    claim.field,
-                    Reason::Conflict,
-                    format!("{} is already served by {}", claim.frontend, owner.service),
-                ));
-                continue;
+        add_service(&mut state, service, &index, node, &mut errors);
+    }
+    (state, errors)
+}
+
+/// A change [`update_services`] cannot apply on its own: it touches a
+/// frontend or port another Service also claims.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NeedsFullPass;
+
+/// Applies changes to a few Services to `state`, which a full pass (and
+/// maybe earlier updates) built from the same node context: their old
+/// entries go, their new ones come in. `services` holds the changed ones
+/// that still exist, `slices` every EndpointSlice of the changed ones.
+/// Returns the frontends whose desired entry may have changed.
+///
+/// On `Err` the state is half-updated and must be rebuilt by a full pass.
+pub fn update_services(
+    state: &mut DesiredState,
+    changed: &BTreeSet<(String, String)>,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeContext,
+) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
+    let owned_by_changed = |service: &ServicePortName| {
+        changed
+            .iter()
+            .any(|(namespace, name)| *namespace == service.namespace && *name == service.name)
+    };
+    let mut touched = BTreeSet::new();
+    for service in changed {
+        for frontend in state.owners.remove(service).unwrap_or_default() {
+            if state.contested.contains(&frontend) {
+                return Err(NeedsFullPass);
             }
-            let candidates = index.candidates(
-                &claim.service.namespace,
-                &claim.service.name,
-                &claim.service.port,
-                &claim.frontend,
-            );
-            let mut backends = select_endpoints(&candidates, claim.policy, node);
-            let mut flags = claim.flags;
-            if claim.policy == TrafficPolicy::Local && backends.is_empty() {
-                no_local.insert(claim.service.clone());
-                if claim.frontend.scope == Scope::External
-                    && !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty()
-                {
-                    flags |= switchyard_abi::FRONTEND_DROP_NO_LOCAL;
-                }
-            }
-            if backends.len() > MAX_BACKENDS_PER_FRONTEND {
-                errors.push(InputError::field(
-                    &object,
-                    claim.field,
-                    Reason::TooManyEndpoints,
-                    format!(
-                        "{} has {} endpoints; serving the first {MAX_BACKENDS_PER_FRONTEND}",
-                        claim.frontend,
-                        backends.len()
-                    ),
-                ));
-                backends.truncate(MAX_BACKENDS_PER_FRONTEND);
-            }
-            if claim.frontend.scope == Scope::External {
-                local_endpoints.extend(backends.iter().filter(|b| b.local).map(|b| b.ip));
-            }
-            state.frontends.insert(
-                claim.frontend,
-                DesiredFrontend {
-                    service: claim.service,
-                    backends,
-                    affinity_timeout: claim.affinity_timeout,
-                    flags,
-                    source_ranges: claim.source_ranges,
-                },
-            );
-        }
-        if let Some(port) = health_check_port {
-            let check = HealthCheck {
-                namespace: object.namespace.clone(),
-                name: object.name.clone(),
-                // A dual-stack pod has an endpoint per family; kube-proxy's
-                // per-family proxiers each count their own.
-                local_endpoints: local_endpoints
-                    .iter()
-                    .filter(|ip| ip.is_ipv4())
-                    .count()
-                    .max(local_endpoints.iter().filter(|ip| ip.is_ipv6()).count()),
-            };
-            if let Some(taken) = state.health_checks.get(&port) {
-                errors.push(InputError::field(
-                    &object,
-                    "spec.healthCheckNodePort",
-                    Reason::Conflict,
-                    format!(
-                        "port {port} is already served for {}/{}",
-                        taken.namespace, taken.name
-                    ),
-                ));
-            } else {
-                state.health_checks.insert(port, check);
-            }
+            state.frontends.remove(&frontend);
+            touched.insert(frontend);
         }
     }
-    state.no_local_endpoints = no_local.len();
-    (state, errors)
+    let stale_ports: Vec<u16> = state
+        .health_checks
+        .iter()
+        .filter(|(_, check)| changed.contains(&(check.namespace.clone(), check.name.clone())))
+        .map(|(port, _)| *port)
+        .collect();
+    for port in stale_ports {
+        if state.contested_ports.contains(&port) {
+            return Err(NeedsFullPass);
+        }
+        state.health_checks.remove(&port);
+    }
+    state.no_local.retain(|service| !owned_by_changed(service));
+
+    let (index, mut errors) = SliceIndex::build(slices);
+    let mut ordered: Vec<&Service> = services.iter().collect();
+    ordered.sort_by_cached_key(|service| service_ref(service));
+    for service in ordered {
+        let contests = add_service(state, service, &index, node, &mut errors);
+        // A contest with a Service this update did not touch: which one
+        // wins depends on both, and only a full pass sees both.
+        let foreign = contests.frontends.iter().any(|frontend| {
+            state
+                .frontends
+                .get(frontend)
+                .is_none_or(|owner| !owned_by_changed(&owner.service))
+        });
+        if foreign || !contests.ports.is_empty() {
+            return Err(NeedsFullPass);
+        }
+    }
+    for service in changed {
+        touched.extend(state.owners.get(service).into_iter().flatten().copied());
+    }
+    Ok((touched, errors))
+}
+
+/// What one Service claimed that another already held.
+#[derive(Default)]
+struct Contests {
+    frontends: Vec<Frontend>,
+    ports: Vec<u16>,
+}
+
+/// Adds one Service's frontends and health check to `state`, first come
+/// first served.
+fn add_service(
+    state: &mut DesiredState,
+    service: &Service,
+    index: &SliceIndex,
+    node: &NodeContext,
+    errors: &mut Vec<InputError>,
+) -> Contests {
+    let mut contests = Contests::default();
+    let object = service_ref(service);
+    let (frontends, service_errors) = service_frontends(service, &node.node_port_addresses);
+    errors.extend(service_errors);
+    let health_check_port = health_check_node_port(service);
+    let mut local_endpoints = BTreeSet::new();
+    for claim in frontends {
+        if let Some(owner) = state.frontends.get(&claim.frontend) {
+            errors.push(InputError::field(
+                &object,
+                claim.field,
+                Reason::Conflict,
+                format!("{} is already served by {}", claim.frontend, owner.service),
+            ));
+            state.contested.insert(claim.frontend);
+            contests.frontends.push(claim.frontend);
+            continue;
+        }
+        let candidates = index.candidates(
+            &claim.service.namespace,
+            &claim.service.name,
+            &claim.service.port,
+            &claim.frontend,
+        );
+        let mut backends = select_endpoints(&candidates, claim.policy, node);
+        let mut flags = claim.flags;
+        if claim.policy == TrafficPolicy::Local && backends.is_empty() {
+            state.no_local.insert(claim.service.clone());
+            if claim.frontend.scope == Scope::External
+                && !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty()
+            {
+                flags |= switchyard_abi::FRONTEND_DROP_NO_LOCAL;
+            }
+        }
+        if backends.len() > MAX_BACKENDS_PER_FRONTEND {
+            errors.push(InputError::field(
+                &object,
+                claim.field,
+                Reason::TooManyEndpoints,
+                format!(
+                    "{} has {} endpoints; serving the first {MAX_BACKENDS_PER_FRONTEND}",
+                    claim.frontend,
+                    backends.len()
+                ),
+            ));
+            backends.truncate(MAX_BACKENDS_PER_FRONTEND);
+        }
+        if claim.frontend.scope == Scope::External {
+            local_endpoints.extend(backends.iter().filter(|b| b.local).map(|b| b.ip));
+        }
+        state
+            .owners
+            .entry((object.namespace.clone(), object.name.clone()))
+            .or_default()
+            .insert(claim.frontend);
+        state.frontends.insert(
+            claim.frontend,
+            DesiredFrontend {
+                service: claim.service,
+                backends,
+                affinity_timeout: claim.affinity_timeout,
+                flags,
+                source_ranges: claim.source_ranges,
+            },
+        );
+    }
+    if let Some(port) = health_check_port {
+        let check = HealthCheck {
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            // A dual-stack pod has an endpoint per family; kube-proxy's
+            // per-family proxiers each count their own.
+            local_endpoints: local_endpoints
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .count()
+                .max(local_endpoints.iter().filter(|ip| ip.is_ipv6()).count()),
+        };
+        if let Some(taken) = state.health_checks.get(&port) {
+            errors.push(InputError::field(
+                &object,
+                "spec.healthCheckNodePort",
+                Reason::Conflict,
+                format!(
+                    "port {port} is already served for {}/{}",
+                    taken.namespace, taken.name
+                ),
+            ));
+            state.contested_ports.insert(port);
+            contests.ports.push(port);
+        } else {
+            state.health_checks.insert(port, check);
+        }
+    }
+    contests
 }
 
 #[cfg(test)]
@@ -242,5 +341,100 @@ mod tests {
         assert_eq!(backends[0].ip.to_string(), "fd00::");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].reason(), "too_many_endpoints");
+    }
+
+    fn names(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        pairs
+            .iter()
+            .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .collect()
+    }
+
+    const WEB: &str =
+        "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}";
+    const API: &str = "metadata: {name: api}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 443}]}";
+    const WEB_SLICE: &str = "metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}]";
+    const WEB_SLICE_MOVED: &str = "metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]";
+    const API_SLICE: &str = "metadata: {name: api-1, labels: {kubernetes.io/service-name: api}}\naddressType: IPv4\nports: [{port: 8443}]\nendpoints: [{addresses: [10.0.0.9]}]";
+
+    #[test]
+    fn an_update_lands_where_a_full_pass_does() {
+        let node = NodeContext::default();
+        type Step<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+        );
+        let steps: &[Step] = &[
+            (
+                "endpoints move",
+                &[WEB, API],
+                &[WEB_SLICE_MOVED, API_SLICE],
+                &[("default", "web")],
+            ),
+            (
+                "a Service goes",
+                &[API],
+                &[API_SLICE],
+                &[("default", "web")],
+            ),
+            (
+                "a Service comes",
+                &[WEB, API],
+                &[WEB_SLICE, API_SLICE],
+                &[("default", "web")],
+            ),
+            (
+                "its slice goes",
+                &[WEB, API],
+                &[API_SLICE],
+                &[("default", "web")],
+            ),
+        ];
+        let (mut state, _) = desired_state(
+            &objects(&[WEB, API]),
+            &objects(&[WEB_SLICE, API_SLICE]),
+            &node,
+        );
+        for (name, services, slices, changed) in steps {
+            let changed = names(changed);
+            let services: Vec<Service> = objects(services);
+            let slices: Vec<EndpointSlice> = objects(slices);
+            let (full, _) = desired_state(&services, &slices, &node);
+            let changed_services: Vec<Service> = services
+                .iter()
+                .filter(|s| changed.contains(&("default".into(), s.metadata.name.clone().unwrap())))
+                .cloned()
+                .collect();
+            let (touched, _) =
+                update_services(&mut state, &changed, &changed_services, &slices, &node).unwrap();
+            assert_eq!(render(&state), render(&full), "{name}");
+            assert_eq!(state.health_checks, full.health_checks, "{name}");
+            assert_eq!(state.no_local, full.no_local, "{name}");
+            assert!(
+                touched
+                    .iter()
+                    .all(|f| !f.to_string().contains("10.96.0.11")),
+                "{name}: {touched:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_contested_frontend_needs_a_full_pass() {
+        let node = NodeContext::default();
+        let twin = "metadata: {name: twin}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}";
+        let (mut state, errors) = desired_state(&objects(&[WEB, twin]), &[], &node);
+        assert_eq!(errors.len(), 1);
+        let changed = names(&[("default", "web")]);
+        let result = update_services(&mut state, &changed, &objects(&[WEB]), &[], &node);
+        assert_eq!(result.err(), Some(NeedsFullPass));
+
+        // A new claim on a frontend someone else holds is one too.
+        let (mut state, _) = desired_state(&objects(&[WEB]), &[], &node);
+        let changed = names(&[("default", "twin")]);
+        let result = update_services(&mut state, &changed, &objects(&[twin]), &[], &node);
+        assert_eq!(result.err(), Some(NeedsFullPass));
     }
 }

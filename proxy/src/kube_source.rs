@@ -1,21 +1,23 @@
 //! The cluster source: kube-rs reflectors for Services, EndpointSlices and
 //! this node's own Node, with kube-proxy's informer selectors.
 //!
-//! Watch events are only ever a hint that something changed: the agent
-//! re-reads the stores in full and recomputes, so a dropped or merged event
-//! cannot leave it wrong. The watchers relist by themselves after a
+//! Watch events say which Services changed, so a pass can recompute just
+//! those; anything else (a relist, the Node) asks for a full pass, and the
+//! agent runs one every sync period anyway, so a missed event cannot leave
+//! it wrong for long. The watchers relist by themselves after a
 //! disconnect or a `410 Gone`; until every store has listed once the source
 //! is not `synced` and the agent keeps serving what it adopted.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, Config,
@@ -29,7 +31,12 @@ use kube::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
+use crate::change_set::{ChangeSet, PendingChanges};
 use crate::manifest::Manifests;
+use crate::service::namespace_of;
+
+/// The label joining an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// kube-proxy's informer selector, on Services and EndpointSlices alike:
 /// objects for another proxy, and headless ones, are never even received.
@@ -87,6 +94,8 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     changes: mpsc::Receiver<()>,
+    pending: Arc<PendingChanges>,
+    membership: Arc<Mutex<SliceMembership>>,
     listed: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -118,35 +127,60 @@ impl KubeSource {
         // Capacity 1: a pending tick already means "re-read everything".
         let (sender, changes) = mpsc::channel(1);
         let listed = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::new(PendingChanges::default());
         let mut tasks = Vec::new();
         let proxied = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+        let notify = Notify {
+            wake: &sender,
+            pending: &pending,
+            listed: &listed,
+        };
         let services = spawn_reflector(
             Api::<Service>::all(client.clone()),
             proxied.clone(),
-            &sender,
-            &listed,
+            &notify,
             &mut tasks,
+            |service: &Service, _deleted: bool, pending: &PendingChanges| {
+                let (namespace, name) = namespaced_name(&service.metadata);
+                pending.service(namespace, name);
+            },
         );
+        let membership = Arc::new(Mutex::new(SliceMembership::default()));
+        let members = Arc::clone(&membership);
         let slices = spawn_reflector(
             Api::<EndpointSlice>::all(client.clone()),
             proxied,
-            &sender,
-            &listed,
+            &notify,
             &mut tasks,
+            move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
+                let (namespace, name) = namespaced_name(&slice.metadata);
+                let service = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                    .filter(|_| !deleted);
+                let mut members = members.lock().unwrap_or_else(|p| p.into_inner());
+                for service in members.record(namespace, name, service) {
+                    pending.service(namespace, &service);
+                }
+            },
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = spawn_reflector(
             Api::<Node>::all(client),
             own_node,
-            &sender,
-            &listed,
+            &notify,
             &mut tasks,
+            |_node: &Node, _deleted: bool, pending: &PendingChanges| pending.everything(),
         );
         Ok(Self {
             services,
             slices,
             nodes,
             changes,
+            pending,
+            membership,
             listed,
             tasks,
         })
@@ -164,6 +198,49 @@ impl KubeSource {
             std::future::pending::<()>().await;
         }
         while self.changes.try_recv().is_ok() {}
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&self) -> ChangeSet {
+        self.pending.take()
+    }
+
+    /// The named Services that still exist, and every EndpointSlice of
+    /// them: what a pass over just those Services reads.
+    pub fn services(&self, names: &BTreeSet<(String, String)>) -> Manifests {
+        let services = names
+            .iter()
+            .filter_map(|(namespace, name)| {
+                self.services
+                    .get(&reflector::ObjectRef::new(name).within(namespace))
+            })
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        let members = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        // The store is the truth: a name the membership still lists (a
+        // slice gone during a relist) simply is not found, and one whose
+        // label moved elsewhere is filtered out.
+        let slices = names
+            .iter()
+            .flat_map(|service| {
+                members
+                    .slices_of(service)
+                    .map(move |slice| (service, slice))
+            })
+            .filter_map(|((namespace, service), slice)| {
+                let found = self
+                    .slices
+                    .get(&reflector::ObjectRef::new(slice).within(namespace))?;
+                let label = found.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+                (label == service).then_some(found)
+            })
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        Manifests {
+            services,
+            slices,
+            ..Manifests::default()
+        }
     }
 
     /// The stores' content, in the shape the manifests source gives.
@@ -189,12 +266,67 @@ impl Drop for KubeSource {
     }
 }
 
+/// Which EndpointSlices belong to which Service, from the slices' labels
+/// as the watch reports them: a slice that moves (its label changed) marks
+/// both the Service it left and the one it joined.
+#[derive(Debug, Default)]
+struct SliceMembership {
+    service_of: HashMap<(String, String), String>,
+    slices: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl SliceMembership {
+    /// Records that slice `namespace/name` now belongs to `service` (None:
+    /// to none, or deleted); returns the Services whose slices changed.
+    fn record(&mut self, namespace: &str, name: &str, service: Option<&String>) -> Vec<String> {
+        let slice = (namespace.to_owned(), name.to_owned());
+        let before = match service {
+            Some(service) => self.service_of.insert(slice, service.clone()),
+            None => self.service_of.remove(&slice),
+        };
+        if let Some(left) = &before {
+            let key = (namespace.to_owned(), left.clone());
+            if let Some(names) = self.slices.get_mut(&key) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.slices.remove(&key);
+                }
+            }
+        }
+        if let Some(joined) = service {
+            self.slices
+                .entry((namespace.to_owned(), joined.clone()))
+                .or_default()
+                .insert(name.to_owned());
+        }
+        before.into_iter().chain(service.cloned()).collect()
+    }
+
+    fn slices_of(&self, service: &(String, String)) -> impl Iterator<Item = &String> {
+        self.slices.get(service).into_iter().flatten()
+    }
+}
+
+/// Where a watcher reports: a wake-up for the agent loop, what changed,
+/// and how many watchers have listed.
+struct Notify<'a> {
+    wake: &'a mpsc::Sender<()>,
+    pending: &'a Arc<PendingChanges>,
+    listed: &'a Arc<AtomicUsize>,
+}
+
+fn namespaced_name(meta: &kube::api::ObjectMeta) -> (&str, &str) {
+    (namespace_of(meta), meta.name.as_deref().unwrap_or_default())
+}
+
+/// A reflector whose events are recorded by `changed` (per object) or as
+/// "everything" (a relist), then wake the agent.
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
-    changes: &mpsc::Sender<()>,
-    listed: &Arc<AtomicUsize>,
+    notify: &Notify<'_>,
     tasks: &mut Vec<JoinHandle<()>>,
+    mut changed: impl FnMut(&K, bool, &PendingChanges) + Send + 'static,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -208,12 +340,27 @@ where
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).into_owned();
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let sender = changes.clone();
+    let sender = notify.wake.clone();
+    let pending = Arc::clone(notify.pending);
     tasks.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.map_ok(|_event| ()));
+        let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(()) => {
+                Ok(watcher::Event::Apply(object)) => {
+                    changed(&object, false, &pending);
+                    let _already_pending = sender.try_send(());
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    changed(&object, true, &pending);
+                    let _already_pending = sender.try_send(());
+                }
+                // A relist replaces the store wholesale: diffing it against
+                // the previous content is what a full pass does.
+                Ok(event) => {
+                    if let watcher::Event::InitApply(object) = &event {
+                        changed(object, false, &pending);
+                    }
+                    pending.everything();
                     let _already_pending = sender.try_send(());
                 }
                 // The backoff retries; the stores keep their last content.
@@ -222,8 +369,8 @@ where
         }
     }));
     let ready = reader.clone();
-    let sender = changes.clone();
-    let listed = Arc::clone(listed);
+    let sender = notify.wake.clone();
+    let listed = Arc::clone(notify.listed);
     tasks.push(tokio::spawn(async move {
         if ready.wait_until_ready().await.is_ok() {
             listed.fetch_add(1, Ordering::AcqRel);
@@ -231,4 +378,29 @@ where
         }
     }));
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_membership_follows_labels() {
+        let mut members = SliceMembership::default();
+        let web = "web".to_owned();
+        let api = "api".to_owned();
+        let key = |s: &str| ("default".to_owned(), s.to_owned());
+        assert_eq!(members.record("default", "s1", Some(&web)), ["web"]);
+        assert_eq!(members.record("default", "s2", Some(&web)), ["web"]);
+        let of = |m: &SliceMembership, s| m.slices_of(&key(s)).cloned().collect::<Vec<_>>();
+        assert_eq!(of(&members, "web"), ["s1", "s2"]);
+        // Relabelled: both Services changed.
+        assert_eq!(members.record("default", "s1", Some(&api)), ["web", "api"]);
+        assert_eq!(of(&members, "web"), ["s2"]);
+        assert_eq!(of(&members, "api"), ["s1"]);
+        // Deleted.
+        assert_eq!(members.record("default", "s2", None), ["web"]);
+        assert!(of(&members, "web").is_empty());
+        assert!(members.slices.get(&key("web")).is_none());
+    }
 }

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod admin_server;
 pub mod agent;
+pub mod change_set;
 pub mod cli;
 pub mod conntrack;
 pub mod datapath;

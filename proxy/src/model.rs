@@ -241,10 +241,18 @@ impl fmt::Display for ServicePortName {
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, DesiredFrontend>,
     /// Service ports with `internalTrafficPolicy: Local` and no endpoint on
-    /// this node (kube-proxy's `no_local_endpoints` metric).
-    pub no_local_endpoints: usize,
+    /// this node (kube-proxy's `no_local_endpoints` metric counts them).
+    pub no_local: std::collections::BTreeSet<ServicePortName>,
     /// Health check node ports to serve, by port.
     pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// Frontends and health check ports more than one Service claimed: a
+    /// change to any of their claimants needs a full pass to pick the
+    /// winner again.
+    pub contested: std::collections::BTreeSet<Frontend>,
+    pub contested_ports: std::collections::BTreeSet<u16>,
+    /// The frontends each Service (namespace, name) holds, so a change to
+    /// one Service finds its entries without a walk over all of them.
+    pub owners: BTreeMap<(String, String), std::collections::BTreeSet<Frontend>>,
 }
 
 /// What kube-proxy's health check node port of one

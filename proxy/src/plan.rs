@@ -23,7 +23,7 @@ use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
     datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
-    model::DesiredState,
+    model::{DesiredState, Frontend},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +116,85 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
             .filter(|id| !ids.referenced.contains(id))
             .map(|&id| MapOp::DeleteBackend { id }),
     );
+    ops
+}
+
+/// The plan for the frontends in `scope` only, as [`plan`] would make it
+/// for them, for a pass that knows what changed. Assumes the rest of the
+/// maps already match `desired` (the previous pass completed): a backend is
+/// deleted when no slot of any frontend names it once the scoped frontends
+/// are rewritten.
+pub fn plan_frontends(
+    current: &DatapathState,
+    desired: &DesiredState,
+    scope: &BTreeSet<Frontend>,
+) -> Vec<MapOp> {
+    let mut ids = BackendIds::new(current);
+    let mut frontend_ops = Vec::new();
+    let mut wanted_ranges = BTreeSet::new();
+    let mut scoped_keys = BTreeSet::new();
+    // Slots of the scoped frontends naming each backend, before the plan.
+    let mut scoped_refs: HashMap<u32, u32> = HashMap::new();
+    for frontend in scope {
+        let key = frontend.key();
+        // Ranges are keyed without the scope.
+        scoped_keys.insert(ServiceKey::new(key.addr, key.port, key.proto, 0));
+        let existing = current.frontends.get(&key);
+        for &id in existing.iter().flat_map(|f| f.slots.values()) {
+            *scoped_refs.entry(id).or_default() += 1;
+        }
+        match desired.frontends.get(frontend) {
+            Some(want) => {
+                wanted_ranges.extend(
+                    want.source_ranges
+                        .iter()
+                        .map(|cidr| RangeKey::new(&key, cidr)),
+                );
+                let wanted: Vec<u32> = want
+                    .backends
+                    .iter()
+                    .take(usize::from(u16::MAX))
+                    .map(|endpoint| ids.id_for(Backend::from(endpoint)))
+                    .collect();
+                let target = Target {
+                    backend_ids: &wanted,
+                    flags: want.flags,
+                    affinity_timeout: want.affinity_timeout,
+                };
+                update_frontend(key, existing, &target, &mut frontend_ops);
+            }
+            None => {
+                if let Some(existing) = existing {
+                    remove_frontend(key, existing, &mut frontend_ops);
+                }
+            }
+        }
+    }
+    let programmed_ranges: BTreeSet<RangeKey> = current
+        .source_ranges
+        .iter()
+        .filter(|range| scoped_keys.contains(&range.frontend_key()))
+        .copied()
+        .collect();
+    let mut ops = ids.new_backends;
+    ops.extend(
+        wanted_ranges
+            .difference(&programmed_ranges)
+            .map(|&range| MapOp::PutSourceRange { range }),
+    );
+    ops.extend(frontend_ops);
+    ops.extend(
+        programmed_ranges
+            .difference(&wanted_ranges)
+            .map(|&range| MapOp::DeleteSourceRange { range }),
+    );
+    let mut orphans: Vec<u32> = scoped_refs
+        .into_iter()
+        .filter(|(id, refs)| !ids.referenced.contains(id) && current.slot_refs(*id) <= *refs)
+        .map(|(id, _)| id)
+        .collect();
+    orphans.sort_unstable();
+    ops.extend(orphans.into_iter().map(|id| MapOp::DeleteBackend { id }));
     ops
 }
 
@@ -217,43 +296,41 @@ pub fn assign_slots(old: &[Option<u32>], wanted: &[u32]) -> Vec<u32> {
         .unwrap_or_else(|| wanted.to_vec())
 }
 
-/// Backend ids as the plan goes: programmed ones reused, new ones allocated
-/// lowest-first, and every id the desired state uses remembered.
-struct BackendIds {
-    by_backend: HashMap<Backend, u32>,
-    taken: BTreeSet<u32>,
+/// Backend ids as the plan goes: programmed ones reused, new ones
+/// allocated lowest-first, and every id the desired state uses remembered.
+/// Lookups go through the state's index, so the cost follows the size of
+/// the change, not of the maps.
+struct BackendIds<'a> {
+    current: &'a DatapathState,
+    fresh: HashMap<Backend, u32>,
+    free: Box<dyn Iterator<Item = u32> + 'a>,
     referenced: BTreeSet<u32>,
     new_backends: Vec<MapOp>,
-    next_free: u32,
 }
 
-impl BackendIds {
-    fn new(current: &DatapathState) -> Self {
-        let mut by_backend = HashMap::new();
-        for (&id, &backend) in &current.backends {
-            // Ascending ids: a duplicate (only after a hand edit) maps to the
-            // lowest, and the others are dropped as unreferenced.
-            by_backend.entry(backend).or_insert(id);
-        }
+impl<'a> BackendIds<'a> {
+    fn new(current: &'a DatapathState) -> Self {
         Self {
-            by_backend,
-            taken: current.backends.keys().copied().collect(),
+            current,
+            fresh: HashMap::new(),
+            free: Box::new(current.free_backend_ids()),
             referenced: BTreeSet::new(),
             new_backends: Vec::new(),
-            next_free: 1,
         }
     }
 
     fn id_for(&mut self, backend: Backend) -> u32 {
-        let id = match self.by_backend.get(&backend) {
-            Some(&id) => id,
+        let known = self
+            .current
+            .backend_id(&backend)
+            .or_else(|| self.fresh.get(&backend).copied());
+        let id = match known {
+            Some(id) => id,
             None => {
-                while self.taken.contains(&self.next_free) {
-                    self.next_free += 1;
-                }
-                let id = self.next_free;
-                self.taken.insert(id);
-                self.by_backend.insert(backend, id);
+                // The iterator never ends: ids are u32 and a map holds far
+                // fewer backends than that.
+                let id = self.free.next().unwrap_or(u32::MAX);
+                self.fresh.insert(backend, id);
                 self.new_backends.push(MapOp::PutBackend { id, backend });
                 id
             }

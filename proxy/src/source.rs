@@ -2,9 +2,11 @@
 //! or the Kubernetes API. Both give the same snapshot shape, so everything
 //! downstream is one code path.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::{
+    change_set::ChangeSet,
     kube_source::{KubeSource, KubeSourceError},
     manifest::{Manifests, load_dir},
     watcher::{ManifestWatcher, WatchError},
@@ -59,6 +61,24 @@ impl Source {
         match self {
             Self::Manifests { watcher, .. } => watcher.changed().await,
             Self::Cluster(source) => source.changed().await,
+        }
+    }
+
+    /// What changed since the last call. A manifests folder is re-read
+    /// whole, so it always reports everything.
+    pub fn take_changes(&self) -> ChangeSet {
+        match self {
+            Self::Manifests { .. } => ChangeSet::everything(),
+            Self::Cluster(source) => source.take_changes(),
+        }
+    }
+
+    /// The named Services and their EndpointSlices, where the source can
+    /// read just those.
+    pub fn services(&self, names: &BTreeSet<(String, String)>) -> Option<Manifests> {
+        match self {
+            Self::Manifests { .. } => None,
+            Self::Cluster(source) => Some(source.services(names)),
         }
     }
 

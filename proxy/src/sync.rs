@@ -11,9 +11,10 @@ use tracing::{debug, error};
 use crate::{
     datapath::{DatapathError, MapReader, MapWriter},
     datapath_state::DatapathState,
-    model::DesiredState,
-    plan::{MapOp, plan},
+    model::{DesiredState, Frontend},
+    plan::{MapOp, plan, plan_frontends},
 };
+use std::collections::BTreeSet;
 
 pub struct Syncer<W> {
     writer: W,
@@ -46,8 +47,24 @@ impl<W: MapWriter> Syncer<W> {
     }
 
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
+        let ops = plan(&self.programmed, desired);
+        self.apply(ops)
+    }
+
+    /// A pass over just `scope`, for when only those frontends may have
+    /// changed and the previous pass completed.
+    pub fn sync_frontends(
+        &mut self,
+        desired: &DesiredState,
+        scope: &BTreeSet<Frontend>,
+    ) -> SyncReport {
+        let ops = plan_frontends(&self.programmed, desired, scope);
+        self.apply(ops)
+    }
+
+    fn apply(&mut self, ops: Vec<MapOp>) -> SyncReport {
         let mut report = SyncReport::default();
-        for op in plan(&self.programmed, desired) {
+        for op in ops {
             if !self.programmed.admits(&op) {
                 debug!(?op, "held back: depends on an operation that failed");
                 report.held_back += 1;

@@ -125,6 +125,29 @@ fn every_transition_is_make_before_break_and_converges() {
             &[("10.96.0.10", 80, &[1, 2, 3])],
             &[("10.96.0.12", 443, &[1, 2, 3])],
         ),
+        (
+            "a backend another frontend still uses stays",
+            &[("10.96.0.10", 80, &[1, 2]), ("10.96.0.11", 80, &[2, 3])],
+            &[("10.96.0.10", 80, &[1]), ("10.96.0.11", 80, &[2, 3])],
+        ),
+        (
+            "backends only the changed frontend used go",
+            &[("10.96.0.10", 80, &[1, 2]), ("10.96.0.11", 80, &[3])],
+            &[("10.96.0.10", 80, &[]), ("10.96.0.11", 80, &[3])],
+        ),
+        (
+            "one of many moves to a backend another holds",
+            &[
+                ("10.96.0.10", 80, &[1]),
+                ("10.96.0.11", 80, &[2]),
+                ("10.96.0.12", 80, &[3]),
+            ],
+            &[
+                ("10.96.0.10", 80, &[1]),
+                ("10.96.0.11", 80, &[3]),
+                ("10.96.0.12", 80, &[3]),
+            ],
+        ),
     ];
     for (name, before, after) in cases {
         let start = apply_checked(
@@ -133,13 +156,43 @@ fn every_transition_is_make_before_break_and_converges() {
         );
         assert_serves(&start, &desired(before));
         let ops = plan(&start, &desired(after));
-        let end = apply_checked(start, &ops);
+        let end = apply_checked(start.clone(), &ops);
         assert_serves(&end, &desired(after));
         assert!(
             plan(&end, &desired(after)).is_empty(),
             "{name}: not idempotent"
         );
+        // A pass told which frontends changed gets to the same place.
+        let scope = changed_frontends(&desired(before), &desired(after));
+        let scoped = apply_checked(
+            start,
+            &plan_frontends(&start_of(before), &desired(after), &scope),
+        );
+        assert_serves(&scoped, &desired(after));
+        assert!(
+            plan(&scoped, &desired(after)).is_empty(),
+            "{name}: the scoped plan left work for a full one"
+        );
     }
+}
+
+/// What a full plan from nothing programs for `spec`.
+fn start_of(spec: Spec) -> DatapathState {
+    apply_checked(
+        DatapathState::default(),
+        &plan(&DatapathState::default(), &desired(spec)),
+    )
+}
+
+/// Frontends whose desired entry differs between `before` and `after`.
+fn changed_frontends(before: &DesiredState, after: &DesiredState) -> BTreeSet<Frontend> {
+    before
+        .frontends
+        .keys()
+        .chain(after.frontends.keys())
+        .filter(|f| before.frontends.get(f) != after.frontends.get(f))
+        .copied()
+        .collect()
 }
 
 #[test]

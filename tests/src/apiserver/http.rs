@@ -70,7 +70,9 @@ fn serve(stream: TcpStream, shared: &Arc<Shared>) {
     );
     if let Some(name) = name {
         let selector = Selector::parse("", &format!("metadata.name={name}"));
-        let found = shared.store().list(kind, namespace.as_deref(), &selector);
+        let (found, _) = shared
+            .store()
+            .list(kind, namespace.as_deref(), &selector, 0, 1);
         return match found.into_iter().next() {
             Some(object) => respond(&mut stream, 200, &object),
             None => respond(&mut stream, 404, &status(404, "NotFound", "not found")),
@@ -133,13 +135,6 @@ fn list(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
         selector,
         request,
     } = *scope;
-    let (items, rv) = {
-        let store = shared.store();
-        (
-            store.list(kind, namespace, selector),
-            store.resource_version(),
-        )
-    };
     let offset: usize = request.param("continue").parse().unwrap_or(0);
     let limit: usize = request
         .param("limit")
@@ -147,17 +142,22 @@ fn list(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
         .ok()
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
-    let end = offset.saturating_add(limit).min(items.len());
+    let (items, total, rv) = {
+        let store = shared.store();
+        let (items, total) = store.list(kind, namespace, selector, offset, limit);
+        (items, total, store.resource_version())
+    };
+    let end = offset.saturating_add(items.len()).min(total);
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if end < items.len() {
+    if end < total {
         metadata["continue"] = json!(end.to_string());
-        metadata["remainingItemCount"] = json!(items.len() - end);
+        metadata["remainingItemCount"] = json!(total - end);
     }
     let body = json!({
         "apiVersion": kind.api_version,
         "kind": format!("{}List", kind.kind),
         "metadata": metadata,
-        "items": items.get(offset.min(end)..end).unwrap_or_default(),
+        "items": items,
     });
     respond(stream, 200, &body);
 }

@@ -149,14 +149,32 @@ impl Store {
         self.history.clear();
     }
 
-    /// The objects of `kind` matching the selectors, in key order.
-    pub fn list(&self, kind: Kind, namespace: Option<&str>, selector: &Selector) -> Vec<Value> {
-        self.objects
+    /// Up to `limit` of the objects of `kind` matching the selectors, in
+    /// key order, from the `offset`-th on; and how many match in all. Only
+    /// the page is copied: a paginated list of N objects stays O(N) per
+    /// page, not a copy of everything for every page.
+    pub fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: &Selector,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<Value>, usize) {
+        let mut page = Vec::new();
+        let mut total = 0;
+        for (_, object) in self
+            .objects
             .iter()
             .filter(|((k, ns, _), _)| *k == kind.kind && namespace.is_none_or(|n| n == ns))
             .filter(|(_, object)| selector.matches(object))
-            .map(|(_, object)| object.clone())
-            .collect()
+        {
+            if total >= offset && page.len() < limit {
+                page.push(object.clone());
+            }
+            total += 1;
+        }
+        (page, total)
     }
 
     /// Changes after `rv` (None when `rv` is compacted away), and a live

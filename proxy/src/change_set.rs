@@ -1,0 +1,101 @@
+//! Which Services changed since the last pass, as the watchers report them.
+//! A pass told that only a few Services changed recomputes and rewrites
+//! just those; anything it cannot pin down to Services (a relist, the Node,
+//! a manifests folder, too many at once) asks for a full pass.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// Beyond this many changed Services a full pass is cheaper than tracking.
+const MAX_TRACKED: usize = 1_024;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub everything: bool,
+    /// `(namespace, name)` of each changed Service.
+    pub services: BTreeSet<(String, String)>,
+}
+
+impl ChangeSet {
+    pub fn everything() -> Self {
+        Self {
+            everything: true,
+            services: BTreeSet::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.services.is_empty()
+    }
+
+    fn add_service(&mut self, namespace: &str, name: &str) {
+        if self.everything {
+            return;
+        }
+        self.services
+            .insert((namespace.to_owned(), name.to_owned()));
+        if self.services.len() > MAX_TRACKED {
+            self.mark_everything();
+        }
+    }
+
+    fn mark_everything(&mut self) {
+        self.everything = true;
+        self.services.clear();
+    }
+}
+
+/// The change set the watcher tasks add to and each pass takes.
+#[derive(Debug, Default)]
+pub struct PendingChanges(Mutex<ChangeSet>);
+
+impl PendingChanges {
+    pub fn service(&self, namespace: &str, name: &str) {
+        self.lock().add_service(namespace, name);
+    }
+
+    pub fn everything(&self) {
+        self.lock().mark_everything();
+    }
+
+    /// What changed since the last take, leaving nothing pending.
+    pub fn take(&self) -> ChangeSet {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChangeSet> {
+        // The set is valid after any panic mid-insert; worst case it names
+        // one Service too many.
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_services_until_too_many() {
+        let pending = PendingChanges::default();
+        pending.service("default", "web");
+        pending.service("default", "web");
+        pending.service("kube-system", "dns");
+        let taken = pending.take();
+        assert!(!taken.everything);
+        assert_eq!(taken.services.len(), 2);
+        assert!(pending.take().is_empty());
+
+        for i in 0..=MAX_TRACKED {
+            pending.service("default", &format!("svc-{i}"));
+        }
+        assert_eq!(pending.take(), ChangeSet::everything());
+    }
+
+    #[test]
+    fn everything_absorbs_services() {
+        let pending = PendingChanges::default();
+        pending.everything();
+        pending.service("default", "web");
+        assert_eq!(pending.take(), ChangeSet::everything());
+    }
+}
