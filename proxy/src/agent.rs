@@ -277,7 +277,8 @@ impl Agent {
         let own_node = loaded
             .nodes
             .iter()
-            .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()));
+            .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()))
+            .map(|node| &**node);
         self.node_eligible = own_node.is_none_or(node_eligible);
         self.node = node_context(
             &self.node_name,

@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::endpoints::SliceIndex;
 use crate::input_error::{InputError, Reason};
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 
 use crate::model::{DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName};
@@ -17,16 +18,16 @@ pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;
 
 /// Everything the datapath should serve, and every problem found on the
 /// way; a bad object or field is left out and the rest is still served.
-pub fn desired_state(
-    services: &[Service],
-    slices: &[EndpointSlice],
+pub fn desired_state<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
     node: &NodeContext,
 ) -> (DesiredState, Vec<InputError>) {
     let (index, mut errors) = SliceIndex::build(slices);
     let mut state = DesiredState::default();
     // Sorted so that which of two Services claiming one frontend wins does
     // not depend on watch event order.
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by_cached_key(|service| service_ref(service));
     for service in ordered {
         add_service(&mut state, service, &index, node, &mut errors);
@@ -46,11 +47,11 @@ pub struct NeedsFullPass;
 /// Returns the frontends whose desired entry may have changed.
 ///
 /// On `Err` the state is half-updated and must be rebuilt by a full pass.
-pub fn update_services(
+pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     state: &mut DesiredState,
     changed: &BTreeSet<(String, String)>,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[S],
+    slices: &[E],
     node: &NodeContext,
 ) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
     let owned_by_changed = |service: &ServicePortName| {
@@ -83,7 +84,7 @@ pub fn update_services(
     state.no_local.retain(|service| !owned_by_changed(service));
 
     let (index, mut errors) = SliceIndex::build(slices);
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by_cached_key(|service| service_ref(service));
     for service in ordered {
         let contests = add_service(state, service, &index, node, &mut errors);
@@ -305,8 +306,8 @@ mod tests {
         ];
         for (name, services, slices, want, want_errors) in cases {
             let (state, errors) = desired_state(
-                &objects(services),
-                &objects(slices),
+                &objects::<Service>(services),
+                &objects::<EndpointSlice>(slices),
                 &NodeContext::default(),
             );
             assert_eq!(render(&state), *want, "{name}");
@@ -332,7 +333,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let services =
+        let services: Vec<Service> =
             objects(&["metadata: {name: web}\nspec: {clusterIP: 'fd00::10', ports: [{port: 80}]}"]);
         let (state, errors) = desired_state(&services, &[slice], &NodeContext::default());
         let backends = &state.frontends.values().next().unwrap().backends;
@@ -393,8 +394,8 @@ mod tests {
             ),
         ];
         let (mut state, _) = desired_state(
-            &objects(&[WEB, API]),
-            &objects(&[WEB_SLICE, API_SLICE]),
+            &objects::<Service>(&[WEB, API]),
+            &objects::<EndpointSlice>(&[WEB_SLICE, API_SLICE]),
             &node,
         );
         for (name, services, slices, changed) in steps {
@@ -425,16 +426,33 @@ mod tests {
     fn a_contested_frontend_needs_a_full_pass() {
         let node = NodeContext::default();
         let twin = "metadata: {name: twin}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}";
-        let (mut state, errors) = desired_state(&objects(&[WEB, twin]), &[], &node);
+        let (mut state, errors) = desired_state(
+            &objects::<Service>(&[WEB, twin]),
+            &[] as &[EndpointSlice],
+            &node,
+        );
         assert_eq!(errors.len(), 1);
         let changed = names(&[("default", "web")]);
-        let result = update_services(&mut state, &changed, &objects(&[WEB]), &[], &node);
+        let result = update_services(
+            &mut state,
+            &changed,
+            &objects::<Service>(&[WEB]),
+            &[] as &[EndpointSlice],
+            &node,
+        );
         assert_eq!(result.err(), Some(NeedsFullPass));
 
         // A new claim on a frontend someone else holds is one too.
-        let (mut state, _) = desired_state(&objects(&[WEB]), &[], &node);
+        let (mut state, _) =
+            desired_state(&objects::<Service>(&[WEB]), &[] as &[EndpointSlice], &node);
         let changed = names(&[("default", "twin")]);
-        let result = update_services(&mut state, &changed, &objects(&[twin]), &[], &node);
+        let result = update_services(
+            &mut state,
+            &changed,
+            &objects::<Service>(&[twin]),
+            &[] as &[EndpointSlice],
+            &node,
+        );
         assert_eq!(result.err(), Some(NeedsFullPass));
     }
 }

@@ -73,10 +73,10 @@ pub struct SliceIndex {
 
 impl SliceIndex {
     /// Reports each bad slice, address or port once, and leaves it out.
-    pub fn build(slices: &[EndpointSlice]) -> (Self, Vec<InputError>) {
+    pub fn build<E: std::borrow::Borrow<EndpointSlice>>(slices: &[E]) -> (Self, Vec<InputError>) {
         let mut index = Self::default();
         let mut errors = Vec::new();
-        for slice in slices {
+        for slice in slices.iter().map(std::borrow::Borrow::borrow) {
             let object = slice_ref(slice);
             if let Some(label) = excluded_by_label(&slice.metadata) {
                 debug!(slice = %object, label, "skipping slice served by another proxy");

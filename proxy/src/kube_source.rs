@@ -214,7 +214,6 @@ impl KubeSource {
                 self.services
                     .get(&reflector::ObjectRef::new(name).within(namespace))
             })
-            .map(Arc::unwrap_or_clone)
             .collect();
         let members = self.membership.lock().unwrap_or_else(|p| p.into_inner());
         // The store is the truth: a name the membership still lists (a
@@ -234,7 +233,6 @@ impl KubeSource {
                 let label = found.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
                 (label == service).then_some(found)
             })
-            .map(Arc::unwrap_or_clone)
             .collect();
         Manifests {
             services,
@@ -246,16 +244,12 @@ impl KubeSource {
     /// The stores' content, in the shape the manifests source gives.
     pub fn snapshot(&self) -> Manifests {
         Manifests {
-            services: owned(self.services.state()),
-            slices: owned(self.slices.state()),
-            nodes: owned(self.nodes.state()),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            nodes: self.nodes.state(),
             ..Manifests::default()
         }
     }
-}
-
-fn owned<K: Clone>(state: Vec<Arc<K>>) -> Vec<K> {
-    state.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
 impl Drop for KubeSource {
@@ -401,6 +395,6 @@ mod tests {
         // Deleted.
         assert_eq!(members.record("default", "s2", None), ["web"]);
         assert!(of(&members, "web").is_empty());
-        assert!(members.slices.get(&key("web")).is_none());
+        assert!(!members.slices.contains_key(&key("web")));
     }
 }

@@ -6,6 +6,7 @@
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::{
     collections::BTreeMap,
     fs,
@@ -28,9 +29,11 @@ use crate::{
 /// Everything the folder holds, each object once (the last one read wins).
 #[derive(Debug, Default)]
 pub struct Manifests {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    pub nodes: Vec<Node>,
+    // Shared, not owned: the API source hands out what its stores hold
+    // without copying every object on every pass.
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
     pub errors: Vec<InputError>,
     /// Which file each object came from, to name it in later errors.
     pub origins: BTreeMap<ObjectRef, Origin>,
@@ -283,9 +286,9 @@ impl Loader {
 
     fn finish(self) -> Manifests {
         Manifests {
-            services: self.services.into_values().collect(),
-            slices: self.slices.into_values().collect(),
-            nodes: self.nodes.into_values().collect(),
+            services: self.services.into_values().map(Arc::new).collect(),
+            slices: self.slices.into_values().map(Arc::new).collect(),
+            nodes: self.nodes.into_values().map(Arc::new).collect(),
             ..self.manifests
         }
     }

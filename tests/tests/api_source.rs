@@ -4,13 +4,17 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, FakeApiServer, Pod};
+use switchyard_tests::{
+    Agent, AgentConfig, Cluster, ClusterSpec, FakeApiServer, Pod, ServiceManifest, ServicePort,
+};
 
 const CONVERGE: Duration = Duration::from_secs(10);
+const SHOP_VIP: &str = "10.96.0.20";
 
 struct Api {
     server: FakeApiServer,
@@ -77,6 +81,51 @@ fn services_and_slices_from_the_api_are_balanced_and_followed() {
     time_until(CONVERGE, || {
         programmed_backends(&agent, VIP4, 80, "TCP").is_none()
     });
+}
+
+/// Watch events name the Services they touch, and a pass rewrites just
+/// those: an EndpointSlice that moves to another Service (its label changed)
+/// changes both, a deleted Service goes, and the untouched one stays as it
+/// was, all without a full pass.
+#[test]
+fn changes_to_a_few_services_are_applied_alone_and_exactly() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(4)).unwrap();
+    let api = api(&cluster);
+    let all: Vec<&Pod> = cluster.pods.iter().collect();
+    publish_web(&api, &cluster, all[..2].iter().copied());
+    let shop = ServiceManifest::new("shop", NAMESPACE)
+        .cluster_ip(SHOP_VIP)
+        .port(ServicePort::tcp("http", 80, 8080));
+    api.server.apply(shop.to_value());
+    let [shop_v4, _] =
+        cluster.endpoint_slices("shop", NAMESPACE, &http_port(), all[2..].iter().copied());
+    api.server.apply(shop_v4.to_value());
+    let agent = start(&cluster, &api);
+    let backends = |vip| programmed_backends(&agent, vip, 80, "TCP");
+    let addrs = |pods: &[&Pod]| pods.iter().map(|p| p.addr_v4(8080).to_string()).collect();
+    assert_eq!(backends(SHOP_VIP), Some(addrs(&all[2..])));
+
+    // The shop slice relabelled to web: web gains its pods, shop has none.
+    let mut moved = shop_v4.to_value();
+    moved["metadata"]["labels"]["kubernetes.io/service-name"] = "web".into();
+    api.server.apply(moved);
+    let took = time_until(CONVERGE, || {
+        backends(VIP4) == Some(addrs(&all)) && backends(SHOP_VIP) == Some(BTreeSet::new())
+    });
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 40).unwrap()),
+        names(&all)
+    );
+
+    api.server.delete("Service", NAMESPACE, "shop");
+    time_until(CONVERGE, || backends(SHOP_VIP).is_none());
+    assert_eq!(backends(VIP4), Some(addrs(&all)));
+    let log = agent.log();
+    assert!(
+        log.contains("pass=\"changed\""),
+        "no pass over changed Services:\n{log}"
+    );
 }
 
 #[test]

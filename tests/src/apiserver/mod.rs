@@ -23,7 +23,6 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -184,9 +183,21 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
                 let shared = Arc::clone(shared);
                 std::thread::spawn(move || http::handle(stream, &shared));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            // Wakes at once for a connection, and every 20 ms to see
+            // whether `stop` was called.
+            Err(_) => wait_readable(listener, 20),
         }
     }
+}
+
+fn wait_readable(listener: &TcpListener, timeout_ms: i32) {
+    let mut poll = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, timeout_ms) };
 }
 
 impl Drop for FakeApiServer {
