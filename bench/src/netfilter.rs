@@ -4,11 +4,11 @@
 //! the kernel took to take the rules, as kube-proxy would wait for it.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use switchyard_tests::NetNs;
+use switchyard_tests::{NetNs, process::run_bounded};
 
 use crate::catalog::CatalogService;
 use crate::{iptables_rules, nftables_rules};
@@ -17,6 +17,9 @@ use crate::{iptables_rules, nftables_rules};
 /// runs on current distributions (the legacy backend is on its way out).
 const IPTABLES_RESTORE: &str = "iptables-nft-restore";
 const NFT: &str = "nft";
+/// How long a whole rule set may take to load, and one change to apply.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleSet {
@@ -39,10 +42,16 @@ impl RuleSet {
                 &[],
                 &iptables_rules::full(services),
                 scratch,
+                LOAD_TIMEOUT,
             ),
-            RuleSet::Nftables => {
-                apply(node, NFT, &["-f"], &nftables_rules::full(services), scratch)
-            }
+            RuleSet::Nftables => apply(
+                node,
+                NFT,
+                &["-f"],
+                &nftables_rules::full(services),
+                scratch,
+                LOAD_TIMEOUT,
+            ),
         }
     }
 
@@ -63,6 +72,7 @@ impl RuleSet {
                 &["--noflush"],
                 &iptables_rules::endpoint_change(services, before, after),
                 scratch,
+                CHANGE_TIMEOUT,
             ),
             RuleSet::Nftables => apply(
                 node,
@@ -70,6 +80,7 @@ impl RuleSet {
                 &["-f"],
                 &nftables_rules::endpoint_change(before, after),
                 scratch,
+                CHANGE_TIMEOUT,
             ),
         }
     }
@@ -99,29 +110,24 @@ pub fn versions() -> String {
     )
 }
 
-/// Writes `rules` to a file and feeds it to `program ARGS FILE|stdin`
-/// inside `node`, timing only the tool's run.
+/// Writes `rules` to a file and has `program ARGS FILE` load it inside
+/// `node`, timing only the tool's run, which may take at most `timeout`:
+/// past that the baseline is reported as not finishing.
 fn apply(
     node: &NetNs,
     program: &str,
     args: &[&str],
     rules: &str,
     scratch: &Path,
+    timeout: Duration,
 ) -> Result<Duration> {
     let file = scratch.join(format!("{program}.rules"));
     std::fs::write(&file, rules)?;
-    let mut cmd = node.command(program)?;
-    cmd.args(args);
-    if program == NFT {
-        cmd.arg(&file).stdin(Stdio::null());
-    } else {
-        cmd.stdin(std::fs::File::open(&file)?);
-    }
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(&file);
     let started = Instant::now();
-    let output = cmd
-        .output()
-        .with_context(|| format!("cannot run {program} (cargo xtask setup installs it)"))?;
+    let output = run_bounded(&mut cmd, node, None, timeout)
+        .with_context(|| format!("{program} (cargo xtask setup installs it)"))?;
     let took = started.elapsed();
     if !output.status.success() {
         bail!(

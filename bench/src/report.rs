@@ -78,6 +78,19 @@ fn connection_rates(out: &mut String, report: &BenchReport) {
     if !errors.is_empty() {
         let _ = writeln!(out, "\nFailed connections: {}.", errors.join("; "));
     }
+    for scale in &report.scales {
+        for mode in &scale.modes {
+            if let Some(failure) = &mode.failure {
+                let first_line = failure.lines().next().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "\n{} at N={} stopped: {first_line}",
+                    mode.mode.label(),
+                    scale.services
+                );
+            }
+        }
+    }
     out.push('\n');
 }
 

@@ -20,7 +20,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
-    Api, Client, Config,
+    Api, Client, Config, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
@@ -333,7 +333,14 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).into_owned();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    // managedFields is often the largest part of an object and nothing
+    // here reads it: dropped before the store keeps a copy.
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .modify(|object| object.managed_fields_mut().clear())
+            .default_backoff(),
+    );
     let sender = notify.wake.clone();
     let pending = Arc::clone(notify.pending);
     tasks.push(tokio::spawn(async move {

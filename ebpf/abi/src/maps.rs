@@ -16,9 +16,14 @@ pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
 pub const SOCK_REVNAT_MAP: &str = "SY_SOCK_RNAT_V1";
 pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
 
-/// Capacity of the service map: frontends times (1 + backends per frontend).
-pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
-pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of the service map: frontends times (1 + backends per frontend),
+/// sized for 50k Services of 4 endpoints with room for more frontends per
+/// Service (dual stack, NodePorts). Both maps allocate entries as they are
+/// used, so a small cluster pays for what it has, not for this ceiling.
+/// A pinned map keeps the capacity it was created with: a new one takes
+/// effect after `switchyard cleanup`.
+pub const SERVICES_MAX_ENTRIES: u32 = 524_288;
+pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
 /// Reverse translations for UDP replies and getpeername, one per socket and
 /// backend. LRU: an idle socket's entry may be evicted, which costs it the
 /// VIP in `getpeername`, never its traffic.

@@ -15,10 +15,12 @@ use switchyard_abi::{
 };
 
 #[map(name = "SY_SERVICES_V1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(SERVICES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SY_BACKENDS_V1")]
-pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+pub static BACKENDS: HashMap<u32, Backend> =
+    HashMap::pinned(BACKENDS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SY_SOCK_RNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =

@@ -72,7 +72,7 @@ fn serve(stream: TcpStream, shared: &Arc<Shared>) {
         let selector = Selector::parse("", &format!("metadata.name={name}"));
         let (found, _) = shared
             .store()
-            .list(kind, namespace.as_deref(), &selector, 0, 1);
+            .list(kind, namespace.as_deref(), &selector, None, 1);
         return match found.into_iter().next() {
             Some(object) => respond(&mut stream, 200, &object),
             None => respond(&mut stream, 404, &status(404, "NotFound", "not found")),
@@ -135,23 +135,21 @@ fn list(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
         selector,
         request,
     } = *scope;
-    let offset: usize = request.param("continue").parse().unwrap_or(0);
+    let after = request.param("continue").split_once('/');
     let limit: usize = request
         .param("limit")
         .parse()
         .ok()
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
-    let (items, total, rv) = {
+    let (items, token, rv) = {
         let store = shared.store();
-        let (items, total) = store.list(kind, namespace, selector, offset, limit);
-        (items, total, store.resource_version())
+        let (items, token) = store.list(kind, namespace, selector, after, limit);
+        (items, token, store.resource_version())
     };
-    let end = offset.saturating_add(items.len()).min(total);
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if end < total {
-        metadata["continue"] = json!(end.to_string());
-        metadata["remainingItemCount"] = json!(total - end);
+    if let Some(token) = token {
+        metadata["continue"] = json!(token);
     }
     let body = json!({
         "apiVersion": kind.api_version,

@@ -150,31 +150,39 @@ impl Store {
     }
 
     /// Up to `limit` of the objects of `kind` matching the selectors, in
-    /// key order, from the `offset`-th on; and how many match in all. Only
-    /// the page is copied: a paginated list of N objects stays O(N) per
-    /// page, not a copy of everything for every page.
+    /// key order, after `after` (a continue token: the `namespace/name` of
+    /// the last object of the previous page); and the token for the next
+    /// page, if there is one. A page costs its own size, not the store's,
+    /// as with the real API server's watch cache.
     pub fn list(
         &self,
         kind: Kind,
         namespace: Option<&str>,
         selector: &Selector,
-        offset: usize,
+        after: Option<(&str, &str)>,
         limit: usize,
-    ) -> (Vec<Value>, usize) {
-        let mut page = Vec::new();
-        let mut total = 0;
-        for (_, object) in self
+    ) -> (Vec<Value>, Option<String>) {
+        use std::ops::Bound;
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded((kind.kind, ns.to_owned(), name.to_owned())),
+            None => Bound::Included((kind.kind, String::new(), String::new())),
+        };
+        let mut matching = self
             .objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == kind.kind && namespace.is_none_or(|n| n == ns))
-            .filter(|(_, object)| selector.matches(object))
-        {
-            if total >= offset && page.len() < limit {
-                page.push(object.clone());
-            }
-            total += 1;
-        }
-        (page, total)
+            .range((start, Bound::Unbounded))
+            .take_while(|((k, _, _), _)| *k == kind.kind)
+            .filter(|((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .filter(|(_, object)| selector.matches(object));
+        let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
+        let token = page
+            .last()
+            .filter(|_| more)
+            .map(|((_, ns, name), _)| format!("{ns}/{name}"));
+        (
+            page.into_iter().map(|(_, object)| object.clone()).collect(),
+            token,
+        )
     }
 
     /// Changes after `rv` (None when `rv` is compacted away), and a live
@@ -192,5 +200,42 @@ impl Store {
     /// Ends every live feed (the watch connections notice and close).
     pub fn drop_subscribers(&mut self) {
         self.subscribers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn pages_resume_after_the_last_key_and_stay_within_their_kind() {
+        let mut store = Store::default();
+        for name in ["e", "a", "c", "b", "d"] {
+            store.apply(json!({"kind": "Service", "metadata": {"name": name, "namespace": "x"}}));
+        }
+        store.apply(json!({"kind": "Node", "metadata": {"name": "n"}}));
+        let service = kind_named("Service").unwrap();
+        let everything = Selector::parse("", "");
+        let names = |page: &[Value]| -> Vec<String> {
+            page.iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (page, token) = store.list(service, None, &everything, None, 2);
+        assert_eq!(
+            (names(&page), token.as_deref()),
+            (vec!["a".into(), "b".into()], Some("x/b"))
+        );
+        let (page, token) = store.list(service, None, &everything, Some(("x", "b")), 2);
+        assert_eq!(
+            (names(&page), token.as_deref()),
+            (vec!["c".into(), "d".into()], Some("x/d"))
+        );
+        let (page, token) = store.list(service, None, &everything, Some(("x", "d")), 2);
+        assert_eq!((names(&page), token), (vec!["e".into()], None));
+        let (page, token) = store.list(service, None, &everything, None, usize::MAX);
+        assert_eq!((page.len(), token), (5, None));
     }
 }
