@@ -129,15 +129,21 @@ fn established(out: &mut String, report: &BenchReport) {
 fn per_connect_cost(out: &mut String, report: &BenchReport) {
     out.push_str("### Kernel cost per connection\n\n");
     out.push_str("Switchyard's connect4 hook is timed by the kernel (BPF run-time statistics). The netfilter modes' rule walk has no such counter here, so their cost is derived from the rates: 1/rate(mode) − 1/rate(direct), probed Service last; the same derivation is shown for Switchyard.\n\n");
-    out.push_str("| N | Switchyard connect4 ns/run | Switchyard extra µs/conn | iptables extra µs/conn | nftables extra µs/conn |\n");
-    out.push_str("|---:|---:|---:|---:|---:|\n");
+    out.push_str("| N | Switchyard connect4 ns/run, to a Service | same, to a pod IP | Switchyard extra µs/conn | iptables extra µs/conn | nftables extra µs/conn |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|\n");
     for scale in &report.scales {
         let extra = |mode| fmt(scale.extra_us_per_connection(mode, Placement::Last), 1);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             scale.services,
             fmt(scale.mode(Mode::Switchyard).and_then(|m| m.hook_ns), 0),
+            fmt(
+                scale
+                    .mode(Mode::Switchyard)
+                    .and_then(|m| m.hook_passthrough_ns),
+                0,
+            ),
             extra(Mode::Switchyard),
             extra(Mode::Iptables),
             extra(Mode::Nftables),

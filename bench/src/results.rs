@@ -57,6 +57,8 @@ pub struct ModeResult {
     pub peak_rss_mib: Option<f64>,
     /// Switchyard: kernel ns per connect4 run (BPF run-time statistics).
     pub hook_ns: Option<f64>,
+    /// The same for connections to a non-Service address.
+    pub hook_passthrough_ns: Option<f64>,
     /// Why this mode has no (or partial) figures at this scale.
     pub failure: Option<String>,
 }
@@ -73,6 +75,7 @@ impl ModeResult {
             change_apply_ms: Vec::new(),
             peak_rss_mib: None,
             hook_ns: None,
+            hook_passthrough_ns: None,
             failure: None,
         }
     }

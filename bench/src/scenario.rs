@@ -128,8 +128,20 @@ fn switchyard(
     let before = hook_cost::read(&pins, "connect4")?;
     connection_rates(rig, options, catalog, &mut result, progress)?;
     let after = hook_cost::read(&pins, "connect4")?;
-    drop(stats);
     result.hook_ns = after.ns_per_run_since(&before);
+    // The same hook on connections to a pod IP: what every other connect()
+    // on the node pays for the hook being there.
+    progress.detail("connections past the hook to a pod IP");
+    let pod = SocketAddrV4::new(rig.pods[0].ip, TARGET_PORT);
+    traffic::run(
+        rig,
+        Test::ConnectRequestClose,
+        pod,
+        options.run,
+        Origin::Pod,
+    )?;
+    result.hook_passthrough_ns = hook_cost::read(&pins, "connect4")?.ns_per_run_since(&after);
+    drop(stats);
     if extras.established {
         let target = catalog.probe(Placement::Last).frontend();
         established(rig, options, target, &mut result, progress)?;
