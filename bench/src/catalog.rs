@@ -134,6 +134,14 @@ fn splitmix(seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A catalog over the four pods the rig runs, for the rule generators'
+/// tests.
+#[cfg(test)]
+pub fn test_catalog(dummies: usize) -> Catalog {
+    let pods: Vec<_> = (10..14).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect();
+    Catalog::new(dummies, &pods, 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,15 +210,10 @@ fn service_chains(out: &mut String, service: &CatalogService) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::catalog::{Catalog, Placement};
+    use crate::catalog::Placement;
 
-    fn catalog(dummies: usize) -> Catalog {
-        let pods: Vec<_> = (10..14).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect();
-        Catalog::new(dummies, &pods, 3)
-    }
+    use crate::catalog::test_catalog as catalog;
 
     #[test]
     fn one_service_has_kube_proxys_shape() {

@@ -178,15 +178,10 @@ add rule {t} nat-postrouting jump masquerading
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::catalog::{Catalog, Placement};
+    use crate::catalog::Placement;
 
-    fn catalog(dummies: usize) -> Catalog {
-        let pods: Vec<_> = (10..14).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect();
-        Catalog::new(dummies, &pods, 3)
-    }
+    use crate::catalog::test_catalog as catalog;
 
     #[test]
     fn service_dispatch_is_one_map_lookup() {

@@ -23,7 +23,7 @@ use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
     datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
-    model::{DesiredState, Frontend},
+    model::{DesiredFrontend, DesiredState, Frontend},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,24 +70,15 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     for (frontend, want) in &desired.frontends {
         let key = frontend.key();
         wanted_keys.insert(key);
-        wanted_ranges.extend(
-            want.source_ranges
-                .iter()
-                .map(|cidr| RangeKey::new(&key, cidr)),
-        );
-        let wanted: Vec<u32> = want
-            .backends
-            .iter()
-            .take(usize::from(u16::MAX))
-            .map(|endpoint| ids.id_for(Backend::from(endpoint)))
-            .collect();
         let existing = current.frontends.get(&key);
-        let target = Target {
-            backend_ids: &wanted,
-            flags: want.flags,
-            affinity_timeout: want.affinity_timeout,
-        };
-        update_frontend(key, existing, &target, &mut frontend_ops);
+        plan_wanted(
+            key,
+            want,
+            existing,
+            &mut ids,
+            &mut wanted_ranges,
+            &mut frontend_ops,
+        );
     }
     for (key, existing) in &current.frontends {
         if !wanted_keys.contains(key) {
@@ -144,25 +135,14 @@ pub fn plan_frontends(
             *scoped_refs.entry(id).or_default() += 1;
         }
         match desired.frontends.get(frontend) {
-            Some(want) => {
-                wanted_ranges.extend(
-                    want.source_ranges
-                        .iter()
-                        .map(|cidr| RangeKey::new(&key, cidr)),
-                );
-                let wanted: Vec<u32> = want
-                    .backends
-                    .iter()
-                    .take(usize::from(u16::MAX))
-                    .map(|endpoint| ids.id_for(Backend::from(endpoint)))
-                    .collect();
-                let target = Target {
-                    backend_ids: &wanted,
-                    flags: want.flags,
-                    affinity_timeout: want.affinity_timeout,
-                };
-                update_frontend(key, existing, &target, &mut frontend_ops);
-            }
+            Some(want) => plan_wanted(
+                key,
+                want,
+                existing,
+                &mut ids,
+                &mut wanted_ranges,
+                &mut frontend_ops,
+            ),
             None => {
                 if let Some(existing) = existing {
                     remove_frontend(key, existing, &mut frontend_ops);
@@ -196,6 +176,35 @@ pub fn plan_frontends(
     orphans.sort_unstable();
     ops.extend(orphans.into_iter().map(|id| MapOp::DeleteBackend { id }));
     ops
+}
+
+/// The operations that make one frontend what `want` says, its backends'
+/// ids (new ones allocated in `ids`) and its source ranges noted.
+fn plan_wanted(
+    key: ServiceKey,
+    want: &DesiredFrontend,
+    existing: Option<&ProgrammedFrontend>,
+    ids: &mut BackendIds<'_>,
+    wanted_ranges: &mut BTreeSet<RangeKey>,
+    ops: &mut Vec<MapOp>,
+) {
+    wanted_ranges.extend(
+        want.source_ranges
+            .iter()
+            .map(|cidr| RangeKey::new(&key, cidr)),
+    );
+    let wanted: Vec<u32> = want
+        .backends
+        .iter()
+        .take(usize::from(u16::MAX))
+        .map(|endpoint| ids.id_for(Backend::from(endpoint)))
+        .collect();
+    let target = Target {
+        backend_ids: &wanted,
+        flags: want.flags,
+        affinity_timeout: want.affinity_timeout,
+    };
+    update_frontend(key, existing, &target, ops);
 }
 
 /// What one frontend should become.
