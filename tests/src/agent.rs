@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::multinode::MultiNodeCluster;
 use crate::netns::NetNs;
@@ -182,10 +182,23 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// `switchyard services --bpffs PIN -o json`, parsed.
+    /// `switchyard services --bpffs PIN -o json`, parsed: the frontends.
     pub fn services(&self) -> Result<serde_json::Value> {
+        let mut report = self.services_report()?;
+        Ok(report["frontends"].take())
+    }
+
+    /// `switchyard services --bpffs PIN -o json`, parsed: the frontends and
+    /// the kernel's features.
+    pub fn services_report(&self) -> Result<serde_json::Value> {
         let output = self.tool(&["services", "--bpffs", &self.pins(), "-o", "json"])?;
-        serde_json::from_slice(&output.stdout).context("switchyard services printed bad JSON")
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("switchyard services printed bad JSON")?;
+        ensure!(
+            report["frontends"].is_array(),
+            "switchyard services JSON has no frontends list"
+        );
+        Ok(report)
     }
 
     /// `switchyard conntrack --bpffs PIN -o json`: the tracked connections.

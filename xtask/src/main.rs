@@ -5,6 +5,7 @@ mod demo;
 mod lint;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Task {
     Demo,
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// The integration tests inside QEMU VMs on Debian's kernels (root).
+    Vm(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -44,5 +47,6 @@ fn main() -> Result<()> {
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Lint => lint::run(),
+        Task::Vm(args) => vm::run(&args),
     }
 }
