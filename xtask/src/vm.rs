@@ -32,6 +32,9 @@ pub struct VmArgs {
     /// Virtual CPUs of each VM.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
+    /// Only these integration-test binaries (e.g. `verifier`); all by default.
+    #[arg(long = "test")]
+    tests: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,7 +60,16 @@ impl KernelChoice {
 
 pub fn run(args: &VmArgs) -> Result<()> {
     setup::run()?;
-    let binaries = suite::build()?;
+    let mut binaries = suite::build()?;
+    if !args.tests.is_empty() {
+        binaries.tests.retain(|(name, _)| args.tests.contains(name));
+        if binaries.tests.is_empty() {
+            bail!(
+                "no integration-test binary is named {}",
+                args.tests.join(" or ")
+            );
+        }
+    }
     let cache = cargo::target_dir().join("vm-cache");
     std::fs::create_dir_all(&cache)?;
     let mut runs = Vec::new();

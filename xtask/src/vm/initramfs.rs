@@ -19,6 +19,8 @@ use super::results::{BEGIN, END, EXIT, SUITE};
 /// Their dependencies are added from each module's `.modinfo`.
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Binaries the init script needs besides busybox, as the harness calls them.
 const HOST_TOOLS: &[&str] = &["ip"];
 
@@ -87,6 +89,12 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
         dynamic.push(src.to_path_buf());
     }
     copy_libraries(&dynamic, work)?;
+    // The agent's API client (rustls, native roots) refuses to start
+    // without a CA bundle, even for the plain-HTTP test API server.
+    let bundle = Path::new(CA_BUNDLE);
+    fs::create_dir_all(work.join("etc/ssl/certs"))?;
+    fs::copy(bundle, work.join(bundle.strip_prefix("/")?))
+        .with_context(|| format!("{CA_BUNDLE} missing (apt-get install ca-certificates)"))?;
     for (name, path) in &modules {
         fs::write(
             work.join("lib/sy").join(format!("{name}.ko")),
@@ -275,6 +283,8 @@ fn stamp(contents: &Contents<'_>, modules: &[(String, PathBuf)]) -> Result<Strin
     inputs.extend(contents.tests.iter().map(|(_, p)| p.as_path()));
     inputs.extend(modules.iter().map(|(_, p)| p.as_path()));
     let mut stamp = init_script(&[]);
+    let names: Vec<&str> = contents.tests.iter().map(|(n, _)| n.as_str()).collect();
+    stamp.push_str(&names.join(" "));
     for input in inputs {
         let meta = fs::metadata(input).with_context(|| format!("{}", input.display()))?;
         let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
