@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::multinode::MultiNodeCluster;
 use crate::netns::NetNs;
+use crate::patience;
 use crate::process::{self, Spawned};
 use crate::topology::Cluster;
 
@@ -108,7 +109,7 @@ impl<'a> Agent<'a> {
     /// Starts the agent in `netns` and waits until it is ready.
     pub fn start(config: AgentConfig, netns: &'a NetNs) -> Result<Self> {
         let mut agent = Self::spawn(config, netns)?;
-        agent.wait_ready(READY_TIMEOUT)?;
+        agent.wait_ready(patience::scaled(READY_TIMEOUT))?;
         Ok(agent)
     }
 
@@ -263,7 +264,7 @@ impl<'a> Agent<'a> {
             bail!("agent still running");
         }
         self.launch()?;
-        self.wait_ready(READY_TIMEOUT)
+        self.wait_ready(patience::scaled(READY_TIMEOUT))
     }
 
     /// Starts again without waiting for a first sync (which an agent

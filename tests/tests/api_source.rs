@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, FakeApiServer, Pod};
+use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, FakeApiServer, Pod, patience};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -66,7 +66,10 @@ fn services_and_slices_from_the_api_are_balanced_and_followed() {
     // Endpoint removed through a watch event: applied within a second.
     publish_web(&api, &cluster, all[..2].iter().copied());
     let took = time_until(CONVERGE, || serves(&agent, &all[..2]));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(
+        took < patience::scaled(Duration::from_secs(1)),
+        "took {took:?}"
+    );
     assert_eq!(
         answered(&cluster.client.tcp(vip4(80), 20).unwrap()),
         names(&all[..2])

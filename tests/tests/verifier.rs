@@ -9,7 +9,13 @@ use aya::{
     EbpfLoader,
     programs::{Program, ProgramError},
 };
-use switchyard::datapath::loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS};
+use switchyard::{
+    datapath::{
+        feature_probe,
+        loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
+    },
+    kernel_features::Feature,
+};
 use switchyard_tests::BpfFs;
 
 #[test]
@@ -48,7 +54,33 @@ fn every_program_in_the_object_loads() -> Result<()> {
     expected.sort();
     // The agent's lists and the object agree, so the agent loads them all.
     assert_eq!(loaded, expected);
+
+    // The probe agrees with what just loaded: nothing it calls required is
+    // missing, and the per-packet path is on.
+    let features = feature_probe::kernel_features();
+    assert_eq!(features.missing_required(), []);
+    assert!(features.packet_path(), "{}", features.table());
+    // Debian's kernels carry upstream version numbers, so tcx (6.6) follows
+    // the release: 6.1 has none, 6.12 and later have it.
+    if let Some(version) = release_version(&features.release) {
+        assert_eq!(
+            features.available(Feature::Tcx),
+            version >= (6, 6),
+            "{}",
+            features.table()
+        );
+    }
+    // `cargo xtask vm` puts the probe of each kernel in its report.
+    if let Some(path) = std::env::var_os("SWITCHYARD_FEATURES_OUT") {
+        std::fs::write(path, serde_json::to_string(features)?)?;
+    }
     Ok(())
+}
+
+/// (major, minor) of a release such as `6.1.0-50-cloud-amd64`.
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// The error with the verifier's log, whose tail names the rejected

@@ -27,8 +27,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Setup, build, unit tests, then the namespace integration tests (root).
-    Test,
+    /// Setup, build, unit tests, the namespace integration tests, then the
+    /// same tests in a VM on Linux 6.1 (root).
+    Test {
+        /// Skip the VM run (about ten minutes under TCG).
+        #[arg(long)]
+        no_vm: bool,
+    },
     /// Setup, build, then run the demo in network namespaces (root).
     Demo,
     /// rustfmt check and clippy with warnings denied.
@@ -44,7 +49,7 @@ fn main() -> Result<()> {
             setup::run()?;
             cargo::build(release)
         }
-        Task::Test => test::run(),
+        Task::Test { no_vm } => test::run(no_vm),
         Task::Demo => demo::run(),
         Task::Lint => lint::run(),
         Task::Vm(args) => vm::run(&args),

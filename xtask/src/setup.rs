@@ -23,6 +23,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("gpgv", "gpgv"),
     ("dpkg-deb", "dpkg"),
+    ("strip", "binutils"),
 ];
 
 pub fn run() -> Result<()> {

@@ -18,23 +18,40 @@ use clap::{Args, ValueEnum};
 use crate::{cargo, setup};
 use results::Run;
 
+const TIMEOUT_MINUTES: u64 = 60;
+const MEMORY_MIB: u32 = 2048;
+const CPUS: u32 = 2;
+
 #[derive(Args)]
 pub struct VmArgs {
     /// Which kernel(s): one of Debian's, this machine's, or all of them.
     #[arg(long, value_enum, default_value = "all")]
     kernel: KernelChoice,
     /// Minutes one VM may run before it is killed and counted as failed.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = TIMEOUT_MINUTES)]
     timeout_minutes: u64,
     /// Memory of each VM (MiB): the initramfs lives in it.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = MEMORY_MIB)]
     memory_mib: u32,
     /// Virtual CPUs of each VM.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = CPUS)]
     cpus: u32,
     /// Only these integration-test binaries (e.g. `verifier`); all by default.
     #[arg(long = "test")]
     tests: Vec<String>,
+}
+
+impl VmArgs {
+    /// `--kernel 6.1` with the defaults, as `cargo xtask test` runs it.
+    pub fn oldest_kernel() -> Self {
+        Self {
+            kernel: KernelChoice::V6_1,
+            timeout_minutes: TIMEOUT_MINUTES,
+            memory_mib: MEMORY_MIB,
+            cpus: CPUS,
+            tests: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,7 +105,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     if args.kernel.includes("host") {
         let mut run = Run::new("host");
-        if let Err(error) = suite::run_on_host(&binaries, &mut run) {
+        let features = cache.join("features-host.json");
+        if let Err(error) = suite::run_on_host(&binaries, &features, &mut run) {
             run.error = Some(format!("{error:#}"));
         }
         println!("vm: {}", run.summary());

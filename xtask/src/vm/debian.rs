@@ -140,13 +140,11 @@ fn index(mirror: &str, suite: &str, cache: &Path) -> Result<String> {
     let fresh = fs::metadata(&packages)
         .and_then(|m| m.modified())
         .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < INDEX_MAX_AGE);
-    if !fresh {
-        if let Err(error) = refresh_index(mirror, suite, &dir) {
-            if !packages.exists() {
-                return Err(error);
-            }
-            println!("vm: {suite} index not refreshed ({error:#}); using the cached one");
+    if !fresh && let Err(error) = refresh_index(mirror, suite, &dir) {
+        if !packages.exists() {
+            return Err(error);
         }
+        println!("vm: {suite} index not refreshed ({error:#}); using the cached one");
     }
     fs::read_to_string(&packages).with_context(|| format!("reading {}", packages.display()))
 }

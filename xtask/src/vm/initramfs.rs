@@ -12,12 +12,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::results::{BEGIN, END, EXIT, SUITE};
+use super::results::{BEGIN, END, EXIT, FEATURES, SUITE};
 
 /// Modules the suite uses that cloud kernels build as modules: veth pairs,
 /// the LAN bridge, the clsact qdisc and cls_bpf filters of the tc fallback.
 /// Their dependencies are added from each module's `.modinfo`.
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
+
+/// How much longer the tests may wait under TCG (see tests/src/patience.rs).
+const TIME_SCALE: u32 = 5;
 
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -42,6 +45,16 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = fs::remove_dir_all(work);
+    populate(contents, &modules, work)?;
+    pack(work, out)?;
+    fs::write(&stamp_path, stamp)?;
+    let size = fs::metadata(out)?.len() / (1 << 20);
+    println!("vm: built {} ({size} MiB)", out.display());
+    Ok(())
+}
+
+/// Lays out the root filesystem in `work`.
+fn populate(contents: &Contents<'_>, modules: &[(String, PathBuf)], work: &Path) -> Result<()> {
     for dir in [
         "bbin",
         "usr/sbin",
@@ -50,6 +63,8 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
         "dev",
         "tmp",
         "run",
+        "var",
+        "etc/ssl/certs",
         "opt/sy/tests",
         "lib/sy",
     ] {
@@ -57,14 +72,12 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
     }
     // iproute2 keeps named namespaces in /var/run/netns, the harness looks
     // in /run/netns.
-    fs::create_dir_all(work.join("var"))?;
     std::os::unix::fs::symlink("/run", work.join("var/run"))?;
     fs::copy("/bin/busybox", work.join("bbin/busybox")).context("busybox-static missing")?;
     let mut dynamic = vec![];
     for tool in HOST_TOOLS {
         let path = which(tool)?;
-        let dest = work.join("usr/sbin").join(tool);
-        fs::copy(&path, &dest)?;
+        fs::copy(&path, work.join("usr/sbin").join(tool))?;
         dynamic.push(path);
     }
     let mut binaries: Vec<(PathBuf, &Path)> = vec![
@@ -92,10 +105,9 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
     // The agent's API client (rustls, native roots) refuses to start
     // without a CA bundle, even for the plain-HTTP test API server.
     let bundle = Path::new(CA_BUNDLE);
-    fs::create_dir_all(work.join("etc/ssl/certs"))?;
     fs::copy(bundle, work.join(bundle.strip_prefix("/")?))
         .with_context(|| format!("{CA_BUNDLE} missing (apt-get install ca-certificates)"))?;
-    for (name, path) in &modules {
+    for (name, path) in modules {
         fs::write(
             work.join("lib/sy").join(format!("{name}.ko")),
             decompressed(path)?,
@@ -105,6 +117,11 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
     let init = work.join("init");
     fs::write(&init, init_script(&order))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
+}
+
+/// One newc cpio archive of `work`, the format the kernel unpacks.
+fn pack(work: &Path, out: &Path) -> Result<()> {
     let partial = out.with_extension("partial");
     let status = Command::new("sh")
         .arg("-c")
@@ -116,9 +133,6 @@ pub fn build(contents: &Contents<'_>, work: &Path, out: &Path) -> Result<()> {
         bail!("cpio failed for {}", work.display());
     }
     fs::rename(&partial, out)?;
-    fs::write(&stamp_path, stamp)?;
-    let size = fs::metadata(out)?.len() / (1 << 20);
-    println!("vm: built {} ({size} MiB)", out.display());
     Ok(())
 }
 
@@ -140,6 +154,9 @@ for m in {modules}; do insmod /lib/sy/$m.ko || echo "insmod $m failed"; done
 ip link set lo up
 hostname sy-vm
 export SWITCHYARD_BIN=/opt/sy/switchyard NETPROBE_BIN=/opt/sy/netprobe RUST_BACKTRACE=1
+export SWITCHYARD_FEATURES_OUT=/run/features.json
+# TCG runs several times slower than the host: stretch the tests' waits.
+export SWITCHYARD_TEST_TIME_SCALE={TIME_SCALE}
 echo "{BEGIN} $(uname -r)"
 for t in /opt/sy/tests/*; do
   name=${{t##*/}}
@@ -147,6 +164,7 @@ for t in /opt/sy/tests/*; do
   $t --test-threads=1 2>&1
   echo "{EXIT} $name $?"
 done
+[ -f /run/features.json ] && echo "{FEATURES} $(cat /run/features.json)"
 echo "{END}"
 poweroff -f
 "#

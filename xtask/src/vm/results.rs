@@ -10,6 +10,8 @@ pub const BEGIN: &str = "SY-VM-BEGIN";
 pub const SUITE: &str = "SY-VM-SUITE";
 pub const EXIT: &str = "SY-VM-EXIT";
 pub const END: &str = "SY-VM-END";
+/// The verifier test's feature probe, as one line of JSON.
+pub const FEATURES: &str = "SY-VM-FEATURES";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -49,6 +51,8 @@ pub struct Run {
     /// The Debian package and version, for VM runs.
     pub package: String,
     pub suites: BTreeMap<String, Suite>,
+    /// `KernelFeatures` as the agent probed them (JSON).
+    pub features: Option<serde_json::Value>,
     /// Reached the end marker (else the VM died or timed out).
     pub complete: bool,
     pub duration: Duration,
@@ -80,6 +84,8 @@ impl Run {
                 self.suites.entry(name.to_owned()).or_default().exit = code.parse().ok();
             }
             self.current = None;
+        } else if let Some(json) = marker(line, FEATURES) {
+            self.features = serde_json::from_str(json).ok();
         } else if marker(line, END).is_some() {
             self.complete = true;
         } else {
@@ -189,6 +195,7 @@ pub fn markdown(runs: &[Run]) -> String {
             run.duration,
         );
     }
+    features(&mut out, runs);
     let tests: BTreeSet<(String, String)> = runs
         .iter()
         .flat_map(|r| r.suites.iter())
@@ -213,6 +220,54 @@ pub fn markdown(runs: &[Run]) -> String {
         let _ = writeln!(out, "| `{suite}::{test}` | {} |", cells.join(" | "));
     }
     out
+}
+
+/// Per feature, one column per kernel, from the probe each run reported.
+fn features(out: &mut String, runs: &[Run]) {
+    let Some(first) = runs.iter().find_map(|r| r.features.as_ref()) else {
+        return;
+    };
+    let names: Vec<&str> = runs.iter().map(|r| r.kernel.as_str()).collect();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| feature | since | used for | {} |",
+        names.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|---|{}", "---|".repeat(runs.len()));
+    for feature in first["features"].as_array().into_iter().flatten() {
+        let name = feature["feature"].as_str().unwrap_or_default();
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|run| {
+                let status = run.features.as_ref().and_then(|f| {
+                    f["features"]
+                        .as_array()?
+                        .iter()
+                        .find(|s| s["feature"] == name)
+                        .cloned()
+                });
+                match status {
+                    None => "?".to_owned(),
+                    Some(s) => match s["availability"].as_str() {
+                        Some("available") => "yes".to_owned(),
+                        Some("missing") => {
+                            format!("no: {}", s["degraded"].as_str().unwrap_or_default())
+                        }
+                        Some("not_probed") => "unused".to_owned(),
+                        _ => format!("unknown ({})", s["availability"]),
+                    },
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| `{name}` | {} | {} | {} |",
+            feature["since"].as_str().unwrap_or_default(),
+            feature["used_for"].as_str().unwrap_or_default(),
+            cells.join(" | ")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -275,7 +330,12 @@ mod tests {
         one.kernel = "6.1".into();
         let mut two = run_of(&["SY-VM-SUITE s", "test a ... FAILED", "SY-VM-EXIT s 101"]);
         two.kernel = "host".into();
+        one.line(r#"SY-VM-FEATURES {"release":"6.1.0","features":[{"feature":"tcx","availability":"missing","since":"6.6","used_for":"links","degraded":"clsact"}]}"#);
         let table = markdown(&[one, two]);
         assert!(table.contains("| `s::a` | pass | **FAIL** |"), "{table}");
+        assert!(
+            table.contains("| `tcx` | 6.6 | links | no: clsact | ? |"),
+            "{table}"
+        );
     }
 }

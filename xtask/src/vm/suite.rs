@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::results::{BEGIN, END, EXIT, Run, SUITE};
+use super::results::{BEGIN, END, EXIT, FEATURES, Run, SUITE};
 use crate::cargo;
 
 pub struct Binaries {
@@ -73,21 +73,25 @@ pub fn build() -> Result<Binaries> {
 
 /// Runs every test binary on this machine's kernel, as the VM's `/init`
 /// does, reading the output into `run`.
-pub fn run_on_host(binaries: &Binaries, run: &mut Run) -> Result<()> {
+pub fn run_on_host(binaries: &Binaries, features: &Path, run: &mut Run) -> Result<()> {
     let started = Instant::now();
+    let _ = std::fs::remove_file(features);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     run.line(&format!("{BEGIN} {}", release.trim()));
     for (name, exe) in &binaries.tests {
         run.line(&format!("{SUITE} {name}"));
-        let code = run_one(binaries, exe, run)?;
+        let code = run_one(binaries, exe, features, run)?;
         run.line(&format!("{EXIT} {name} {code}"));
+    }
+    if let Ok(json) = std::fs::read_to_string(features) {
+        run.line(&format!("{FEATURES} {json}"));
     }
     run.line(END);
     run.duration = started.elapsed();
     Ok(())
 }
 
-fn run_one(binaries: &Binaries, exe: &Path, run: &mut Run) -> Result<i32> {
+fn run_one(binaries: &Binaries, exe: &Path, features: &Path, run: &mut Run) -> Result<i32> {
     // One stream, as on the VM console, so an outcome stays after its name.
     let mut child = Command::new("sh")
         .arg("-c")
@@ -95,6 +99,7 @@ fn run_one(binaries: &Binaries, exe: &Path, run: &mut Run) -> Result<i32> {
         .arg(exe)
         .env("SWITCHYARD_BIN", &binaries.agent)
         .env("NETPROBE_BIN", &binaries.netprobe)
+        .env("SWITCHYARD_FEATURES_OUT", features)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {}", exe.display()))?;
