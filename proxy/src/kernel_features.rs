@@ -17,7 +17,10 @@ pub enum Feature {
     LpmTrie,
     PercpuArray,
     SchedCls,
+    // Serialized as `name()` spells them, the helpers' own names.
+    #[serde(rename = "bpf_fib_lookup")]
     FibLookup,
+    #[serde(rename = "bpf_redirect_neigh")]
     RedirectNeigh,
     Tcx,
     SockDestroy,
@@ -283,6 +286,14 @@ mod tests {
         let k = kernel(&[Feature::BpfSetRetval]);
         assert_eq!(k.missing_required(), [Feature::BpfSetRetval]);
         assert!(k.table().contains("required: Linux 5.18"));
+    }
+
+    #[test]
+    fn json_names_are_the_metric_labels() {
+        for feature in Feature::ALL {
+            let json = serde_json::to_value(feature).unwrap();
+            assert_eq!(json, feature.name());
+        }
     }
 
     #[test]

@@ -14,15 +14,10 @@ use tracing::warn;
 
 use crate::kernel_features::{Availability, Feature, FeatureStatus, KernelFeatures};
 
-/// Probes once per process; later calls return the same answers, so each
-/// missing feature is logged once.
+/// Probes once per process; later calls return the same answers.
 pub fn kernel_features() -> &'static KernelFeatures {
     static FEATURES: OnceLock<KernelFeatures> = OnceLock::new();
-    FEATURES.get_or_init(|| {
-        let features = KernelFeatures::new(release(), probe);
-        log_missing(&features);
-        features
-    })
+    FEATURES.get_or_init(|| KernelFeatures::new(release(), probe))
 }
 
 fn release() -> String {
@@ -76,7 +71,9 @@ fn tcx() -> Result<bool, aya::programs::ProgramError> {
     }
 }
 
-fn log_missing(features: &KernelFeatures) {
+/// One warning per feature the kernel lacks (the agent calls this once, at
+/// load; `switchyard services` shows the table instead).
+pub fn log_missing(features: &KernelFeatures) {
     for status in &features.features {
         let FeatureStatus {
             feature,

@@ -92,6 +92,7 @@ pub struct Programs {
 /// link pins.
 pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
     let features = feature_probe::kernel_features();
+    feature_probe::log_missing(features);
     let missing = features.missing_required();
     if !missing.is_empty() {
         let missing = missing
