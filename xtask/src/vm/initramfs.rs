@@ -24,6 +24,8 @@ const TIME_SCALE: u32 = 5;
 
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+const BUSYBOX: &str = "/bin/busybox";
+
 /// Binaries the init script needs besides busybox, as the harness calls them.
 const HOST_TOOLS: &[&str] = &["ip"];
 
@@ -73,8 +75,9 @@ fn populate(contents: &Contents<'_>, modules: &[(String, PathBuf)], work: &Path)
     // iproute2 keeps named namespaces in /var/run/netns, the harness looks
     // in /run/netns.
     std::os::unix::fs::symlink("/run", work.join("var/run"))?;
-    fs::copy("/bin/busybox", work.join("bbin/busybox")).context("busybox-static missing")?;
-    let mut dynamic = vec![];
+    fs::copy(BUSYBOX, work.join("bbin/busybox")).context("busybox-static missing")?;
+    // busybox-static has no libraries to copy; a dynamic busybox would.
+    let mut dynamic = vec![PathBuf::from(BUSYBOX)];
     for tool in HOST_TOOLS {
         let path = which(tool)?;
         fs::copy(&path, work.join("usr/sbin").join(tool))?;
