@@ -70,6 +70,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
 
     let mut programs = loader::load(&args.pins.bpffs)?;
+    metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
     let mut packet_path = PacketPath::new(&args, &args.pins.bpffs)?;
     // Subscribed before the first read, so no change falls in between.

@@ -15,6 +15,7 @@ pub mod desired;
 pub mod endpoints;
 pub mod health;
 pub mod input_error;
+pub mod kernel_features;
 pub mod kube_proxy_config;
 pub mod kube_source;
 pub mod manifest;

@@ -10,7 +10,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::input_error::InputError;
+use crate::{input_error::InputError, kernel_features::KernelFeatures};
 
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +36,7 @@ pub struct Metrics {
     devices: IntGauge,
     node_port_addresses: IntGauge,
     health_check_failures: IntCounter,
+    kernel_features: IntGaugeVec,
 }
 
 /// Sync work ranges from microseconds (nothing changed) to seconds.
@@ -113,6 +114,11 @@ impl Metrics {
             "switchyard_map_capacity",
             "max_entries of each BPF map",
             &["map"],
+        );
+        let kernel_features = int_gauge_vec(
+            "switchyard_kernel_feature",
+            "1 if the running kernel has the feature, 0 if not (probed at start)",
+            &["feature"],
         );
         let input_errors = int_gauge_vec(
             "switchyard_input_errors",
@@ -205,6 +211,16 @@ impl Metrics {
             devices,
             node_port_addresses,
             health_check_failures,
+            kernel_features,
+        }
+    }
+
+    /// `switchyard_kernel_feature{feature}`: what the probe at start found.
+    pub fn set_kernel_features(&self, features: &KernelFeatures) {
+        for (feature, value) in features.gauges() {
+            self.kernel_features
+                .with_label_values(&[feature])
+                .set(value);
         }
     }
 
@@ -354,12 +370,22 @@ mod tests {
         totals[switchyard_abi::COUNTER_DROP_SOURCE_RANGE as usize] = 6;
         metrics.set_packet_counters(&totals);
         metrics.observe_conntrack(8, 2);
+        let features = KernelFeatures::new("test".into(), |feature| {
+            if feature == crate::kernel_features::Feature::Tcx {
+                crate::kernel_features::Availability::Missing
+            } else {
+                crate::kernel_features::Availability::Available
+            }
+        });
+        metrics.set_kernel_features(&features);
         let text = metrics.render();
         for line in [
             "switchyard_packets_total{reason=\"source_range\",verdict=\"dropped\"} 6",
             "switchyard_packets_total{reason=\"no_endpoints\",verdict=\"rejected\"} 0",
             "switchyard_conntrack_entries 8",
             "switchyard_conntrack_collected_total 2",
+            "switchyard_kernel_feature{feature=\"tcx\"} 0",
+            "switchyard_kernel_feature{feature=\"bpf_set_retval\"} 1",
             "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
             "kubeproxy_network_programming_duration_seconds_count 1",
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds 0",

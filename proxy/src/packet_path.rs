@@ -78,7 +78,14 @@ impl PacketPath {
             }
         }
         let mut attached = 0;
-        for device in &selected {
+        // A kernel without the tc programs' helpers: nothing goes on devices
+        // and the devices gauge says so (the probe logged why at load).
+        let attachable = if programs.packet_path() {
+            selected.as_slice()
+        } else {
+            &[]
+        };
+        for device in attachable {
             match programs.attach_device(device) {
                 Ok(()) => attached += 1,
                 Err(error) => warn!(device = %device.name, %error, "packet hooks not attached"),

@@ -13,12 +13,22 @@ use crate::{
     cli::OutputFormat,
     conntrack::ConnectionView,
     datapath::{
-        DatapathError, MapReader,
+        DatapathError, MapReader, feature_probe,
         flow_table::{FlowTable, monotonic_now_ns},
         pinned::PinnedMaps,
     },
     datapath_state::{DatapathState, RangeKey},
+    kernel_features::KernelFeatures,
 };
+
+/// `switchyard services -o json`.
+#[derive(Serialize)]
+struct ServicesReport<'a> {
+    frontends: &'a [FrontendView],
+    /// The running kernel's features, probed by this command as the agent
+    /// probes them at start (same kernel, same answers).
+    kernel: &'a KernelFeatures,
+}
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct FrontendView {
@@ -54,9 +64,13 @@ pub struct BackendView {
 pub fn render(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathError> {
     let state = PinnedMaps::open(pin_dir)?.read_state()?;
     let views = views(&state);
+    let kernel = feature_probe::kernel_features();
     Ok(match format {
-        OutputFormat::Json => json(&views),
-        OutputFormat::Table => table(&views),
+        OutputFormat::Json => json(&ServicesReport {
+            frontends: &views,
+            kernel,
+        }),
+        OutputFormat::Table => format!("{}\n{}", table(&views), kernel.table()),
     })
 }
 

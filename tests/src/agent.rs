@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::multinode::MultiNodeCluster;
 use crate::netns::NetNs;
+use crate::patience;
 use crate::process::{self, Spawned};
 use crate::topology::Cluster;
 
@@ -108,7 +109,7 @@ impl<'a> Agent<'a> {
     /// Starts the agent in `netns` and waits until it is ready.
     pub fn start(config: AgentConfig, netns: &'a NetNs) -> Result<Self> {
         let mut agent = Self::spawn(config, netns)?;
-        agent.wait_ready(READY_TIMEOUT)?;
+        agent.wait_ready(patience::scaled(READY_TIMEOUT))?;
         Ok(agent)
     }
 
@@ -182,10 +183,23 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// `switchyard services --bpffs PIN -o json`, parsed.
+    /// `switchyard services --bpffs PIN -o json`, parsed: the frontends.
     pub fn services(&self) -> Result<serde_json::Value> {
+        let mut report = self.services_report()?;
+        Ok(report["frontends"].take())
+    }
+
+    /// `switchyard services --bpffs PIN -o json`, parsed: the frontends and
+    /// the kernel's features.
+    pub fn services_report(&self) -> Result<serde_json::Value> {
         let output = self.tool(&["services", "--bpffs", &self.pins(), "-o", "json"])?;
-        serde_json::from_slice(&output.stdout).context("switchyard services printed bad JSON")
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("switchyard services printed bad JSON")?;
+        ensure!(
+            report["frontends"].is_array(),
+            "switchyard services JSON has no frontends list"
+        );
+        Ok(report)
     }
 
     /// `switchyard conntrack --bpffs PIN -o json`: the tracked connections.
@@ -250,7 +264,7 @@ impl<'a> Agent<'a> {
             bail!("agent still running");
         }
         self.launch()?;
-        self.wait_ready(READY_TIMEOUT)
+        self.wait_ready(patience::scaled(READY_TIMEOUT))
     }
 
     /// Starts again without waiting for a first sync (which an agent

@@ -20,6 +20,7 @@ pub mod multinode;
 pub mod name;
 pub mod netns;
 pub mod packet;
+pub mod patience;
 pub mod probe;
 pub mod process;
 pub mod scratch;

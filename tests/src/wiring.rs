@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::manifest::{AddressType, Endpoint, EndpointPort, EndpointSliceManifest};
 use crate::netns::NetNs;
+use crate::patience;
 use crate::probe;
 use crate::process::Spawned;
 use crate::scratch::Scratch;
@@ -136,7 +137,7 @@ pub(crate) fn wait_ready<'a>(
     pods: impl IntoIterator<Item = &'a mut Pod>,
     scratch: &Scratch,
 ) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let deadline = Instant::now() + patience::scaled(READY_TIMEOUT);
     for pod in pods {
         let log = log(scratch, &pod.name);
         loop {

@@ -81,9 +81,34 @@ fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
         "switchyard_input_errors{reason=\"invalid_port\"} 1",
         "kubeproxy_sync_proxy_rules_duration_seconds_count",
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        // Required features: the agent would not be serving without them.
+        "switchyard_kernel_feature{feature=\"bpf_set_retval\"} 1",
+        "switchyard_kernel_feature{feature=\"cgroup_sock_addr\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line:?}:\n{metrics}");
     }
+    // tcx or not, the gauge says which path the packet hooks took, and
+    // `switchyard services` shows the same probe.
+    let tcx = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_kernel_feature{feature=\"tcx\"} "))
+        .unwrap_or_else(|| panic!("no tcx gauge:\n{metrics}"))
+        .to_owned();
+    let report = agent.services_report().unwrap();
+    let features = report["kernel"]["features"].as_array().unwrap();
+    let shown = features
+        .iter()
+        .find(|f| f["feature"] == "tcx")
+        .expect("tcx in services");
+    let available = if tcx == "1" { "available" } else { "missing" };
+    assert_eq!(shown["availability"], available, "{report:#}");
+    assert!(
+        features
+            .iter()
+            .any(|f| f["feature"] == "sock_destroy" && f["availability"] == "not_probed"),
+        "{report:#}"
+    );
+    assert!(agent.services_table().unwrap().contains("KERNEL FEATURES"));
 
     // The autoscaler marks the node for removal: load balancers must stop
     // sending here (healthz fails) but the agent stays alive (livez passes).

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use switchyard_tests::patience;
 use switchyard_tests::{
     Agent, AgentConfig, Attempt, EndpointPort, MultiNodeCluster, MultiNodeSpec, Protocol,
     ServiceManifest, ServicePort, ServiceType, TrafficPolicy,
@@ -86,9 +87,10 @@ fn peers(attempts: &[Attempt]) -> BTreeSet<(String, IpAddr)> {
         .collect()
 }
 
-/// Polls `probe` until it holds, for at most ten seconds.
+/// Polls `probe` until it holds, for at most ten (scaled) seconds.
 fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + patience::scaled(Duration::from_secs(10));
+    while std::time::Instant::now() < deadline {
         if probe() {
             return;
         }

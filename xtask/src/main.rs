@@ -6,6 +6,7 @@ mod demo;
 mod lint;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,8 +28,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Setup, build, unit tests, then the namespace integration tests (root).
-    Test,
+    /// Setup, build, unit tests, the namespace integration tests, then the
+    /// same tests in a VM on Linux 6.1 (root).
+    Test {
+        /// Skip the VM run (about ten minutes under TCG).
+        #[arg(long)]
+        no_vm: bool,
+    },
     /// Setup, build, then run the demo in network namespaces (root).
     Demo,
     /// rustfmt check and clippy with warnings denied.
@@ -42,6 +48,8 @@ enum Task {
         #[arg(last = true)]
         extra: Vec<String>,
     },
+    /// The integration tests inside QEMU VMs on Debian's kernels (root).
+    Vm(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,9 +59,10 @@ fn main() -> Result<()> {
             setup::run()?;
             cargo::build(release)
         }
-        Task::Test => test::run(),
+        Task::Test { no_vm } => test::run(no_vm),
         Task::Demo => demo::run(),
         Task::Lint => lint::run(),
         Task::Bench { full, extra } => bench::run(full, &extra),
+        Task::Vm(args) => vm::run(&args),
     }
 }

@@ -12,7 +12,19 @@ use crate::cargo;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Host tools the harness runs, and the Debian package of each.
-const TOOLS: &[(&str, &str)] = &[("ip", "iproute2")];
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    // `cargo xtask vm`: the VMs, their initramfs, Debian's kernel packages.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+    ("curl", "curl"),
+    ("gpgv", "gpgv"),
+    ("dpkg-deb", "dpkg"),
+    ("strip", "binutils"),
+];
 
 pub fn run() -> Result<()> {
     rust_src()?;

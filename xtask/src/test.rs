@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 
-use crate::{cargo, lint, setup};
+use crate::{cargo, lint, setup, vm};
 
-pub fn run() -> Result<()> {
+pub fn run(no_vm: bool) -> Result<()> {
     setup::run()?;
     cargo::build(false)?;
     lint::run()?;
@@ -41,5 +41,12 @@ pub fn run() -> Result<()> {
         "--test-threads=1",
     ]);
     integration.env("SWITCHYARD_BIN", &agent);
-    cargo::run(&mut integration)
+    cargo::run(&mut integration)?;
+    // The oldest kernel of the matrix, where the verifier is strictest and
+    // there is no tcx; it fits in CI's 90 minutes (see the README).
+    if no_vm {
+        println!("test: VM run skipped (--no-vm)");
+        return Ok(());
+    }
+    vm::run(&vm::VmArgs::oldest_kernel())
 }

@@ -60,6 +60,10 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 };
                 Some(nat)
             } else {
+                if !record_reply(&packet, &backend) {
+                    count(COUNTER_DROP_CONNTRACK);
+                    return SHOT;
+                }
                 None
             };
             start(ctx, &packet, &backend, id, nat)
@@ -170,9 +174,9 @@ fn choose(packet: &Packet) -> Choice {
     }
 }
 
-/// Records a new connection to `backend` and sends its first packet there.
-/// With `nat` (this node's address and port, whose reply entry
-/// `claim_snat_port` already made) the source is NATed.
+/// Records a new connection to `backend` and sends its first packet there;
+/// its reply entry is already made (`record_reply`, or `claim_snat_port`
+/// with `nat`: this node's address and port, and the source is NATed).
 #[inline(never)]
 fn start(
     ctx: &TcContext,
@@ -196,18 +200,6 @@ fn start(
         flow.snat = 1;
         flow.snat_addr = addr;
         flow.snat_port = port;
-    } else {
-        let answer = Flow {
-            last_seen_ns: now,
-            addr: packet.dst,
-            port: packet.dport,
-            kind: FLOW_REPLY,
-            ..Flow::default()
-        };
-        if CONNTRACK.insert(flow.partner(&key), answer, 0).is_err() {
-            count(COUNTER_DROP_CONNTRACK);
-            return SHOT;
-        }
     }
     if CONNTRACK.insert(key, flow, 0).is_err() {
         count(COUNTER_DROP_CONNTRACK);
@@ -215,6 +207,33 @@ fn start(
     }
     count(COUNTER_TRANSLATED_NEW);
     forward(ctx, packet, &flow)
+}
+
+/// The reply entry of a connection to `backend` that is not NATed (a NATed
+/// one's is made by `claim_snat_port`). Called from `ingress`, not from
+/// `start`, because the verifier adds up the frames along a call chain (512
+/// bytes at most): below `start` this came to 544 bytes, which the 6.1
+/// verifier refused (6.12 and 6.18 accepted the same object).
+#[inline(never)]
+fn record_reply(packet: &Packet, backend: &Backend) -> bool {
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let forward = Flow {
+        addr: backend.addr,
+        port: backend.port,
+        kind: FLOW_FORWARD,
+        ..Flow::default()
+    };
+    let answer = Flow {
+        last_seen_ns: now,
+        addr: packet.dst,
+        port: packet.dport,
+        kind: FLOW_REPLY,
+        ..Flow::default()
+    };
+    CONNTRACK
+        .insert(forward.partner(&packet.key()), answer, 0)
+        .is_ok()
 }
 
 /// Reserves a source port on this node for a connection to `backend` by

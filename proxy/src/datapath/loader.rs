@@ -33,8 +33,8 @@ use switchyard_abi::{
 };
 use tracing::{info, warn};
 
-use super::DatapathError;
-use crate::node_network::Device;
+use super::{DatapathError, feature_probe};
+use crate::{kernel_features::KernelFeatures, node_network::Device};
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));
@@ -85,11 +85,26 @@ pub struct Programs {
     previous: Vec<PathBuf>,
     /// Devices (by index) the packet programs are attached to.
     devices: BTreeSet<u32>,
+    features: &'static KernelFeatures,
 }
 
 /// Loads every program (reusing pinned maps) and opens a new generation of
 /// link pins.
 pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
+    let features = feature_probe::kernel_features();
+    feature_probe::log_missing(features);
+    let missing = features.missing_required();
+    if !missing.is_empty() {
+        let missing = missing
+            .iter()
+            .map(|f| format!("{} (Linux {})", f.name(), f.since()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(DatapathError::KernelTooOld {
+            release: features.release.clone(),
+            missing,
+        });
+    }
     prepare_pin_dir(pin_dir)?;
     let previous = generations(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
@@ -108,10 +123,14 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
             .load()
             .map_err(program_error(name))?;
     }
-    for (name, _) in PACKET_PROGRAMS {
-        program_mut::<SchedClassifier>(&mut ebpf, name)?
-            .load()
-            .map_err(program_error(name))?;
+    // Without the helpers the tc programs call, the verifier would refuse
+    // them; the socket hooks still serve everything started on the node.
+    if features.packet_path() {
+        for (name, _) in PACKET_PROGRAMS {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(program_error(name))?;
+        }
     }
     let generation = pin_dir.join(LINKS_DIR).join(generation_name());
     fs::create_dir_all(&generation).map_err(|source| DatapathError::PinDir {
@@ -123,6 +142,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
         generation,
         previous,
         devices: BTreeSet::new(),
+        features,
     })
 }
 
@@ -167,7 +187,8 @@ impl Programs {
     /// Attaches the packet hooks to `device` (tcx links, appended after any
     /// other program there) unless this start already did.
     pub fn attach_device(&mut self, device: &Device) -> Result<(), DatapathError> {
-        if self.devices.contains(&device.index) {
+        // The probe already said once why the per-packet path is off.
+        if self.devices.contains(&device.index) || !self.features.packet_path() {
             return Ok(());
         }
         for (name, attach_type) in PACKET_PROGRAMS {
@@ -194,6 +215,16 @@ impl Programs {
         self.devices.insert(device.index);
         info!(device = %device.name, "packet hooks attached");
         Ok(())
+    }
+
+    /// What the kernel offers, as probed when the programs were loaded.
+    pub fn features(&self) -> &'static KernelFeatures {
+        self.features
+    }
+
+    /// Whether packet hooks go on devices (the kernel has what they need).
+    pub fn packet_path(&self) -> bool {
+        self.features.packet_path()
     }
 
     /// A packet program, for running it on test input (`BPF_PROG_TEST_RUN`).

@@ -6,6 +6,7 @@
 //! [`DatapathState`] and [`MapOp`] values only.
 
 pub mod fake;
+pub mod feature_probe;
 pub mod flow_table;
 pub mod loader;
 pub mod pinned;
@@ -57,6 +58,8 @@ pub enum DatapathError {
     },
     #[error("map {map} not found in the eBPF object")]
     MissingMap { map: &'static str },
+    #[error("kernel {release} lacks {missing}: see the README's kernel compatibility table")]
+    KernelTooOld { release: String, missing: String },
     #[error("no datapath pinned at {path}: is `switchyard run` using this --bpffs?")]
     NotPinned { path: PathBuf },
 }
@@ -106,7 +109,10 @@ impl DatapathError {
             },
             Self::PinDir { .. } | Self::NotBpfFs { .. } | Self::Pin { .. } => "pin",
             Self::Cgroup { .. } => "cgroup",
-            Self::Load { .. } | Self::Program { .. } | Self::MissingMap { .. } => "load",
+            Self::Load { .. }
+            | Self::Program { .. }
+            | Self::MissingMap { .. }
+            | Self::KernelTooOld { .. } => "load",
             Self::NotPinned { .. } => "not_pinned",
         }
     }

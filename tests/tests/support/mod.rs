@@ -103,6 +103,7 @@ fn backend_text(backend: &Value) -> String {
 
 /// Polls (bounded) until `done` holds; returns how long that took.
 pub fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let limit = switchyard_tests::patience::scaled(limit);
     let start = Instant::now();
     while !done() {
         assert!(

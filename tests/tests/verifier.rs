@@ -1,0 +1,101 @@
+//! The running kernel's verifier accepts every program in the eBPF object,
+//! each loaded on its own so one rejection does not hide another, with the
+//! verifier's log in the failure. `cargo xtask vm` runs this on every kernel
+//! of the matrix; it is the first thing to fail when a kernel is too old or a
+//! program change trips an older verifier.
+
+use anyhow::{Result, ensure};
+use aya::{
+    EbpfLoader,
+    programs::{Program, ProgramError},
+};
+use switchyard::{
+    datapath::{
+        feature_probe,
+        loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
+    },
+    kernel_features::Feature,
+};
+use switchyard_tests::BpfFs;
+
+#[test]
+fn every_program_in_the_object_loads() -> Result<()> {
+    // The maps are declared pinned; a private bpffs keeps them off the host's.
+    let bpffs = BpfFs::new()?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(bpffs.path())
+        .load(loader::object())?;
+    let mut loaded = Vec::new();
+    let mut rejected = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            other => {
+                rejected.push(format!(
+                    "{name}: program type {:?} has no loader here",
+                    other.prog_type()
+                ));
+                continue;
+            }
+        };
+        match result {
+            Ok(()) => loaded.push(name.to_owned()),
+            Err(error) => rejected.push(format!("{name}: {}", describe(&error))),
+        }
+    }
+    ensure!(rejected.is_empty(), "rejected:\n{}", rejected.join("\n\n"));
+    loaded.sort();
+    let mut expected: Vec<String> = SOCKET_PROGRAMS
+        .iter()
+        .chain(PACKET_PROGRAMS.iter().map(|(name, _)| name))
+        .map(|name| (*name).to_owned())
+        .collect();
+    expected.sort();
+    // The agent's lists and the object agree, so the agent loads them all.
+    assert_eq!(loaded, expected);
+
+    // The probe agrees with what just loaded: nothing it calls required is
+    // missing, and the per-packet path is on.
+    let features = feature_probe::kernel_features();
+    assert_eq!(features.missing_required(), []);
+    assert!(features.packet_path(), "{}", features.table());
+    // Debian's kernels carry upstream version numbers, so tcx (6.6) follows
+    // the release: 6.1 has none, 6.12 and later have it.
+    if let Some(version) = release_version(&features.release) {
+        assert_eq!(
+            features.available(Feature::Tcx),
+            version >= (6, 6),
+            "{}",
+            features.table()
+        );
+    }
+    // `cargo xtask vm` puts the probe of each kernel in its report.
+    if let Some(path) = std::env::var_os("SWITCHYARD_FEATURES_OUT") {
+        std::fs::write(path, serde_json::to_string(features)?)?;
+    }
+    Ok(())
+}
+
+/// (major, minor) of a release such as `6.1.0-50-cloud-amd64`.
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The error with the verifier's log, whose tail names the rejected
+/// instruction.
+fn describe(error: &ProgramError) -> String {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}\n{}", tail.join("\n"))
+        }
+        other => format!("{other}"),
+    }
+}
