@@ -30,11 +30,22 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    /// Mean nanoseconds per run between `earlier` and `self`.
-    pub fn ns_per_run_since(&self, earlier: &RunStats) -> Option<f64> {
-        let runs = self.runs.checked_sub(earlier.runs)?;
-        let time = self.run_time_ns.checked_sub(earlier.run_time_ns)?;
-        (runs > 0).then(|| time as f64 / runs as f64)
+    /// What ran between `earlier` and `self`.
+    pub fn since(&self, earlier: &RunStats) -> RunStats {
+        RunStats {
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+            runs: self.runs.saturating_sub(earlier.runs),
+        }
+    }
+
+    pub fn add(&mut self, other: &RunStats) {
+        self.run_time_ns += other.run_time_ns;
+        self.runs += other.runs;
+    }
+
+    /// Mean nanoseconds per run.
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
     }
 }
 
@@ -70,4 +81,30 @@ fn newest_link(pins: &Path, program: &str) -> Result<std::path::PathBuf> {
         .pop()
         .map(|dir| dir.join(program))
         .with_context(|| format!("no pinned {program} link under {}", links.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_add_up_to_a_mean() {
+        let mut total = RunStats::default();
+        assert_eq!(total.ns_per_run(), None);
+        let a = RunStats {
+            run_time_ns: 1_000,
+            runs: 10,
+        };
+        let b = RunStats {
+            run_time_ns: 4_000,
+            runs: 20,
+        };
+        total.add(&b.since(&a));
+        total.add(&RunStats {
+            run_time_ns: 500,
+            runs: 5,
+        });
+        assert_eq!(total.ns_per_run(), Some(3_500.0 / 15.0));
+        assert_eq!(a.since(&b).runs, 0);
+    }
 }

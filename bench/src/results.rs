@@ -45,6 +45,8 @@ pub struct CrrSample {
 pub struct ModeResult {
     pub mode: Mode,
     pub crr: Vec<CrrSample>,
+    /// Direct runs interleaved with this mode's own (Switchyard's).
+    pub paired_direct: Vec<LoadResult>,
     pub rr: Option<LoadResult>,
     pub stream: Option<LoadResult>,
     /// Switchyard: process start to all Services programmed; baselines:
@@ -68,6 +70,7 @@ impl ModeResult {
         Self {
             mode,
             crr: Vec::new(),
+            paired_direct: Vec::new(),
             rr: None,
             stream: None,
             program_all_s: None,
@@ -114,18 +117,37 @@ impl Scale {
         self.modes.iter().find(|m| m.mode == mode)
     }
 
-    /// `mode`'s connection rate over `base`'s, at `placement`.
+    /// `mode`'s connection rate over `base`'s, at `placement`; over direct,
+    /// the direct runs interleaved with `mode`'s where there are any.
     pub fn ratio(&self, mode: Mode, base: Mode, placement: Placement) -> Option<f64> {
         let top = self.mode(mode)?.crr_rate(placement)?;
-        let bottom = self.mode(base)?.crr_rate(placement)?;
+        let bottom = match base {
+            Mode::Direct => self.direct_rate_beside(mode)?,
+            _ => self.mode(base)?.crr_rate(placement)?,
+        };
         (bottom > 0.0).then(|| top / bottom)
+    }
+
+    /// The direct connection rate to compare `mode` with.
+    pub fn direct_rate_beside(&self, mode: Mode) -> Option<f64> {
+        let paired: Vec<f64> = self
+            .mode(mode)?
+            .paired_direct
+            .iter()
+            .map(LoadResult::rate)
+            .collect();
+        if paired.is_empty() {
+            self.mode(Mode::Direct)?.crr_rate(Placement::Last)
+        } else {
+            Some(median(&paired))
+        }
     }
 
     /// Microseconds a connection costs `mode` beyond a direct one, from the
     /// two rates: 1/rate(mode) - 1/rate(direct).
     pub fn extra_us_per_connection(&self, mode: Mode, placement: Placement) -> Option<f64> {
         let rate = self.mode(mode)?.crr_rate(placement)?;
-        let direct = self.mode(Mode::Direct)?.crr_rate(placement)?;
+        let direct = self.direct_rate_beside(mode)?;
         (rate > 0.0 && direct > 0.0).then(|| 1e6 / rate - 1e6 / direct)
     }
 }

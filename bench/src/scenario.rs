@@ -10,8 +10,8 @@ use anyhow::{Result, bail};
 
 use crate::agent_run::RunningAgent;
 use crate::catalog::{Catalog, CatalogService, Placement, TARGET_PORT};
-use crate::hook_cost;
-use crate::load_result::monotonic_ns;
+use crate::hook_cost::{self, RunStats};
+use crate::load_result::{LoadResult, monotonic_ns};
 use crate::netfilter::{self, RuleSet};
 use crate::progress::Progress;
 use crate::results::{CrrSample, Mode, ModeResult, NodePortResult, Scale};
@@ -123,25 +123,7 @@ fn switchyard(
         options.ready_timeout,
     )?;
     result.program_all_s = Some(cold.as_secs_f64());
-    let pins = rig.bpffs.join("switchyard");
-    let stats = hook_cost::enable()?;
-    let before = hook_cost::read(&pins, "connect4")?;
-    connection_rates(rig, options, catalog, &mut result, progress)?;
-    let after = hook_cost::read(&pins, "connect4")?;
-    result.hook_ns = after.ns_per_run_since(&before);
-    // The same hook on connections to a pod IP: what every other connect()
-    // on the node pays for the hook being there.
-    progress.detail("connections past the hook to a pod IP");
-    let pod = SocketAddrV4::new(rig.pods[0].ip, TARGET_PORT);
-    traffic::run(
-        rig,
-        Test::ConnectRequestClose,
-        pod,
-        options.run,
-        Origin::Pod,
-    )?;
-    result.hook_passthrough_ns = hook_cost::read(&pins, "connect4")?.ns_per_run_since(&after);
-    drop(stats);
+    switchyard_rates(rig, options, catalog, &mut result, progress)?;
     if extras.established {
         let target = catalog.probe(Placement::Last).frontend();
         established(rig, options, target, &mut result, progress)?;
@@ -226,20 +208,7 @@ fn connection_rates(
                 run + 1,
                 options.runs
             ));
-            let sample = traffic::run(
-                rig,
-                Test::ConnectRequestClose,
-                target,
-                options.run,
-                Origin::Pod,
-            )?;
-            if sample.backends.len() < rig.pods.len() && sample.operations >= 1_000 {
-                bail!(
-                    "{} via {target} reached only {:?}: the service is not balanced",
-                    result.mode.label(),
-                    sample.backends
-                );
-            }
+            let sample = service_sample(rig, options, target, result.mode)?;
             result.crr.push(CrrSample {
                 placement: Some(placement),
                 result: sample,
@@ -247,6 +216,75 @@ fn connection_rates(
         }
     }
     Ok(())
+}
+
+/// Switchyard's connection rates, each round beside a direct run on the
+/// same node (a direct connect passes the hook untouched), so its ratio to
+/// direct does not depend on how the machine drifted between phases. The
+/// hook's kernel time is summed over each kind of run on its own.
+fn switchyard_rates(
+    rig: &Rig,
+    options: &Options,
+    catalog: &Catalog,
+    result: &mut ModeResult,
+    progress: &mut Progress,
+) -> Result<()> {
+    let pins = rig.bpffs.join("switchyard");
+    let _stats = hook_cost::enable()?;
+    let pod = SocketAddrV4::new(rig.pods[0].ip, TARGET_PORT);
+    let mut to_service = RunStats::default();
+    let mut to_pod = RunStats::default();
+    for run in 0..options.runs {
+        progress.detail(&format!("connections, round {}/{}", run + 1, options.runs));
+        let before = hook_cost::read(&pins, "connect4")?;
+        let direct = traffic::run(
+            rig,
+            Test::ConnectRequestClose,
+            pod,
+            options.run,
+            Origin::Pod,
+        )?;
+        let after = hook_cost::read(&pins, "connect4")?;
+        to_pod.add(&after.since(&before));
+        result.paired_direct.push(direct);
+        for placement in Placement::ALL {
+            let before = hook_cost::read(&pins, "connect4")?;
+            let target = catalog.probe(placement).frontend();
+            let sample = service_sample(rig, options, target, result.mode)?;
+            to_service.add(&hook_cost::read(&pins, "connect4")?.since(&before));
+            result.crr.push(CrrSample {
+                placement: Some(placement),
+                result: sample,
+            });
+        }
+    }
+    result.hook_ns = to_service.ns_per_run();
+    result.hook_passthrough_ns = to_pod.ns_per_run();
+    Ok(())
+}
+
+/// One connection-rate run through a Service, which must reach every pod.
+fn service_sample(
+    rig: &Rig,
+    options: &Options,
+    target: SocketAddrV4,
+    mode: Mode,
+) -> Result<LoadResult> {
+    let sample = traffic::run(
+        rig,
+        Test::ConnectRequestClose,
+        target,
+        options.run,
+        Origin::Pod,
+    )?;
+    if sample.backends.len() < rig.pods.len() && sample.operations >= 1_000 {
+        bail!(
+            "{} via {target} reached only {:?}: the service is not balanced",
+            mode.label(),
+            sample.backends
+        );
+    }
+    Ok(sample)
 }
 
 fn established(
