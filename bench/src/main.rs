@@ -17,11 +17,14 @@ use switchyard_bench::{plot, report};
 #[command(about = "Switchyard vs kube-proxy-shaped iptables/nftables vs direct, in namespaces")]
 struct Cli {
     /// The agent binary (a release build).
-    #[arg(long)]
-    agent: PathBuf,
+    #[arg(long, required_unless_present = "render")]
+    agent: Option<PathBuf>,
     /// The load generator binary.
-    #[arg(long)]
-    loadgen: PathBuf,
+    #[arg(long, required_unless_present = "render")]
+    loadgen: Option<PathBuf>,
+    /// Measure nothing: write the report and plot again from a bench.json.
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
     /// Where the report, the JSON samples and the plot go.
     #[arg(long)]
     out: PathBuf,
@@ -54,6 +57,16 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.out)?;
+    if let Some(json) = &cli.render {
+        let text = std::fs::read_to_string(json).with_context(|| format!("{}", json.display()))?;
+        let report: BenchReport = serde_json::from_str(&text)?;
+        println!("{}", write_outputs(&cli.out, &report)?);
+        return Ok(());
+    }
+    let (Some(agent), Some(loadgen)) = (cli.agent.clone(), cli.loadgen.clone()) else {
+        unreachable!("clap requires both unless --render");
+    };
     let scales: &[usize] = if !cli.services.is_empty() {
         &cli.services
     } else if cli.full {
@@ -61,13 +74,10 @@ fn main() -> Result<()> {
     } else {
         &[0, 1_000, 10_000]
     };
-    let change_scales: &[usize] = if cli.full {
-        &[10_000, 50_000]
-    } else {
-        &[10_000]
-    };
+    // Endpoint changes at the scales the issue names, whenever measured.
+    let change_scales: &[usize] = &[10_000, 50_000];
     let options = Options {
-        agent: cli.agent.clone(),
+        agent,
         run: Duration::from_millis(cli.run_ms),
         runs: cli.runs,
         changes: cli.changes,
@@ -80,8 +90,7 @@ fn main() -> Result<()> {
         },
         logs: cli.out.clone(),
     };
-    std::fs::create_dir_all(&cli.out)?;
-    let rig = Rig::up(&cli.loadgen).context("building the bench topology")?;
+    let rig = Rig::up(&loadgen).context("building the bench topology")?;
     let node_port_steps = if cli.no_node_port { 0 } else { 3 };
     let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {

@@ -1,12 +1,12 @@
 //! Everything one bench run measured, as raw samples (written out as JSON)
 //! and the summaries the report prints.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::Placement;
 use crate::load_result::{LoadResult, median, percentile};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Straight to the pod IP: the floor.
@@ -34,14 +34,14 @@ impl Mode {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CrrSample {
     /// None for direct, which has no Service to place.
     pub placement: Option<Placement>,
     pub result: LoadResult,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModeResult {
     pub mode: Mode,
     pub crr: Vec<CrrSample>,
@@ -105,7 +105,7 @@ impl ModeResult {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scale {
     /// Services besides the two probed ones.
     pub services: usize,
@@ -152,13 +152,13 @@ impl Scale {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodePortResult {
     pub mode: Mode,
     pub samples: Vec<LoadResult>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
     pub kernel: String,
     pub cpus: usize,
