@@ -116,10 +116,6 @@ impl Rig {
         self.pods.iter().map(|p| p.ip).collect()
     }
 
-    pub fn pod_named(&self, ip: Ipv4Addr) -> Option<&BenchPod> {
-        self.pods.iter().find(|p| p.ip == ip)
-    }
-
     fn wait_servers(&self) -> Result<()> {
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
         for pod in &self.pods {

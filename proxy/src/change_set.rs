@@ -24,10 +24,6 @@ impl ChangeSet {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        !self.everything && self.services.is_empty()
-    }
-
     fn add_service(&mut self, namespace: &str, name: &str) {
         if self.everything {
             return;
@@ -83,7 +79,7 @@ mod tests {
         let taken = pending.take();
         assert!(!taken.everything);
         assert_eq!(taken.services.len(), 2);
-        assert!(pending.take().is_empty());
+        assert_eq!(pending.take(), ChangeSet::default());
 
         for i in 0..=MAX_TRACKED {
             pending.service("default", &format!("svc-{i}"));

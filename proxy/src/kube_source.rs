@@ -32,11 +32,9 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::change_set::{ChangeSet, PendingChanges};
+use crate::endpoints::SERVICE_NAME_LABEL;
 use crate::manifest::Manifests;
 use crate::service::namespace_of;
-
-/// The label joining an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// kube-proxy's informer selector, on Services and EndpointSlices alike:
 /// objects for another proxy, and headless ones, are never even received.
