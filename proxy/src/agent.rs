@@ -17,22 +17,22 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    admin_server::{self, Endpoints},
-    change_set::ChangeSet,
     cli::RunArgs,
+    convert::desired::{desired_state, update_services},
+    convert::input_error::InputError,
+    convert::topology::{NodeContext, ZONE_LABEL},
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    desired::{desired_state, update_services},
-    health::{ProxyHealth, node_eligible},
-    input_error::InputError,
-    metrics::Metrics,
     model::DesiredState,
-    node_network,
-    packet_path::{PacketPath, PacketPathError},
+    node::node_network,
+    node::packet_path::{PacketPath, PacketPathError},
     runner::SyncRunner,
-    service_health_server::ServiceHealthServers,
+    serve::admin_server::{self, Endpoints},
+    serve::health::{ProxyHealth, node_eligible},
+    serve::metrics::Metrics,
+    serve::service_health_server::ServiceHealthServers,
+    source::change_set::ChangeSet,
     source::{Source, SourceError},
     sync::{SyncReport, Syncer},
-    topology::{NodeContext, ZONE_LABEL},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -3,10 +3,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use switchyard::{
     agent,
+    cli::kube_proxy_config::KubeProxyConfiguration,
+    cli::services_view,
     cli::{Cli, Command},
     datapath::loader,
-    kube_proxy_config::KubeProxyConfiguration,
-    services_view,
 };
 use tracing_subscriber::EnvFilter;
 

@@ -10,8 +10,8 @@ use tracing::{debug, error};
 
 use crate::{
     datapath::{DatapathError, MapReader, MapWriter},
-    datapath_state::DatapathState,
     model::{DesiredState, Frontend},
+    plan::datapath_state::DatapathState,
     plan::{MapOp, plan, plan_frontends},
 };
 use std::collections::BTreeSet;

@@ -8,7 +8,7 @@ use clap::Parser;
 use serde_json::Value;
 use switchyard::{
     cli::{Cli, Command},
-    kube_source::WATCHED_RESOURCES,
+    source::kube_source::WATCHED_RESOURCES,
 };
 
 fn documents(file: &str) -> Vec<Value> {

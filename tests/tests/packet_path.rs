@@ -17,11 +17,11 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use switchyard::{
+    convert::desired::desired_state,
+    convert::topology::NodeContext,
     datapath::{MapWriter, flow_table::FlowTable, loader, pinned::PinnedMaps},
-    datapath_state::DatapathState,
-    desired::desired_state,
+    plan::datapath_state::DatapathState,
     plan::plan,
-    topology::NodeContext,
 };
 use switchyard_tests::packet::{self, ACK, Frame, RST, SYN, Seen, TCP, UDP};
 use switchyard_tests::{BpfFs, NetNs};

@@ -10,11 +10,11 @@ use aya::{
     programs::{Program, ProgramError},
 };
 use switchyard::{
+    datapath::kernel_features::Feature,
     datapath::{
         feature_probe,
         loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
     },
-    kernel_features::Feature,
 };
 use switchyard_tests::BpfFs;
 

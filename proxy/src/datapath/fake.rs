@@ -4,7 +4,7 @@
 use switchyard_abi::BACKENDS_MAP;
 
 use super::{DatapathError, MapReader, MapWriter};
-use crate::{datapath_state::DatapathState, plan::MapOp};
+use crate::{plan::MapOp, plan::datapath_state::DatapathState};
 
 #[derive(Default)]
 pub struct FakeMaps {

@@ -12,7 +12,7 @@ use aya::{
 };
 use tracing::warn;
 
-use crate::kernel_features::{Availability, Feature, FeatureStatus, KernelFeatures};
+use crate::datapath::kernel_features::{Availability, Feature, FeatureStatus, KernelFeatures};
 
 /// Probes once per process; later calls return the same answers.
 pub fn kernel_features() -> &'static KernelFeatures {

@@ -12,7 +12,7 @@ use switchyard_abi::{
 };
 
 use super::{DatapathError, pinned::open_pinned};
-use crate::conntrack::{Connection, connections};
+use crate::node::conntrack::{Connection, connections};
 
 pub struct FlowTable {
     conntrack: HashMap<MapData, FlowKey, Flow>,

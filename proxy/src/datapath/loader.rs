@@ -34,7 +34,7 @@ use switchyard_abi::{
 use tracing::{info, warn};
 
 use super::{DatapathError, feature_probe};
-use crate::{kernel_features::KernelFeatures, node_network::Device};
+use crate::{datapath::kernel_features::KernelFeatures, node::node_network::Device};
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));

@@ -8,12 +8,13 @@
 pub mod fake;
 pub mod feature_probe;
 pub mod flow_table;
+pub mod kernel_features;
 pub mod loader;
 pub mod pinned;
 
 use std::path::PathBuf;
 
-use crate::{datapath_state::DatapathState, plan::MapOp};
+use crate::{plan::MapOp, plan::datapath_state::DatapathState};
 
 /// Applies map operations one at a time, in the order given.
 pub trait MapWriter {

@@ -11,8 +11,8 @@ use switchyard_abi::{
 
 use super::{DatapathError, MapReader, MapWriter};
 use crate::{
-    datapath_state::{DatapathState, RangeKey},
     plan::MapOp,
+    plan::datapath_state::{DatapathState, RangeKey},
 };
 
 pub struct PinnedMaps {

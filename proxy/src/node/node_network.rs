@@ -16,7 +16,7 @@ use rtnetlink::{
 };
 use tokio::sync::mpsc;
 
-use crate::address::Cidr;
+use crate::model::address::Cidr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {

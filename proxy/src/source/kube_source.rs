@@ -31,10 +31,10 @@ use kube::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::change_set::{ChangeSet, PendingChanges};
-use crate::endpoints::SERVICE_NAME_LABEL;
-use crate::manifest::Manifests;
-use crate::service::namespace_of;
+use crate::convert::endpoints::SERVICE_NAME_LABEL;
+use crate::convert::service::namespace_of;
+use crate::source::change_set::{ChangeSet, PendingChanges};
+use crate::source::manifest::Manifests;
 
 /// kube-proxy's informer selector, on Services and EndpointSlices alike:
 /// objects for another proxy, and headless ones, are never even received.

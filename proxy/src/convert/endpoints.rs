@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::debug;
 
-use crate::address::parse_ip_sloppy;
-use crate::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::service::{excluded_by_label, namespace_of, port_protocol};
+use crate::convert::topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints};
+use crate::model::address::parse_ip_sloppy;
 use crate::model::{Endpoint, Frontend, Protocol};
-use crate::service::{excluded_by_label, namespace_of, port_protocol};
-use crate::topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints};
 
 /// The label that joins a slice to its Service, in the slice's namespace.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

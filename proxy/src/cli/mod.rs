@@ -1,6 +1,9 @@
 //! The command line, as DESIGN.md's contract fixes it: other tools script
 //! against these names, so they only ever grow.
 
+pub mod kube_proxy_config;
+pub mod services_view;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -16,10 +16,10 @@ use crate::{
         flow_table::{FlowTable, monotonic_now_ns},
         loader::Programs,
     },
-    metrics::Metrics,
-    node_network::{
+    node::node_network::{
         self, BadNodePortAddress, DeviceSelection, NetworkError, NetworkSnapshot, NodePortAddresses,
     },
+    serve::metrics::Metrics,
 };
 
 #[derive(Debug, thiserror::Error)]

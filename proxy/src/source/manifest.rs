@@ -22,8 +22,8 @@ use serde_yaml::Value;
 use tracing::debug;
 
 use crate::{
-    input_error::{InputError, ObjectRef, Origin, Reason},
-    service::DEFAULT_NAMESPACE,
+    convert::input_error::{InputError, ObjectRef, Origin, Reason},
+    convert::service::DEFAULT_NAMESPACE,
 };
 
 /// Everything the folder holds, each object once (the last one read wins).

@@ -4,14 +4,14 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::endpoints::SliceIndex;
-use crate::input_error::{InputError, Reason};
+use crate::convert::endpoints::SliceIndex;
+use crate::convert::input_error::{InputError, Reason};
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
 
+use crate::convert::service::{health_check_node_port, service_frontends, service_ref};
+use crate::convert::topology::{NodeContext, TrafficPolicy, select_endpoints};
 use crate::model::{DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName};
-use crate::service::{health_check_node_port, service_frontends, service_ref};
-use crate::topology::{NodeContext, TrafficPolicy, select_endpoints};
 
 /// Slots are `u16` and slot 0 is the frontend itself.
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;

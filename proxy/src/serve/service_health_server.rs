@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
-    admin_server::{self, BindError, Endpoints},
-    health::ProxyHealth,
     model::HealthCheck,
+    serve::admin_server::{self, BindError, Endpoints},
+    serve::health::ProxyHealth,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::{health::ProxyHealth, metrics::Metrics, model::HealthCheck};
+use crate::{model::HealthCheck, serve::health::ProxyHealth, serve::metrics::Metrics};
 
 /// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
 /// "nftables" there.

@@ -8,7 +8,7 @@ use switchyard_abi::{
     Addr, Backend, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, ServiceValue, SourceRange,
 };
 
-use crate::{address::Cidr, plan::MapOp};
+use crate::{model::address::Cidr, plan::MapOp};
 
 #[derive(Clone, Debug, Default)]
 pub struct DatapathState {

@@ -11,14 +11,14 @@ use switchyard_abi::{
 
 use crate::{
     cli::OutputFormat,
-    conntrack::ConnectionView,
+    datapath::kernel_features::KernelFeatures,
     datapath::{
         DatapathError, MapReader, feature_probe,
         flow_table::{FlowTable, monotonic_now_ns},
         pinned::PinnedMaps,
     },
-    datapath_state::{DatapathState, RangeKey},
-    kernel_features::KernelFeatures,
+    node::conntrack::ConnectionView,
+    plan::datapath_state::{DatapathState, RangeKey},
 };
 
 /// `switchyard services -o json`.

@@ -1,6 +1,8 @@
 //! The service model: what Switchyard serves, independent of both the
 //! Kubernetes objects it came from and the map layout it goes to.
 
+pub mod address;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +13,7 @@ use switchyard_abi::{
     ServiceKey,
 };
 
-use crate::address::Cidr;
+use crate::model::address::Cidr;
 
 /// Transport protocols Kubernetes Services may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -14,6 +14,8 @@
 //! keeps its id, a new one takes the lowest free id), so no allocator state
 //! lives outside the maps and a restarted agent plans exactly like the old one.
 
+pub mod datapath_state;
+
 #[cfg(test)]
 mod tests;
 
@@ -22,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
-    datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
     model::{DesiredFrontend, DesiredState, Frontend},
+    plan::datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]

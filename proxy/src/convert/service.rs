@@ -6,10 +6,10 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::debug;
 
-use crate::address::{Cidr, parse_ip_sloppy};
-use crate::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::topology::TrafficPolicy;
+use crate::model::address::{Cidr, parse_ip_sloppy};
 use crate::model::{Frontend, Protocol, Scope, ServicePortName};
-use crate::topology::TrafficPolicy;
 
 mod external;
 

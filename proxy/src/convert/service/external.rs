@@ -12,10 +12,10 @@ use switchyard_abi::{FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES};
 use tracing::debug;
 
 use super::{ServiceFrontend, traffic_policy};
-use crate::address::{Cidr, parse_ip_sloppy};
-use crate::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::input_error::{InputError, ObjectRef, Reason};
+use crate::convert::topology::TrafficPolicy;
 use crate::model::Scope;
-use crate::topology::TrafficPolicy;
+use crate::model::address::{Cidr, parse_ip_sloppy};
 
 /// `status.loadBalancer.ingress[].ipMode` asking that traffic really go
 /// through the load balancer: kube-proxy then leaves the IP alone (KEP-1860).

@@ -10,7 +10,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::{input_error::InputError, kernel_features::KernelFeatures};
+use crate::{convert::input_error::InputError, datapath::kernel_features::KernelFeatures};
 
 pub struct Metrics {
     registry: Registry,
@@ -348,7 +348,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input_error::{ObjectRef, Reason};
+    use crate::convert::input_error::{ObjectRef, Reason};
 
     #[test]
     fn renders_kube_proxy_and_switchyard_names_with_bounded_labels() {
@@ -371,10 +371,10 @@ mod tests {
         metrics.set_packet_counters(&totals);
         metrics.observe_conntrack(8, 2);
         let features = KernelFeatures::new("test".into(), |feature| {
-            if feature == crate::kernel_features::Feature::Tcx {
-                crate::kernel_features::Availability::Missing
+            if feature == crate::datapath::kernel_features::Feature::Tcx {
+                crate::datapath::kernel_features::Availability::Missing
             } else {
-                crate::kernel_features::Availability::Available
+                crate::datapath::kernel_features::Availability::Available
             }
         });
         metrics.set_kernel_features(&features);

@@ -2,14 +2,19 @@
 //! or the Kubernetes API. Both give the same snapshot shape, so everything
 //! downstream is one code path.
 
+pub mod change_set;
+pub mod kube_source;
+pub mod manifest;
+pub mod watcher;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::{
-    change_set::ChangeSet,
-    kube_source::{KubeSource, KubeSourceError},
-    manifest::{Manifests, load_dir},
-    watcher::{ManifestWatcher, WatchError},
+    source::change_set::ChangeSet,
+    source::kube_source::{KubeSource, KubeSourceError},
+    source::manifest::{Manifests, load_dir},
+    source::watcher::{ManifestWatcher, WatchError},
 };
 
 #[derive(Debug, thiserror::Error)]

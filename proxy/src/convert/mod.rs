@@ -1,0 +1,9 @@
+//! Kubernetes objects to the desired state: Services to frontends,
+//! EndpointSlices to backends, topology and traffic policies, and the input
+//! errors met on the way. Pure: no I/O.
+
+pub mod desired;
+pub mod endpoints;
+pub mod input_error;
+pub mod service;
+pub mod topology;

@@ -1,0 +1,6 @@
+//! This node: its devices and addresses, the per-packet path that follows
+//! them, and the per-packet path's connections.
+
+pub mod conntrack;
+pub mod node_network;
+pub mod packet_path;

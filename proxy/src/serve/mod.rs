@@ -1,0 +1,7 @@
+//! What the agent serves over HTTP: kube-proxy's admin endpoints, health
+//! rules and health check node ports, and the Prometheus metrics.
+
+pub mod admin_server;
+pub mod health;
+pub mod metrics;
+pub mod service_health_server;
