@@ -24,7 +24,8 @@ use crate::{
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     model::DesiredState,
     node::node_network,
-    node::packet_path::{PacketPath, PacketPathError},
+    node::node_network::{DeviceSelection, NodePortAddresses},
+    node::packet_path::{PacketPath, PacketPathConfig, PacketPathError},
     runner::SyncRunner,
     serve::admin_server::{self, Endpoints},
     serve::health::{ProxyHealth, node_eligible},
@@ -72,7 +73,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut programs = loader::load(&args.pins.bpffs)?;
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
-    let mut packet_path = PacketPath::new(&args, &args.pins.bpffs)?;
+    let packet_path_config = PacketPathConfig {
+        devices: DeviceSelection::from_flag(&args.devices),
+        node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)
+            .map_err(PacketPathError::from)?,
+        timeouts: args.conntrack.timeouts(),
+    };
+    let mut packet_path = PacketPath::new(packet_path_config, &args.pins.bpffs)?;
     // Subscribed before the first read, so no change falls in between.
     let mut network_changes = node_network::watch().map_err(PacketPathError::from)?;
     packet_path.refresh(&mut programs, &metrics).await?;

@@ -12,7 +12,7 @@ use crate::{
     datapath::{DatapathError, MapReader, MapWriter},
     model::{DesiredState, Frontend},
     plan::datapath_state::DatapathState,
-    plan::{MapOp, plan, plan_frontends},
+    plan::{map_op::MapOp, plan, plan_frontends},
 };
 use std::collections::BTreeSet;
 

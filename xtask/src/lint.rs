@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 
-use crate::cargo;
+use crate::{cargo, layering};
 
 pub fn run() -> Result<()> {
+    layering::run()?;
     cargo::run(&mut cargo::command(&["fmt", "--all", "--check"]))?;
     // No `--workspace`: that would add the BPF crate, which only builds for
     // the bpfel target; the default members are what the host builds.

@@ -3,6 +3,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod layering;
 mod lint;
 mod setup;
 mod test;
@@ -34,10 +35,14 @@ enum Task {
         /// Skip the VM run (about ten minutes under TCG).
         #[arg(long)]
         no_vm: bool,
+        /// Only these integration tests (`tests/tests/NAME.rs`), after the
+        /// build: no lint, unit tests or VM run.
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
     },
     /// Setup, build, then run the demo in network namespaces (root).
     Demo,
-    /// rustfmt check and clippy with warnings denied.
+    /// rustfmt check, clippy with warnings denied, the layering check.
     Lint,
     /// Release build, then the benchmark (root; never run by CI).
     Bench {
@@ -59,7 +64,7 @@ fn main() -> Result<()> {
             setup::run()?;
             cargo::build(release)
         }
-        Task::Test { no_vm } => test::run(no_vm),
+        Task::Test { no_vm, tests } => test::run(no_vm, &tests),
         Task::Demo => demo::run(),
         Task::Lint => lint::run(),
         Task::Bench { full, extra } => bench::run(full, &extra),

@@ -6,9 +6,12 @@ use anyhow::Result;
 
 use crate::{cargo, lint, setup, vm};
 
-pub fn run(no_vm: bool) -> Result<()> {
+pub fn run(no_vm: bool, only: &[String]) -> Result<()> {
     setup::run()?;
     cargo::build(false)?;
+    if !only.is_empty() {
+        return integration(only);
+    }
     lint::run()?;
     // Everything that needs no root: the agent's unit tests and its
     // deploy/ checks, the ABI, the harness library.
@@ -30,18 +33,7 @@ pub fn run(no_vm: bool) -> Result<()> {
         "--lib",
         "--bins",
     ]))?;
-    let agent = cargo::agent_binary();
-    let mut integration = cargo::command(&[
-        "test",
-        "-p",
-        "switchyard-tests",
-        "--test",
-        "*",
-        "--",
-        "--test-threads=1",
-    ]);
-    integration.env("SWITCHYARD_BIN", &agent);
-    cargo::run(&mut integration)?;
+    integration(&["*".to_owned()])?;
     // The oldest kernel of the matrix, where the verifier is strictest and
     // there is no tcx; it fits in CI's 90 minutes (see the README).
     if no_vm {
@@ -49,4 +41,17 @@ pub fn run(no_vm: bool) -> Result<()> {
         return Ok(());
     }
     vm::run(&vm::VmArgs::oldest_kernel())
+}
+
+/// The integration tests named (`*` for all), one at a time, against the
+/// agent just built.
+fn integration(names: &[String]) -> Result<()> {
+    let mut args = vec!["test", "-p", "switchyard-tests"];
+    for name in names {
+        args.extend(["--test", name.as_str()]);
+    }
+    args.extend(["--", "--test-threads=1"]);
+    let mut command = cargo::command(&args);
+    command.env("SWITCHYARD_BIN", cargo::agent_binary());
+    cargo::run(&mut command)
 }

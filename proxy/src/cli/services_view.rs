@@ -18,7 +18,7 @@ use crate::{
         pinned::PinnedMaps,
     },
     node::conntrack::ConnectionView,
-    plan::datapath_state::{DatapathState, RangeKey},
+    plan::{datapath_state::DatapathState, map_op::RangeKey},
 };
 
 /// `switchyard services -o json`.

@@ -4,7 +4,7 @@
 use switchyard_abi::BACKENDS_MAP;
 
 use super::{DatapathError, MapReader, MapWriter};
-use crate::{plan::MapOp, plan::datapath_state::DatapathState};
+use crate::{plan::datapath_state::DatapathState, plan::map_op::MapOp};
 
 #[derive(Default)]
 pub struct FakeMaps {

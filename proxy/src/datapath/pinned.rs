@@ -11,8 +11,8 @@ use switchyard_abi::{
 
 use super::{DatapathError, MapReader, MapWriter};
 use crate::{
-    plan::MapOp,
-    plan::datapath_state::{DatapathState, RangeKey},
+    plan::map_op::MapOp,
+    plan::{datapath_state::DatapathState, map_op::RangeKey},
 };
 
 pub struct PinnedMaps {

@@ -10,7 +10,6 @@ use switchyard_abi::FlowTimeouts;
 use tracing::{info, warn};
 
 use crate::{
-    cli::RunArgs,
     datapath::{
         DatapathError,
         flow_table::{FlowTable, monotonic_now_ns},
@@ -32,6 +31,14 @@ pub enum PacketPathError {
     NodePortAddresses(#[from] BadNodePortAddress),
 }
 
+/// What the operator chose for the per-packet path, already parsed: the
+/// agent builds it from the flags, so this layer never sees the command line.
+pub struct PacketPathConfig {
+    pub devices: DeviceSelection,
+    pub node_port_addresses: NodePortAddresses,
+    pub timeouts: FlowTimeouts,
+}
+
 pub struct PacketPath {
     flows: FlowTable,
     selection: DeviceSelection,
@@ -42,12 +49,12 @@ pub struct PacketPath {
 }
 
 impl PacketPath {
-    pub fn new(args: &RunArgs, pin_dir: &Path) -> Result<Self, PacketPathError> {
+    pub fn new(config: PacketPathConfig, pin_dir: &Path) -> Result<Self, PacketPathError> {
         Ok(Self {
             flows: FlowTable::open(pin_dir)?,
-            selection: DeviceSelection::from_flag(&args.devices),
-            wanted_node_ports: NodePortAddresses::from_flag(&args.nodeport_addresses)?,
-            timeouts: args.conntrack.timeouts(),
+            selection: config.devices,
+            wanted_node_ports: config.node_port_addresses,
+            timeouts: config.timeouts,
             network: NetworkSnapshot::default(),
             node_port_addresses: Vec::new(),
         })

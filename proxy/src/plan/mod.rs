@@ -15,54 +15,20 @@
 //! lives outside the maps and a restarted agent plans exactly like the old one.
 
 pub mod datapath_state;
+pub mod map_op;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
     model::{DesiredFrontend, DesiredState, Frontend},
-    plan::datapath_state::{DatapathState, ProgrammedFrontend, RangeKey},
+    plan::datapath_state::{DatapathState, ProgrammedFrontend},
+    plan::map_op::{MapOp, RangeKey},
 };
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MapOp {
-    PutBackend {
-        id: u32,
-        backend: Backend,
-    },
-    /// `key.slot >= 1`.
-    PutSlot {
-        key: ServiceKey,
-        backend_id: u32,
-    },
-    /// `key.slot == 0`.
-    PutFrontend {
-        key: ServiceKey,
-        count: u16,
-        flags: u16,
-        affinity_timeout: u32,
-    },
-    PutSourceRange {
-        range: RangeKey,
-    },
-    DeleteSourceRange {
-        range: RangeKey,
-    },
-    DeleteSlot {
-        key: ServiceKey,
-    },
-    /// `key.slot == 0`.
-    DeleteFrontend {
-        key: ServiceKey,
-    },
-    DeleteBackend {
-        id: u32,
-    },
-}
 
 pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     let mut ids = BackendIds::new(current);
@@ -349,23 +315,4 @@ impl<'a> BackendIds<'a> {
         self.referenced.insert(id);
         id
     }
-}
-
-/// Counts for logs: how many of each operation a plan holds.
-pub fn summary(ops: &[MapOp]) -> BTreeMap<&'static str, usize> {
-    let mut counts = BTreeMap::new();
-    for op in ops {
-        let name = match op {
-            MapOp::PutBackend { .. } => "put_backend",
-            MapOp::PutSlot { .. } => "put_slot",
-            MapOp::PutFrontend { .. } => "put_frontend",
-            MapOp::DeleteSlot { .. } => "delete_slot",
-            MapOp::DeleteFrontend { .. } => "delete_frontend",
-            MapOp::DeleteBackend { .. } => "delete_backend",
-            MapOp::PutSourceRange { .. } => "put_source_range",
-            MapOp::DeleteSourceRange { .. } => "delete_source_range",
-        };
-        *counts.entry(name).or_default() += 1;
-    }
-    counts
 }

@@ -1,0 +1,87 @@
+//! One single-entry map operation, the unit a plan is made of and the
+//! datapath applies, and the source-range key it may carry. Both the plan
+//! and the mirror of the maps use these, so they sit below both.
+
+use std::net::IpAddr;
+
+use switchyard_abi::{Addr, Backend, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange};
+
+use crate::model::address::Cidr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    /// `key.slot >= 1`.
+    PutSlot {
+        key: ServiceKey,
+        backend_id: u32,
+    },
+    /// `key.slot == 0`.
+    PutFrontend {
+        key: ServiceKey,
+        count: u16,
+        flags: u16,
+        affinity_timeout: u32,
+    },
+    PutSourceRange {
+        range: RangeKey,
+    },
+    DeleteSourceRange {
+        range: RangeKey,
+    },
+    DeleteSlot {
+        key: ServiceKey,
+    },
+    /// `key.slot == 0`.
+    DeleteFrontend {
+        key: ServiceKey,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+}
+
+/// One key of the source-range LPM trie: a frontend and a source prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RangeKey {
+    pub prefix_len: u32,
+    pub range: SourceRange,
+}
+
+impl RangeKey {
+    pub fn new(frontend: &ServiceKey, cidr: &Cidr) -> Self {
+        // IPv4 prefixes sit behind the 96 bits of the mapped-address prefix.
+        let family_bits = if cidr.network.is_ipv4() { 96 } else { 0 };
+        Self {
+            prefix_len: SOURCE_RANGE_FRONTEND_BITS + family_bits + u32::from(cidr.prefix_len),
+            range: SourceRange {
+                addr: frontend.addr,
+                port: frontend.port,
+                proto: frontend.proto,
+                pad: 0,
+                src: Addr::from(cidr.network),
+            },
+        }
+    }
+
+    /// The frontend this range belongs to, as a slot-0 key without scope.
+    pub fn frontend_key(&self) -> ServiceKey {
+        ServiceKey::new(self.range.addr, self.range.port, self.range.proto, 0)
+    }
+
+    /// The source prefix this key admits.
+    pub fn source(&self) -> Cidr {
+        let ip = IpAddr::from(self.range.src);
+        let family_bits = if ip.is_ipv4() { 96 } else { 0 };
+        let bits = self
+            .prefix_len
+            .saturating_sub(SOURCE_RANGE_FRONTEND_BITS + family_bits);
+        Cidr {
+            network: ip,
+            prefix_len: u8::try_from(bits).unwrap_or(u8::MAX),
+        }
+    }
+}
