@@ -59,15 +59,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let health = Arc::new(Mutex::new(ProxyHealth::new(args.sync_period)));
     serve_http(&args, &metrics, &health).await;
 
-    let source = match &args.manifests {
-        Some(dir) => {
-            info!(node = %node_name, manifests = %dir.display(), "starting");
-            Source::manifests(dir.clone())?
-        }
-        None => {
-            info!(node = %node_name, "starting");
-            Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
-        }
+    let source = if let Some(dir) = &args.manifests {
+        info!(node = %node_name, manifests = %dir.display(), "starting");
+        Source::manifests(dir.clone())?
+    } else {
+        info!(node = %node_name, "starting");
+        Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
     };
 
     let mut programs = loader::load(&args.pins.bpffs)?;
@@ -194,7 +191,7 @@ impl Agent {
         // health record itself is still meaningful.
         self.health
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn queued(&mut self) {
@@ -207,6 +204,8 @@ impl Agent {
     async fn sync(&mut self) {
         let started = Instant::now();
         let changes = self.source.take_changes();
+        self.metrics
+            .count_changes(changes.received.services, changes.received.endpoint_slices);
         let (report, pass) = match self.changed_pass(&changes) {
             Some(report) => (report, "changed"),
             None => (self.full_pass(), "full"),

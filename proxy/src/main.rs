@@ -6,7 +6,7 @@ use switchyard::{
     cli::kube_proxy_config::KubeProxyConfiguration,
     cli::services_view,
     cli::{Cli, Command},
-    datapath::loader,
+    datapath::{error_chain, loader},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -29,7 +29,9 @@ fn main() -> ExitCode {
     match dispatch(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("switchyard: {error:#}");
+            // Each cause once: aya's errors behind `DatapathError` already
+            // print theirs, so `{error:#}` would say them twice.
+            eprintln!("switchyard: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -42,7 +42,8 @@ impl<W: MapWriter> Syncer<W> {
         &self.programmed
     }
 
-    pub fn writer(&self) -> &W {
+    #[cfg(test)]
+    pub(crate) fn writer(&self) -> &W {
         &self.writer
     }
 

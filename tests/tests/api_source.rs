@@ -133,6 +133,19 @@ fn changes_to_a_few_services_are_applied_alone_and_exactly() {
         log.contains("pass=\"changed\""),
         "no pass over changed Services:\n{log}"
     );
+
+    // Every event counted as kube-proxy counts them: two Services listed
+    // and one deleted; three slices listed and one relabelled.
+    let (_, metrics) = get(&cluster.node.netns, 10249, "/metrics");
+    let count = |name| metric(&metrics, name).unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+    assert!(
+        count("kubeproxy_sync_proxy_rules_service_changes_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        count("kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 4.0,
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -4,38 +4,11 @@
 
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::json;
 use support::*;
-use switchyard_tests::{
-    Agent, AgentConfig, Cluster, ClusterSpec, NetNs, ServiceManifest, ServicePort,
-};
-
-/// One HTTP/1.1 GET from inside `netns` (loopback of that namespace only);
-/// returns (status, body).
-fn get(netns: &NetNs, port: u16, path: &str) -> (u16, String) {
-    let path = path.to_owned();
-    netns
-        .within(move || {
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let status = response[9..12].parse().unwrap();
-            let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-            (status, body)
-        })
-        .unwrap()
-}
+use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, ServiceManifest, ServicePort};
 
 fn node(tainted: bool) -> serde_json::Value {
     let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});

@@ -360,45 +360,51 @@ mod tests {
 
     #[test]
     fn an_update_lands_where_a_full_pass_does() {
+        struct Step<'a> {
+            name: &'a str,
+            services: &'a [&'a str],
+            slices: &'a [&'a str],
+            changed: &'a [(&'a str, &'a str)],
+        }
         let node = NodeContext::default();
-        type Step<'a> = (
-            &'a str,
-            &'a [&'a str],
-            &'a [&'a str],
-            &'a [(&'a str, &'a str)],
-        );
         let steps: &[Step] = &[
-            (
-                "endpoints move",
-                &[WEB, API],
-                &[WEB_SLICE_MOVED, API_SLICE],
-                &[("default", "web")],
-            ),
-            (
-                "a Service goes",
-                &[API],
-                &[API_SLICE],
-                &[("default", "web")],
-            ),
-            (
-                "a Service comes",
-                &[WEB, API],
-                &[WEB_SLICE, API_SLICE],
-                &[("default", "web")],
-            ),
-            (
-                "its slice goes",
-                &[WEB, API],
-                &[API_SLICE],
-                &[("default", "web")],
-            ),
+            Step {
+                name: "endpoints move",
+                services: &[WEB, API],
+                slices: &[WEB_SLICE_MOVED, API_SLICE],
+                changed: &[("default", "web")],
+            },
+            Step {
+                name: "a Service goes",
+                services: &[API],
+                slices: &[API_SLICE],
+                changed: &[("default", "web")],
+            },
+            Step {
+                name: "a Service comes",
+                services: &[WEB, API],
+                slices: &[WEB_SLICE, API_SLICE],
+                changed: &[("default", "web")],
+            },
+            Step {
+                name: "its slice goes",
+                services: &[WEB, API],
+                slices: &[API_SLICE],
+                changed: &[("default", "web")],
+            },
         ];
         let (mut state, _) = desired_state(
             &objects::<Service>(&[WEB, API]),
             &objects::<EndpointSlice>(&[WEB_SLICE, API_SLICE]),
             &node,
         );
-        for (name, services, slices, changed) in steps {
+        for Step {
+            name,
+            services,
+            slices,
+            changed,
+        } in steps
+        {
             let changed = names(changed);
             let services: Vec<Service> = objects(services);
             let slices: Vec<EndpointSlice> = objects(slices);

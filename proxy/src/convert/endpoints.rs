@@ -175,6 +175,10 @@ impl SliceIndex {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one validation step per EndpointSlice field, in the order the API documents them"
+)]
 fn parse_slice(
     object: &ObjectRef,
     slice: &EndpointSlice,
@@ -222,9 +226,10 @@ fn parse_slice(
                 ));
                 continue;
             }
-            Some(number) => match u16::try_from(number) {
-                Ok(number) => number,
-                Err(_) => {
+            Some(number) => {
+                if let Ok(number) = u16::try_from(number) {
+                    number
+                } else {
                     errors.push(InputError::field(
                         object,
                         format!("{field}.port"),
@@ -233,7 +238,7 @@ fn parse_slice(
                     ));
                     continue;
                 }
-            },
+            }
         };
         let Some(protocol) = port_protocol(object, &field, port.protocol.as_deref(), errors) else {
             continue;

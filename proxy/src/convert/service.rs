@@ -353,7 +353,7 @@ fn port_specs(
         };
         let node_port = match port.node_port {
             None | Some(0) => None,
-            Some(number @ 1..=65_535) => Some(number as u16),
+            Some(number @ 1..=65_535) => u16::try_from(number).ok(),
             Some(other) => {
                 errors.push(InputError::field(
                     object,

@@ -22,8 +22,7 @@ pub fn kernel_features() -> &'static KernelFeatures {
 
 fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |r| r.trim().to_owned())
 }
 
 fn probe(feature: Feature) -> Availability {

@@ -99,10 +99,8 @@ impl FlowTable {
 
 /// `bpf_ktime_get_ns()`'s clock, for comparing with `last_seen_ns`.
 pub fn monotonic_now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|now| {
-            u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(now.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0)
+    })
 }

@@ -65,8 +65,10 @@ pub enum DatapathError {
     NotPinned { path: PathBuf },
 }
 
-/// aya's syscall errors print only the call; the errno is in the source.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, each said once. aya's syscall errors print
+/// only the call (the errno is in the source); other wrappers already print
+/// their cause.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -257,7 +257,8 @@ impl DatapathState {
 
     /// Every way the kernel could fail to resolve a connection: a count
     /// covering a missing slot, or a slot naming a missing backend.
-    pub fn dangling(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn dangling(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (key, frontend) in &self.frontends {
             for (index, slot) in frontend.active_slots().enumerate() {

@@ -301,16 +301,15 @@ impl<'a> BackendIds<'a> {
             .current
             .backend_id(&backend)
             .or_else(|| self.fresh.get(&backend).copied());
-        let id = match known {
-            Some(id) => id,
-            None => {
-                // The iterator never ends: ids are u32 and a map holds far
-                // fewer backends than that.
-                let id = self.free.next().unwrap_or(u32::MAX);
-                self.fresh.insert(backend, id);
-                self.new_backends.push(MapOp::PutBackend { id, backend });
-                id
-            }
+        let id = if let Some(id) = known {
+            id
+        } else {
+            // The iterator never ends: ids are u32 and a map holds far
+            // fewer backends than that.
+            let id = self.free.next().unwrap_or(u32::MAX);
+            self.fresh.insert(backend, id);
+            self.new_backends.push(MapOp::PutBackend { id, backend });
+            id
         };
         self.referenced.insert(id);
         id

@@ -62,7 +62,10 @@ fn assert_serves(state: &DatapathState, want: &DesiredState) {
     assert_eq!(state.frontends.len(), want.frontends.len(), "{state:#?}");
     for (frontend, desired) in &want.frontends {
         let programmed = &state.frontends[&frontend.key()];
-        assert_eq!(programmed.count, Some(desired.backends.len() as u16));
+        assert_eq!(
+            programmed.count,
+            Some(u16::try_from(desired.backends.len()).unwrap())
+        );
         assert_eq!(
             programmed.slots.len(),
             desired.backends.len(),

@@ -122,7 +122,9 @@ impl Endpoints {
                 let answer = {
                     // A poisoned lock only means a panic elsewhere mid-update;
                     // the health record is still meaningful.
-                    let health = health.lock().unwrap_or_else(|poison| poison.into_inner());
+                    let health = health
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     if path == "/healthz" {
                         health.healthz(now)
                     } else {
@@ -148,11 +150,11 @@ impl Endpoints {
 fn service_health(check: &Mutex<HealthCheck>, proxy: &Mutex<ProxyHealth>) -> Response<Full<Bytes>> {
     let check = check
         .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let proxy_healthy = proxy
         .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .is_healthy(SystemTime::now());
     let body = ServiceHealthBody {
         service: ServiceName {
@@ -241,7 +243,7 @@ mod tests {
         check.lock().unwrap().local_endpoints = 0;
         assert!(get(address, "/").await.starts_with("HTTP/1.1 503"));
         check.lock().unwrap().local_endpoints = 1;
-        let long_ago = SystemTime::now() - Duration::from_secs(120);
+        let long_ago = SystemTime::now() - Duration::from_mins(2);
         proxy.lock().unwrap().queued_update(long_ago);
         let sick = get(address, "/").await;
         assert!(sick.starts_with("HTTP/1.1 503") && sick.contains("\"serviceProxyHealthy\":false"));
@@ -286,7 +288,7 @@ mod tests {
         let livez = get(address, "/livez").await;
         assert!(livez.starts_with("HTTP/1.1 200 OK") && !livez.contains("nodeEligible"));
 
-        let long_ago = SystemTime::now() - Duration::from_secs(120);
+        let long_ago = SystemTime::now() - Duration::from_mins(2);
         health.lock().unwrap().queued_update(long_ago);
         assert!(get(address, "/livez").await.starts_with("HTTP/1.1 503"));
     }

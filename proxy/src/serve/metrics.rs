@@ -68,6 +68,10 @@ impl Metrics {
         clippy::missing_panics_doc,
         reason = "constant, valid metric definitions"
     )]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration per metric, in the order /metrics lists them"
+    )]
     pub fn new() -> Self {
         let registry = Registry::new();
         let histogram = |name: &str, help: &str| {
@@ -230,7 +234,7 @@ impl Metrics {
         let mut seen = self
             .packets_seen
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.resize(totals.len(), 0);
         for ((total, previous), (verdict, reason)) in totals
             .iter()

@@ -71,7 +71,7 @@ impl ServiceHealthServers {
                 let mut current = listener
                     .check
                     .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *current = check.clone();
                 continue;
             }
@@ -94,7 +94,7 @@ impl ServiceHealthServers {
     async fn listen(&self, port: u16, check: &HealthCheck) -> Result<Listener, BindError> {
         let check = Arc::new(Mutex::new(check.clone()));
         let mut tasks = Vec::new();
-        for address in self.bind_addresses(port).await? {
+        for address in self.bind_addresses(port) {
             let listener = admin_server::bind(address).await?;
             let endpoints = Endpoints::ServiceHealth {
                 check: Arc::clone(&check),
@@ -107,23 +107,20 @@ impl ServiceHealthServers {
 
     /// Every address: `[::]`, which on Linux also takes IPv4 unless
     /// `bindv6only` is set; `0.0.0.0` when IPv6 is off.
-    async fn bind_addresses(&self, port: u16) -> Result<Vec<SocketAddr>, BindError> {
+    fn bind_addresses(&self, port: u16) -> Vec<SocketAddr> {
         if !self.addresses.is_empty() {
-            return Ok(self
+            return self
                 .addresses
                 .iter()
                 .map(|&ip| SocketAddr::new(ip, port))
-                .collect());
+                .collect();
         }
         let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         match tokio::net::TcpSocket::new_v6() {
-            Ok(_) => Ok(vec![any6]),
+            Ok(_) => vec![any6],
             Err(error) => {
                 warn!(%error, "no IPv6; health check node ports listen on IPv4 only");
-                Ok(vec![SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    port,
-                )])
+                vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)]
             }
         }
     }

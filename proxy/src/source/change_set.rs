@@ -14,13 +14,23 @@ pub struct ChangeSet {
     pub everything: bool,
     /// `(namespace, name)` of each changed Service.
     pub services: BTreeSet<(String, String)>,
+    /// Watch events received, kept even when the set says `everything`:
+    /// kube-proxy's `sync_proxy_rules_*_changes_total` count these.
+    pub received: ReceivedChanges,
+}
+
+/// How many Service and EndpointSlice changes the watchers delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceivedChanges {
+    pub services: u64,
+    pub endpoint_slices: u64,
 }
 
 impl ChangeSet {
     pub fn everything() -> Self {
         Self {
             everything: true,
-            services: BTreeSet::new(),
+            ..Self::default()
         }
     }
 
@@ -54,6 +64,16 @@ impl PendingChanges {
         self.lock().mark_everything();
     }
 
+    /// One Service added, updated or deleted, as a watch event delivered it.
+    pub fn received_service(&self) {
+        self.lock().received.services += 1;
+    }
+
+    /// One EndpointSlice added, updated or deleted.
+    pub fn received_endpoint_slice(&self) {
+        self.lock().received.endpoint_slices += 1;
+    }
+
     /// What changed since the last take, leaving nothing pending.
     pub fn take(&self) -> ChangeSet {
         std::mem::take(&mut *self.lock())
@@ -62,7 +82,9 @@ impl PendingChanges {
     fn lock(&self) -> std::sync::MutexGuard<'_, ChangeSet> {
         // The set is valid after any panic mid-insert; worst case it names
         // one Service too many.
-        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -85,6 +107,25 @@ mod tests {
             pending.service("default", &format!("svc-{i}"));
         }
         assert_eq!(pending.take(), ChangeSet::everything());
+    }
+
+    #[test]
+    fn counts_what_was_received_even_when_everything_changed() {
+        let pending = PendingChanges::default();
+        pending.received_service();
+        pending.received_endpoint_slice();
+        pending.received_endpoint_slice();
+        pending.everything();
+        let taken = pending.take();
+        assert!(taken.everything);
+        assert_eq!(
+            taken.received,
+            ReceivedChanges {
+                services: 1,
+                endpoint_slices: 2
+            }
+        );
+        assert_eq!(pending.take().received, ReceivedChanges::default());
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl KubeSource {
             &mut tasks,
             |service: &Service, _deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&service.metadata);
+                pending.received_service();
                 pending.service(namespace, name);
             },
         );
@@ -152,13 +153,16 @@ impl KubeSource {
             &mut tasks,
             move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&slice.metadata);
+                pending.received_endpoint_slice();
                 let service = slice
                     .metadata
                     .labels
                     .as_ref()
                     .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
                     .filter(|_| !deleted);
-                let mut members = members.lock().unwrap_or_else(|p| p.into_inner());
+                let mut members = members
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for service in members.record(namespace, name, service) {
                     pending.service(namespace, &service);
                 }
@@ -213,7 +217,10 @@ impl KubeSource {
                     .get(&reflector::ObjectRef::new(name).within(namespace))
             })
             .collect();
-        let members = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self
+            .membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The store is the truth: a name the membership still lists (a
         // slice gone during a relist) simply is not found, and one whose
         // label moved elsewhere is filtered out.

@@ -5,13 +5,14 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use switchyard_tests::{
-    Agent, Attempt, Cluster, EndpointPort, Pod, Protocol, ServiceManifest, ServicePort,
+    Agent, Attempt, Cluster, EndpointPort, NetNs, Pod, Protocol, ServiceManifest, ServicePort,
 };
 
 pub const VIP4: &str = "10.96.0.10";
@@ -113,4 +114,33 @@ pub fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
         std::thread::sleep(Duration::from_millis(10));
     }
     start.elapsed()
+}
+
+/// One HTTP/1.1 GET from inside `netns` (loopback of that namespace only);
+/// returns (status, body).
+pub fn get(netns: &NetNs, port: u16, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    netns
+        .within(move || {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let status = response[9..12].parse().unwrap();
+            let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+            (status, body)
+        })
+        .unwrap()
+}
+
+/// The value of an unlabelled sample in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (sample, value) = line.split_once(' ')?;
+        (sample == name).then(|| value.trim().parse().ok())?
+    })
 }

@@ -17,6 +17,10 @@ fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table test: one row per kube-proxy rule"
+)]
 fn service_frontends_follow_kube_proxy() {
     let cases: &[(&str, &str, &[&str], &[&str])] = &[
         (

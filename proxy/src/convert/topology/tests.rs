@@ -44,6 +44,10 @@ fn candidate(text: &str) -> Candidate {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table test: one row per kube-proxy rule"
+)]
 fn endpoint_selection_table() {
     use TrafficPolicy::{Cluster, Local};
     // (case, policy, node zone, candidates, chosen last octets)

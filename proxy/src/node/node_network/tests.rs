@@ -62,7 +62,7 @@ fn node_port_addresses_follow_kube_proxy() {
         (&["127.0.0.0/8"], &[]),
     ];
     for (flag, want) in cases {
-        let flag: Vec<String> = flag.iter().map(|s| s.to_string()).collect();
+        let flag: Vec<String> = flag.iter().map(std::string::ToString::to_string).collect();
         let wanted = NodePortAddresses::from_flag(&flag).unwrap();
         assert_eq!(
             snap.node_port_addresses(&wanted, &auto),
