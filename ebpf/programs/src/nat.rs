@@ -30,7 +30,6 @@ use crate::{
     select::{Selection, select},
 };
 
-const OK: i32 = packet::NEXT;
 const SHOT: i32 = TC_ACT_SHOT;
 /// `last_seen_ns` is refreshed at most this often, so a busy flow does not
 /// write its shared entry on every packet.
@@ -41,7 +40,7 @@ const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 /// most), and inlined into one frame they would not fit.
 pub fn ingress(ctx: &TcContext) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return OK;
+        return packet::NEXT;
     };
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
@@ -91,15 +90,15 @@ fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
 
 pub fn egress(ctx: &TcContext) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return OK;
+        return packet::NEXT;
     };
     let Some(entry) = CONNTRACK.get_ptr_mut(packet.key()) else {
-        return OK;
+        return packet::NEXT;
     };
     // SAFETY: as in `ingress`.
     let flow = unsafe { *entry };
     if flow.kind != FLOW_REPLY {
-        return OK;
+        return packet::NEXT;
     }
     touch(entry, &packet);
     reply(ctx, &packet, &flow, false)
@@ -146,7 +145,7 @@ fn choose(packet: &Packet) -> Choice {
     let frontend = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_EXTERNAL, 0);
     // SAFETY: as in `still_valid`.
     let Some(settings) = (unsafe { SERVICES.get(frontend) }).copied() else {
-        return Choice::Verdict(OK);
+        return Choice::Verdict(packet::NEXT);
     };
     if packet.first_fragment {
         // The later fragments carry no ports to translate by.
@@ -158,14 +157,16 @@ fn choose(packet: &Packet) -> Choice {
         return Choice::Verdict(SHOT);
     }
     match select(&frontend, client_of_addr(&packet.src)) {
-        Selection::NotAService => Choice::Verdict(OK),
+        Selection::NotAService => Choice::Verdict(packet::NEXT),
         Selection::NoBackends if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
             count(COUNTER_DROP_NO_LOCAL);
             Choice::Verdict(SHOT)
         }
         Selection::NoBackends => Choice::Refuse,
         // The agent never pairs families; this guards hand-edited maps.
-        Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => Choice::Verdict(OK),
+        Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => {
+            Choice::Verdict(packet::NEXT)
+        }
         Selection::Backend(backend, id) => Choice::Backend {
             backend,
             id,
@@ -332,7 +333,7 @@ fn reply(ctx: &TcContext, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32
     if at_ingress {
         packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.addr, &dst)
     } else {
-        OK
+        packet::NEXT
     }
 }
 

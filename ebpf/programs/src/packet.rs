@@ -24,6 +24,37 @@ use crate::maps::count;
 pub const NEXT: i32 = -1;
 
 pub const ETH_HLEN: usize = 14;
+
+// Field offsets from the start of their header (RFC 791, 8200, 9293, 768).
+/// IPv4: flags and fragment offset.
+const IPV4_FRAG_OFF: usize = 6;
+/// IPv4: protocol.
+const IPV4_PROTOCOL: usize = 9;
+/// IPv4: header checksum.
+const IPV4_CHECKSUM: usize = 10;
+/// IPv4: source and destination addresses.
+const IPV4_SADDR: usize = 12;
+const IPV4_DADDR: usize = 16;
+/// IPv6: next header.
+const IPV6_NEXTHDR: usize = 6;
+/// IPv6: source and destination addresses.
+const IPV6_SADDR: usize = 8;
+const IPV6_DADDR: usize = 24;
+/// TCP and UDP: source and destination ports.
+const L4_SPORT: usize = 0;
+const L4_DPORT: usize = 2;
+/// TCP: the flags byte; its checksum.
+const TCP_FLAGS: usize = 13;
+const TCP_CHECKSUM: usize = 16;
+/// UDP: its checksum.
+const UDP_CHECKSUM: usize = 6;
+/// IPv6 fragment header: fragment offset and flags.
+const FRAG_HDR_OFF: usize = 2;
+
+// The size half of the csum_replace helpers' flags: how wide the replaced
+// field is (BPF_F_HDR_FIELD_MASK).
+const CSUM_FIELD_2: u64 = 2;
+const CSUM_FIELD_4: u64 = 4;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_HLEN: usize = 40;
@@ -66,9 +97,9 @@ impl Packet {
 
     fn checksum_offset(&self) -> usize {
         if self.proto == PROTO_TCP {
-            self.l4 + 16
+            self.l4 + TCP_CHECKSUM
         } else {
-            self.l4 + 6
+            self.l4 + UDP_CHECKSUM
         }
     }
 
@@ -101,13 +132,13 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     if version_ihl >> 4 != 4 || header_len < 20 {
         return None;
     }
-    let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+    let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF).ok()?);
     if fragment & 0x1fff != 0 {
         return None;
     }
-    let proto = ctx.load::<u8>(ETH_HLEN + 9).ok()?;
-    let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + 12).ok()?);
-    let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + 16).ok()?);
+    let proto = ctx.load::<u8>(ETH_HLEN + IPV4_PROTOCOL).ok()?;
+    let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_SADDR).ok()?);
+    let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_DADDR).ok()?);
     let first_fragment = fragment & 0x2000 != 0;
     transport(
         ctx,
@@ -125,17 +156,17 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
 }
 
 fn parse_v6(ctx: &TcContext) -> Option<Packet> {
-    let mut next = ctx.load::<u8>(ETH_HLEN + 6).ok()?;
+    let mut next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR).ok()?;
     let src = Addr {
-        words: ctx.load::<[u32; 4]>(ETH_HLEN + 8).ok()?,
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_SADDR).ok()?,
     };
     let dst = Addr {
-        words: ctx.load::<[u32; 4]>(ETH_HLEN + 24).ok()?,
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_DADDR).ok()?,
     };
     let mut l4 = ETH_HLEN + IPV6_HLEN;
     let mut first_fragment = false;
     if next == NEXTHDR_FRAGMENT {
-        let offset_flags = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+        let offset_flags = u16::from_be(ctx.load::<u16>(l4 + FRAG_HDR_OFF).ok()?);
         if offset_flags >> 3 != 0 {
             return None;
         }
@@ -159,7 +190,7 @@ fn transport(
         return None;
     }
     let tcp_flags = if proto == PROTO_TCP {
-        ctx.load::<u8>(l4 + 13).ok()?
+        ctx.load::<u8>(l4 + TCP_FLAGS).ok()?
     } else {
         0
     };
@@ -169,8 +200,8 @@ fn transport(
         proto,
         src,
         dst,
-        sport: ctx.load::<u16>(l4).ok()?,
-        dport: ctx.load::<u16>(l4 + 2).ok()?,
+        sport: ctx.load::<u16>(l4 + L4_SPORT).ok()?,
+        dport: ctx.load::<u16>(l4 + L4_DPORT).ok()?,
         tcp_flags,
         first_fragment,
         ip_options: false,
@@ -189,15 +220,15 @@ pub enum End {
 /// checksum leaves with one too, for the receiver to drop.
 pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
     let (old_addr, old_port, port_offset) = match end {
-        End::Source => (&packet.src, packet.sport, packet.l4),
-        End::Destination => (&packet.dst, packet.dport, packet.l4 + 2),
+        End::Source => (&packet.src, packet.sport, packet.l4 + L4_SPORT),
+        End::Destination => (&packet.dst, packet.dport, packet.l4 + L4_DPORT),
     };
     let checksum = packet.checksum_offset();
     let l4_flags = packet.l4_flags();
     if packet.v6 {
         let offset = match end {
-            End::Source => ETH_HLEN + 8,
-            End::Destination => ETH_HLEN + 24,
+            End::Source => ETH_HLEN + IPV6_SADDR,
+            End::Destination => ETH_HLEN + IPV6_DADDR,
         };
         let mut old = old_addr.words;
         let mut new = addr.words;
@@ -216,23 +247,29 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
         ctx.store(offset, &addr.words, 0).ok()?;
     } else {
         let offset = match end {
-            End::Source => ETH_HLEN + 12,
-            End::Destination => ETH_HLEN + 16,
+            End::Source => ETH_HLEN + IPV4_SADDR,
+            End::Destination => ETH_HLEN + IPV4_DADDR,
         };
         let (old, new) = (u64::from(old_addr.v4_word()), u64::from(addr.v4_word()));
         ctx.l4_csum_replace(
             checksum,
             old,
             new,
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | CSUM_FIELD_4,
         )
         .ok()?;
-        ctx.l3_csum_replace(ETH_HLEN + 10, old, new, 4).ok()?;
+        ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECKSUM, old, new, CSUM_FIELD_4)
+            .ok()?;
         ctx.store(offset, &addr.v4_word(), 0).ok()?;
     }
     if old_port != port {
-        ctx.l4_csum_replace(checksum, u64::from(old_port), u64::from(port), l4_flags | 2)
-            .ok()?;
+        ctx.l4_csum_replace(
+            checksum,
+            u64::from(old_port),
+            u64::from(port),
+            l4_flags | CSUM_FIELD_2,
+        )
+        .ok()?;
         ctx.store(port_offset, &port, 0).ok()?;
     }
     Some(())
@@ -261,7 +298,7 @@ pub fn redirect_by_route(ctx: &TcContext, v6: bool, proto: u8, src: &Addr, dst: 
     let result = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            &raw mut params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -286,7 +323,7 @@ pub fn redirect_by_route(ctx: &TcContext, v6: bool, proto: u8, src: &Addr, dst: 
                 }
                 bpf_redirect_neigh(
                     params.ifindex,
-                    &mut next_hop,
+                    &raw mut next_hop,
                     size_of::<bpf_redir_neigh>() as i32,
                     0,
                 ) as i32
