@@ -1,6 +1,7 @@
 //! Kubernetes objects to the desired state: the one entry point of the
 //! conversion layer.
 
+use crate::model::name::NamespacedName;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -49,15 +50,15 @@ pub struct NeedsFullPass;
 /// On `Err` the state is half-updated and must be rebuilt by a full pass.
 pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     state: &mut DesiredState,
-    changed: &BTreeSet<(String, String)>,
+    changed: &BTreeSet<NamespacedName>,
     services: &[S],
     slices: &[E],
     node: &NodeContext,
 ) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
     let owned_by_changed = |service: &ServicePortName| {
-        changed
-            .iter()
-            .any(|(namespace, name)| *namespace == service.namespace && *name == service.name)
+        changed.iter().any(|NamespacedName { namespace, name }| {
+            *namespace == service.namespace && *name == service.name
+        })
     };
     let mut touched = BTreeSet::new();
     for service in changed {
@@ -72,7 +73,12 @@ pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     let stale_ports: Vec<u16> = state
         .health_checks
         .iter()
-        .filter(|(_, check)| changed.contains(&(check.namespace.clone(), check.name.clone())))
+        .filter(|(_, check)| {
+            changed.contains(&NamespacedName::new(
+                check.namespace.clone(),
+                check.name.clone(),
+            ))
+        })
         .map(|(port, _)| *port)
         .collect();
     for port in stale_ports {
@@ -174,7 +180,10 @@ fn add_service(
         }
         state
             .owners
-            .entry((object.namespace.clone(), object.name.clone()))
+            .entry(NamespacedName::new(
+                object.namespace.clone(),
+                object.name.clone(),
+            ))
             .or_default()
             .insert(claim.frontend);
         state.frontends.insert(
@@ -344,10 +353,10 @@ mod tests {
         assert_eq!(errors[0].reason(), "too_many_endpoints");
     }
 
-    fn names(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    fn names(pairs: &[(&str, &str)]) -> BTreeSet<NamespacedName> {
         pairs
             .iter()
-            .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .map(|(ns, name)| NamespacedName::new(*ns, *name))
             .collect()
     }
 
@@ -411,7 +420,12 @@ mod tests {
             let (full, _) = desired_state(&services, &slices, &node);
             let changed_services: Vec<Service> = services
                 .iter()
-                .filter(|s| changed.contains(&("default".into(), s.metadata.name.clone().unwrap())))
+                .filter(|s| {
+                    changed.contains(&NamespacedName::new(
+                        "default",
+                        s.metadata.name.clone().unwrap(),
+                    ))
+                })
                 .cloned()
                 .collect();
             let (touched, _) =

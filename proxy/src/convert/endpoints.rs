@@ -1,6 +1,7 @@
 //! EndpointSlices to backends, as kube-proxy's `endpointslicecache.go`
 //! reads them.
 
+use crate::model::name::NamespacedName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -68,7 +69,7 @@ struct ParsedSlice {
 pub struct SliceIndex {
     /// Keyed by (namespace, service name); each list in slice-name order,
     /// which decides which copy of a duplicated endpoint counts.
-    by_service: BTreeMap<(String, String), Vec<(String, ParsedSlice)>>,
+    by_service: BTreeMap<NamespacedName, Vec<(String, ParsedSlice)>>,
 }
 
 impl SliceIndex {
@@ -102,7 +103,10 @@ impl SliceIndex {
             };
             index
                 .by_service
-                .entry((object.namespace.clone(), service.clone()))
+                .entry(NamespacedName::new(
+                    object.namespace.clone(),
+                    service.clone(),
+                ))
                 .or_default()
                 .push((object.name, parsed));
         }
@@ -121,7 +125,7 @@ impl SliceIndex {
         port_name: &str,
         frontend: &Frontend,
     ) -> Vec<Candidate> {
-        let key = (namespace.to_owned(), service.to_owned());
+        let key = NamespacedName::new(namespace, service);
         let Some(slices) = self.by_service.get(&key) else {
             return Vec::new();
         };

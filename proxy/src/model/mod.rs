@@ -2,6 +2,7 @@
 //! Kubernetes objects it came from and the map layout it goes to.
 
 pub mod address;
+pub mod name;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +14,7 @@ use switchyard_abi::{
     ServiceKey,
 };
 
-use crate::model::address::Cidr;
+use crate::model::{address::Cidr, name::NamespacedName};
 
 /// Transport protocols Kubernetes Services may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -254,7 +255,7 @@ pub struct DesiredState {
     pub contested_ports: std::collections::BTreeSet<u16>,
     /// The frontends each Service (namespace, name) holds, so a change to
     /// one Service finds its entries without a walk over all of them.
-    pub owners: BTreeMap<(String, String), std::collections::BTreeSet<Frontend>>,
+    pub owners: BTreeMap<NamespacedName, std::collections::BTreeSet<Frontend>>,
 }
 
 /// What kube-proxy's health check node port of one

@@ -3,6 +3,7 @@
 //! just those; anything it cannot pin down to Services (a relist, the Node,
 //! a manifests folder, too many at once) asks for a full pass.
 
+use crate::model::name::NamespacedName;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
@@ -13,7 +14,7 @@ const MAX_TRACKED: usize = 1_024;
 pub struct ChangeSet {
     pub everything: bool,
     /// `(namespace, name)` of each changed Service.
-    pub services: BTreeSet<(String, String)>,
+    pub services: BTreeSet<NamespacedName>,
     /// Watch events received, kept even when the set says `everything`:
     /// kube-proxy's `sync_proxy_rules_*_changes_total` count these.
     pub received: ReceivedChanges,
@@ -38,8 +39,7 @@ impl ChangeSet {
         if self.everything {
             return;
         }
-        self.services
-            .insert((namespace.to_owned(), name.to_owned()));
+        self.services.insert(NamespacedName::new(namespace, name));
         if self.services.len() > MAX_TRACKED {
             self.mark_everything();
         }

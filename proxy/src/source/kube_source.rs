@@ -8,6 +8,7 @@
 //! disconnect or a `410 Gone`; until every store has listed once the source
 //! is not `synced` and the agent keeps serving what it adopted.
 
+use crate::model::name::NamespacedName;
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
@@ -209,10 +210,10 @@ impl KubeSource {
 
     /// The named Services that still exist, and every EndpointSlice of
     /// them: what a pass over just those Services reads.
-    pub fn services(&self, names: &BTreeSet<(String, String)>) -> Manifests {
+    pub fn services(&self, names: &BTreeSet<NamespacedName>) -> Manifests {
         let services = names
             .iter()
-            .filter_map(|(namespace, name)| {
+            .filter_map(|NamespacedName { namespace, name }| {
                 self.services
                     .get(&reflector::ObjectRef::new(name).within(namespace))
             })
@@ -231,13 +232,21 @@ impl KubeSource {
                     .slices_of(service)
                     .map(move |slice| (service, slice))
             })
-            .filter_map(|((namespace, service), slice)| {
-                let found = self
-                    .slices
-                    .get(&reflector::ObjectRef::new(slice).within(namespace))?;
-                let label = found.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-                (label == service).then_some(found)
-            })
+            .filter_map(
+                |(
+                    NamespacedName {
+                        namespace,
+                        name: service,
+                    },
+                    slice,
+                )| {
+                    let found = self
+                        .slices
+                        .get(&reflector::ObjectRef::new(slice).within(namespace))?;
+                    let label = found.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+                    (label == service).then_some(found)
+                },
+            )
             .collect();
         Manifests {
             services,
@@ -270,21 +279,21 @@ impl Drop for KubeSource {
 /// both the Service it left and the one it joined.
 #[derive(Debug, Default)]
 struct SliceMembership {
-    service_of: HashMap<(String, String), String>,
-    slices: HashMap<(String, String), BTreeSet<String>>,
+    service_of: HashMap<NamespacedName, String>,
+    slices: HashMap<NamespacedName, BTreeSet<String>>,
 }
 
 impl SliceMembership {
     /// Records that slice `namespace/name` now belongs to `service` (None:
     /// to none, or deleted); returns the Services whose slices changed.
     fn record(&mut self, namespace: &str, name: &str, service: Option<&String>) -> Vec<String> {
-        let slice = (namespace.to_owned(), name.to_owned());
+        let slice = NamespacedName::new(namespace, name);
         let before = match service {
             Some(service) => self.service_of.insert(slice, service.clone()),
             None => self.service_of.remove(&slice),
         };
         if let Some(left) = &before {
-            let key = (namespace.to_owned(), left.clone());
+            let key = NamespacedName::new(namespace.to_owned(), left.clone());
             if let Some(names) = self.slices.get_mut(&key) {
                 names.remove(name);
                 if names.is_empty() {
@@ -294,14 +303,14 @@ impl SliceMembership {
         }
         if let Some(joined) = service {
             self.slices
-                .entry((namespace.to_owned(), joined.clone()))
+                .entry(NamespacedName::new(namespace.to_owned(), joined.clone()))
                 .or_default()
                 .insert(name.to_owned());
         }
         before.into_iter().chain(service.cloned()).collect()
     }
 
-    fn slices_of(&self, service: &(String, String)) -> impl Iterator<Item = &String> {
+    fn slices_of(&self, service: &NamespacedName) -> impl Iterator<Item = &String> {
         self.slices.get(service).into_iter().flatten()
     }
 }
@@ -395,7 +404,7 @@ mod tests {
         let mut members = SliceMembership::default();
         let web = "web".to_owned();
         let api = "api".to_owned();
-        let key = |s: &str| ("default".to_owned(), s.to_owned());
+        let key = |s: &str| NamespacedName::new("default", s);
         assert_eq!(members.record("default", "s1", Some(&web)), ["web"]);
         assert_eq!(members.record("default", "s2", Some(&web)), ["web"]);
         let of = |m: &SliceMembership, s| m.slices_of(&key(s)).cloned().collect::<Vec<_>>();

@@ -7,6 +7,7 @@ pub mod kube_source;
 pub mod manifest;
 pub mod watcher;
 
+use crate::model::name::NamespacedName;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -80,7 +81,7 @@ impl Source {
 
     /// The named Services and their EndpointSlices, where the source can
     /// read just those.
-    pub fn services(&self, names: &BTreeSet<(String, String)>) -> Option<Manifests> {
+    pub fn services(&self, names: &BTreeSet<NamespacedName>) -> Option<Manifests> {
         match self {
             Self::Manifests { .. } => None,
             Self::Cluster(source) => Some(source.services(names)),
