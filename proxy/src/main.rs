@@ -15,8 +15,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             // kube-client logs every failed request at error level; the
             // watchers report the same failure once, with its context.
+            // aya logs a refused object BTF as a multi-line dump at warn;
+            // the loader says what it means in one line.
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off")),
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off,aya::bpf=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

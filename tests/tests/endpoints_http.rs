@@ -46,6 +46,12 @@ fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
     assert_eq!(get(netns, 10256, "/livez").0, 200);
     assert_eq!(get(netns, 10249, "/proxyMode"), (200, "ebpf".to_owned()));
 
+    // aya's refused-BTF dump is many lines at warn; the agent says it in
+    // one line at info, or not at all where the kernel takes the BTF.
+    let log = agent.log();
+    assert!(!log.contains("couldn't be loaded"), "BTF dump in the log:\n{log}");
+    assert!(log.matches("refused the object's BTF").count() <= 1, "{log}");
+
     let (status, metrics) = get(netns, 10249, "/metrics");
     assert_eq!(status, 200);
     for line in [

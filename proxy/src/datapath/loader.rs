@@ -123,6 +123,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
             .load()
             .map_err(program_error(name))?;
     }
+    report_btf_fallback(&mut ebpf);
     // Without the helpers the tc programs call, the verifier would refuse
     // them; the socket hooks still serve everything started on the node.
     if features.packet_path() {
@@ -144,6 +145,27 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
         devices: BTreeSet::new(),
         features,
     })
+}
+
+/// When the kernel refuses the object's BTF, aya loads maps and programs
+/// without it and logs the whole refused BTF (muted in `main`'s default
+/// filter); this says the same in one line. A program carries a BTF id
+/// only when the object's BTF was loaded.
+fn report_btf_fallback(ebpf: &mut Ebpf) {
+    let Some(name) = SOCKET_PROGRAMS.first() else {
+        return;
+    };
+    let Ok(program) = program_mut::<CgroupSockAddr>(ebpf, name) else {
+        return;
+    };
+    if let Ok(info) = program.info()
+        && info.btf_id().is_none()
+    {
+        tracing::info!(
+            "the kernel refused the object's BTF: programs and maps load without it \
+             (nothing changes in what they do; bpftool shows raw map entries)"
+        );
+    }
 }
 
 fn program_error(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
