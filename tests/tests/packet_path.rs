@@ -12,6 +12,7 @@
 //! ```
 
 use std::ffi::CString;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, ensure};
@@ -23,13 +24,14 @@ use switchyard::{
     plan::datapath_state::DatapathState,
     plan::plan,
 };
+use switchyard_abi::{SNAT_PORT_MAX, SNAT_PORT_MIN, TC_NEXT, TC_REDIRECT, TC_SHOT};
 use switchyard_tests::packet::{self, ACK, Frame, RST, SYN, Seen, TCP, UDP};
 use switchyard_tests::{BpfFs, NetNs};
 
-const REDIRECT: u32 = 7;
-const SHOT: u32 = 2;
-/// TCX_NEXT / TC_ACT_UNSPEC (-1): not ours, the next program sees it.
-const NEXT: u32 = u32::MAX;
+// BPF_PROG_TEST_RUN reports the program's return value as a u32.
+const REDIRECT: u32 = TC_REDIRECT.cast_unsigned();
+const SHOT: u32 = TC_SHOT.cast_unsigned();
+const NEXT: u32 = TC_NEXT.cast_unsigned();
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x02];
 const NODE2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
@@ -67,11 +69,12 @@ fn slices() -> String {
             } else {
                 String::new()
             };
-            yaml.push_str(&format!(
+            let _ = write!(
+                yaml,
                 "- metadata: {{name: {service}-{family}, labels: {{kubernetes.io/service-name: {service}}}}}\n  \
                  addressType: {family}\n  ports: {port_yaml}\n  \
                  endpoints: [{local_endpoint}{{addresses: [{remote}], nodeName: node-2}}]\n"
-            ));
+            );
         }
     }
     yaml
@@ -284,7 +287,7 @@ fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
                 // A NATed source port comes from the SNAT range.
                 let port = seen.src.port();
                 assert!(
-                    (61_000..=65_535).contains(&port),
+                    (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
                     "{name}: SNAT port {port}"
                 );
                 let mut expected = addr(want.src);
@@ -425,7 +428,9 @@ fn snat_connection_round_trip_and_conntrack() -> Result<()> {
                 .all(|c| c.forward.is_some() && c.reply.is_some())
         );
         assert!(
-            connections.iter().all(|c| c.answered()),
+            connections
+                .iter()
+                .all(switchyard::node::conntrack::Connection::answered),
             "replies were seen"
         );
         // Collected at once when idle past a zero timeout... and not before.

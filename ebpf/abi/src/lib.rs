@@ -10,7 +10,9 @@
 pub mod addr;
 pub mod flow;
 pub mod maps;
+pub mod verdict;
 
 pub use addr::Addr;
 pub use flow::*;
 pub use maps::*;
+pub use verdict::*;

@@ -8,7 +8,7 @@
 //! Egress: replies from local backends get the frontend back as source.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_SHOT},
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -30,7 +30,7 @@ use crate::{
     select::{Selection, select},
 };
 
-const SHOT: i32 = TC_ACT_SHOT;
+const SHOT: i32 = switchyard_abi::TC_SHOT;
 /// `last_seen_ns` is refreshed at most this often, so a busy flow does not
 /// write its shared entry on every packet.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;

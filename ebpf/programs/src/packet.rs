@@ -18,10 +18,8 @@ use switchyard_abi::{Addr, COUNTER_PASS_NO_ROUTE, FlowKey, PROTO_TCP, PROTO_UDP}
 
 use crate::maps::count;
 
-/// "Not mine, carry on": `TCX_NEXT` on tcx, `TC_ACT_UNSPEC` on cls_bpf.
-/// Either way the next program on the hook still sees the packet, where
-/// `TC_ACT_OK` would end the chain and hide it from them.
-pub const NEXT: i32 = -1;
+/// "Not mine, carry on" (see the ABI's `TC_NEXT`).
+pub const NEXT: i32 = switchyard_abi::TC_NEXT;
 
 pub const ETH_HLEN: usize = 14;
 
