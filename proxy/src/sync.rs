@@ -89,42 +89,15 @@ impl<W: MapWriter> Syncer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        datapath::fake::FakeMaps,
-        model::{DesiredFrontend, Endpoint, Frontend, Protocol, ServicePortName},
-    };
+    use crate::{datapath::fake::FakeMaps, model::fixtures};
 
+    /// `[(vip, backend octets)]` on port 80.
     fn desired(spec: &[(&str, &[u8])]) -> DesiredState {
-        let mut state = DesiredState::default();
-        for (vip, octets) in spec {
-            let frontend = Frontend {
-                ip: vip.parse().unwrap(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                scope: crate::model::Scope::Internal,
-            };
-            let backends = octets
-                .iter()
-                .map(|octet| Endpoint {
-                    ip: format!("10.244.0.{octet}").parse().unwrap(),
-                    port: 8080,
-                    protocol: Protocol::Tcp,
-                    local: false,
-                })
-                .collect();
-            let service = ServicePortName::default();
-            state.frontends.insert(
-                frontend,
-                DesiredFrontend {
-                    service,
-                    backends,
-                    affinity_timeout: 0,
-                    flags: 0,
-                    source_ranges: Vec::new(),
-                },
-            );
-        }
-        state
+        let spec: Vec<(&str, u16, &[u8])> = spec
+            .iter()
+            .map(|&(vip, octets)| (vip, 80, octets))
+            .collect();
+        fixtures::desired(&spec)
     }
 
     #[test]

@@ -231,13 +231,7 @@ fn add_service(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn objects<T: serde::de::DeserializeOwned>(yamls: &[&str]) -> Vec<T> {
-        yamls
-            .iter()
-            .map(|y| serde_yaml::from_str(y).unwrap())
-            .collect()
-    }
+    use crate::convert::fixtures::objects;
 
     fn render(state: &DesiredState) -> Vec<String> {
         state

@@ -4,6 +4,8 @@
 
 pub mod desired;
 pub mod endpoints;
+#[cfg(test)]
+pub mod fixtures;
 pub mod input_error;
 pub mod service;
 pub mod topology;

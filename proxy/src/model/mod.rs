@@ -2,6 +2,8 @@
 //! Kubernetes objects it came from and the map layout it goes to.
 
 pub mod address;
+#[cfg(test)]
+pub mod fixtures;
 pub mod name;
 
 use std::collections::BTreeMap;

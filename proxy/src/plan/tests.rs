@@ -1,45 +1,10 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::model::{DesiredFrontend, Endpoint, Frontend, Protocol, ServicePortName};
-
-fn frontend(vip: &str, port: u16) -> Frontend {
-    Frontend {
-        ip: vip.parse().unwrap(),
-        port,
-        protocol: Protocol::Tcp,
-        scope: crate::model::Scope::Internal,
-    }
-}
-
-fn endpoint(last_octet: u8) -> Endpoint {
-    Endpoint {
-        ip: format!("10.244.0.{last_octet}").parse().unwrap(),
-        port: 8080,
-        protocol: Protocol::Tcp,
-        local: false,
-    }
-}
-
-/// `[(vip, port, backend octets)]` -> desired state.
-fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
-    let mut state = DesiredState::default();
-    for (vip, port, octets) in spec {
-        let mut backends: Vec<Endpoint> = octets.iter().map(|&o| endpoint(o)).collect();
-        backends.sort();
-        state.frontends.insert(
-            frontend(vip, *port),
-            DesiredFrontend {
-                service: ServicePortName::default(),
-                backends,
-                affinity_timeout: 0,
-                flags: 0,
-                source_ranges: Vec::new(),
-            },
-        );
-    }
-    state
-}
+use crate::model::{
+    Endpoint, Frontend,
+    fixtures::{desired, endpoint, frontend},
+};
 
 /// Applies `ops` one by one, checking after every single op that nothing
 /// the kernel can read dangles.

@@ -199,7 +199,7 @@ mod tests {
             ),
         ];
         for (yaml, eligible) in cases {
-            let node: Node = serde_yaml::from_str(yaml).unwrap();
+            let node: Node = crate::convert::fixtures::node(yaml);
             assert_eq!(node_eligible(&node), eligible, "{yaml}");
         }
     }

@@ -1,8 +1,5 @@
 use super::*;
-
-fn slice(yaml: &str) -> EndpointSlice {
-    serde_yaml::from_str(yaml).unwrap()
-}
+use crate::convert::fixtures::slice;
 
 fn frontend(text: &str) -> Frontend {
     let (addr, protocol) = text.rsplit_once('/').unwrap();

@@ -1,8 +1,5 @@
 use super::*;
-
-fn service(yaml: &str) -> Service {
-    serde_yaml::from_str(yaml).unwrap()
-}
+use crate::convert::fixtures::service;
 
 /// Frontends as "frontend name field" and errors as their display lines.
 fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
