@@ -62,7 +62,8 @@ impl Catalog {
     pub fn new(dummies: usize, pods: &[Ipv4Addr], seed: u64) -> Self {
         let total = dummies + 2;
         // The random probe goes anywhere but the end, where the other is.
-        let random = (splitmix(seed) % (total as u64 - 1)) as usize;
+        let random =
+            usize::try_from(splitmix(seed) % (total as u64 - 1)).expect("below `total`, a usize");
         let last = total - 1;
         let services = (0..total)
             .map(|index| {
@@ -114,15 +115,19 @@ impl Catalog {
 
 /// 10.96.0.0/12, skipping .0 of the range.
 fn cluster_ip(index: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + index as u32)
+    let index = u32::try_from(index).expect("a Service index fits an IPv4 address");
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + index)
 }
 
 /// Four addresses per dummy Service in 10.128.0.0/10: routable nowhere in
 /// the rig, and never connected to.
 fn dummy_endpoints(index: usize) -> Vec<Ipv4Addr> {
-    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (index * ENDPOINTS_PER_SERVICE) as u32;
-    (0..ENDPOINTS_PER_SERVICE as u32)
-        .map(|i| Ipv4Addr::from(base + i))
+    let offset = u32::try_from(index * ENDPOINTS_PER_SERVICE)
+        .expect("a dummy endpoint index fits an IPv4 address");
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + offset;
+    (base..)
+        .take(ENDPOINTS_PER_SERVICE)
+        .map(Ipv4Addr::from)
         .collect()
 }
 

@@ -44,6 +44,10 @@ impl RunStats {
     }
 
     /// Mean nanoseconds per run.
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a mean for the report; exact below 2^53 ns"
+    )]
     pub fn ns_per_run(&self) -> Option<f64> {
         (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
     }
@@ -61,7 +65,8 @@ pub fn read(pins: &Path, program: &str) -> Result<RunStats> {
         let info = info.context("listing loaded programs")?;
         if info.id() == id {
             return Ok(RunStats {
-                run_time_ns: info.run_time().as_nanos() as u64,
+                // The kernel counts in u64 nanoseconds.
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
                 runs: info.run_count(),
             });
         }

@@ -30,7 +30,7 @@ fn sep_chain(service: &CatalogService, endpoint: &str) -> String {
     )
 }
 
-fn endpoint(ip: &std::net::Ipv4Addr) -> String {
+fn endpoint(ip: std::net::Ipv4Addr) -> String {
     format!("{ip}:{TARGET_PORT}")
 }
 
@@ -53,7 +53,7 @@ pub fn full(services: &[CatalogService]) -> String {
             let _ = writeln!(out, ":{} - [0:0]", ext_chain(service));
         }
         for ip in &service.endpoints {
-            let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, &endpoint(ip)));
+            let _ = writeln!(out, ":{} - [0:0]", sep_chain(service, &endpoint(*ip)));
         }
     }
     out.push_str(concat!(
@@ -109,10 +109,10 @@ pub fn endpoint_change(
         .endpoints
         .iter()
         .filter(|ip| !after.endpoints.contains(ip))
-        .map(|ip| sep_chain(before, &endpoint(ip)))
+        .map(|ip| sep_chain(before, &endpoint(*ip)))
         .collect();
     for ip in &after.endpoints {
-        let _ = writeln!(out, ":{} - [0:0]", sep_chain(after, &endpoint(ip)));
+        let _ = writeln!(out, ":{} - [0:0]", sep_chain(after, &endpoint(*ip)));
     }
     for chain in &stale {
         let _ = writeln!(out, ":{chain} - [0:0]");
@@ -177,10 +177,14 @@ fn service_chains(out: &mut String, service: &CatalogService) {
     );
     let count = service.endpoints.len();
     for (i, ip) in service.endpoints.iter().enumerate() {
-        let ep = endpoint(ip);
+        let ep = endpoint(*ip);
         let sep = sep_chain(service, &ep);
         // Each rule takes 1/(remaining) of what reaches it, the last takes
         // all that is left: a uniform choice, as kube-proxy computes it.
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "an endpoint count, far below 2^52, as a probability"
+        )]
         let statistic = if i + 1 < count {
             format!(
                 " -m statistic --mode random --probability {:.10}",
@@ -195,7 +199,7 @@ fn service_chains(out: &mut String, service: &CatalogService) {
         );
     }
     for ip in &service.endpoints {
-        let ep = endpoint(ip);
+        let ep = endpoint(*ip);
         let sep = sep_chain(service, &ep);
         let _ = writeln!(
             out,

@@ -26,6 +26,10 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a count over seconds, as a rate for the report"
+    )]
     pub fn rate(&self) -> f64 {
         if self.elapsed_s > 0.0 {
             self.operations as f64 / self.elapsed_s
@@ -34,6 +38,10 @@ impl LoadResult {
         }
     }
 
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a byte count over seconds, as a rate for the report"
+    )]
     pub fn gbit_per_s(&self) -> f64 {
         if self.elapsed_s > 0.0 {
             self.bytes as f64 * 8.0 / self.elapsed_s / 1e9
@@ -51,11 +59,19 @@ pub fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime only writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let sec = u64::try_from(ts.tv_sec).expect("CLOCK_MONOTONIC is never negative");
+    let nsec = u64::try_from(ts.tv_nsec).expect("tv_nsec is within 0..1e9");
+    sec * 1_000_000_000 + nsec
 }
 
 /// Percentile `q` (0..=1) of sorted samples, nearest rank; 0 when empty.
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank from a fraction of the sample count; the cast saturates and is clamped"
+)]
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -76,6 +92,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(
+        clippy::float_cmp,
+        reason = "samples are small integers, picked not computed"
+    )]
     fn percentiles_by_nearest_rank() {
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&samples, 0.5), 50.0);
@@ -86,6 +106,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::float_cmp,
+        reason = "the rates divide exactly representable numbers"
+    )]
     fn rates_guard_against_zero_time() {
         let none = LoadResult::default();
         assert_eq!(none.rate(), 0.0);

@@ -82,7 +82,7 @@ fn main() -> Result<()> {
         runs: cli.runs,
         changes: cli.changes,
         seed: cli.seed,
-        ready_timeout: Duration::from_secs(120),
+        ready_timeout: Duration::from_mins(2),
         modes: if cli.modes.is_empty() {
             Mode::ALL.to_vec()
         } else {
@@ -95,7 +95,7 @@ fn main() -> Result<()> {
     let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {
         kernel: kernel(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         tools: netfilter::versions(),
         full: cli.full,
         run_ms: cli.run_ms,
@@ -146,6 +146,5 @@ fn parse_mode(name: &str) -> Result<Mode, String> {
 
 fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
 }

@@ -18,8 +18,8 @@ use crate::{iptables_rules, nftables_rules};
 const IPTABLES_RESTORE: &str = "iptables-nft-restore";
 const NFT: &str = "nft";
 /// How long a whole rule set may take to load, and one change to apply.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+const LOAD_TIMEOUT: Duration = Duration::from_mins(5);
+const CHANGE_TIMEOUT: Duration = Duration::from_mins(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleSet {
@@ -100,8 +100,10 @@ pub fn versions() -> String {
             .arg(arg)
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| format!("{program}: not found"))
+            .map_or_else(
+                || format!("{program}: not found"),
+                |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            )
     };
     format!(
         "{}; {}",

@@ -25,7 +25,7 @@ fn service_chain(service: &CatalogService) -> String {
     )
 }
 
-fn endpoint_chain(service: &CatalogService, ip: &std::net::Ipv4Addr) -> String {
+fn endpoint_chain(service: &CatalogService, ip: std::net::Ipv4Addr) -> String {
     let port_name = service.port_name();
     let endpoint = format!("{ip}:{TARGET_PORT}");
     format!(
@@ -44,7 +44,7 @@ pub fn full(services: &[CatalogService]) -> String {
     for service in services {
         let _ = writeln!(out, "add chain {TABLE} {}", service_chain(service));
         for ip in &service.endpoints {
-            let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(service, ip));
+            let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(service, *ip));
         }
     }
     for service in services {
@@ -76,7 +76,7 @@ pub fn endpoint_change(before: &CatalogService, after: &CatalogService) -> Strin
         .iter()
         .filter(|ip| !before.endpoints.contains(ip))
     {
-        let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(after, ip));
+        let _ = writeln!(out, "add chain {TABLE} {}", endpoint_chain(after, *ip));
     }
     service_rules(&mut out, after);
     for ip in before
@@ -84,7 +84,7 @@ pub fn endpoint_change(before: &CatalogService, after: &CatalogService) -> Strin
         .iter()
         .filter(|ip| !after.endpoints.contains(ip))
     {
-        let stale = endpoint_chain(before, ip);
+        let stale = endpoint_chain(before, *ip);
         let _ = writeln!(
             out,
             "flush chain {TABLE} {stale}\ndelete chain {TABLE} {stale}"
@@ -107,7 +107,7 @@ fn service_rules(out: &mut String, service: &CatalogService) {
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, ip)| format!("{i} : goto {}", endpoint_chain(service, ip)))
+        .map(|(i, ip)| format!("{i} : goto {}", endpoint_chain(service, *ip)))
         .collect();
     let _ = writeln!(
         out,
@@ -116,7 +116,7 @@ fn service_rules(out: &mut String, service: &CatalogService) {
         targets.join(" , ")
     );
     for ip in &service.endpoints {
-        let endpoint = endpoint_chain(service, ip);
+        let endpoint = endpoint_chain(service, *ip);
         let _ = writeln!(
             out,
             "flush chain {TABLE} {endpoint}\nadd rule {TABLE} {endpoint} ip saddr {ip} jump mark-for-masquerade\nadd rule {TABLE} {endpoint} meta l4proto tcp dnat to {ip}:{TARGET_PORT}"
@@ -219,7 +219,7 @@ mod tests {
             chain.len(),
             "service-".len() + 8 + "-bench/probe-last/tcp/http".len()
         );
-        assert!(endpoint_chain(probe, &probe.endpoints[0]).ends_with("__10.244.0.10/8080"));
+        assert!(endpoint_chain(probe, probe.endpoints[0]).ends_with("__10.244.0.10/8080"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn svg(report: &BenchReport) -> String {
     let plot_h = HEIGHT - TOP - BOTTOM;
     // Services grow by orders of magnitude: equal spacing per measured N
     // reads better than a linear axis that crushes 0 and 1k together.
-    let x = |i: usize| LEFT + plot_w * (i as f64 + 0.5) / scales.len().max(1) as f64;
+    let x = |i: usize| LEFT + plot_w * (count(i) + 0.5) / count(scales.len().max(1));
     let y = |v: f64| TOP + plot_h * (1.0 - v / y_max);
 
     let mut out = String::new();
@@ -60,7 +60,7 @@ pub fn svg(report: &BenchReport) -> String {
         WIDTH / 2.0
     );
     for step in 0..=4 {
-        let value = y_max * step as f64 / 4.0;
+        let value = y_max * f64::from(step) / 4.0;
         let _ = writeln!(
             out,
             r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -77,7 +77,7 @@ pub fn svg(report: &BenchReport) -> String {
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             x(i),
             HEIGHT - BOTTOM + 20.0,
-            thousands(scale.services as f64)
+            thousands(count(scale.services))
         );
     }
     let _ = writeln!(
@@ -102,7 +102,7 @@ pub fn svg(report: &BenchReport) -> String {
             let (px, py) = point.split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(out, r#"<circle cx="{px}" cy="{py}" r="3.5" fill="{c}"/>"#);
         }
-        let ly = TOP + 20.0 + row as f64 * 22.0;
+        let ly = TOP + 20.0 + count(row) * 22.0;
         let lx = WIDTH - RIGHT + 20.0;
         let _ = writeln!(
             out,
@@ -115,6 +115,15 @@ pub fn svg(report: &BenchReport) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A count the chart places or labels (a Service count, a column, a row).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "chart counts are far below 2^52"
+)]
+fn count(n: usize) -> f64 {
+    n as f64
 }
 
 /// 1, 2 or 5 times a power of ten, at or above `value`.
@@ -140,6 +149,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(
+        clippy::float_cmp,
+        reason = "nice_ceiling returns 1, 2, 5 or 10 times a power of ten, exactly"
+    )]
     fn axis_values() {
         assert_eq!(nice_ceiling(17_300.0), 20_000.0);
         assert_eq!(nice_ceiling(20_000.0), 20_000.0);

@@ -26,7 +26,7 @@ impl Progress {
     /// A new stage (one mode at one scale).
     pub fn step(&mut self, name: &str) {
         self.step += 1;
-        self.current = name.to_owned();
+        name.clone_into(&mut self.current);
         self.show("");
     }
 

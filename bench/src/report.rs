@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::catalog::Placement;
+use crate::load_result::LoadResult;
 use crate::results::{BenchReport, Mode, Scale};
 
 /// Targets from the issue, checked against what this run measured.
@@ -108,13 +109,13 @@ fn established(out: &mut String, report: &BenchReport) {
     out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for scale in &report.scales {
         let direct = scale.mode(Mode::Direct);
-        let direct_rr = direct.and_then(|d| d.rr.as_ref()).map(|r| r.rate());
+        let direct_rr = direct.and_then(|d| d.rr.as_ref()).map(LoadResult::rate);
         let direct_stream = direct
             .and_then(|d| d.stream.as_ref())
-            .map(|r| r.gbit_per_s());
+            .map(LoadResult::gbit_per_s);
         for mode in &scale.modes {
             let Some(rr) = &mode.rr else { continue };
-            let stream = mode.stream.as_ref().map(|s| s.gbit_per_s());
+            let stream = mode.stream.as_ref().map(LoadResult::gbit_per_s);
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
@@ -202,7 +203,7 @@ fn node_port(out: &mut String, report: &BenchReport) {
     );
     out.push_str("| mode | connections/s | p50 µs | p99 µs |\n|---|---:|---:|---:|\n");
     for result in &report.node_port {
-        let rates: Vec<f64> = result.samples.iter().map(|s| s.rate()).collect();
+        let rates: Vec<f64> = result.samples.iter().map(LoadResult::rate).collect();
         let first = result.samples.first();
         let _ = writeln!(
             out,

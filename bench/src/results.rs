@@ -174,6 +174,11 @@ pub struct BenchReport {
 mod tests {
     use super::*;
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "the tests' rates are whole, positive and small"
+    )]
     fn crr(mode: Mode, placement: Option<Placement>, rates: &[f64]) -> ModeResult {
         let mut result = ModeResult::new(mode);
         for rate in rates {

@@ -79,7 +79,7 @@ impl Rig {
         let mut pods = Vec::new();
         for i in 0..PODS {
             let name = format!("pod-{i}");
-            let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
+            let ip = Ipv4Addr::new(10, 244, 0, 10 + u8::try_from(i).expect("PODS fits a /24"));
             let netns = NetNs::new("bpod")?;
             link(&node, &format!("bp{i}"), &netns, BRIDGE, ip, 24)?;
             node.ip(&["link", "set", &format!("bp{i}"), "master", "br0"])?;

@@ -345,6 +345,10 @@ fn endpoint_changes(
         let changed_at = monotonic_ns();
         apply(&[pod.ip])?;
         let seen_at = settle(watch, &pod.name)?;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds as milliseconds for the report"
+        )]
         latencies.push(seen_at.saturating_sub(changed_at) as f64 / 1e6);
     }
     // Back to all four, for whatever runs next on this catalog.

@@ -1,6 +1,7 @@
 //! Running `loadgen` clients in the client namespace and cgroup, bounded in
 //! time, and reading their JSON results.
 
+use std::io::Read;
 use std::net::SocketAddrV4;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -95,7 +96,6 @@ impl Watch {
         let child = self.process.child_mut();
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
-        use std::io::Read;
         if let Some(out) = child.stdout.as_mut() {
             out.read_to_end(&mut stdout)?;
         }

@@ -138,7 +138,7 @@ impl<'a> Agent<'a> {
             );
         }
         let log = OpenOptions::new().create(true).append(true).open(&c.log)?;
-        self.log_offset = log.metadata()?.len() as usize;
+        self.log_offset = usize::try_from(log.metadata()?.len()).context("agent log too long")?;
         let mut cmd = Command::new(&c.bin);
         cmd.arg("run");
         match &c.kubeconfig {

@@ -27,13 +27,12 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `sy-<kind>-<pid>-<n>` directly under the cgroup2 mount.
     pub fn new(kind: &str) -> Result<Self> {
-        let (root, own_mount) = match cgroup2_mount()? {
-            Some(root) => (root, None),
-            None => {
-                let dir = Scratch::new("cgroup2")?;
-                mount("cgroup2", dir.path(), "cgroup2")?;
-                (dir.path().to_owned(), Some(dir))
-            }
+        let (root, own_mount) = if let Some(root) = cgroup2_mount()? {
+            (root, None)
+        } else {
+            let dir = Scratch::new("cgroup2")?;
+            mount("cgroup2", dir.path(), "cgroup2")?;
+            (dir.path().to_owned(), Some(dir))
         };
         let path = root.join(name::unique(kind));
         if let Err(e) = std::fs::create_dir(&path) {

@@ -208,9 +208,8 @@ impl<'a> Prober<'a> {
             ATTEMPT_TIMEOUT * 2 + SLACK,
         )?;
         let mut items: Vec<HttpResult> = parse(&output)?;
-        let result = match (items.pop(), items.is_empty()) {
-            (Some(r), true) => r,
-            _ => bail!("expected one http-get line: {}", stderr(&output)),
+        let (Some(result), true) = (items.pop(), items.is_empty()) else {
+            bail!("expected one http-get line: {}", stderr(&output));
         };
         match (result.ok, result.status) {
             (true, Some(status)) => Ok((status, result.body.unwrap_or_default())),

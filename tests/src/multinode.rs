@@ -298,7 +298,7 @@ fn node_up(
     wiring::plug(lan, "lan0", &host_if, &node.netns, node.ipv4, node.ipv6)?;
     wiring::bridge(&node.netns, "br0", Some((node.bridge_v4, node.bridge_v6)))?;
     for (i, name) in spec.pods.iter().enumerate() {
-        let host = 10 + i as u8;
+        let host = 10 + u8::try_from(i).expect("a node's pods fit its /24");
         let address = PodAddress {
             name,
             ipv4: Ipv4Addr::new(10, 244, number, host),

@@ -56,7 +56,7 @@ impl Frame {
             l4.extend_from_slice(&0u32.to_be_bytes());
             l4.extend_from_slice(&[5 << 4, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
         } else {
-            l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+            l4.extend_from_slice(&length(8 + self.payload.len()).to_be_bytes());
             l4.extend_from_slice(&[0, 0]);
         }
         l4.extend_from_slice(&self.payload);
@@ -74,7 +74,7 @@ impl Frame {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
                 let mut ip = vec![0x45, 0];
-                ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+                ip.extend_from_slice(&length(20 + l4.len()).to_be_bytes());
                 ip.extend_from_slice(&[0, 1]);
                 ip.extend_from_slice(
                     &(if self.more_fragments {
@@ -94,7 +94,7 @@ impl Frame {
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&0x86ddu16.to_be_bytes());
                 frame.extend_from_slice(&[0x60, 0, 0, 0]);
-                frame.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&length(l4.len()).to_be_bytes());
                 frame.extend_from_slice(&[self.proto, 64]);
                 frame.extend_from_slice(&src.octets());
                 frame.extend_from_slice(&dst.octets());
@@ -217,6 +217,11 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
     Ok(seen)
 }
 
+/// A length field of a test packet, which must fit one.
+fn length(len: usize) -> u16 {
+    u16::try_from(len).expect("a test packet fits in 64 KiB")
+}
+
 /// The checksum field's value for `l4` (0 when `l4` already carries a
 /// correct checksum).
 pub fn transport_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
@@ -230,7 +235,8 @@ fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     };
     let mut pseudo = octets(src);
     pseudo.extend(octets(dst));
-    sum(u32::from(proto) + len as u32, &pseudo)
+    let len = u32::try_from(len).expect("a segment's length fits u32");
+    sum(u32::from(proto) + len, &pseudo)
 }
 
 fn sum(mut acc: u32, bytes: &[u8]) -> u32 {
@@ -245,7 +251,7 @@ fn fold(mut acc: u32) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
-    !(acc as u16)
+    !u16::try_from(acc).expect("folded to 16 bits")
 }
 
 #[cfg(test)]

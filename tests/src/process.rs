@@ -37,7 +37,7 @@ impl Spawned {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        i32::try_from(self.child.id()).expect("a pid fits pid_t")
     }
 
     pub fn label(&self) -> &str {
@@ -153,13 +153,9 @@ pub fn run_bounded(
         let _ = err.read_to_end(&mut buf);
         buf
     });
-    let status = spawned.wait_timeout(timeout)?;
-    let status = match status {
-        Some(status) => status,
-        None => {
-            spawned.kill()?;
-            bail!("`{}` did not finish within {timeout:?}", spawned.label);
-        }
+    let Some(status) = spawned.wait_timeout(timeout)? else {
+        spawned.kill()?;
+        bail!("`{}` did not finish within {timeout:?}", spawned.label);
     };
     Ok(Output {
         status,

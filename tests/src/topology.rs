@@ -126,7 +126,7 @@ impl Cluster {
 
         let mut pods = Vec::new();
         for (i, name) in spec.pods.iter().enumerate() {
-            let host = 10 + i as u8;
+            let host = 10 + u8::try_from(i).expect("a node's pods fit its /24");
             let address = PodAddress {
                 name,
                 ipv4: Ipv4Addr::new(10, 244, 0, host),

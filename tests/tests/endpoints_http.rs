@@ -49,8 +49,14 @@ fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
     // aya's refused-BTF dump is many lines at warn; the agent says it in
     // one line at info, or not at all where the kernel takes the BTF.
     let log = agent.log();
-    assert!(!log.contains("couldn't be loaded"), "BTF dump in the log:\n{log}");
-    assert!(log.matches("refused the object's BTF").count() <= 1, "{log}");
+    assert!(
+        !log.contains("couldn't be loaded"),
+        "BTF dump in the log:\n{log}"
+    );
+    assert!(
+        log.matches("refused the object's BTF").count() <= 1,
+        "{log}"
+    );
 
     let (status, metrics) = get(netns, 10249, "/metrics");
     assert_eq!(status, 200);

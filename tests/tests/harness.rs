@@ -145,7 +145,10 @@ fn guards_leave_nothing_behind() {
     let stray = process::prepare(&mut sleeper, &c.client.netns, Some(&c.client.cgroup))
         .and_then(|()| Ok(sleeper.spawn()?))
         .unwrap();
-    assert_eq!(c.client.cgroup.pids().unwrap(), [stray.id() as i32]);
+    assert_eq!(
+        c.client.cgroup.pids().unwrap(),
+        [i32::try_from(stray.id()).unwrap()]
+    );
     assert!(mounted(&bpffs_dir));
     drop(c);
     let left = netns::list().unwrap();

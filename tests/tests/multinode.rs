@@ -128,7 +128,7 @@ fn http_get_reads_status_and_body_and_reports_refusal() {
         .within(|| TcpListener::bind(addr))
         .unwrap()
         .unwrap();
-    let server = std::thread::spawn(move || serve_one(listener));
+    let server = std::thread::spawn(move || serve_one(&listener));
     let (status, body) = c.outside.http_get_path(addr, "/healthz").unwrap();
     assert_eq!((status, body.as_str()), (503, "not yet"));
     let request = server.join().unwrap();
@@ -140,7 +140,7 @@ fn http_get_reads_status_and_body_and_reports_refusal() {
 
 /// Answers one request with a chunked 503, within a bounded wait; returns
 /// the request head.
-fn serve_one(listener: TcpListener) -> String {
+fn serve_one(listener: &TcpListener) -> String {
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stream = loop {

@@ -36,7 +36,7 @@ fn agents<'a>(cluster: &'a MultiNodeCluster, extra: &[&str]) -> Vec<Agent<'a>> {
 
 /// A dual-stack Service `name` (TCP and UDP on port 80 -> 8080) with
 /// slices over the given pods, as `name.yaml`.
-fn write_service(cluster: &MultiNodeCluster, service: ServiceManifest, pods: &[(usize, usize)]) {
+fn write_service(cluster: &MultiNodeCluster, service: &ServiceManifest, pods: &[(usize, usize)]) {
     let name = service.name.clone();
     let members: Vec<_> = pods
         .iter()
@@ -105,7 +105,7 @@ fn node_port_cluster_policy_reaches_local_and_remote_pods_through_the_same_node(
     let _agents = agents(&c, &[]);
     write_service(
         &c,
-        service("web", ServiceType::NodePort, 30080, 10),
+        &service("web", ServiceType::NodePort, 30080, 10),
         &[(0, 0), (1, 0)],
     );
     let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
@@ -145,7 +145,7 @@ fn local_policy_keeps_the_client_ip_and_health_checks_tell_nodes_apart() {
     let lb = service("local", ServiceType::LoadBalancer, 30081, 11)
         .external_traffic_policy(TrafficPolicy::Local)
         .health_check_node_port(32100);
-    write_service(&c, lb, &[(1, 0)]);
+    write_service(&c, &lb, &[(1, 0)]);
     let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
     eventually(
         "Local NodePort answers on the node with the endpoint",
@@ -193,7 +193,7 @@ fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
             .external_ip("198.51.100.10")
     };
     let pods = [(0, 0), (1, 0)];
-    write_service(&c, lb("192.168.77.0/24"), &pods);
+    write_service(&c, &lb("192.168.77.0/24"), &pods);
     let lb_ip: SocketAddr = "203.0.113.10:80".parse().unwrap();
     let external_ip: SocketAddr = "198.51.100.10:80".parse().unwrap();
     eventually("LoadBalancer IP answers an allowed source", || {
@@ -202,7 +202,7 @@ fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
     assert!(!peers(&c.outside.tcp(lb_ip, 6).unwrap()).is_empty());
     assert!(c.outside.tcp(external_ip, 4).unwrap().iter().all(|a| a.ok));
 
-    write_service(&c, lb("10.0.0.0/8"), &pods);
+    write_service(&c, &lb("10.0.0.0/8"), &pods);
     eventually("a source outside the ranges is dropped", || {
         c.outside.tcp(lb_ip, 1).unwrap()[0].error.as_deref() == Some("timeout")
     });
@@ -214,7 +214,7 @@ fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
 fn no_endpoints_is_refused_at_once() {
     let c = cluster();
     let _agents = agents(&c, &[]);
-    write_service(&c, service("empty", ServiceType::NodePort, 30083, 13), &[]);
+    write_service(&c, &service("empty", ServiceType::NodePort, 30083, 13), &[]);
     let node1 = &c.nodes[0];
     for target in [node1.addr_v4(30083), node1.addr_v6(30083)] {
         eventually("refused", || {
@@ -238,7 +238,7 @@ fn a_udp_flow_follows_its_service_to_a_new_backend_and_conntrack_expires() {
     );
     let (node1, node2) = (&c.nodes[0], &c.nodes[1]);
     let udp = service("dns", ServiceType::NodePort, 30084, 14);
-    write_service(&c, udp.clone(), &[(0, 0)]);
+    write_service(&c, &udp, &[(0, 0)]);
     let target = node1.addr_v4(30084);
     let prober = c.outside.prober();
     let ask = || prober.udp_from(target, 1, false, 45_000).unwrap().remove(0);
@@ -253,7 +253,7 @@ fn a_udp_flow_follows_its_service_to_a_new_backend_and_conntrack_expires() {
 
     // The backend goes; the same client port reaches the new one at once,
     // with no wait for the old flow to time out.
-    write_service(&c, udp, &[(1, 0)]);
+    write_service(&c, &udp, &[(1, 0)]);
     eventually("the flow moved to the new backend", || {
         ask().name.as_deref() == Some(node2.pods[0].name.as_str())
     });
@@ -273,7 +273,7 @@ fn pods_and_node_processes_reach_node_ports_including_their_own() {
     let _agents = agents(&c, &[]);
     write_service(
         &c,
-        service("self", ServiceType::NodePort, 30085, 15),
+        &service("self", ServiceType::NodePort, 30085, 15),
         &[(0, 0)],
     );
     let node1 = &c.nodes[0];

@@ -7,7 +7,12 @@ use crate::{cargo, layering};
 
 pub fn run() -> Result<()> {
     layering::run()?;
-    cargo::run(&mut cargo::command(&["fmt", "--all", "--check"]))?;
+    // rustfmt.toml's import grouping is a nightly option; stable rustfmt
+    // would ignore it with a warning and pass an ungrouped tree.
+    let mut fmt = std::process::Command::new("rustup");
+    fmt.current_dir(cargo::root())
+        .args(["run", "nightly", "cargo", "fmt", "--all", "--check"]);
+    cargo::run(&mut fmt)?;
     // No `--workspace`: that would add the BPF crate, which only builds for
     // the bpfel target; the default members are what the host builds.
     cargo::run(&mut cargo::command(&[

@@ -46,14 +46,15 @@ fn probe(program: &str, args: &[&str]) -> Option<String> {
 
 /// The kernel programs build with the nightly toolchain and `-Z build-std`,
 /// which needs the standard library's source; `cargo xtask lint` runs the
-/// nightly clippy on them.
+/// nightly clippy on them, and nightly rustfmt for rustfmt.toml's import
+/// grouping.
 fn rust_src() -> Result<()> {
     let installed = probe(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )
     .context("rustup cannot list the nightly toolchain's components (is nightly installed?)")?;
-    for component in ["rust-src", "clippy"] {
+    for component in ["rust-src", "clippy", "rustfmt"] {
         let label = format!("{component} (nightly)");
         if installed.lines().any(|l| l.trim().starts_with(component)) {
             step(&label, "ok (already present)");

@@ -20,7 +20,7 @@ use super::{
 /// How long a watch waits between checks of the stop and drop flags.
 const POLL: Duration = Duration::from_millis(50);
 /// The longest watch we serve, whatever the client asks.
-const MAX_WATCH: Duration = Duration::from_secs(300);
+const MAX_WATCH: Duration = Duration::from_mins(5);
 
 struct Request {
     path: String,
@@ -153,7 +153,7 @@ fn list(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
     }
     let body = json!({
         "apiVersion": kind.api_version,
-        "kind": format!("{}List", kind.kind),
+        "kind": format!("{}List", kind.name),
         "metadata": metadata,
         "items": items,
     });
@@ -208,7 +208,7 @@ fn watch(stream: &mut TcpStream, shared: &Shared, scope: &Scope<'_>) {
             let rv = shared.store().resource_version();
             let bookmark = json!({
                 "type": "BOOKMARK",
-                "object": {"kind": kind.kind, "apiVersion": kind.api_version,
+                "object": {"kind": kind.name, "apiVersion": kind.api_version,
                            "metadata": {"resourceVersion": rv.to_string()}},
             });
             if send(stream, &bookmark).is_err() {
@@ -237,7 +237,7 @@ fn event(
     namespace: Option<&str>,
     selector: &Selector,
 ) -> Option<Value> {
-    if change.kind != kind.kind {
+    if change.kind != kind.name {
         return None;
     }
     let visible = |object: Option<&'_ Value>| -> bool {
@@ -317,15 +317,12 @@ fn percent_decode(text: &str) -> String {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+                if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(byte);
+                    i += 3;
+                } else {
+                    out.push(b'%');
+                    i += 1;
                 }
             }
             b'+' => {

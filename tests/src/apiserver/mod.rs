@@ -48,7 +48,7 @@ impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -197,7 +197,7 @@ fn wait_readable(listener: &TcpListener, timeout_ms: i32) {
         revents: 0,
     };
     // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+    unsafe { libc::poll(&raw mut poll, 1, timeout_ms) };
 }
 
 impl Drop for FakeApiServer {

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 
 use super::selector::Selector;
 
-/// A resource kind the server knows: its kind, list kind, API version and
-/// whether it is namespaced.
+/// A resource kind the server knows: its name (the list kind adds `List`),
+/// API version, plural and whether it is namespaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Kind {
-    pub kind: &'static str,
+    pub name: &'static str,
     pub api_version: &'static str,
     pub plural: &'static str,
     pub namespaced: bool,
@@ -24,19 +24,19 @@ pub struct Kind {
 
 pub const KINDS: [Kind; 3] = [
     Kind {
-        kind: "Service",
+        name: "Service",
         api_version: "v1",
         plural: "services",
         namespaced: true,
     },
     Kind {
-        kind: "EndpointSlice",
+        name: "EndpointSlice",
         api_version: "discovery.k8s.io/v1",
         plural: "endpointslices",
         namespaced: true,
     },
     Kind {
-        kind: "Node",
+        name: "Node",
         api_version: "v1",
         plural: "nodes",
         namespaced: false,
@@ -44,7 +44,7 @@ pub const KINDS: [Kind; 3] = [
 ];
 
 pub fn kind_named(kind: &str) -> Option<Kind> {
-    KINDS.iter().copied().find(|k| k.kind == kind)
+    KINDS.iter().copied().find(|k| k.name == kind)
 }
 
 type Key = (&'static str, String, String);
@@ -91,7 +91,7 @@ impl Store {
         } else {
             String::new()
         };
-        let key = (kind.kind, namespace, name);
+        let key = (kind.name, namespace, name);
         let before = self.objects.get(&key).cloned();
         self.rv += 1;
         let metadata = &mut object["metadata"];
@@ -108,7 +108,7 @@ impl Store {
             metadata["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         }
         self.objects.insert(key, object.clone());
-        self.record(kind.kind, before, Some(object.clone()));
+        self.record(kind.name, before, Some(object.clone()));
         object
     }
 
@@ -117,14 +117,14 @@ impl Store {
             return false;
         };
         let namespace = if kind.namespaced { namespace } else { "" };
-        let key = (kind.kind, namespace.to_owned(), name.to_owned());
+        let key = (kind.name, namespace.to_owned(), name.to_owned());
         let Some(before) = self.objects.remove(&key) else {
             return false;
         };
         self.rv += 1;
         let mut gone = before.clone();
         gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(kind.kind, Some(before), None);
+        self.record(kind.name, Some(before), None);
         if let Some(last) = self.history.last_mut() {
             last.before = Some(gone);
         }
@@ -164,13 +164,13 @@ impl Store {
     ) -> (Vec<Value>, Option<String>) {
         use std::ops::Bound;
         let start = match after {
-            Some((ns, name)) => Bound::Excluded((kind.kind, ns.to_owned(), name.to_owned())),
-            None => Bound::Included((kind.kind, String::new(), String::new())),
+            Some((ns, name)) => Bound::Excluded((kind.name, ns.to_owned(), name.to_owned())),
+            None => Bound::Included((kind.name, String::new(), String::new())),
         };
         let mut matching = self
             .objects
             .range((start, Bound::Unbounded))
-            .take_while(|((k, _, _), _)| *k == kind.kind)
+            .take_while(|((k, _, _), _)| *k == kind.name)
             .filter(|((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
             .filter(|(_, object)| selector.matches(object));
         let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();

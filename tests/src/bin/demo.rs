@@ -72,7 +72,10 @@ fn main() -> Result<()> {
 fn write_endpoints(cluster: &Cluster, pods: usize) -> Result<()> {
     let port = EndpointPort::new("http", Protocol::Tcp, 8080);
     let slices = cluster.endpoint_slices("web", "default", &port, cluster.pods.iter().take(pods));
-    let docs: Vec<Value> = slices.iter().map(|s| s.to_value()).collect();
+    let docs: Vec<Value> = slices
+        .iter()
+        .map(switchyard_tests::EndpointSliceManifest::to_value)
+        .collect();
     cluster.manifests().write("web-endpoints.yaml", &docs)?;
     Ok(())
 }
@@ -113,7 +116,8 @@ fn report(cluster: &Cluster, title: &str) -> Result<()> {
 fn print_distribution(cluster: &Cluster, summary: &Summary) {
     for pod in &cluster.pods {
         let n = summary.per_backend.get(&pod.name).copied().unwrap_or(0);
-        println!("  {:<6} {:>3}  {}", pod.name, n, "#".repeat(n as usize));
+        let bar = "#".repeat(usize::try_from(n).expect("at most REQUESTS"));
+        println!("  {:<6} {:>3}  {bar}", pod.name, n);
     }
     if summary.failures > 0 {
         let errors: BTreeMap<_, _> = summary.errors.iter().collect();

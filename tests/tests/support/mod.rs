@@ -97,7 +97,10 @@ pub fn programmed_backends(
 /// Pollers then simply look again.
 fn backend_text(backend: &Value) -> String {
     match (backend["ip"].as_str(), backend["port"].as_u64()) {
-        (Some(ip), Some(port)) => SocketAddr::new(ip.parse().unwrap(), port as u16).to_string(),
+        (Some(ip), Some(port)) => {
+            let port = u16::try_from(port).expect("a port fits u16");
+            SocketAddr::new(ip.parse().unwrap(), port).to_string()
+        }
         _ => format!("missing-{}", backend["id"]),
     }
 }

@@ -48,7 +48,7 @@ pub struct Kernel {
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// A cached index younger than this is used as it is.
-const INDEX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const INDEX_MAX_AGE: Duration = Duration::from_hours(24);
 
 /// Fetches (or finds in `cache`) the image package `source` names today.
 pub fn kernel(source: &KernelSource, cache: &Path) -> Result<Kernel> {
@@ -253,9 +253,9 @@ fn sha256_of(path: &Path) -> Result<String> {
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot run {}", cmd.get_program().display()))?;
     if !status.success() {
-        bail!("{:?} failed ({status})", cmd.get_program());
+        bail!("{} failed ({status})", cmd.get_program().display());
     }
     Ok(())
 }

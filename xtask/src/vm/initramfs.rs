@@ -6,6 +6,7 @@
 //! TCG costs more than copying it in.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -309,12 +310,13 @@ fn stamp(contents: &Contents<'_>, modules: &[(String, PathBuf)]) -> Result<Strin
     for input in inputs {
         let meta = fs::metadata(input).with_context(|| format!("{}", input.display()))?;
         let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
-        stamp.push_str(&format!(
-            "{} {} {}\n",
+        let _ = writeln!(
+            stamp,
+            "{} {} {}",
             input.display(),
             meta.len(),
             mtime.as_nanos()
-        ));
+        );
     }
     Ok(stamp)
 }

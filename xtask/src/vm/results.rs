@@ -73,7 +73,7 @@ impl Run {
     pub fn line(&mut self, raw: &str) {
         let line = raw.trim_end_matches(['\r', '\n']);
         if let Some(rest) = marker(line, BEGIN) {
-            self.release = rest.to_owned();
+            rest.clone_into(&mut self.release);
         } else if let Some(name) = marker(line, SUITE) {
             self.suites.entry(name.to_owned()).or_default();
             self.current = Some(name.to_owned());

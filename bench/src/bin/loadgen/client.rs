@@ -73,6 +73,8 @@ fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>())
+        .expect("struct linger is a few bytes");
     // SAFETY: a valid socket fd and a correctly sized option value.
     let rc = unsafe {
         libc::setsockopt(
@@ -80,7 +82,7 @@ fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            len,
         )
     };
     if rc != 0 {

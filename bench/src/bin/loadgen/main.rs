@@ -138,7 +138,7 @@ fn pin_to(cpu: Option<usize>) -> Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) != 0 {
             bail!(
                 "cannot pin to cpu {cpu}: {}",
                 std::io::Error::last_os_error()

@@ -10,7 +10,7 @@ use switchyard_tests::probe::{Attempt, Reply, Summary};
 use crate::socket::{classify, same_endpoint};
 
 const REQUEST: &[u8] = b"ping\n";
-const MAX_REPLY: u64 = 4096;
+const MAX_REPLY: usize = 4096;
 
 /// One TCP connection, one request, one reply.
 pub fn tcp_once(to: SocketAddr, timeout: Duration) -> Attempt {
@@ -29,16 +29,15 @@ pub fn tcp_once(to: SocketAddr, timeout: Duration) -> Attempt {
         request(&mut stream, &mut reader)
     })();
     fill(&mut attempt, result);
-    if attempt.ok && !peer_matches(&attempt.getpeername, to) {
+    if attempt.ok && !peer_matches(attempt.getpeername.as_deref(), to) {
         attempt.ok = false;
         attempt.error = Some("getpeername_mismatch".into());
     }
     attempt
 }
 
-fn peer_matches(seen: &Option<String>, to: SocketAddr) -> bool {
-    seen.as_deref()
-        .and_then(|s| s.parse().ok())
+fn peer_matches(seen: Option<&str>, to: SocketAddr) -> bool {
+    seen.and_then(|s| s.parse().ok())
         .is_some_and(|a| same_endpoint(a, to))
 }
 
@@ -46,7 +45,7 @@ fn peer_matches(seen: &Option<String>, to: SocketAddr) -> bool {
 fn request(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
     stream.write_all(REQUEST)?;
     let mut line = Vec::new();
-    let n = reader.take(MAX_REPLY).read_until(b'\n', &mut line)?;
+    let n = reader.take(MAX_REPLY as u64).read_until(b'\n', &mut line)?;
     if n == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
@@ -87,7 +86,7 @@ pub fn udp_once(to: SocketAddr, connected: bool, source_port: u16, timeout: Dura
         } else {
             socket.send_to(REQUEST, to)?;
         }
-        let mut buf = [0u8; MAX_REPLY as usize];
+        let mut buf = [0u8; MAX_REPLY];
         // recv_from also on a connected socket: it reports the source, which
         // the recvmsg hook must have turned back into the service address.
         let (n, from) = socket.recv_from(&mut buf)?;
@@ -153,7 +152,8 @@ pub fn hold(to: SocketAddr, duration: Duration, interval: Duration, timeout: Dur
             break;
         }
         // Sleep until the next slot; stop once the duration is used up.
-        let next = interval * (i as u32 + 1);
+        let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let next = interval.saturating_mul(slot);
         if next > duration {
             break;
         }

@@ -20,7 +20,7 @@ const MAX_CONNECTIONS: usize = 256;
 /// Lines served per connection before it is closed.
 const MAX_LINES: u64 = 1_000_000;
 /// A connection idle this long is closed.
-const IDLE: Duration = Duration::from_secs(60);
+const IDLE: Duration = Duration::from_mins(1);
 /// Longest request line read.
 const MAX_LINE: u64 = 4096;
 
@@ -47,11 +47,11 @@ pub fn run(opts: Options) -> Result<()> {
     }
     for listener in listeners {
         let (name, active) = (name.clone(), active.clone());
-        std::thread::spawn(move || accept_loop(listener, name, active));
+        std::thread::spawn(move || accept_loop(&listener, &name, &active));
     }
     for udp in udps {
         let name = name.clone();
-        std::thread::spawn(move || udp_loop(udp, name));
+        std::thread::spawn(move || udp_loop(&udp, &name));
     }
     let ready = serde_json::json!({
         "ready": true, "name": &*name, "tcp": opts.tcp, "udp": opts.udp,
@@ -72,7 +72,7 @@ fn reply_line(name: &str, peer: SocketAddr) -> String {
     line
 }
 
-fn accept_loop(listener: TcpListener, name: Arc<str>, active: Arc<AtomicUsize>) {
+fn accept_loop(listener: &TcpListener, name: &Arc<str>, active: &Arc<AtomicUsize>) {
     // Bounded by the process lifetime (see `Options::lifetime`).
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -109,13 +109,13 @@ fn serve_connection(stream: TcpStream, name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn udp_loop(socket: UdpSocket, name: Arc<str>) {
+fn udp_loop(socket: &UdpSocket, name: &str) {
     let mut buf = [0u8; 2048];
     // Bounded by the process lifetime (see `Options::lifetime`).
     loop {
         let Ok((_, from)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let _ = socket.send_to(reply_line(&name, from).as_bytes(), from);
+        let _ = socket.send_to(reply_line(name, from).as_bytes(), from);
     }
 }

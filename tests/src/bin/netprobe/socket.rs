@@ -42,7 +42,7 @@ fn bound(addr: SocketAddr, kind: i32) -> io::Result<OwnedFd> {
     let rc = match addr {
         SocketAddr::V4(a) => {
             let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_family: sa_family(libc::AF_INET),
                 sin_port: a.port().to_be(),
                 sin_addr: libc::in_addr {
                     s_addr: u32::from(*a.ip()).to_be(),
@@ -50,17 +50,11 @@ fn bound(addr: SocketAddr, kind: i32) -> io::Result<OwnedFd> {
                 sin_zero: [0; 8],
             };
             // SAFETY: pointer and length describe `sa`, alive for the call.
-            unsafe {
-                libc::bind(
-                    raw,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
+            unsafe { libc::bind(raw, (&raw const sa).cast(), socklen::<libc::sockaddr_in>()) }
         }
         SocketAddr::V6(a) => {
             let sa = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_family: sa_family(libc::AF_INET6),
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
                 sin6_addr: libc::in6_addr {
@@ -69,13 +63,7 @@ fn bound(addr: SocketAddr, kind: i32) -> io::Result<OwnedFd> {
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: pointer and length describe `sa`, alive for the call.
-            unsafe {
-                libc::bind(
-                    raw,
-                    (&sa as *const libc::sockaddr_in6).cast(),
-                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
+            unsafe { libc::bind(raw, (&raw const sa).cast(), socklen::<libc::sockaddr_in6>()) }
         }
     };
     if rc != 0 {
@@ -92,14 +80,24 @@ fn set_flag(fd: &OwnedFd, level: i32, name: i32) -> io::Result<()> {
             fd.as_raw_fd(),
             level,
             name,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (&raw const one).cast(),
+            socklen::<libc::c_int>(),
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The size of `T` as the socket calls take it.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("socket structures are a few bytes")
+}
+
+/// An address family as a `sockaddr` holds it.
+fn sa_family(family: libc::c_int) -> libc::sa_family_t {
+    libc::sa_family_t::try_from(family).expect("address families fit sa_family_t")
 }
 
 /// The short error kinds the JSON output uses.
