@@ -2,9 +2,11 @@
 //! watching a list/watch API server (the harness's stand-in for a
 //! kube-apiserver) that holds the catalog, its hooks on the client cgroup.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::{
@@ -12,8 +14,10 @@ use switchyard_tests::{
     NodeManifest, Protocol, ServiceManifest, ServicePort, ServiceType,
 };
 
-use crate::catalog::{CatalogService, NAMESPACE, SERVICE_PORT, TARGET_PORT};
-use crate::rig::Rig;
+use crate::{
+    catalog::{CatalogService, NAMESPACE, SERVICE_PORT, TARGET_PORT},
+    rig::Rig,
+};
 
 const NODE_NAME: &str = "bench-node";
 const POLL: Duration = Duration::from_millis(5);

@@ -2,8 +2,7 @@
 //! BPF run-time statistics (BPF_ENABLE_STATS: on only while the returned
 //! guard lives, and only for this measurement).
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::{os::fd::OwnedFd, path::Path};
 
 use anyhow::{Context, Result};
 use aya::programs::{

@@ -8,8 +8,10 @@
 
 use std::fmt::Write;
 
-use crate::catalog::{CatalogService, TARGET_PORT};
-use crate::chain_name::hash16;
+use crate::{
+    catalog::{CatalogService, TARGET_PORT},
+    chain_name::hash16,
+};
 
 /// The cluster CIDR given to kube-proxy: it covers the pods and the client,
 /// so in-cluster traffic is not masqueraded, as in a real cluster.
@@ -215,9 +217,7 @@ fn service_chains(out: &mut String, service: &CatalogService) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Placement;
-
-    use crate::catalog::test_catalog as catalog;
+    use crate::catalog::{Placement, test_catalog as catalog};
 
     #[test]
     fn one_service_has_kube_proxys_shape() {

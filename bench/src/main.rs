@@ -1,17 +1,18 @@
 //! The bench runner: builds the rig, measures every scale, writes the
 //! Markdown report, the raw samples as JSON and the plot.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use switchyard_bench::netfilter;
-use switchyard_bench::progress::Progress;
-use switchyard_bench::results::{BenchReport, Mode};
-use switchyard_bench::rig::Rig;
-use switchyard_bench::scenario::{self, Extras, Options};
-use switchyard_bench::{plot, report};
+use switchyard_bench::{
+    netfilter, plot,
+    progress::Progress,
+    report,
+    results::{BenchReport, Mode},
+    rig::Rig,
+    scenario::{self, Extras, Options},
+};
 
 #[derive(Parser)]
 #[command(about = "Switchyard vs kube-proxy-shaped iptables/nftables vs direct, in namespaces")]

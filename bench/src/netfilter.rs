@@ -3,15 +3,16 @@
 //! clearing the node's netfilter state between modes. Each returns how long
 //! the kernel took to take the rules, as kube-proxy would wait for it.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::{NetNs, process::run_bounded};
 
-use crate::catalog::CatalogService;
-use crate::{iptables_rules, nftables_rules};
+use crate::{catalog::CatalogService, iptables_rules, nftables_rules};
 
 /// iptables through its nf_tables backend, as kube-proxy's iptables mode
 /// runs on current distributions (the legacy backend is on its way out).

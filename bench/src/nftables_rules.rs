@@ -8,9 +8,11 @@
 
 use std::fmt::Write;
 
-use crate::catalog::{CatalogService, NAMESPACE, TARGET_PORT};
-use crate::chain_name::hash8;
-use crate::iptables_rules::CLUSTER_CIDR;
+use crate::{
+    catalog::{CatalogService, NAMESPACE, TARGET_PORT},
+    chain_name::hash8,
+    iptables_rules::CLUSTER_CIDR,
+};
 
 const TABLE: &str = "ip kube-proxy";
 /// The Service CIDR the catalog allocates from.
@@ -179,9 +181,7 @@ add rule {t} nat-postrouting jump masquerading
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Placement;
-
-    use crate::catalog::test_catalog as catalog;
+    use crate::catalog::{Placement, test_catalog as catalog};
 
     #[test]
     fn service_dispatch_is_one_map_lookup() {

@@ -4,8 +4,10 @@
 
 use std::fmt::Write;
 
-use crate::catalog::Placement;
-use crate::results::{BenchReport, Mode};
+use crate::{
+    catalog::Placement,
+    results::{BenchReport, Mode},
+};
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 420.0;

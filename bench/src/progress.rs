@@ -1,8 +1,10 @@
 //! One progress line, rewritten in place on a terminal and printed line by
 //! line elsewhere (CI logs, pipes).
 
-use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::{
+    io::{IsTerminal, Write},
+    time::Instant,
+};
 
 pub struct Progress {
     started: Instant,

@@ -3,9 +3,11 @@
 
 use std::fmt::Write;
 
-use crate::catalog::Placement;
-use crate::load_result::LoadResult;
-use crate::results::{BenchReport, Mode, Scale};
+use crate::{
+    catalog::Placement,
+    load_result::LoadResult,
+    results::{BenchReport, Mode, Scale},
+};
 
 /// Targets from the issue, checked against what this run measured.
 const RATE_FLOOR: f64 = 0.95;

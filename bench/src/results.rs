@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Placement;
-use crate::load_result::{LoadResult, median, percentile};
+use crate::{
+    catalog::Placement,
+    load_result::{LoadResult, median, percentile},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

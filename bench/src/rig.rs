@@ -11,10 +11,12 @@
 //! is the service translation itself. (Bridged, the iptables modes would
 //! also need br_netfilter for replies to find their way back.)
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::{BpfFs, Cgroup, NetNs, Scratch, Spawned};

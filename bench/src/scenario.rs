@@ -2,21 +2,25 @@
 //! turn (direct, Switchyard, iptables, nftables), each measured the same
 //! way, each leaving the node bare for the next.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 
-use crate::agent_run::RunningAgent;
-use crate::catalog::{Catalog, CatalogService, Placement, TARGET_PORT};
-use crate::hook_cost::{self, RunStats};
-use crate::load_result::{LoadResult, monotonic_ns};
-use crate::netfilter::{self, RuleSet};
-use crate::progress::Progress;
-use crate::results::{CrrSample, Mode, ModeResult, NodePortResult, Scale};
-use crate::rig::{NODE_CLIENT_SIDE, Rig};
-use crate::traffic::{self, Origin, Test, Watch};
+use crate::{
+    agent_run::RunningAgent,
+    catalog::{Catalog, CatalogService, Placement, TARGET_PORT},
+    hook_cost::{self, RunStats},
+    load_result::{LoadResult, monotonic_ns},
+    netfilter::{self, RuleSet},
+    progress::Progress,
+    results::{CrrSample, Mode, ModeResult, NodePortResult, Scale},
+    rig::{NODE_CLIENT_SIDE, Rig},
+    traffic::{self, Origin, Test, Watch},
+};
 
 /// How long one endpoint change may take before the run calls it lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);

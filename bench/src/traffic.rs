@@ -1,16 +1,20 @@
 //! Running `loadgen` clients in the client namespace and cgroup, bounded in
 //! time, and reading their JSON results.
 
-use std::io::Read;
-use std::net::SocketAddrV4;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::{
+    io::Read,
+    net::SocketAddrV4,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use switchyard_tests::{Spawned, process::run_bounded};
 
-use crate::load_result::LoadResult;
-use crate::rig::{CLIENT_CPU, Rig};
+use crate::{
+    load_result::LoadResult,
+    rig::{CLIENT_CPU, Rig},
+};
 
 /// What a run may take beyond its own duration before it is killed.
 const GRACE: Duration = Duration::from_secs(10);

@@ -18,21 +18,26 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::RunArgs,
-    convert::desired::{desired_state, update_services},
-    convert::input_error::InputError,
-    convert::topology::{NodeContext, ZONE_LABEL},
+    convert::{
+        desired::{desired_state, update_services},
+        input_error::InputError,
+        topology::{NodeContext, ZONE_LABEL},
+    },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     model::DesiredState,
-    node::node_network,
-    node::node_network::{DeviceSelection, NodePortAddresses},
-    node::packet_path::{PacketPath, PacketPathConfig, PacketPathError},
+    node::{
+        node_network,
+        node_network::{DeviceSelection, NodePortAddresses},
+        packet_path::{PacketPath, PacketPathConfig, PacketPathError},
+    },
     runner::SyncRunner,
-    serve::admin_server::{self, Endpoints},
-    serve::health::{ProxyHealth, node_eligible},
-    serve::metrics::Metrics,
-    serve::service_health_server::ServiceHealthServers,
-    source::change_set::ChangeSet,
-    source::{Source, SourceError},
+    serve::{
+        admin_server::{self, Endpoints},
+        health::{ProxyHealth, node_eligible},
+        metrics::Metrics,
+        service_health_server::ServiceHealthServers,
+    },
+    source::{Source, SourceError, change_set::ChangeSet},
     sync::{SyncReport, Syncer},
 };
 

@@ -3,9 +3,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use switchyard::{
     agent,
-    cli::kube_proxy_config::KubeProxyConfiguration,
-    cli::services_view,
-    cli::{Cli, Command},
+    cli::{Cli, Command, kube_proxy_config::KubeProxyConfiguration, services_view},
     datapath::{error_chain, loader},
 };
 use tracing_subscriber::EnvFilter;

@@ -6,15 +6,15 @@
 //! a count covering a missing slot. The next pass retries what is missing,
 //! because it plans from the mirror, which only records what succeeded.
 
+use std::collections::BTreeSet;
+
 use tracing::{debug, error};
 
 use crate::{
     datapath::{DatapathError, MapReader, MapWriter},
     model::{DesiredState, Frontend},
-    plan::datapath_state::DatapathState,
-    plan::{map_op::MapOp, plan, plan_frontends},
+    plan::{datapath_state::DatapathState, map_op::MapOp, plan, plan_frontends},
 };
-use std::collections::BTreeSet;
 
 pub struct Syncer<W> {
     writer: W,

@@ -2,18 +2,22 @@
 //! hooks on a test cgroup and its pins on a test bpffs. Its output goes to a
 //! log file that is printed when the test fails.
 
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    fs::OpenOptions,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::multinode::MultiNodeCluster;
-use crate::netns::NetNs;
-use crate::patience;
-use crate::process::{self, Spawned};
-use crate::topology::Cluster;
+use crate::{
+    multinode::MultiNodeCluster,
+    netns::NetNs,
+    patience,
+    process::{self, Spawned},
+    topology::Cluster,
+};
 
 /// The agent has this long to program the maps after a start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);

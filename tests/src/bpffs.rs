@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::mount::{mount, umount};
-use crate::scratch::Scratch;
+use crate::{
+    mount::{mount, umount},
+    scratch::Scratch,
+};
 
 #[derive(Debug)]
 pub struct BpfFs {

@@ -2,17 +2,21 @@
 //! agent may attach socket hooks. On drop every process still in it is killed
 //! and the directory removed.
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    fs::{File, OpenOptions},
+    io,
+    os::{fd::RawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
-use crate::mount::{mount, umount};
-use crate::{name, scratch::Scratch};
+use crate::{
+    mount::{mount, umount},
+    name,
+    scratch::Scratch,
+};
 
 /// How long drop waits for killed processes to leave before giving up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,17 +3,21 @@
 //! puts the probes under its socket hooks. `Client`, the client namespace and
 //! cgroup of the one-node topology, probes through it.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cgroup::Cgroup;
-use crate::netns::NetNs;
-use crate::probe::{self, Attempt, HttpResult, Summary};
-use crate::process::{self, Spawned};
+use crate::{
+    cgroup::Cgroup,
+    netns::NetNs,
+    probe::{self, Attempt, HttpResult, Summary},
+    process::{self, Spawned},
+};
 
 /// Per-attempt socket timeout the helpers pass to netprobe.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);

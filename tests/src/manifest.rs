@@ -2,9 +2,11 @@
 //! Service, an EndpointSlice and a Node, and a folder writer that replaces files
 //! atomically, so the agent's watcher never reads half a file.
 
-use std::collections::BTreeMap;
-use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};

@@ -1,10 +1,7 @@
 //! mount(2)/umount(2) of the pseudo filesystems the guards own (bpffs, and
 //! cgroup2 where the machine has none mounted).
 
-use std::ffi::CString;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 
 use anyhow::{Result, bail};
 

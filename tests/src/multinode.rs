@@ -26,17 +26,18 @@ mod outside;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result, ensure};
-
-use crate::bpffs::BpfFs;
-use crate::cgroup::Cgroup;
-use crate::client::Prober;
-use crate::manifest::{EndpointPort, EndpointSliceManifest, ManifestDir, NodeManifest};
-use crate::netns::NetNs;
-use crate::scratch::Scratch;
-use crate::topology::Pod;
-use crate::wiring::{self, Gateway, Placement, PodAddress};
-
 pub use outside::Outside;
+
+use crate::{
+    bpffs::BpfFs,
+    cgroup::Cgroup,
+    client::Prober,
+    manifest::{EndpointPort, EndpointSliceManifest, ManifestDir, NodeManifest},
+    netns::NetNs,
+    scratch::Scratch,
+    topology::Pod,
+    wiring::{self, Gateway, Placement, PodAddress},
+};
 
 /// At most this many nodes (node IPs stay below .255 and fit one /24).
 const MAX_NODES: usize = 100;

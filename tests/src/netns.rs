@@ -3,12 +3,16 @@
 //! (on a thread of its own that enters the namespace and then ends, so the
 //! test's own threads never change namespace).
 
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::Command;
+use std::{
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::process::CommandExt,
+    },
+    path::PathBuf,
+    process::Command,
+};
 
 use anyhow::{Context, Result, anyhow};
 

@@ -1,12 +1,10 @@
 //! The JSON lines `netprobe` prints, shared by the binary (which writes them)
 //! and the harness (which parses them), so the two cannot drift apart.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// What a `netprobe serve` replies to each request line or datagram.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,17 +1,20 @@
 //! `Spawned`: a child process killed and reaped on drop, started inside a
 //! test's network namespace and, optionally, inside a test's cgroup.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    io::Read,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cgroup::{self, Cgroup};
-use crate::command;
-use crate::netns::NetNs;
+use crate::{
+    cgroup::{self, Cgroup},
+    command,
+    netns::NetNs,
+};
 
 /// How long drop waits for a SIGKILLed child to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -16,15 +16,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, ensure};
 
-use crate::bpffs::BpfFs;
-use crate::cgroup::Cgroup;
-use crate::manifest::{EndpointPort, EndpointSliceManifest, ManifestDir};
-use crate::netns::NetNs;
-use crate::process::Spawned;
-use crate::scratch::Scratch;
-use crate::wiring::{self, Gateway, Placement, PodAddress};
-
 pub use crate::client::{Client, PendingSummary};
+use crate::{
+    bpffs::BpfFs,
+    cgroup::Cgroup,
+    manifest::{EndpointPort, EndpointSliceManifest, ManifestDir},
+    netns::NetNs,
+    process::Spawned,
+    scratch::Scratch,
+    wiring::{self, Gateway, Placement, PodAddress},
+};
 
 /// What to build. `Default`: node `node-a`, pods `pod-0` and `pod-1`, TCP on
 /// 8080 and 9090, UDP on 8080.

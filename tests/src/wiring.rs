@@ -2,19 +2,22 @@
 //! namespace into a bridge, pods running `netprobe serve`, and the dual-stack
 //! EndpointSlices over such pods.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::manifest::{AddressType, Endpoint, EndpointPort, EndpointSliceManifest};
-use crate::netns::NetNs;
-use crate::patience;
-use crate::probe;
-use crate::process::Spawned;
-use crate::scratch::Scratch;
-use crate::topology::Pod;
+use crate::{
+    manifest::{AddressType, Endpoint, EndpointPort, EndpointSliceManifest},
+    netns::NetNs,
+    patience, probe,
+    process::Spawned,
+    scratch::Scratch,
+    topology::Pod,
+};
 
 /// How long the pods' servers have to bind all their sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,10 +3,7 @@
 //! the right namespace and cgroup, and every guard cleans up after itself.
 //! They need root; `cargo xtask test` runs them with --test-threads=1.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use switchyard_tests::{Cgroup, Cluster, ClusterSpec, NetNs, cgroup, netns, process};
 

@@ -6,9 +6,9 @@ mod support;
 use std::{collections::BTreeSet, time::Duration};
 
 use support::*;
-use switchyard_tests::patience;
 use switchyard_tests::{
     Agent, AgentConfig, Cluster, ClusterSpec, EndpointPort, Protocol, ServiceManifest, ServicePort,
+    patience,
 };
 
 fn pod_addrs(pods: &[&switchyard_tests::Pod], port: u16) -> BTreeSet<String> {

@@ -4,10 +4,12 @@
 //! manifests describe the nodes, and every guard cleans up. They need root;
 //! run them with --test-threads=1.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -5,14 +5,15 @@
 //! conntrack, health check node ports, hairpin. Needs root; run with
 //! --test-threads=1.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
-use switchyard_tests::patience;
 use switchyard_tests::{
     Agent, AgentConfig, Attempt, EndpointPort, MultiNodeCluster, MultiNodeSpec, Protocol,
-    ServiceManifest, ServicePort, ServiceType, TrafficPolicy,
+    ServiceManifest, ServicePort, ServiceType, TrafficPolicy, patience,
 };
 
 const NS: &str = "default";

@@ -11,22 +11,24 @@
 //!   br0  10.244.1.1    fd00:244:1::1 local pod 10.244.1.10 (static neighbour)
 //! ```
 
-use std::ffi::CString;
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    ffi::CString,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use switchyard::{
-    convert::desired::desired_state,
-    convert::topology::NodeContext,
+    convert::{desired::desired_state, topology::NodeContext},
     datapath::{MapWriter, flow_table::FlowTable, loader, pinned::PinnedMaps},
-    plan::datapath_state::DatapathState,
-    plan::plan,
+    plan::{datapath_state::DatapathState, plan},
 };
 use switchyard_abi::{SNAT_PORT_MAX, SNAT_PORT_MIN, TC_NEXT, TC_REDIRECT, TC_SHOT};
-use switchyard_tests::packet::{self, ACK, Frame, RST, SYN, Seen, TCP, UDP};
-use switchyard_tests::{BpfFs, NetNs};
+use switchyard_tests::{
+    BpfFs, NetNs,
+    packet::{self, ACK, Frame, RST, SYN, Seen, TCP, UDP},
+};
 
 // BPF_PROG_TEST_RUN reports the program's return value as a u32.
 const REDIRECT: u32 = TC_REDIRECT.cast_unsigned();

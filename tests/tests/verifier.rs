@@ -9,12 +9,10 @@ use aya::{
     EbpfLoader,
     programs::{Program, ProgramError},
 };
-use switchyard::{
-    datapath::kernel_features::Feature,
-    datapath::{
-        feature_probe,
-        loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
-    },
+use switchyard::datapath::{
+    feature_probe,
+    kernel_features::Feature,
+    loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
 };
 use switchyard_tests::BpfFs;
 

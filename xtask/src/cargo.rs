@@ -2,8 +2,7 @@
 //! a plain `cargo build` selects the default members (the BPF crate only
 //! builds for its own target, through the agent's build script).
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 

@@ -4,9 +4,11 @@
 //! without a kernel, a cluster or a file system. docs/design.md explains the
 //! layers; this is what keeps the text true.
 
-use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 

@@ -2,9 +2,11 @@
 //! else. Every step checks first, so running it again is cheap; each prints
 //! one line saying what it found or did.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::{
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 

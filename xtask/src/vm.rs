@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use results::Run;
 
 use crate::{cargo, setup};
-use results::Run;
 
 const TIMEOUT_MINUTES: u64 = 60;
 const MEMORY_MIB: u32 = 2048;

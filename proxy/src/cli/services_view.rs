@@ -11,10 +11,10 @@ use switchyard_abi::{
 
 use crate::{
     cli::OutputFormat,
-    datapath::kernel_features::KernelFeatures,
     datapath::{
         DatapathError, MapReader, feature_probe,
         flow_table::{FlowTable, monotonic_now_ns},
+        kernel_features::KernelFeatures,
         pinned::PinnedMaps,
     },
     node::conntrack::ConnectionView,

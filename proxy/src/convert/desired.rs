@@ -1,18 +1,22 @@
 //! Kubernetes objects to the desired state: the one entry point of the
 //! conversion layer.
 
-use crate::model::name::NamespacedName;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::{borrow::Borrow, collections::BTreeSet};
 
-use crate::convert::endpoints::SliceIndex;
-use crate::convert::input_error::{InputError, Reason};
-use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::convert::service::{health_check_node_port, service_frontends, service_ref};
-use crate::convert::topology::{NodeContext, TrafficPolicy, select_endpoints};
-use crate::model::{DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName};
+use crate::{
+    convert::{
+        endpoints::SliceIndex,
+        input_error::{InputError, Reason},
+        service::{health_check_node_port, service_frontends, service_ref},
+        topology::{NodeContext, TrafficPolicy, select_endpoints},
+    },
+    model::{
+        DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName,
+        name::NamespacedName,
+    },
+};
 
 /// Slots are `u16` and slot 0 is the frontend itself.
 pub const MAX_BACKENDS_PER_FRONTEND: usize = u16::MAX as usize;

@@ -1,18 +1,22 @@
 //! EndpointSlices to backends, as kube-proxy's `endpointslicecache.go`
 //! reads them.
 
-use crate::model::name::NamespacedName;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::debug;
 
-use crate::convert::input_error::{InputError, ObjectRef, Reason};
-use crate::convert::service::{excluded_by_label, namespace_of, port_protocol};
-use crate::convert::topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints};
-use crate::model::address::parse_ip_sloppy;
-use crate::model::{Endpoint, Frontend, Protocol};
+use crate::{
+    convert::{
+        input_error::{InputError, ObjectRef, Reason},
+        service::{excluded_by_label, namespace_of, port_protocol},
+        topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
+    },
+    model::{Endpoint, Frontend, Protocol, address::parse_ip_sloppy, name::NamespacedName},
+};
 
 /// The label that joins a slice to its Service, in the slice's namespace.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -1,7 +1,10 @@
 //! Kubernetes objects for the unit tests, written as the YAML an operator
 //! would apply, so a test reads like the manifest it stands for.
 
-use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::de::DeserializeOwned;
 
 /// One object of any kind from its YAML; a fixture that does not parse is

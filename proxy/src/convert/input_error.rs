@@ -2,8 +2,7 @@
 //! which field, plus a short label that a metric can count without
 //! unbounded cardinality.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::{fmt, path::PathBuf};
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,14 +2,19 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use tracing::debug;
 
-use crate::convert::input_error::{InputError, ObjectRef, Reason};
-use crate::convert::topology::TrafficPolicy;
-use crate::model::address::{Cidr, parse_ip_sloppy};
-use crate::model::{Frontend, Protocol, Scope, ServicePortName};
+use crate::{
+    convert::{
+        input_error::{InputError, ObjectRef, Reason},
+        topology::TrafficPolicy,
+    },
+    model::{
+        Frontend, Protocol, Scope, ServicePortName,
+        address::{Cidr, parse_ip_sloppy},
+    },
+};
 
 mod external;
 

@@ -4,7 +4,7 @@
 use switchyard_abi::BACKENDS_MAP;
 
 use super::{DatapathError, MapReader, MapWriter};
-use crate::{plan::datapath_state::DatapathState, plan::map_op::MapOp};
+use crate::plan::{datapath_state::DatapathState, map_op::MapOp};
 
 #[derive(Default)]
 pub struct FakeMaps {

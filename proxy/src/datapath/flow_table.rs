@@ -2,8 +2,7 @@
 //! (read, garbage-collected, flushed), this node's NAT addresses, and the
 //! kernel's counters.
 
-use std::net::IpAddr;
-use std::path::Path;
+use std::{net::IpAddr, path::Path};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use switchyard_abi::{

@@ -22,8 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
-        links::FdLink,
-        links::PinnedLink,
+        links::{FdLink, PinnedLink},
         tc::{self, NlOptions, TcAttachOptions},
     },
 };

@@ -14,7 +14,7 @@ pub mod pinned;
 
 use std::path::PathBuf;
 
-use crate::{plan::datapath_state::DatapathState, plan::map_op::MapOp};
+use crate::plan::{datapath_state::DatapathState, map_op::MapOp};
 
 /// Applies map operations one at a time, in the order given.
 pub trait MapWriter {

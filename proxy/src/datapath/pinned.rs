@@ -10,9 +10,9 @@ use switchyard_abi::{
 };
 
 use super::{DatapathError, MapReader, MapWriter};
-use crate::{
-    plan::map_op::MapOp,
-    plan::{datapath_state::DatapathState, map_op::RangeKey},
+use crate::plan::{
+    datapath_state::DatapathState,
+    map_op::{MapOp, RangeKey},
 };
 
 pub struct PinnedMaps {

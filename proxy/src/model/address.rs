@@ -1,8 +1,10 @@
 //! IP address text as Kubernetes objects may carry it.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 /// Parses an IP the way kube-proxy's `ParseIPSloppy` does.
 ///

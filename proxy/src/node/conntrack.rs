@@ -2,9 +2,11 @@
 //! entries paired into connections, judged expired by kube-proxy's
 //! timeouts, and shown by `switchyard conntrack`.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Serialize;
 use switchyard_abi::{FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey, FlowTimeouts};

@@ -2,9 +2,7 @@
 //! given the programs as they appear, the NodePort addresses and NAT
 //! source addresses kept current, and conntrack collected.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::path::Path;
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
 use switchyard_abi::FlowTimeouts;
 use tracing::{info, warn};

@@ -26,8 +26,10 @@ use switchyard_abi::{Backend, ServiceKey};
 
 use crate::{
     model::{DesiredFrontend, DesiredState, Frontend},
-    plan::datapath_state::{DatapathState, ProgrammedFrontend},
-    plan::map_op::{MapOp, RangeKey},
+    plan::{
+        datapath_state::{DatapathState, ProgrammedFrontend},
+        map_op::{MapOp, RangeKey},
+    },
 };
 
 pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {

@@ -21,7 +21,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::{model::HealthCheck, serve::health::ProxyHealth, serve::metrics::Metrics};
+use crate::{
+    model::HealthCheck,
+    serve::{health::ProxyHealth, metrics::Metrics},
+};
 
 /// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
 /// "nftables" there.

@@ -3,17 +3,21 @@
 //! telling a load balancer whether this node has endpoints of it.
 //! Reconciled from the desired state on every sync, like the maps.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
 
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
     model::HealthCheck,
-    serve::admin_server::{self, BindError, Endpoints},
-    serve::health::ProxyHealth,
+    serve::{
+        admin_server::{self, BindError, Endpoints},
+        health::ProxyHealth,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

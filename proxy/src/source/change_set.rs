@@ -3,9 +3,9 @@
 //! just those; anything it cannot pin down to Services (a relist, the Node,
 //! a manifests folder, too many at once) asks for a full pass.
 
+use std::{collections::BTreeSet, sync::Mutex};
+
 use crate::model::name::NamespacedName;
-use std::collections::BTreeSet;
-use std::sync::Mutex;
 
 /// Beyond this many changed Services a full pass is cheaper than tracking.
 const MAX_TRACKED: usize = 1_024;

@@ -8,7 +8,6 @@
 //! disconnect or a `410 Gone`; until every store has listed once the source
 //! is not `synced` and the agent keeps serving what it adopted.
 
-use crate::model::name::NamespacedName;
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
@@ -19,7 +18,10 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, Config, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
@@ -32,10 +34,14 @@ use kube::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::convert::endpoints::SERVICE_NAME_LABEL;
-use crate::convert::service::namespace_of;
-use crate::source::change_set::{ChangeSet, PendingChanges};
-use crate::source::manifest::Manifests;
+use crate::{
+    convert::{endpoints::SERVICE_NAME_LABEL, service::namespace_of},
+    model::name::NamespacedName,
+    source::{
+        change_set::{ChangeSet, PendingChanges},
+        manifest::Manifests,
+    },
+};
 
 /// kube-proxy's informer selector, on Services and EndpointSlices alike:
 /// objects for another proxy, and headless ones, are never even received.

@@ -6,24 +6,27 @@
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::{
-    api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_yaml::Value;
 use tracing::debug;
 
-use crate::{
-    convert::input_error::{InputError, ObjectRef, Origin, Reason},
-    convert::service::DEFAULT_NAMESPACE,
+use crate::convert::{
+    input_error::{InputError, ObjectRef, Origin, Reason},
+    service::DEFAULT_NAMESPACE,
 };
 
 /// Everything the folder holds, each object once (the last one read wins).

@@ -7,15 +7,16 @@ pub mod kube_source;
 pub mod manifest;
 pub mod watcher;
 
-use crate::model::name::NamespacedName;
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
-    source::change_set::ChangeSet,
-    source::kube_source::{KubeSource, KubeSourceError},
-    source::manifest::{Manifests, load_dir},
-    source::watcher::{ManifestWatcher, WatchError},
+    model::name::NamespacedName,
+    source::{
+        change_set::ChangeSet,
+        kube_source::{KubeSource, KubeSourceError},
+        manifest::{Manifests, load_dir},
+        watcher::{ManifestWatcher, WatchError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -27,9 +27,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use store::Store;
 
 use crate::netns::{NetNs, setns};
-use store::Store;
 
 /// State shared by the accept loop, the connections and the test.
 struct Shared {

@@ -1,7 +1,6 @@
 //! The `v1/Node` manifest writer.
 
-use std::collections::BTreeMap;
-use std::fmt::Display;
+use std::{collections::BTreeMap, fmt::Display};
 
 use serde_json::{Value, json};
 

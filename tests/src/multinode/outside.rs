@@ -7,10 +7,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::Result;
 
 use super::{ClusterNode, lan_v4, lan_v6};
-use crate::client::Prober;
-use crate::netns::NetNs;
-use crate::probe::{Attempt, Summary};
-use crate::wiring;
+use crate::{
+    client::Prober,
+    netns::NetNs,
+    probe::{Attempt, Summary},
+    wiring,
+};
 
 pub struct Outside {
     pub netns: NetNs,

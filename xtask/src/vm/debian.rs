@@ -5,10 +5,12 @@
 //! `gpgv` against Debian's archive keyring, `Packages.xz` against the hash
 //! `InRelease` lists, and the `.deb` against the hash `Packages` lists.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context, Result, bail};
 

@@ -2,13 +2,15 @@
 //! line by line into a [`Run`] and a log file, and QEMU killed on timeout,
 //! on any error and when the xtask itself dies.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 

@@ -2,9 +2,11 @@
 //! test binary, between the markers `/init` prints, into a per-test outcome;
 //! and the report across kernels, as text and as a Markdown table.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    time::Duration,
+};
 
 pub const BEGIN: &str = "SY-VM-BEGIN";
 pub const SUITE: &str = "SY-VM-SUITE";

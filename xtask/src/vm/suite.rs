@@ -1,10 +1,12 @@
 //! The binaries a run needs, built by cargo and found through its JSON
 //! messages, and the same suite run on the host kernel for the report.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 

@@ -2,10 +2,12 @@
 //! operation cap, whichever comes first, and gives up early if errors pile
 //! up (a broken datapath must end the run, not spin it).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use switchyard_bench::load_result::{LoadResult, monotonic_ns, percentile};

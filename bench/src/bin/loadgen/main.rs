@@ -6,8 +6,7 @@
 mod client;
 mod server;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};

@@ -2,8 +2,10 @@
 //! connection inline (the connection-rate test's connections are short, and
 //! the long tests use one connection each).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+};
 
 use anyhow::{Context, Result};
 

@@ -12,10 +12,16 @@ use switchyard_abi::{FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES};
 use tracing::debug;
 
 use super::{ServiceFrontend, traffic_policy};
-use crate::convert::input_error::{InputError, ObjectRef, Reason};
-use crate::convert::topology::TrafficPolicy;
-use crate::model::Scope;
-use crate::model::address::{Cidr, parse_ip_sloppy};
+use crate::{
+    convert::{
+        input_error::{InputError, ObjectRef, Reason},
+        topology::TrafficPolicy,
+    },
+    model::{
+        Scope,
+        address::{Cidr, parse_ip_sloppy},
+    },
+};
 
 /// `status.loadBalancer.ingress[].ipMode` asking that traffic really go
 /// through the load balancer: kube-proxy then leaves the IP alone (KEP-1860).

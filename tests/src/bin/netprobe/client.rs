@@ -1,9 +1,11 @@
 //! The client subcommands. Every socket operation carries a timeout and every
 //! loop a count, so a probe always ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use switchyard_tests::probe::{Attempt, Reply, Summary};
 

@@ -3,9 +3,11 @@
 //! close`; the response is read to EOF within a deadline and a size cap, and
 //! a chunked body is decoded.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
 
 use switchyard_tests::probe::HttpResult;
 

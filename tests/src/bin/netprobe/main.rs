@@ -8,9 +8,7 @@ mod http;
 mod serve;
 mod socket;
 
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::time::Duration;
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -2,10 +2,12 @@
 //! an IPv6 wildcard listener on one port coexist) and the mapping of socket
 //! errors to the short kinds tests assert on.
 
-use std::io;
-use std::mem::size_of;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::{
+    io,
+    mem::size_of,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 /// A listening TCP socket; IPv6 ones are V6ONLY.
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
