@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use switchyard_tests::{BpfFs, Cgroup, NetNs, Scratch, Spawned};
+use switchyard_tests::{BpfFs, Cgroup, NetNs, Scratch, Spawned, wiring};
 
 use crate::catalog::TARGET_PORT;
 
@@ -61,9 +61,8 @@ impl Rig {
         // its default 120 s timeout would clear them.
         node.sysctl("net/netfilter/nf_conntrack_tcp_timeout_time_wait", "1")
             .context("conntrack sysctls (is nf_conntrack available?)")?;
-        node.ip(&["link", "add", "br0", "type", "bridge"])?;
+        wiring::bridge(&node, "br0", None)?;
         node.ip(&["addr", "add", &format!("{BRIDGE}/24"), "dev", "br0"])?;
-        node.ip(&["link", "set", "br0", "up"])?;
 
         let client = NetNs::new("bclient")?;
         link(&node, "vcl", &client, NODE_CLIENT_SIDE, CLIENT, 30)?;
@@ -146,18 +145,7 @@ fn link(
     address: Ipv4Addr,
     prefix: u8,
 ) -> Result<()> {
-    node.ip(&[
-        "link",
-        "add",
-        node_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    wiring::veth(node, node_if, ns)?;
     node.ip(&["link", "set", node_if, "up"])?;
     ns.ip(&["addr", "add", &format!("{address}/{prefix}"), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;

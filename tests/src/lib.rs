@@ -25,7 +25,7 @@ pub mod probe;
 pub mod process;
 pub mod scratch;
 pub mod topology;
-mod wiring;
+pub mod wiring;
 
 pub use agent::{Agent, AgentConfig};
 pub use apiserver::FakeApiServer;

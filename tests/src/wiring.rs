@@ -1,6 +1,6 @@
-//! Building blocks both topologies share: bridges, veths that plug a
-//! namespace into a bridge, pods running `netprobe serve`, and the dual-stack
-//! EndpointSlices over such pods.
+//! Building blocks both topologies (and the benchmark's rig) share: bridges,
+//! veths that plug a namespace into a bridge, pods running `netprobe serve`,
+//! and the dual-stack EndpointSlices over such pods.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -23,7 +23,7 @@ use crate::{
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates bridge `name` in `ns`, with `addrs` (/24 and /64) if given, up.
-pub(crate) fn bridge(ns: &NetNs, name: &str, addrs: Option<(Ipv4Addr, Ipv6Addr)>) -> Result<()> {
+pub fn bridge(ns: &NetNs, name: &str, addrs: Option<(Ipv4Addr, Ipv6Addr)>) -> Result<()> {
     ns.ip(&["link", "add", name, "type", "bridge"])?;
     if let Some((v4, v6)) = addrs {
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", name])?;
@@ -31,6 +31,24 @@ pub(crate) fn bridge(ns: &NetNs, name: &str, addrs: Option<(Ipv4Addr, Ipv6Addr)>
     }
     ns.ip(&["link", "set", name, "up"])?;
     Ok(())
+}
+
+/// A veth pair: `host_if` in `host`, `eth0` in `ns`, neither end up yet.
+pub fn veth(host: &NetNs, host_if: &str, ns: &NetNs) -> Result<()> {
+    host.ip(&[
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])
+    .with_context(|| format!("veth {host_if} for {}", ns.name()))
+    .map(drop)
 }
 
 /// Puts `ns` on `bridge` (in `bridge_ns`) through a veth: `host_if` on the
@@ -43,20 +61,7 @@ pub(crate) fn plug(
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 ) -> Result<()> {
-    bridge_ns
-        .ip(&[
-            "link",
-            "add",
-            host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])
-        .with_context(|| format!("veth {host_if} for {}", ns.name()))?;
+    veth(bridge_ns, host_if, ns)?;
     bridge_ns.ip(&["link", "set", host_if, "master", bridge, "up"])?;
     ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
     ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
