@@ -1,6 +1,14 @@
-//! Switchyard agent: a pure core (manifests -> service model -> desired
-//! datapath state -> ordered map operations) and thin edges (file watcher,
-//! BPF loader and map writer, command line).
+//! Switchyard agent, by layer (docs/design.md says what each may import;
+//! `cargo xtask lint` checks it):
+//!
+//! - pure core, no I/O: [`model`] (what is served), [`convert`]
+//!   (Kubernetes objects -> desired state), [`plan`] (desired x programmed
+//!   -> ordered map operations);
+//! - edges: [`source`] (manifests folder, API reflectors), [`datapath`]
+//!   (BPF programs and maps), [`node`] (devices, the per-packet path),
+//!   [`serve`] (HTTP endpoints, metrics), [`cli`] (flags and views);
+//! - wiring: [`agent`] (`switchyard run`), [`runner`] (when to sync),
+//!   [`sync`] (one pass, applied through the datapath).
 #![forbid(unsafe_code)]
 
 pub mod agent;
