@@ -1,4 +1,4 @@
-//! The command line, as DESIGN.md's contract fixes it: other tools script
+//! The command line, a contract (docs/design.md): other tools script
 //! against these names, so they only ever grow.
 
 pub mod kube_proxy_config;
