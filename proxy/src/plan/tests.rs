@@ -268,24 +268,64 @@ fn new_backends_take_the_lowest_free_ids_and_kept_ones_keep_theirs() {
 
 #[test]
 fn slot_assignment_table() {
-    // (old slots, wanted ids, expected slots)
-    type Case<'a> = (&'a [Option<u32>], &'a [u32], &'a [u32]);
-    let cases: &[Case] = &[
-        (&[], &[1, 2], &[1, 2]),
-        (&[Some(1), Some(2), Some(3)], &[1, 2, 3], &[1, 2, 3]),
-        (&[Some(1), Some(2), Some(3)], &[1, 3], &[1, 3]),
-        (&[Some(1), Some(2), Some(3)], &[2, 3], &[3, 2]),
-        (&[Some(1), Some(2)], &[1, 2, 5], &[1, 2, 5]),
-        (
-            &[Some(1), Some(2), Some(3), Some(4)],
-            &[1, 4, 9],
-            &[1, 9, 4],
-        ),
-        (&[None, Some(2)], &[2, 7], &[7, 2]),
-        (&[Some(2), Some(2)], &[2, 5], &[2, 5]),
-        (&[Some(1), Some(2)], &[], &[]),
+    struct SlotCase<'a> {
+        old: &'a [Option<u32>],
+        wanted: &'a [u32],
+        expected: &'a [u32],
+    }
+    let cases: &[SlotCase] = &[
+        SlotCase {
+            old: &[],
+            wanted: &[1, 2],
+            expected: &[1, 2],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2), Some(3)],
+            wanted: &[1, 2, 3],
+            expected: &[1, 2, 3],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2), Some(3)],
+            wanted: &[1, 3],
+            expected: &[1, 3],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2), Some(3)],
+            wanted: &[2, 3],
+            expected: &[3, 2],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2)],
+            wanted: &[1, 2, 5],
+            expected: &[1, 2, 5],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2), Some(3), Some(4)],
+            wanted: &[1, 4, 9],
+            expected: &[1, 9, 4],
+        },
+        SlotCase {
+            old: &[None, Some(2)],
+            wanted: &[2, 7],
+            expected: &[7, 2],
+        },
+        SlotCase {
+            old: &[Some(2), Some(2)],
+            wanted: &[2, 5],
+            expected: &[2, 5],
+        },
+        SlotCase {
+            old: &[Some(1), Some(2)],
+            wanted: &[],
+            expected: &[],
+        },
     ];
-    for (old, wanted, expected) in cases {
+    for SlotCase {
+        old,
+        wanted,
+        expected,
+    } in cases
+    {
         assert_eq!(
             assign_slots(old, wanted),
             *expected,

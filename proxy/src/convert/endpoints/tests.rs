@@ -28,16 +28,16 @@ endpoints:
   conditions: {ready: false}
 ";
 
-/// (case, slices, service, port name, frontend, endpoints, errors)
-type Case<'a> = (
-    &'a str,
-    &'a [&'a str],
-    &'a str,
-    &'a str,
-    &'a str,
-    &'a [&'a str],
-    &'a [&'a str],
-);
+/// One row: slices in, the frontend of one Service port, what it gets.
+struct Case<'a> {
+    name: &'a str,
+    yamls: &'a [&'a str],
+    service: &'a str,
+    port_name: &'a str,
+    fe: &'a str,
+    want: &'a [&'a str],
+    want_errors: &'a [&'a str],
+}
 
 #[test]
 #[expect(
@@ -46,45 +46,11 @@ type Case<'a> = (
 )]
 fn slices_resolve_like_kube_proxy() {
     let cases: &[Case] = &[
-        (
-            "ready endpoints only, first address only, port by name",
-            &[WEB_V4],
-            "web",
-            "http",
-            "10.96.0.10:80/TCP",
-            &["10.0.0.1:8080/TCP", "10.0.0.2:8080/TCP"],
-            &[],
-        ),
-        (
-            "protocol must match too",
-            &[WEB_V4],
-            "web",
-            "dns",
-            "10.96.0.10:53/UDP",
-            &["10.0.0.1:5353/UDP", "10.0.0.2:5353/UDP"],
-            &[],
-        ),
-        (
-            "port name with the wrong protocol matches nothing",
-            &[WEB_V4],
-            "web",
-            "http",
-            "10.96.0.10:80/UDP",
-            &[],
-            &[],
-        ),
-        (
-            "IPv6 frontend ignores IPv4 slices",
-            &[WEB_V4],
-            "web",
-            "http",
-            "[fd00::10]:80/TCP",
-            &[],
-            &[],
-        ),
-        (
-            "no ready endpoint: serving and terminating ones drain",
-            &["
+        Case { name: "ready endpoints only, first address only, port by name", yamls: &[WEB_V4], service: "web", port_name: "http", fe: "10.96.0.10:80/TCP", want: &["10.0.0.1:8080/TCP", "10.0.0.2:8080/TCP"], want_errors: &[] },
+        Case { name: "protocol must match too", yamls: &[WEB_V4], service: "web", port_name: "dns", fe: "10.96.0.10:53/UDP", want: &["10.0.0.1:5353/UDP", "10.0.0.2:5353/UDP"], want_errors: &[] },
+        Case { name: "port name with the wrong protocol matches nothing", yamls: &[WEB_V4], service: "web", port_name: "http", fe: "10.96.0.10:80/UDP", want: &[], want_errors: &[] },
+        Case { name: "IPv6 frontend ignores IPv4 slices", yamls: &[WEB_V4], service: "web", port_name: "http", fe: "[fd00::10]:80/TCP", want: &[], want_errors: &[] },
+        Case { name: "no ready endpoint: serving and terminating ones drain", yamls: &["
 metadata: {name: s, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
 ports: [{port: 80}]
@@ -92,33 +58,17 @@ endpoints:
 - {addresses: [10.0.0.3], conditions: {ready: false, serving: true, terminating: true}}
 - {addresses: [10.0.0.4], conditions: {ready: false, serving: false, terminating: true}}
 - {addresses: [10.0.0.5], conditions: {ready: false, serving: true}}
-"],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &["10.0.0.3:80/TCP"],
-            &[],
-        ),
-        (
-            "unnamed ports match, missing or zero slice ports are ignored",
-            &["
+"], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &["10.0.0.3:80/TCP"], want_errors: &[] },
+        Case { name: "unnamed ports match, missing or zero slice ports are ignored", yamls: &["
 metadata: {name: s, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
 ports: [{name: x}, {port: 0}, {port: 9000}]
 endpoints: [{addresses: [10.0.0.1]}]
-"],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &["10.0.0.1:9000/TCP"],
-            &[
+"], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &["10.0.0.1:9000/TCP"], want_errors: &[
                 "api: EndpointSlice default/s: ports[0].port: no port number; this port is ignored, as kube-proxy does",
                 "api: EndpointSlice default/s: ports[1].port: no port number; this port is ignored, as kube-proxy does",
-            ],
-        ),
-        (
-            "endpoints dedupe across slices, first slice by name wins",
-            &[
+            ] },
+        Case { name: "endpoints dedupe across slices, first slice by name wins", yamls: &[
                 "
 metadata: {name: s-b, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
@@ -131,44 +81,20 @@ addressType: IPv4
 ports: [{port: 80}]
 endpoints: [{addresses: [10.0.0.1], conditions: {ready: false}}, {addresses: [10.0.0.2]}]
 ",
-            ],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &["10.0.0.2:80/TCP"],
-            &[],
-        ),
-        (
-            "joined by label within the namespace only",
-            &["
+            ], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &["10.0.0.2:80/TCP"], want_errors: &[] },
+        Case { name: "joined by label within the namespace only", yamls: &["
 metadata: {name: s, namespace: other, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
 ports: [{port: 80}]
 endpoints: [{addresses: [10.0.0.1]}]
-"],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &[],
-            &[],
-        ),
-        (
-            "managed-by is not a filter",
-            &["
+"], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &[], want_errors: &[] },
+        Case { name: "managed-by is not a filter", yamls: &["
 metadata: {name: s, labels: {kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: someone-else}}
 addressType: IPv6
 ports: [{port: 80}]
 endpoints: [{addresses: ['fd00::1']}]
-"],
-            "web",
-            "",
-            "[fd00::10]:80/TCP",
-            &["[fd00::1]:80/TCP"],
-            &[],
-        ),
-        (
-            "another proxy's slices and FQDN slices are skipped quietly",
-            &[
+"], service: "web", port_name: "", fe: "[fd00::10]:80/TCP", want: &["[fd00::1]:80/TCP"], want_errors: &[] },
+        Case { name: "another proxy's slices and FQDN slices are skipped quietly", yamls: &[
                 "
 metadata: {name: s1, labels: {kubernetes.io/service-name: web, service.kubernetes.io/service-proxy-name: x}}
 addressType: IPv4
@@ -181,16 +107,8 @@ addressType: FQDN
 ports: [{port: 80}]
 endpoints: [{addresses: [example.com]}]
 ",
-            ],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &[],
-            &[],
-        ),
-        (
-            "bad input is reported once and skipped",
-            &[
+            ], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &[], want_errors: &[] },
+        Case { name: "bad input is reported once and skipped", yamls: &[
                 "
 metadata: {name: nolabel}
 addressType: IPv4
@@ -215,12 +133,7 @@ endpoints:
 - addresses: []
 - addresses: [010.0.0.7]
 ",
-            ],
-            "web",
-            "",
-            "10.96.0.10:80/TCP",
-            &["10.0.0.7:80/TCP"],
-            &[
+            ], service: "web", port_name: "", fe: "10.96.0.10:80/TCP", want: &["10.0.0.7:80/TCP"], want_errors: &[
                 "api: EndpointSlice default/nolabel: metadata.labels: missing label kubernetes.io/service-name",
                 "api: EndpointSlice default/notype: addressType: missing",
                 "api: EndpointSlice default/weird: addressType: must be IPv4, IPv6 or FQDN, got \"IPX\"",
@@ -228,10 +141,18 @@ endpoints:
                 "api: EndpointSlice default/s: ports[1].protocol: unknown protocol \"XTP\", expected TCP, UDP or SCTP",
                 "api: EndpointSlice default/s: endpoints[0].addresses[0]: not an IP address: \"10.0.0.300\"",
                 "api: EndpointSlice default/s: endpoints[1].addresses[0]: fd00::1 does not match addressType IPv4",
-            ],
-        ),
+            ] },
     ];
-    for (name, yamls, service, port_name, fe, want, want_errors) in cases {
+    for Case {
+        name,
+        yamls,
+        service,
+        port_name,
+        fe,
+        want,
+        want_errors,
+    } in cases
+    {
         let slices: Vec<_> = yamls.iter().map(|y| slice(y)).collect();
         let (index, errors) = SliceIndex::build(&slices);
         let got: Vec<String> = index

@@ -13,125 +13,59 @@ fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
     )
 }
 
+struct FrontendCase<'a> {
+    name: &'a str,
+    yaml: &'a str,
+    want_frontends: &'a [&'a str],
+    want_errors: &'a [&'a str],
+}
+
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table test: one row per kube-proxy rule"
-)]
 fn service_frontends_follow_kube_proxy() {
-    let cases: &[(&str, &str, &[&str], &[&str])] = &[
-        (
-            "single unnamed port defaults to TCP and namespace default",
-            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
-            &["10.96.0.10:80/TCP default/web spec.ports[0]"],
-            &[],
-        ),
-        (
-            "clusterIPs win over clusterIP and each family is served",
-            "metadata: {name: web, namespace: shop}
+    let cases: &[FrontendCase] = &[
+        FrontendCase { name: "single unnamed port defaults to TCP and namespace default", yaml: "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &["10.96.0.10:80/TCP default/web spec.ports[0]"], want_errors: &[] },
+        FrontendCase { name: "clusterIPs win over clusterIP and each family is served", yaml: "metadata: {name: web, namespace: shop}
 spec:
   clusterIP: 10.96.0.99
   clusterIPs: [10.96.0.10, 'fd00::10']
-  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}, {name: s, port: 9, protocol: SCTP}]",
-            &[
+  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}, {name: s, port: 9, protocol: SCTP}]", want_frontends: &[
                 "10.96.0.10:80/TCP shop/web:http spec.ports[0]",
                 "10.96.0.10:53/UDP shop/web:dns spec.ports[1]",
                 "10.96.0.10:9/SCTP shop/web:s spec.ports[2]",
                 "[fd00::10]:80/TCP shop/web:http spec.ports[0]",
                 "[fd00::10]:53/UDP shop/web:dns spec.ports[1]",
                 "[fd00::10]:9/SCTP shop/web:s spec.ports[2]",
-            ],
-            &[],
-        ),
-        (
-            "legacy leading-zero IPv4 is decimal",
-            "metadata: {name: old}\nspec: {clusterIP: 010.096.000.010, ports: [{port: 80}]}",
-            &["10.96.0.10:80/TCP default/old spec.ports[0]"],
-            &[],
-        ),
-        (
-            "bad ports are skipped, good ones served",
-            "metadata: {name: web}
+            ], want_errors: &[] },
+        FrontendCase { name: "legacy leading-zero IPv4 is decimal", yaml: "metadata: {name: old}\nspec: {clusterIP: 010.096.000.010, ports: [{port: 80}]}", want_frontends: &["10.96.0.10:80/TCP default/old spec.ports[0]"], want_errors: &[] },
+        FrontendCase { name: "bad ports are skipped, good ones served", yaml: "metadata: {name: web}
 spec:
   clusterIP: 10.96.0.10
-  ports: [{name: a, port: 80}, {name: b, port: 0}, {name: c}, {name: d, port: 70000}, {name: e, port: 81, protocol: ICMP}, {name: f, port: -1}]",
-            &["10.96.0.10:80/TCP default/web:a spec.ports[0]"],
-            &[
+  ports: [{name: a, port: 80}, {name: b, port: 0}, {name: c}, {name: d, port: 70000}, {name: e, port: 81, protocol: ICMP}, {name: f, port: -1}]", want_frontends: &["10.96.0.10:80/TCP default/web:a spec.ports[0]"], want_errors: &[
                 "api: Service default/web: spec.ports[1].port: must be 1-65535, got 0 or nothing",
                 "api: Service default/web: spec.ports[2].port: must be 1-65535, got 0 or nothing",
                 "api: Service default/web: spec.ports[3].port: must be 1-65535, got 70000",
                 "api: Service default/web: spec.ports[4].protocol: unknown protocol \"ICMP\", expected TCP, UDP or SCTP",
                 "api: Service default/web: spec.ports[5].port: must be 1-65535, got -1",
-            ],
-        ),
-        (
-            "a bad IP is skipped, the other family still served",
-            "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.300, 'fd00::10'], ports: [{port: 80}]}",
-            &["[fd00::10]:80/TCP default/web spec.ports[0]"],
-            &["api: Service default/web: spec.clusterIPs[0]: not an IP address: \"10.96.0.300\""],
-        ),
-        (
-            "bad clusterIP without clusterIPs names the singular field",
-            "metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}",
-            &[],
-            &["api: Service default/web: spec.clusterIP: not an IP address: \"banana\""],
-        ),
-        (
-            "a second IP of one family is not served",
-            "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.10, 10.96.0.11], ports: [{port: 80}]}",
-            &["10.96.0.10:80/TCP default/web spec.ports[0]"],
-            &["api: Service default/web: spec.clusterIPs[1]: 10.96.0.11 is a second address of the family of 10.96.0.10; only the first is served"],
-        ),
-        (
-            "headless",
-            "metadata: {name: db}\nspec: {clusterIP: None, ports: [{port: 5432}]}",
-            &[],
-            &[],
-        ),
-        (
-            "headless via clusterIPs",
-            "metadata: {name: db}\nspec: {clusterIPs: [None], ports: [{port: 5432}]}",
-            &[],
-            &[],
-        ),
-        (
-            "ExternalName",
-            "metadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com, clusterIP: 10.96.0.10, ports: [{port: 80}]}",
-            &[],
-            &[],
-        ),
-        (
-            "another proxy's service",
-            "metadata: {name: web, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
-            &[],
-            &[],
-        ),
-        (
-            "headless label",
-            "metadata: {name: web, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
-            &[],
-            &[],
-        ),
-        (
-            "no cluster IP is reported",
-            "metadata: {name: web}\nspec: {ports: [{port: 80}]}",
-            &[],
-            &["api: Service default/web: spec.clusterIP: missing; standalone mode allocates no cluster IPs"],
-        ),
-        (
-            "no spec",
-            "metadata: {name: web}",
-            &[],
-            &["api: Service default/web: spec: missing"],
-        ),
-        (
-            "no ports serves nothing without complaint",
-            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10}",
-            &[],
-            &[],
-        ),
+            ] },
+        FrontendCase { name: "a bad IP is skipped, the other family still served", yaml: "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.300, 'fd00::10'], ports: [{port: 80}]}", want_frontends: &["[fd00::10]:80/TCP default/web spec.ports[0]"], want_errors: &["api: Service default/web: spec.clusterIPs[0]: not an IP address: \"10.96.0.300\""] },
+        FrontendCase { name: "bad clusterIP without clusterIPs names the singular field", yaml: "metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}", want_frontends: &[], want_errors: &["api: Service default/web: spec.clusterIP: not an IP address: \"banana\""] },
+        FrontendCase { name: "a second IP of one family is not served", yaml: "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.10, 10.96.0.11], ports: [{port: 80}]}", want_frontends: &["10.96.0.10:80/TCP default/web spec.ports[0]"], want_errors: &["api: Service default/web: spec.clusterIPs[1]: 10.96.0.11 is a second address of the family of 10.96.0.10; only the first is served"] },
+        FrontendCase { name: "headless", yaml: "metadata: {name: db}\nspec: {clusterIP: None, ports: [{port: 5432}]}", want_frontends: &[], want_errors: &[] },
+        FrontendCase { name: "headless via clusterIPs", yaml: "metadata: {name: db}\nspec: {clusterIPs: [None], ports: [{port: 5432}]}", want_frontends: &[], want_errors: &[] },
+        FrontendCase { name: "ExternalName", yaml: "metadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com, clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
+        FrontendCase { name: "another proxy's service", yaml: "metadata: {name: web, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
+        FrontendCase { name: "headless label", yaml: "metadata: {name: web, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
+        FrontendCase { name: "no cluster IP is reported", yaml: "metadata: {name: web}\nspec: {ports: [{port: 80}]}", want_frontends: &[], want_errors: &["api: Service default/web: spec.clusterIP: missing; standalone mode allocates no cluster IPs"] },
+        FrontendCase { name: "no spec", yaml: "metadata: {name: web}", want_frontends: &[], want_errors: &["api: Service default/web: spec: missing"] },
+        FrontendCase { name: "no ports serves nothing without complaint", yaml: "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10}", want_frontends: &[], want_errors: &[] },
     ];
-    for (name, yaml, want_frontends, want_errors) in cases {
+    for FrontendCase {
+        name,
+        yaml,
+        want_frontends,
+        want_errors,
+    } in cases
+    {
         let (frontends, errors) = run(yaml);
         assert_eq!(frontends, *want_frontends, "{name}: frontends");
         assert_eq!(errors, *want_errors, "{name}: errors");
@@ -150,50 +84,72 @@ fn errors_carry_machine_reasons() {
     assert_eq!(reasons, ["invalid_ip", "invalid_port", "unsupported"]);
 }
 
+struct PolicyCase<'a> {
+    extra: &'a str,
+    policy: TrafficPolicy,
+    timeout: u32,
+    error: Option<&'a str>,
+}
+
 #[test]
 fn policies_and_session_affinity_table() {
-    // (spec extras, internal policy, affinity timeout, error fragment)
-    let cases: &[(&str, TrafficPolicy, u32, Option<&str>)] = &[
-        ("", TrafficPolicy::Cluster, 0, None),
-        (
-            "internalTrafficPolicy: Local",
-            TrafficPolicy::Local,
-            0,
-            None,
-        ),
-        (
-            "internalTrafficPolicy: Nearby",
-            TrafficPolicy::Cluster,
-            0,
-            Some("internalTrafficPolicy"),
-        ),
-        ("sessionAffinity: None", TrafficPolicy::Cluster, 0, None),
-        (
-            "sessionAffinity: ClientIP",
-            TrafficPolicy::Cluster,
-            10_800,
-            None,
-        ),
-        (
-            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
-            TrafficPolicy::Cluster,
-            60,
-            None,
-        ),
-        (
-            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
-            TrafficPolicy::Cluster,
-            10_800,
-            Some("timeoutSeconds"),
-        ),
-        (
-            "sessionAffinity: Cookie",
-            TrafficPolicy::Cluster,
-            0,
-            Some("sessionAffinity"),
-        ),
+    let cases: &[PolicyCase] = &[
+        PolicyCase {
+            extra: "",
+            policy: TrafficPolicy::Cluster,
+            timeout: 0,
+            error: None,
+        },
+        PolicyCase {
+            extra: "internalTrafficPolicy: Local",
+            policy: TrafficPolicy::Local,
+            timeout: 0,
+            error: None,
+        },
+        PolicyCase {
+            extra: "internalTrafficPolicy: Nearby",
+            policy: TrafficPolicy::Cluster,
+            timeout: 0,
+            error: Some("internalTrafficPolicy"),
+        },
+        PolicyCase {
+            extra: "sessionAffinity: None",
+            policy: TrafficPolicy::Cluster,
+            timeout: 0,
+            error: None,
+        },
+        PolicyCase {
+            extra: "sessionAffinity: ClientIP",
+            policy: TrafficPolicy::Cluster,
+            timeout: 10_800,
+            error: None,
+        },
+        PolicyCase {
+            extra: "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
+            policy: TrafficPolicy::Cluster,
+            timeout: 60,
+            error: None,
+        },
+        PolicyCase {
+            extra: "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
+            policy: TrafficPolicy::Cluster,
+            timeout: 10_800,
+            error: Some("timeoutSeconds"),
+        },
+        PolicyCase {
+            extra: "sessionAffinity: Cookie",
+            policy: TrafficPolicy::Cluster,
+            timeout: 0,
+            error: Some("sessionAffinity"),
+        },
     ];
-    for (extra, policy, timeout, error) in cases {
+    for PolicyCase {
+        extra,
+        policy,
+        timeout,
+        error,
+    } in cases
+    {
         let yaml = format!(
             "metadata: {{name: web}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80}}]\n  {extra}"
         );
@@ -212,6 +168,13 @@ fn policies_and_session_affinity_table() {
             }
         }
     }
+}
+
+struct ExternalCase<'a> {
+    name: &'a str,
+    yaml: &'a str,
+    want: &'a [&'a str],
+    want_errors: &'a [&'a str],
 }
 
 #[test]
@@ -243,34 +206,41 @@ fn external_frontends_follow_kube_proxy() {
             .collect();
         (lines, errors.iter().map(ToString::to_string).collect())
     };
-    // (name, service, external frontends, errors)
-    let cases: &[(&str, &str, &[&str], &[&str])] = &[
-        (
-            "NodePort: every node address of the Service's families, both scopes",
-            "metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}",
-            &[
+    let cases: &[ExternalCase] = &[
+        ExternalCase {
+            name: "NodePort: every node address of the Service's families, both scopes",
+            yaml: "metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}",
+            want: &[
                 "192.168.77.11:30080/TCP Cluster",
                 "192.168.77.11:30080/TCP (external) Cluster snat",
             ],
-            &[],
-        ),
-        (
-            "Local policy: no SNAT; externalIPs on any type",
-            "metadata: {name: l}\nspec: {externalTrafficPolicy: Local, clusterIPs: [10.96.0.1, 'fd00::1'], externalIPs: [198.51.100.1, bad], ports: [{port: 80}]}",
-            &["198.51.100.1:80/TCP (external) Local"],
-            &["api: Service default/l: spec.externalIPs[1]: not an IP address: \"bad\""],
-        ),
-        (
-            "LoadBalancer: ingress IPs with source ranges of their family; ipMode Proxy left alone",
-            "metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIPs: [10.96.0.1, 'fd00::1'], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/8'], ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 'fd00:203::1'}]}}",
-            &[
+            want_errors: &[],
+        },
+        ExternalCase {
+            name: "Local policy: no SNAT; externalIPs on any type",
+            yaml: "metadata: {name: l}\nspec: {externalTrafficPolicy: Local, clusterIPs: [10.96.0.1, 'fd00::1'], externalIPs: [198.51.100.1, bad], ports: [{port: 80}]}",
+            want: &["198.51.100.1:80/TCP (external) Local"],
+            want_errors: &[
+                "api: Service default/l: spec.externalIPs[1]: not an IP address: \"bad\"",
+            ],
+        },
+        ExternalCase {
+            name: "LoadBalancer: ingress IPs with source ranges of their family; ipMode Proxy left alone",
+            yaml: "metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIPs: [10.96.0.1, 'fd00::1'], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/8'], ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 'fd00:203::1'}]}}",
+            want: &[
                 "203.0.113.1:80/TCP (external) Cluster snat from=10.0.0.0/8",
                 "[fd00:203::1]:80/TCP (external) Cluster snat from=fd00::/8",
             ],
-            &[],
-        ),
+            want_errors: &[],
+        },
     ];
-    for (name, yaml, want, want_errors) in cases {
+    for ExternalCase {
+        name,
+        yaml,
+        want,
+        want_errors,
+    } in cases
+    {
         let (got, errors) = render(yaml);
         let got: Vec<&str> = got
             .iter()

@@ -50,131 +50,143 @@ fn candidate(text: &str) -> Candidate {
 )]
 fn endpoint_selection_table() {
     use TrafficPolicy::{Cluster, Local};
-    // (case, policy, node zone, candidates, chosen last octets)
-    type Case<'a> = (
-        &'a str,
-        TrafficPolicy,
-        Option<&'a str>,
-        &'a [&'a str],
-        &'a [u8],
-    );
+    struct Case<'a> {
+        name: &'a str,
+        policy: TrafficPolicy,
+        zone: Option<&'a str>,
+        candidates: &'a [&'a str],
+        chosen: &'a [u8],
+    }
     let cases: &[Case] = &[
-        (
-            "ready only",
-            Cluster,
-            None,
-            &["10.0.0.1", "10.0.0.2 unready"],
-            &[1],
-        ),
-        (
-            "terminating fallback when none ready",
-            Cluster,
-            None,
-            &[
+        Case {
+            name: "ready only",
+            policy: Cluster,
+            zone: None,
+            candidates: &["10.0.0.1", "10.0.0.2 unready"],
+            chosen: &[1],
+        },
+        Case {
+            name: "terminating fallback when none ready",
+            policy: Cluster,
+            zone: None,
+            candidates: &[
                 "10.0.0.1 terminating",
                 "10.0.0.2 stopping",
                 "10.0.0.3 unready",
             ],
-            &[1],
-        ),
-        (
-            "ready beats serving-terminating",
-            Cluster,
-            None,
-            &["10.0.0.1 terminating", "10.0.0.2"],
-            &[2],
-        ),
-        ("nothing usable", Cluster, None, &["10.0.0.1 stopping"], &[]),
-        (
-            "local policy keeps this node's",
-            Local,
-            None,
-            &["10.0.0.1 node=a", "10.0.0.2 node=b", "10.0.0.3"],
-            &[1],
-        ),
-        (
-            "local terminating fallback stays local",
-            Local,
-            None,
-            &["10.0.0.1 node=a terminating", "10.0.0.2 node=b"],
-            &[1],
-        ),
-        (
-            "local with none here",
-            Local,
-            None,
-            &["10.0.0.2 node=b"],
-            &[],
-        ),
-        (
-            "zone hints used when all have them and one matches",
-            Cluster,
-            Some("z1"),
-            &[
+            chosen: &[1],
+        },
+        Case {
+            name: "ready beats serving-terminating",
+            policy: Cluster,
+            zone: None,
+            candidates: &["10.0.0.1 terminating", "10.0.0.2"],
+            chosen: &[2],
+        },
+        Case {
+            name: "nothing usable",
+            policy: Cluster,
+            zone: None,
+            candidates: &["10.0.0.1 stopping"],
+            chosen: &[],
+        },
+        Case {
+            name: "local policy keeps this node's",
+            policy: Local,
+            zone: None,
+            candidates: &["10.0.0.1 node=a", "10.0.0.2 node=b", "10.0.0.3"],
+            chosen: &[1],
+        },
+        Case {
+            name: "local terminating fallback stays local",
+            policy: Local,
+            zone: None,
+            candidates: &["10.0.0.1 node=a terminating", "10.0.0.2 node=b"],
+            chosen: &[1],
+        },
+        Case {
+            name: "local with none here",
+            policy: Local,
+            zone: None,
+            candidates: &["10.0.0.2 node=b"],
+            chosen: &[],
+        },
+        Case {
+            name: "zone hints used when all have them and one matches",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &[
                 "10.0.0.1 zones=z1",
                 "10.0.0.2 zones=z2",
                 "10.0.0.3 zones=z1,z2",
             ],
-            &[1, 3],
-        ),
-        (
-            "one hint-less ready endpoint disables zone hints",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 zones=z1", "10.0.0.2"],
-            &[1, 2],
-        ),
-        (
-            "hint-less unready endpoints do not count",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2", "10.0.0.3 unready"],
-            &[1],
-        ),
-        (
-            "node without zone label ignores zone hints",
-            Cluster,
-            None,
-            &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2"],
-            &[1, 2],
-        ),
-        (
-            "no hint for this zone means all endpoints",
-            Cluster,
-            Some("z3"),
-            &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2"],
-            &[1, 2],
-        ),
-        (
-            "only unready endpoints in this zone: hints ignored",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 unready zones=z1", "10.0.0.2 zones=z2"],
-            &[2],
-        ),
-        (
-            "same-node hints win over zone hints",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 zones=z1 nodes=b", "10.0.0.2 zones=z1 nodes=a"],
-            &[2],
-        ),
-        (
-            "node hints not covering this node fall back to zones",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 zones=z1 nodes=b", "10.0.0.2 zones=z2 nodes=c"],
-            &[1],
-        ),
-        (
-            "topology filters ready only; fallback ignores it",
-            Cluster,
-            Some("z1"),
-            &["10.0.0.1 terminating zones=z2"],
-            &[1],
-        ),
+            chosen: &[1, 3],
+        },
+        Case {
+            name: "one hint-less ready endpoint disables zone hints",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 zones=z1", "10.0.0.2"],
+            chosen: &[1, 2],
+        },
+        Case {
+            name: "hint-less unready endpoints do not count",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2", "10.0.0.3 unready"],
+            chosen: &[1],
+        },
+        Case {
+            name: "node without zone label ignores zone hints",
+            policy: Cluster,
+            zone: None,
+            candidates: &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2"],
+            chosen: &[1, 2],
+        },
+        Case {
+            name: "no hint for this zone means all endpoints",
+            policy: Cluster,
+            zone: Some("z3"),
+            candidates: &["10.0.0.1 zones=z1", "10.0.0.2 zones=z2"],
+            chosen: &[1, 2],
+        },
+        Case {
+            name: "only unready endpoints in this zone: hints ignored",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 unready zones=z1", "10.0.0.2 zones=z2"],
+            chosen: &[2],
+        },
+        Case {
+            name: "same-node hints win over zone hints",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 zones=z1 nodes=b", "10.0.0.2 zones=z1 nodes=a"],
+            chosen: &[2],
+        },
+        Case {
+            name: "node hints not covering this node fall back to zones",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 zones=z1 nodes=b", "10.0.0.2 zones=z2 nodes=c"],
+            chosen: &[1],
+        },
+        Case {
+            name: "topology filters ready only; fallback ignores it",
+            policy: Cluster,
+            zone: Some("z1"),
+            candidates: &["10.0.0.1 terminating zones=z2"],
+            chosen: &[1],
+        },
     ];
-    for (name, policy, zone, candidates, chosen) in cases {
+    for Case {
+        name,
+        policy,
+        zone,
+        candidates,
+        chosen,
+    } in cases
+    {
         let node = NodeContext {
             name: "a".into(),
             zone: zone.map(String::from),

@@ -20,64 +20,82 @@ fn kinds(objects: &[Object]) -> Vec<&'static str> {
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n";
 const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints: []\n";
 
+struct DocumentCase<'a> {
+    text: &'a str,
+    want_kinds: &'a [&'a str],
+    want_error: &'a [&'a str],
+}
+
 #[test]
 fn document_table() {
-    // (text, kinds read, error lines expected to contain)
-    let cases: &[(&str, &[&str], &[&str])] = &[
-        (SERVICE, &["Service"], &[]),
-        (
-            &format!("{SERVICE}---\n{SLICE}"),
-            &["Service", "EndpointSlice"],
-            &[],
-        ),
-        ("---\n# only a comment\n---\n", &[], &[]),
-        (
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
-            &[],
-            &[],
-        ),
-        (
-            "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
-            &["Node"],
-            &[],
-        ),
-        (
-            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n",
-            &["Service"],
-            &[],
-        ),
-        (
-            "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"j\"}}",
-            &["Service"],
-            &[],
-        ),
-        (
-            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
-            &[],
-            &["m/web.yaml: document 1:", "metadata.name"],
-        ),
-        (
-            "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: eighty}]}\n",
-            &[],
-            &["m/web.yaml: document 1:"],
-        ),
-        (
-            &format!("{SERVICE}---\nkind: Service\nmetadata: {{name: x}}\n"),
-            &["Service"],
-            &["document 2", "apiVersion and kind are required"],
-        ),
-        (
-            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n",
-            &[],
-            &["document 1", "v1beta1 is not supported"],
-        ),
-        (
-            &format!("{SERVICE}---\nmetadata: {{name: broken\nspec: [\n"),
-            &["Service"],
-            &["m/web.yaml: document 2:"],
-        ),
+    let cases: &[DocumentCase] = &[
+        DocumentCase {
+            text: SERVICE,
+            want_kinds: &["Service"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: &format!("{SERVICE}---\n{SLICE}"),
+            want_kinds: &["Service", "EndpointSlice"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "---\n# only a comment\n---\n",
+            want_kinds: &[],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+            want_kinds: &[],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
+            want_kinds: &["Node"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n",
+            want_kinds: &["Service"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"j\"}}",
+            want_kinds: &["Service"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n",
+            want_kinds: &[],
+            want_error: &["m/web.yaml: document 1:", "metadata.name"],
+        },
+        DocumentCase {
+            text: "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: eighty}]}\n",
+            want_kinds: &[],
+            want_error: &["m/web.yaml: document 1:"],
+        },
+        DocumentCase {
+            text: &format!("{SERVICE}---\nkind: Service\nmetadata: {{name: x}}\n"),
+            want_kinds: &["Service"],
+            want_error: &["document 2", "apiVersion and kind are required"],
+        },
+        DocumentCase {
+            text: "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n",
+            want_kinds: &[],
+            want_error: &["document 1", "v1beta1 is not supported"],
+        },
+        DocumentCase {
+            text: &format!("{SERVICE}---\nmetadata: {{name: broken\nspec: [\n"),
+            want_kinds: &["Service"],
+            want_error: &["m/web.yaml: document 2:"],
+        },
     ];
-    for (text, want_kinds, want_error) in cases {
+    for DocumentCase {
+        text,
+        want_kinds,
+        want_error,
+    } in cases
+    {
         let (objects, errors) = parse(text);
         assert_eq!(kinds(&objects), *want_kinds, "{text}");
         if want_error.is_empty() {
