@@ -3,10 +3,11 @@
 //! one-node and a multi-node topology builder, Kubernetes manifest writers, a
 //! guard for the agent itself, and the JSON types of the `netprobe` tool.
 //!
-//! Safety rules (docs/design.md, Tests): non-loopback traffic only ever leaves a
-//! process inside a namespace created here; socket hooks only go on a cgroup
-//! created here; pins only under a bpffs mounted here; every object is removed
-//! by a `Drop` guard, also when a test panics; every loop is bounded.
+//! Safety rules (docs/design.md lists them with the test tiers): non-loopback
+//! traffic only ever leaves a process inside a namespace created here; socket
+//! hooks only go on a cgroup created here; pins only under a bpffs mounted
+//! here; every object is removed by a `Drop` guard, also when a test panics;
+//! every loop is bounded.
 
 pub mod agent;
 pub mod apiserver;

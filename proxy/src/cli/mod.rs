@@ -1,4 +1,5 @@
-//! The command line, a contract (docs/design.md): other tools script
+//! The command line, a contract: the DaemonSet in `deploy/` (whose arguments
+//! `proxy/tests/deploy.rs` parses with this parser) and other tools script
 //! against these names, so they only ever grow.
 
 pub mod kube_proxy_config;
