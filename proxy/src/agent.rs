@@ -26,8 +26,7 @@ use crate::{
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     model::DesiredState,
     node::{
-        node_network,
-        node_network::{DeviceSelection, NodePortAddresses},
+        node_network::{self, DeviceSelection, NodePortAddresses},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
     },
     runner::SyncRunner,
@@ -209,8 +208,7 @@ impl Agent {
     async fn sync(&mut self) {
         let started = Instant::now();
         let changes = self.source.take_changes();
-        self.metrics
-            .count_changes(changes.received.services, changes.received.endpoint_slices);
+        self.metrics.count_changes(changes.received);
         let (report, pass) = match self.changed_pass(&changes) {
             Some(report) => (report, "changed"),
             None => (self.full_pass(), "full"),

@@ -10,7 +10,10 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::{convert::input_error::InputError, datapath::kernel_features::KernelFeatures};
+use crate::{
+    convert::input_error::InputError, datapath::kernel_features::KernelFeatures,
+    source::change_set::ReceivedChanges,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -285,9 +288,9 @@ impl Metrics {
         self.last_queued.set(seconds_since_epoch(at));
     }
 
-    pub fn count_changes(&self, services: u64, endpoint_slices: u64) {
-        self.service_changes.inc_by(services);
-        self.endpoint_changes.inc_by(endpoint_slices);
+    pub fn count_changes(&self, received: ReceivedChanges) {
+        self.service_changes.inc_by(received.services);
+        self.endpoint_changes.inc_by(received.endpoint_slices);
     }
 
     pub fn set_programmed(&self, frontends: usize, backends: usize) {

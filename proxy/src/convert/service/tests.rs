@@ -13,6 +13,7 @@ fn run(yaml: &str) -> (Vec<String>, Vec<String>) {
     )
 }
 
+/// One Service in, the frontends it gives and the error lines it raises.
 struct FrontendCase<'a> {
     name: &'a str,
     yaml: &'a str,
@@ -170,13 +171,6 @@ fn policies_and_session_affinity_table() {
     }
 }
 
-struct ExternalCase<'a> {
-    name: &'a str,
-    yaml: &'a str,
-    want: &'a [&'a str],
-    want_errors: &'a [&'a str],
-}
-
 #[test]
 fn external_frontends_follow_kube_proxy() {
     use switchyard_abi::{FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES};
@@ -206,38 +200,38 @@ fn external_frontends_follow_kube_proxy() {
             .collect();
         (lines, errors.iter().map(ToString::to_string).collect())
     };
-    let cases: &[ExternalCase] = &[
-        ExternalCase {
+    let cases: &[FrontendCase] = &[
+        FrontendCase {
             name: "NodePort: every node address of the Service's families, both scopes",
             yaml: "metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}",
-            want: &[
+            want_frontends: &[
                 "192.168.77.11:30080/TCP Cluster",
                 "192.168.77.11:30080/TCP (external) Cluster snat",
             ],
             want_errors: &[],
         },
-        ExternalCase {
+        FrontendCase {
             name: "Local policy: no SNAT; externalIPs on any type",
             yaml: "metadata: {name: l}\nspec: {externalTrafficPolicy: Local, clusterIPs: [10.96.0.1, 'fd00::1'], externalIPs: [198.51.100.1, bad], ports: [{port: 80}]}",
-            want: &["198.51.100.1:80/TCP (external) Local"],
+            want_frontends: &["198.51.100.1:80/TCP (external) Local"],
             want_errors: &[
                 "api: Service default/l: spec.externalIPs[1]: not an IP address: \"bad\"",
             ],
         },
-        ExternalCase {
+        FrontendCase {
             name: "LoadBalancer: ingress IPs with source ranges of their family; ipMode Proxy left alone",
             yaml: "metadata: {name: lb}\nspec: {type: LoadBalancer, clusterIPs: [10.96.0.1, 'fd00::1'], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/8'], ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 'fd00:203::1'}]}}",
-            want: &[
+            want_frontends: &[
                 "203.0.113.1:80/TCP (external) Cluster snat from=10.0.0.0/8",
                 "[fd00:203::1]:80/TCP (external) Cluster snat from=fd00::/8",
             ],
             want_errors: &[],
         },
     ];
-    for ExternalCase {
+    for FrontendCase {
         name,
         yaml,
-        want,
+        want_frontends: want,
         want_errors,
     } in cases
     {
