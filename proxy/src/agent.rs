@@ -24,7 +24,10 @@ use crate::{
         topology::{NodeContext, ZONE_LABEL},
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    model::DesiredState,
+    model::{
+        DesiredState,
+        address::{BadCidr, Cidr},
+    },
     node::{
         node_network::{self, DeviceSelection, NodePortAddresses},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
@@ -50,6 +53,8 @@ pub enum AgentError {
     PacketPath(#[from] PacketPathError),
     #[error("installing a signal handler: {source}")]
     Signal { source: std::io::Error },
+    #[error("--cluster-cidr: {source}")]
+    ClusterCidr { source: BadCidr },
 }
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -79,8 +84,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)
             .map_err(PacketPathError::from)?,
         timeouts: args.conntrack.timeouts(),
+        nat_port_range: args.nat_port_range,
+        cluster_cidrs: args
+            .cluster_cidr
+            .iter()
+            .map(|text| text.parse::<Cidr>())
+            .collect::<Result<_, _>>()
+            .map_err(|source| AgentError::ClusterCidr { source })?,
+        cluster_ip_from_outside: args.cluster_ip_from_outside,
     };
-    let mut packet_path = PacketPath::new(packet_path_config, &args.pins.bpffs)?;
+    let mut packet_path = PacketPath::new(packet_path_config, &args.pins.bpffs, &metrics)?;
     // Subscribed before the first read, so no change falls in between.
     let mut network_changes = node_network::watch().map_err(PacketPathError::from)?;
     packet_path.refresh(&mut programs, &metrics).await?;

@@ -152,6 +152,11 @@ impl<'a> Prober<'a> {
 
     /// `netprobe burst`: `count` connections folded into one summary.
     pub fn burst(&self, to: SocketAddr, count: u32) -> Result<Summary> {
+        self.parallel_burst(to, count, 1)
+    }
+
+    /// [`Self::burst`] with `parallel` connections in flight at once.
+    pub fn parallel_burst(&self, to: SocketAddr, count: u32, parallel: u32) -> Result<Summary> {
         let output = self.netprobe(
             &[
                 "burst",
@@ -159,8 +164,10 @@ impl<'a> Prober<'a> {
                 &to.to_string(),
                 "--count",
                 &count.to_string(),
+                "--parallel",
+                &parallel.to_string(),
             ],
-            ATTEMPT_TIMEOUT * 2 * count + SLACK,
+            ATTEMPT_TIMEOUT * 2 * count.div_ceil(parallel.max(1)) + SLACK,
         )?;
         single(parse(&output)?, &output)
     }

@@ -12,6 +12,7 @@ pub const UDP: u8 = 17;
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const RST: u8 = 0x04;
+pub const FIN: u8 = 0x01;
 
 pub type Mac = [u8; 6];
 
@@ -29,6 +30,8 @@ pub struct Frame {
     pub more_fragments: bool,
     /// Adds one to the TCP/UDP checksum after computing it.
     pub corrupt_checksum: bool,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 impl Frame {
@@ -44,6 +47,7 @@ impl Frame {
             payload: b"hello".to_vec(),
             more_fragments: false,
             corrupt_checksum: false,
+            hop_limit: 64,
         }
     }
 
@@ -67,43 +71,81 @@ impl Frame {
         }
         l4[checksum_at..checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
 
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&self.dst_mac);
-        frame.extend_from_slice(&self.src_mac);
-        match (self.src.ip(), self.dst.ip()) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                frame.extend_from_slice(&0x0800u16.to_be_bytes());
-                let mut ip = vec![0x45, 0];
-                ip.extend_from_slice(&length(20 + l4.len()).to_be_bytes());
-                ip.extend_from_slice(&[0, 1]);
-                ip.extend_from_slice(
-                    &(if self.more_fragments {
-                        0x2000u16
-                    } else {
-                        0x4000
-                    })
-                    .to_be_bytes(),
-                );
-                ip.extend_from_slice(&[64, self.proto, 0, 0]);
-                ip.extend_from_slice(&src.octets());
-                ip.extend_from_slice(&dst.octets());
-                let checksum = fold(sum(0, &ip));
-                ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-                frame.extend_from_slice(&ip);
-            }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-                frame.extend_from_slice(&[0x60, 0, 0, 0]);
-                frame.extend_from_slice(&length(l4.len()).to_be_bytes());
-                frame.extend_from_slice(&[self.proto, 64]);
-                frame.extend_from_slice(&src.octets());
-                frame.extend_from_slice(&dst.octets());
-            }
-            _ => panic!("mixed address families"),
-        }
-        frame.extend_from_slice(&l4);
-        frame
+        let fragment_flags = if self.more_fragments { 0x2000 } else { 0x4000 };
+        ip_frame(
+            (self.src_mac, self.dst_mac),
+            (self.src.ip(), self.dst.ip()),
+            self.proto,
+            self.hop_limit,
+            fragment_flags,
+            &l4,
+        )
     }
+}
+
+/// An ICMP or ICMPv6 error from `src` to `dst` quoting `quoted` (an IP
+/// header and what follows it), with `info` in the header's second word
+/// (the next-hop MTU of "fragmentation needed", the MTU of "packet too
+/// big"), checksummed.
+pub fn icmp_error(
+    macs: (Mac, Mac),
+    (src, dst): (IpAddr, IpAddr),
+    (kind, code): (u8, u8),
+    info: u32,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&info.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let (proto, pseudo) = if src.is_ipv6() {
+        (58, pseudo_sum(src, dst, 58, icmp.len()))
+    } else {
+        (1, 0)
+    };
+    let checksum = fold(sum(pseudo, &icmp));
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    ip_frame(macs, (src, dst), proto, 64, 0, &icmp)
+}
+
+/// Ethernet and IP headers (IPv4 with `fragment_flags` in its flags and
+/// offset word) around `payload`.
+fn ip_frame(
+    (src_mac, dst_mac): (Mac, Mac),
+    (src, dst): (IpAddr, IpAddr),
+    proto: u8,
+    hop_limit: u8,
+    fragment_flags: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&length(20 + payload.len()).to_be_bytes());
+            ip.extend_from_slice(&[0, 1]);
+            ip.extend_from_slice(&fragment_flags.to_be_bytes());
+            ip.extend_from_slice(&[hop_limit, proto, 0, 0]);
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
+            let checksum = fold(sum(0, &ip));
+            ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+            frame.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&length(payload.len()).to_be_bytes());
+            frame.extend_from_slice(&[proto, hop_limit]);
+            frame.extend_from_slice(&src.octets());
+            frame.extend_from_slice(&dst.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// A frame as the program left it.
@@ -122,13 +164,15 @@ pub struct Seen {
     /// ICMP / ICMPv6 type and code, and the quoted packet's addresses.
     pub icmp: Option<(u8, u8, SocketAddr, SocketAddr)>,
     pub len: usize,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 pub fn parse(frame: &[u8]) -> Result<Seen> {
     ensure!(frame.len() >= 14, "frame of {} bytes", frame.len());
     let mac = |at: usize| -> Mac { frame[at..at + 6].try_into().unwrap_or_default() };
     let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    let (src, dst, proto, l4) = match ethertype {
+    let (src, dst, proto, l4, hop_limit) = match ethertype {
         0x0800 => {
             let ip = &frame[14..];
             ensure!(
@@ -139,7 +183,7 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
             ensure!(total <= ip.len(), "IPv4 total length {total} beyond frame");
             let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
             let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
-            (src, dst, ip[9], &ip[20..total])
+            (src, dst, ip[9], &ip[20..total], ip[8])
         }
         0x86dd => {
             let ip = &frame[14..];
@@ -148,7 +192,7 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
             let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24])?));
             let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40])?));
             ensure!(40 + payload <= ip.len(), "IPv6 payload beyond frame");
-            (src, dst, ip[6], &ip[40..40 + payload])
+            (src, dst, ip[6], &ip[40..40 + payload], ip[7])
         }
         other => bail!("ethertype {other:#06x}"),
     };
@@ -166,6 +210,7 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
         checksum_ok: false,
         icmp: None,
         len: frame.len(),
+        hop_limit,
     };
     match proto {
         TCP | UDP => {

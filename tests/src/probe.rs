@@ -81,6 +81,24 @@ impl Summary {
         }
         self.ok = self.failures == 0;
     }
+
+    /// Adds another summary's counts to this one.
+    pub fn merge(&mut self, other: Summary) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        for name in other.names {
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
+        for (name, count) in other.per_backend {
+            *self.per_backend.entry(name).or_default() += count;
+        }
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        self.ok = self.failures == 0;
+    }
 }
 
 /// The one line `netprobe http-get` prints.

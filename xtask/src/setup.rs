@@ -16,6 +16,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Host tools the harness runs, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    // Tests that put netfilter's conntrack beside the per-packet path.
+    ("nft", "nftables"),
     // `cargo xtask vm`: the VMs, their initramfs, Debian's kernel packages.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),

@@ -19,13 +19,66 @@ pub const COUNTERS_MAP: &str = "SY_COUNTERS_V1";
 pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
 
-/// Source ports this node NATs connections to: above Linux's default
-/// ephemeral range (32768-60999), so a reply is never mistaken for one to
-/// a socket of the node's own, and clear of NodePorts (30000-32767).
-pub const SNAT_PORT_MIN: u16 = 61_000;
-pub const SNAT_PORT_MAX: u16 = 65_535;
-/// Free ports tried per new connection before it is dropped.
-pub const SNAT_PORT_ATTEMPTS: u32 = 8;
+/// The node's settings for the per-packet path, the one entry of an array
+/// map the agent writes at start: where NAT source ports come from, and
+/// which packets from outside it serves.
+pub const NODE_CONFIG_MAP: &str = "SY_NODE_CFG_V1";
+/// The cluster's pod CIDRs (`--cluster-cidr`), an LPM trie of [`Addr`]
+/// (IPv4 prefixes count the 96 bits of the mapped-address prefix too).
+pub const CLUSTER_CIDRS_MAP: &str = "SY_CLUSTER_CIDRS_V1";
+pub const CLUSTER_CIDRS_MAX_ENTRIES: u32 = 64;
+
+/// Consecutive ports `first..first + count`, host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub count: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// Source ports connections NATed to this node may take: the agent
+    /// keeps them clear of the node's own ephemeral ports
+    /// (`ip_local_port_range`) and of NodePorts, so a reply is never
+    /// mistaken for one to a socket of the node's own. Two ranges, because
+    /// those two carve 1024-65535 into a low and a high part; the second
+    /// may be empty.
+    pub nat_ports: [PortRange; 2],
+    /// `NODE_*` switches.
+    pub flags: u32,
+}
+
+/// [`NodeConfig::flags`]: packets from outside to a ClusterIP are served
+/// as kube-proxy serves them (DNAT to any endpoint, masqueraded unless the
+/// source is in a cluster CIDR).
+pub const NODE_CLUSTER_IP_FROM_OUTSIDE: u32 = 1;
+
+impl NodeConfig {
+    /// How many NAT ports there are in all.
+    pub const fn nat_port_count(&self) -> u32 {
+        self.nat_ports[0].count as u32 + self.nat_ports[1].count as u32
+    }
+
+    /// The `index`th NAT port (`index < nat_port_count()`), host order.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an offset within one range is below its u16 count"
+    )]
+    pub const fn nat_port(&self, index: u32) -> u16 {
+        let low = self.nat_ports[0].count as u32;
+        if index < low {
+            self.nat_ports[0].first.wrapping_add(index as u16)
+        } else {
+            self.nat_ports[1].first.wrapping_add((index - low) as u16)
+        }
+    }
+}
+
+/// Ports probed per new connection before it is dropped (see `NatPorts`):
+/// each probe takes a free port or one whose connection is over.
+pub const SNAT_PORT_ATTEMPTS: u32 = 32;
 
 /// One direction of one connection, as its packets carry it.
 #[repr(C)]
@@ -81,13 +134,24 @@ pub struct Flow {
     pub kind: u8,
     /// 1 when the source was NATed to this node.
     pub snat: u8,
-    /// 1 once a FIN or RST went this way. Written with a plain store, not a
-    /// read-modify-write: each flag has a byte of its own.
-    pub closing: u8,
-    /// 1 once a packet used this entry after it was made; on the reply
-    /// entry it means the backend answered.
+    // TCP's progress, one byte per fact so that racing CPUs only ever store
+    // whole bytes of the same value, never read-modify-write a shared word.
+    // `flow_state` turns both entries' facts into netfilter's state.
+    /// 1 once a FIN went this way.
+    pub fin: u8,
+    /// 1 once a packet used this entry after it was made (forward: a packet
+    /// other than a bare SYN); on the reply entry it means the backend
+    /// answered.
     pub seen: u8,
-    pub pad: [u8; 4],
+    /// 1 once an RST went this way.
+    pub rst: u8,
+    /// 1 once a FIN went the other way: the other direction's packet
+    /// writes it here, so this direction knows to acknowledge it.
+    pub peer_fin: u8,
+    /// 1 once an ACK went this way after `peer_fin`: the other side's FIN
+    /// is acknowledged.
+    pub peer_fin_acked: u8,
+    pub pad: u8,
 }
 
 impl Flow {
@@ -125,53 +189,6 @@ pub const NODE_SNAT_IPV4: u32 = 0;
 pub const NODE_SNAT_IPV6: u32 = 1;
 pub const NODE_ENTRIES: u32 = 2;
 
-/// Idle times after which the agent forgets a connection, in seconds
-/// (kube-proxy's `--conntrack-*` flags). The kernel side keeps no clocks of
-/// its own: an entry lives until collected, or evicted under pressure.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowTimeouts {
-    /// TCP before the backend answered.
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    /// TCP after a FIN or RST.
-    pub tcp_closing: u32,
-    /// UDP before the backend answered.
-    pub udp: u32,
-    /// UDP once answered.
-    pub udp_stream: u32,
-    pub pad: u32,
-}
-
-impl Default for FlowTimeouts {
-    /// kube-proxy's and the kernel's defaults: TCP established 24 h,
-    /// close-wait 1 h, UDP 30 s and 120 s once a stream.
-    fn default() -> Self {
-        Self {
-            tcp_syn: 60,
-            tcp_established: 86_400,
-            tcp_closing: 3_600,
-            udp: 30,
-            udp_stream: 120,
-            pad: 0,
-        }
-    }
-}
-
-impl FlowTimeouts {
-    /// The idle limit of a connection in seconds, from what its two entries
-    /// have seen.
-    pub const fn for_flow(&self, proto: u8, answered: bool, closing: bool) -> u32 {
-        match (proto, answered, closing) {
-            (crate::PROTO_TCP, _, true) => self.tcp_closing,
-            (crate::PROTO_TCP, true, false) => self.tcp_established,
-            (crate::PROTO_TCP, false, false) => self.tcp_syn,
-            (_, true, _) => self.udp_stream,
-            _ => self.udp,
-        }
-    }
-}
-
 /// The data of a `loadBalancerSourceRanges` LPM key: a frontend, then the
 /// source prefix. The prefix length counts [`SOURCE_RANGE_FRONTEND_BITS`]
 /// plus the source prefix's bits (IPv4 prefixes also the 96 bits of the
@@ -202,7 +219,26 @@ pub const COUNTER_DROP_UNREJECTABLE: u32 = 8;
 pub const COUNTER_PASS_NO_ROUTE: u32 = 9;
 pub const COUNTER_BACKEND_REPLACED: u32 = 10;
 pub const COUNTER_DROP_NO_LOCAL: u32 = 11;
-pub const COUNTERS_LEN: u32 = 12;
+/// A packet of no known connection that could not open one (not a SYN):
+/// left to the stack, as netfilter would judge it.
+pub const COUNTER_PASS_NOT_SYN: u32 = 12;
+/// A closed connection's NAT port given to a new connection.
+pub const COUNTER_SNAT_PORT_REUSED: u32 = 13;
+/// A connection's entry found without its other half (evicted): rebuilt
+/// when its NAT port was still free, forgotten when it was not.
+pub const COUNTER_HALF_REBUILT: u32 = 14;
+pub const COUNTER_HALF_LOST: u32 = 15;
+/// A refusal (RST or ICMP unreachable) not sent: past the node's budget.
+pub const COUNTER_DROP_REFUSAL_RATE: u32 = 16;
+/// An ICMP error about a translated connection, translated back.
+pub const COUNTER_ICMP_TRANSLATED: u32 = 17;
+pub const COUNTERS_LEN: u32 = 18;
+
+/// Refusals the node sends per second at most, after a burst: the kernel's
+/// own defaults for ICMP errors (`net.ipv4.icmp_msgs_per_sec`,
+/// `icmp_msgs_burst`).
+pub const REFUSALS_PER_SECOND: u64 = 1_000;
+pub const REFUSAL_BURST: u64 = 50;
 
 /// `(metric, reason)` per counter index.
 pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
@@ -218,12 +254,18 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
     ("passed", "no_route"),
     ("translated", "backend_replaced"),
     ("dropped", "no_local_endpoints"),
+    ("passed", "not_syn"),
+    ("translated", "nat_port_reused"),
+    ("translated", "half_rebuilt"),
+    ("passed", "half_lost"),
+    ("dropped", "refusal_rate_limited"),
+    ("translated", "icmp_error"),
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Flow>() == 56);
-const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 36);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -231,4 +273,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::SourceRange {}
+    unsafe impl aya::Pod for super::NodeConfig {}
 }

@@ -9,10 +9,12 @@
 
 pub mod addr;
 pub mod flow;
+pub mod flow_state;
 pub mod maps;
 pub mod verdict;
 
 pub use addr::Addr;
 pub use flow::*;
+pub use flow_state::*;
 pub use maps::*;
 pub use verdict::*;

@@ -96,6 +96,12 @@ pub const FRONTEND_SNAT_REMOTE: u16 = 2;
 /// endpoints on other nodes only. Packets are dropped, not refused, as
 /// kube-proxy does, so a load balancer's retry finds a node that has one.
 pub const FRONTEND_DROP_NO_LOCAL: u16 = 4;
+/// Slot-0 flag (internal scope): a ClusterIP. The per-packet path serves
+/// it to packets from outside the node when the node config allows
+/// (`NODE_CLUSTER_IP_FROM_OUTSIDE`), NATing a remote backend's source
+/// unless the client is in a cluster CIDR, as kube-proxy's ClusterIP rules
+/// masquerade off-cluster sources.
+pub const FRONTEND_CLUSTER_IP: u16 = 8;
 
 /// Slot 0 carries `count` and the frontend's settings; slots 1..=count
 /// carry `backend_id`.

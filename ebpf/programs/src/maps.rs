@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NODE_ENTRIES, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue, SourceRange,
+    CLUSTER_CIDRS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NODE_ENTRIES,
+    NodeConfig, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -36,6 +36,13 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_M
 #[map(name = "SY_NODE_V1")]
 pub static NODE: Array<Addr> = Array::pinned(NODE_ENTRIES, 0);
 
+#[map(name = "SY_NODE_CFG_V1")]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "SY_CLUSTER_CIDRS_V1")]
+pub static CLUSTER_CIDRS: LpmTrie<Addr, u8> =
+    LpmTrie::pinned(CLUSTER_CIDRS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 // The kernel requires LPM tries to be created without preallocation.
 #[map(name = "SY_SRC_RANGES_V1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
@@ -50,6 +57,17 @@ pub const REJECT_SCRATCH_LEN: usize = 128;
 #[map]
 pub static REJECT_SCRATCH: PerCpuArray<[u8; REJECT_SCRATCH_LEN]> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// The node's budget for refusals (see `reject`); private, so a restarted
+/// agent starts with a full one.
+#[derive(Clone, Copy)]
+pub struct RefusalBudget {
+    pub refilled_ns: u64,
+    pub tokens: u64,
+}
+
+#[map]
+pub static REFUSAL_BUDGET: Array<RefusalBudget> = Array::with_max_entries(1, 0);
 
 /// Adds one to a per-CPU counter: no other CPU writes this slot, so a
 /// plain increment is exact.

@@ -7,40 +7,35 @@
 //! gets a backend, two conntrack entries and its first translation.
 //! Egress: replies from local backends get the frontend back as source.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext};
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
     COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
-    COUNTER_DROP_SOURCE_RANGE, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
-    COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_DROP_NO_LOCAL,
-    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey, NODE_SNAT_IPV4, NODE_SNAT_IPV6,
-    PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange, client_of_addr,
+    COUNTER_DROP_SOURCE_RANGE, COUNTER_PASS_NOT_SYN, COUNTER_REJECT_NO_ENDPOINTS,
+    COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY,
+    FRONTEND_CLUSTER_IP, FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
+    Flow, NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SOURCE_RANGE_FRONTEND_BITS, ServiceKey, ServiceValue, SourceRange, client_of_addr,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, NODE, SERVICES, SOURCE_RANGES, count},
-    packet::{self, End, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    icmp_error,
+    maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, NODE_CONFIG, SERVICES, SOURCE_RANGES, count},
+    packet::{self, End, Packet},
+    progress,
     reject::reject,
     select::{Selection, select},
+    snat::claim_snat_port,
 };
 
 const SHOT: i32 = switchyard_abi::TC_SHOT;
-/// `last_seen_ns` is refreshed at most this often, so a busy flow does not
-/// write its shared entry on every packet.
-const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Each stage is its own function, called from here one after another:
 /// the verifier adds up the stack frames along a call chain (512 bytes at
 /// most), and inlined into one frame they would not fit.
 pub fn ingress(ctx: &TcContext) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return packet::NEXT;
+        return icmp_error::translated(ctx, true).unwrap_or(packet::NEXT);
     };
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
@@ -71,49 +66,68 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 }
 
 /// A packet of a connection conntrack knows, translated as recorded.
+/// `None`: no connection, or a new one reusing a finished one's tuple.
 #[inline(never)]
 fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
-    let entry = CONNTRACK.get_ptr_mut(packet.key())?;
+    let key = packet.key();
+    let entry = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: the pointer is valid for this run; the copy is ours.
     let flow = unsafe { *entry };
     if flow.kind == FLOW_REPLY {
-        touch(entry, packet);
+        if flow.snat == 0 {
+            // A connection that kept its client goes through the stack both
+            // ways (see `forward`): its reply is translated at egress.
+            return Some(packet::NEXT);
+        }
+        if !progress::record(entry, &flow, &key, packet) {
+            return Some(packet::NEXT);
+        }
         return Some(reply(ctx, packet, &flow, true));
     }
-    if flow.kind == FLOW_FORWARD && still_valid(packet, &flow) {
-        touch(entry, packet);
-        count(COUNTER_TRANSLATED);
-        return Some(forward(ctx, packet, &flow));
+    if flow.kind != FLOW_FORWARD {
+        return None;
     }
-    None
+    if packet.is_bare_syn() && (flow.fin != 0 || flow.rst != 0) {
+        // The client closed and reuses its port: a new connection, which
+        // gives back the old one's reply entry (and NAT port) at once.
+        let _ = CONNTRACK.remove(&flow.partner(&key));
+        return None;
+    }
+    if !still_valid(packet, &flow) {
+        return None;
+    }
+    if !progress::record(entry, &flow, &key, packet) {
+        return if packet.is_bare_syn() {
+            None
+        } else {
+            Some(packet::NEXT)
+        };
+    }
+    count(COUNTER_TRANSLATED);
+    Some(forward(ctx, packet, &flow))
 }
 
 pub fn egress(ctx: &TcContext) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return packet::NEXT;
+        return icmp_error::translated(ctx, false).unwrap_or(packet::NEXT);
     };
     let Some(entry) = CONNTRACK.get_ptr_mut(packet.key()) else {
         return packet::NEXT;
     };
     // SAFETY: as in `ingress`.
     let flow = unsafe { *entry };
-    if flow.kind != FLOW_REPLY {
+    if flow.kind != FLOW_REPLY || !progress::record(entry, &flow, &packet.key(), &packet) {
         return packet::NEXT;
     }
-    touch(entry, &packet);
     reply(ctx, &packet, &flow, false)
 }
 
-/// Whether a forward entry still describes this packet's connection. A SYN
-/// after FIN or RST is a new connection reusing the client's port. A UDP
+/// Whether a forward entry still describes this packet's connection. A UDP
 /// flow whose backend went away moves to a live one at once: UDP has no
 /// handshake to fail, so a stale entry would blackhole it until it expired.
 /// TCP keeps its backend, which lets established connections to a
 /// terminating endpoint finish.
 fn still_valid(packet: &Packet, flow: &Flow) -> bool {
-    if packet.has_tcp_flag(TCP_SYN) && !packet.has_tcp_flag(TCP_ACK) {
-        return flow.closing == 0;
-    }
     if packet.proto != PROTO_UDP {
         return true;
     }
@@ -142,11 +156,15 @@ enum Choice {
 /// or a backend.
 #[inline(never)]
 fn choose(packet: &Packet) -> Choice {
-    let frontend = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_EXTERNAL, 0);
-    // SAFETY: as in `still_valid`.
-    let Some(settings) = (unsafe { SERVICES.get(frontend) }).copied() else {
+    let Some((frontend, settings)) = frontend_of(packet) else {
         return Choice::Verdict(packet::NEXT);
     };
+    if packet.proto != PROTO_UDP && !packet.is_bare_syn() {
+        // netfilter opens a TCP connection on a SYN only; anything else
+        // without a connection goes on for the stack to judge.
+        count(COUNTER_PASS_NOT_SYN);
+        return Choice::Verdict(packet::NEXT);
+    }
     if packet.first_fragment {
         // The later fragments carry no ports to translate by.
         count(COUNTER_DROP_FRAGMENT);
@@ -167,12 +185,40 @@ fn choose(packet: &Packet) -> Choice {
         Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)
         }
-        Selection::Backend(backend, id) => Choice::Backend {
-            backend,
-            id,
-            snat: settings.flags & FRONTEND_SNAT_REMOTE != 0 && backend.flags & BACKEND_LOCAL == 0,
-        },
+        Selection::Backend(backend, id) => {
+            let remote = backend.flags & BACKEND_LOCAL == 0;
+            let snat = remote
+                && (settings.flags & FRONTEND_SNAT_REMOTE != 0
+                    || settings.flags & FRONTEND_CLUSTER_IP != 0 && !in_cluster(&packet.src));
+            Choice::Backend { backend, id, snat }
+        }
     }
+}
+
+/// The frontend a packet from outside is addressed to: an external-scope
+/// one (NodePort, LoadBalancer IP, externalIP), else a ClusterIP when the
+/// node serves those to outside clients.
+fn frontend_of(packet: &Packet) -> Option<(ServiceKey, ServiceValue)> {
+    let external = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_EXTERNAL, 0);
+    // SAFETY: map values are plain integers, valid for this run.
+    if let Some(settings) = unsafe { SERVICES.get(&external) } {
+        return Some((external, *settings));
+    }
+    if NODE_CONFIG
+        .get(0)
+        .is_none_or(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE == 0)
+    {
+        return None;
+    }
+    let internal = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_INTERNAL, 0);
+    // SAFETY: as above.
+    let settings = *unsafe { SERVICES.get(&internal) }?;
+    (settings.flags & FRONTEND_CLUSTER_IP != 0).then_some((internal, settings))
+}
+
+/// The source is in one of the cluster's pod CIDRs (`--cluster-cidr`).
+fn in_cluster(src: &Addr) -> bool {
+    CLUSTER_CIDRS.get(Key::new(128, *src)).is_some()
 }
 
 /// Records a new connection to `backend` and sends its first packet there;
@@ -237,47 +283,6 @@ fn record_reply(packet: &Packet, backend: &Backend) -> bool {
         .is_ok()
 }
 
-/// Reserves a source port on this node for a connection to `backend` by
-/// inserting its reply entry, which only succeeds for a port no other
-/// connection to that backend holds.
-#[inline(never)]
-fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)> {
-    let family = if packet.v6 {
-        NODE_SNAT_IPV6
-    } else {
-        NODE_SNAT_IPV4
-    };
-    let addr = *NODE.get(family)?;
-    if addr == Addr::default() {
-        return None;
-    }
-    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    // SAFETY: helpers with no arguments.
-    let (start, now) = unsafe { (bpf_get_prandom_u32(), bpf_ktime_get_ns()) };
-    let answer = Flow {
-        last_seen_ns: now,
-        addr: packet.dst,
-        port: packet.dport,
-        snat_addr: packet.src,
-        snat_port: packet.sport,
-        kind: FLOW_REPLY,
-        snat: 1,
-        ..Flow::default()
-    };
-    for attempt in 0..SNAT_PORT_ATTEMPTS {
-        // `% span` keeps the offset within u16.
-        let port = (SNAT_PORT_MIN + (start.wrapping_add(attempt) % span) as u16).to_be();
-        let key = FlowKey::new(backend.addr, addr, backend.port, port, packet.proto);
-        if CONNTRACK
-            .insert(key, answer, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            return Some((addr, port));
-        }
-    }
-    None
-}
-
 fn source_allowed(frontend: &ServiceKey, src: &Addr) -> bool {
     let range = SourceRange {
         addr: frontend.addr,
@@ -291,20 +296,31 @@ fn source_allowed(frontend: &ServiceKey, src: &Addr) -> bool {
         .is_some()
 }
 
-/// Client -> backend, with the source NATed when the entry says so.
+/// Client -> backend. A connection NATed to this node is sent straight out
+/// by route: the stack's forwarding would refuse a packet whose source is
+/// now one of the node's own addresses, and its reply comes back to this
+/// hook the same way. One that keeps the client's address (a local
+/// backend, or a client in a cluster CIDR) goes on through the stack, so
+/// netfilter's conntrack sees it start and the backend's answers are no
+/// INVALID packets to a node that drops those (see docs/design.md).
 fn forward(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
-    if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none() {
-        return SHOT;
-    }
-    let src = if flow.snat != 0 {
-        if packet::rewrite(ctx, packet, End::Source, &flow.snat_addr, flow.snat_port).is_none() {
+    if flow.snat == 0 {
+        if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none() {
             return SHOT;
         }
-        flow.snat_addr
-    } else {
-        packet.src
-    };
-    packet::redirect_by_route(ctx, packet.v6, packet.proto, &src, &flow.addr)
+        return packet::NEXT;
+    }
+    if packet.hop_limit <= 1 {
+        // The stack drops it and tells the client, as a router does.
+        return packet::NEXT;
+    }
+    if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none()
+        || packet::rewrite(ctx, packet, End::Source, &flow.snat_addr, flow.snat_port).is_none()
+        || packet::decrement_hop_limit(ctx, packet).is_none()
+    {
+        return SHOT;
+    }
+    packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.snat_addr, &flow.addr)
 }
 
 /// Backend -> client, from the frontend. At ingress (a reply to a NATed
@@ -330,27 +346,11 @@ fn reply(ctx: &TcContext, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32
         packet.dst
     };
     count(COUNTER_REPLY_TRANSLATED);
-    if at_ingress {
-        packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.addr, &dst)
-    } else {
-        packet::NEXT
+    if !at_ingress {
+        return packet::NEXT;
     }
-}
-
-/// Records that the flow is alive, and closing once a FIN or RST passes.
-/// Plain stores of whole fields: racing CPUs write the same values.
-fn touch(entry: *mut Flow, packet: &Packet) {
-    // SAFETY: a helper with no arguments; `entry` is valid for this run.
-    unsafe {
-        let now = bpf_ktime_get_ns();
-        if now.wrapping_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
-            (*entry).last_seen_ns = now;
-        }
-        if (*entry).seen == 0 {
-            (*entry).seen = 1;
-        }
-        if (*entry).closing == 0 && packet.has_tcp_flag(TCP_FIN | TCP_RST) {
-            (*entry).closing = 1;
-        }
+    if packet.hop_limit <= 1 || packet::decrement_hop_limit(ctx, packet).is_none() {
+        return SHOT;
     }
+    packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.addr, &dst)
 }

@@ -26,6 +26,8 @@ pub const ETH_HLEN: usize = 14;
 // Field offsets from the start of their header (RFC 791, 8200, 9293, 768).
 /// IPv4: flags and fragment offset.
 const IPV4_FRAG_OFF: usize = 6;
+/// IPv4: time to live, and the protocol beside it in one 16-bit word.
+const IPV4_TTL: usize = 8;
 /// IPv4: protocol.
 const IPV4_PROTOCOL: usize = 9;
 /// IPv4: header checksum.
@@ -33,8 +35,9 @@ const IPV4_CHECKSUM: usize = 10;
 /// IPv4: source and destination addresses.
 const IPV4_SADDR: usize = 12;
 const IPV4_DADDR: usize = 16;
-/// IPv6: next header.
+/// IPv6: next header, and the hop limit after it.
 const IPV6_NEXTHDR: usize = 6;
+const IPV6_HOP_LIMIT: usize = 7;
 /// IPv6: source and destination addresses.
 const IPV6_SADDR: usize = 8;
 const IPV6_DADDR: usize = 24;
@@ -82,6 +85,8 @@ pub struct Packet {
     pub first_fragment: bool,
     /// IPv4 with options: the reject builders only handle plain headers.
     pub ip_options: bool,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 impl Packet {
@@ -91,6 +96,11 @@ impl Packet {
 
     pub fn has_tcp_flag(&self, flag: u8) -> bool {
         self.proto == PROTO_TCP && self.tcp_flags & flag != 0
+    }
+
+    /// A TCP SYN without ACK: the only packet that opens a connection.
+    pub fn is_bare_syn(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
     }
 
     fn checksum_offset(&self) -> usize {
@@ -138,6 +148,7 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_SADDR).ok()?);
     let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_DADDR).ok()?);
     let first_fragment = fragment & 0x2000 != 0;
+    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV4_TTL).ok()?;
     transport(
         ctx,
         false,
@@ -149,12 +160,14 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     )
     .map(|packet| Packet {
         ip_options: header_len != 20,
+        hop_limit,
         ..packet
     })
 }
 
 fn parse_v6(ctx: &TcContext) -> Option<Packet> {
     let mut next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR).ok()?;
+    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV6_HOP_LIMIT).ok()?;
     let src = Addr {
         words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_SADDR).ok()?,
     };
@@ -172,7 +185,10 @@ fn parse_v6(ctx: &TcContext) -> Option<Packet> {
         first_fragment = true;
         l4 += 8;
     }
-    transport(ctx, true, l4, next, src, dst, first_fragment)
+    transport(ctx, true, l4, next, src, dst, first_fragment).map(|packet| Packet {
+        hop_limit,
+        ..packet
+    })
 }
 
 fn transport(
@@ -203,6 +219,7 @@ fn transport(
         tcp_flags,
         first_fragment,
         ip_options: false,
+        hop_limit: 0,
     })
 }
 
@@ -271,6 +288,26 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
         ctx.store(port_offset, &port, 0).ok()?;
     }
     Some(())
+}
+
+/// Takes one off the TTL or hop limit, as a router forwarding the packet
+/// does (the caller has checked it is above 1). IPv4's header checksum
+/// covers the TTL, in one 16-bit word with the protocol.
+pub fn decrement_hop_limit(ctx: &TcContext, packet: &Packet) -> Option<()> {
+    let hop_limit = packet.hop_limit - 1;
+    if packet.v6 {
+        return ctx.store(ETH_HLEN + IPV6_HOP_LIMIT, &hop_limit, 0).ok();
+    }
+    let old = u16::from_be_bytes([packet.hop_limit, packet.proto]).to_be();
+    let new = u16::from_be_bytes([hop_limit, packet.proto]).to_be();
+    ctx.l3_csum_replace(
+        ETH_HLEN + IPV4_CHECKSUM,
+        u64::from(old),
+        u64::from(new),
+        CSUM_FIELD_2,
+    )
+    .ok()?;
+    ctx.store(ETH_HLEN + IPV4_TTL, &hop_limit, 0).ok()
 }
 
 /// Sends a translated packet straight out of the device the route to its

@@ -5,13 +5,16 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use switchyard_abi::{COUNTER_DROP_UNREJECTABLE, PROTO_TCP};
+use switchyard_abi::{
+    COUNTER_DROP_REFUSAL_RATE, COUNTER_DROP_UNREJECTABLE, PROTO_TCP, REFUSAL_BURST,
+    REFUSALS_PER_SECOND,
+};
 
 use crate::{
-    maps::{REJECT_SCRATCH, REJECT_SCRATCH_LEN, count},
+    maps::{REFUSAL_BUDGET, REJECT_SCRATCH, REJECT_SCRATCH_LEN, count},
     packet::{ETH_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -25,10 +28,17 @@ const RST6_LEN: usize = ETH_HLEN + 40 + 20;
 const ICMP4_LEN: usize = ETH_HLEN + 20 + 8 + 28;
 const ICMP6_LEN: usize = ETH_HLEN + 40 + 8 + 48;
 
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
 /// Replaces the packet with its refusal and sends that back; a packet that
-/// must not be answered (a RST, or one with IPv4 options) is dropped.
+/// must not be answered (a RST, or one with IPv4 options) is dropped, and
+/// so is one past the node's refusal budget.
 #[inline(never)]
 pub fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
+    if !within_budget() {
+        count(COUNTER_DROP_REFUSAL_RATE);
+        return TC_ACT_SHOT;
+    }
     let built = match (packet.proto, packet.v6) {
         (PROTO_TCP, _) if packet.tcp_flags & TCP_RST != 0 => None,
         (PROTO_TCP, false) => tcp_reset::<RST4_LEN>(ctx, packet),
@@ -42,6 +52,36 @@ pub fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
     }
     // SAFETY: the context is this run's skb; the helper takes integers.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+/// A token bucket for the whole node, as the kernel limits its own ICMP
+/// errors (`icmp_msgs_per_sec`, `icmp_msgs_burst`): a flood of SYNs to a
+/// Service without endpoints must not turn this node into a reflector.
+/// CPUs update it without a lock; a race at worst lets a refusal more
+/// through, which a budget can afford.
+fn within_budget() -> bool {
+    let Some(budget) = REFUSAL_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a helper with no arguments; `budget` is valid for this run.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        // A second refills any burst; capped so the product stays in u64
+        // (a wider multiply is a library call BPF does not have).
+        let elapsed = now
+            .wrapping_sub((*budget).refilled_ns)
+            .min(NANOS_PER_SECOND);
+        let earned = elapsed * REFUSALS_PER_SECOND / NANOS_PER_SECOND;
+        if earned > 0 {
+            (*budget).tokens = ((*budget).tokens + earned).min(REFUSAL_BURST);
+            (*budget).refilled_ns = now;
+        }
+        if (*budget).tokens == 0 {
+            return false;
+        }
+        (*budget).tokens -= 1;
+    }
+    true
 }
 
 /// RFC 9293 3.10.7.1: answer an ACK with its acknowledgment number as our
@@ -180,7 +220,7 @@ fn pseudo_header_sum(out: &[u8], v6: bool, proto: u8, len: u16) -> u32 {
 
 /// The answer is built in a per-CPU buffer: the largest (ICMPv6, 110 bytes)
 /// on the stack, next to the lookup state, would pass the 512-byte limit.
-fn scratch<const LEN: usize>() -> Option<&'static mut [u8; LEN]> {
+pub fn scratch<const LEN: usize>() -> Option<&'static mut [u8; LEN]> {
     const { assert!(LEN <= REJECT_SCRATCH_LEN) };
     let buffer = REJECT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, valid for the run and used by nothing else
@@ -205,7 +245,7 @@ fn replace_packet<const LEN: usize>(ctx: &TcContext, out: &[u8; LEN]) -> Option<
     reason = "a BPF-to-BPF call here would put the loop behind a call the verifier walks per caller"
 )]
 #[inline(always)]
-fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
+pub fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
     let mut i = 0;
     while i + 1 < bytes.len() {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
@@ -214,7 +254,7 @@ fn add_words(mut sum: u32, bytes: &[u8]) -> u32 {
     sum
 }
 
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

@@ -9,6 +9,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::node::nat_ports::NatPortRange;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
@@ -55,9 +57,21 @@ pub struct RunArgs {
     /// Node addresses NodePorts answer on (kube-proxy semantics).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
-    /// Pod CIDRs of the cluster.
+    /// Pod CIDRs of the cluster: packets from outside to a ClusterIP are
+    /// masqueraded unless their source is in one (kube-proxy's
+    /// detect-local ClusterCIDR mode).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
+    /// Serve packets that reach this node from outside addressed to a
+    /// ClusterIP (routers and BGP speakers announce the service range), as
+    /// kube-proxy does.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cluster_ip_from_outside: bool,
+    /// Source ports connections NATed to this node take, FIRST-LAST
+    /// (default: every port from 1024 outside the node's
+    /// ip_local_port_range and the NodePort range).
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub nat_port_range: Option<NatPortRange>,
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
@@ -83,7 +97,9 @@ pub struct ConntrackArgs {
     /// Idle timeout of established TCP connections.
     #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub tcp_established: Duration,
-    /// Idle timeout of TCP connections after a FIN or RST.
+    /// Idle timeout of TCP connections in CLOSE_WAIT: one side's FIN is
+    /// acknowledged and the other side has not closed. The other states
+    /// keep netfilter's defaults (see the README).
     #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub tcp_close_wait: Duration,
     /// Idle timeout of UDP flows the backend has not answered.
@@ -102,7 +118,7 @@ impl ConntrackArgs {
         let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1);
         switchyard_abi::FlowTimeouts {
             tcp_established: seconds(self.tcp_established),
-            tcp_closing: seconds(self.tcp_close_wait),
+            tcp_close_wait: seconds(self.tcp_close_wait),
             udp: seconds(self.udp),
             udp_stream: seconds(self.udp_stream),
             ..switchyard_abi::FlowTimeouts::default()

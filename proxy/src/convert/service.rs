@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use switchyard_abi::FRONTEND_CLUSTER_IP;
 use tracing::debug;
 
 use crate::{
@@ -193,7 +194,10 @@ pub fn service_frontends(
     let mut frontends: Vec<ServiceFrontend> = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
-        .map(|(ip, port)| port_frontend(ip, port))
+        .map(|(ip, port)| ServiceFrontend {
+            flags: FRONTEND_CLUSTER_IP,
+            ..port_frontend(ip, port)
+        })
         .collect();
     let exposed =
         external::Exposure::read(&object, service, &ips, node_port_addresses, &mut errors);

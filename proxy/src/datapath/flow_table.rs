@@ -2,30 +2,40 @@
 //! (read, garbage-collected, flushed), this node's NAT addresses, and the
 //! kernel's counters.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use switchyard_abi::{
-    Addr, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey, FlowTimeouts, NODE_MAP,
-    NODE_SNAT_IPV4, NODE_SNAT_IPV6,
+    Addr, CLUSTER_CIDRS_MAP, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey,
+    FlowTimeouts, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NodeConfig,
 };
 
 use super::{DatapathError, pinned::open_pinned};
-use crate::node::conntrack::{Connection, connections};
+use crate::{
+    model::address::Cidr,
+    node::conntrack::{Connection, connections},
+};
+
+/// IPv4 addresses sit in the last 32 bits of an [`Addr`] (v4-mapped).
+const IPV4_MAPPED_PREFIX_BITS: u8 = 96;
 
 pub struct FlowTable {
     conntrack: HashMap<MapData, FlowKey, Flow>,
     node: Array<MapData, Addr>,
+    node_config: Array<MapData, NodeConfig>,
+    cluster_cidrs: LpmTrie<MapData, Addr, u8>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 /// What one garbage collection found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Collection {
     /// Entries in the map before collecting.
     pub entries: usize,
     /// Entries removed.
     pub removed: usize,
+    /// NAT ports held by live connections, per node address.
+    pub nat_ports_in_use: BTreeMap<IpAddr, usize>,
 }
 
 impl FlowTable {
@@ -33,6 +43,8 @@ impl FlowTable {
         Ok(Self {
             conntrack: open_pinned(pin_dir, CONNTRACK_MAP)?,
             node: open_pinned(pin_dir, NODE_MAP)?,
+            node_config: open_pinned(pin_dir, NODE_CONFIG_MAP)?,
+            cluster_cidrs: open_pinned(pin_dir, CLUSTER_CIDRS_MAP)?,
             counters: open_pinned(pin_dir, COUNTERS_MAP)?,
         })
     }
@@ -60,6 +72,36 @@ impl FlowTable {
         Ok(())
     }
 
+    /// The NAT ports and switches the programs read.
+    pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DatapathError> {
+        self.node_config
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::map(NODE_CONFIG_MAP, source))
+    }
+
+    /// Replaces the cluster's pod CIDRs with `cidrs`.
+    pub fn set_cluster_cidrs(&mut self, cidrs: &[Cidr]) -> Result<(), DatapathError> {
+        let error = |source| DatapathError::map(CLUSTER_CIDRS_MAP, source);
+        let wanted: Vec<Key<Addr>> = cidrs.iter().map(cidr_key).collect();
+        let stale: Vec<Key<Addr>> = self
+            .cluster_cidrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == key.prefix_len() && w.data() == key.data())
+            })
+            .collect();
+        for key in &stale {
+            self.cluster_cidrs.remove(key).map_err(error)?;
+        }
+        for key in &wanted {
+            self.cluster_cidrs.insert(key, 1, 0).map_err(error)?;
+        }
+        Ok(())
+    }
+
     /// Each counter summed over CPUs, by `switchyard_abi::COUNTER_*`.
     pub fn counters(&self) -> Result<[u64; COUNTERS_LEN as usize], DatapathError> {
         let mut totals = [0u64; COUNTERS_LEN as usize];
@@ -78,11 +120,16 @@ impl FlowTable {
         let entries = self.entries();
         let mut collection = Collection {
             entries: entries.len(),
-            removed: 0,
+            ..Collection::default()
         };
         for connection in connections(entries) {
             if connection.expired(now_ns, timeouts) {
                 collection.removed += self.remove(connection.keys());
+            } else if let Some((addr, _)) = connection.nat_port() {
+                *collection
+                    .nat_ports_in_use
+                    .entry(IpAddr::from(addr))
+                    .or_default() += 1;
             }
         }
         collection
@@ -94,6 +141,15 @@ impl FlowTable {
             .filter(|key| self.conntrack.remove(key).is_ok())
             .count()
     }
+}
+
+fn cidr_key(cidr: &Cidr) -> Key<Addr> {
+    let bits = if cidr.network.is_ipv4() {
+        IPV4_MAPPED_PREFIX_BITS + cidr.prefix_len
+    } else {
+        cidr.prefix_len
+    };
+    Key::new(u32::from(bits), Addr::from(cidr.network))
 }
 
 /// `bpf_ktime_get_ns()`'s clock, for comparing with `last_seen_ns`.

@@ -27,8 +27,8 @@ use aya::{
     },
 };
 use switchyard_abi::{
-    AFFINITY_MAP, BACKENDS_MAP, CONNTRACK_MAP, COUNTERS_MAP, NODE_MAP, SERVICES_MAP,
-    SOCK_REVNAT_MAP, SOURCE_RANGES_MAP,
+    AFFINITY_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CONNTRACK_MAP, COUNTERS_MAP, NODE_CONFIG_MAP,
+    NODE_MAP, SERVICES_MAP, SOCK_REVNAT_MAP, SOURCE_RANGES_MAP,
 };
 use tracing::{info, warn};
 
@@ -62,13 +62,15 @@ pub const PACKET_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("tc_egress", TcAttachType::Egress),
 ];
 
-pub const MAP_NAMES: [&str; 8] = [
+pub const MAP_NAMES: [&str; 10] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     SOCK_REVNAT_MAP,
     AFFINITY_MAP,
     CONNTRACK_MAP,
     NODE_MAP,
+    NODE_CONFIG_MAP,
+    CLUSTER_CIDRS_MAP,
     SOURCE_RANGES_MAP,
     COUNTERS_MAP,
 ];

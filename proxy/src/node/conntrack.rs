@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde::Serialize;
-use switchyard_abi::{FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey, FlowTimeouts};
+use switchyard_abi::{Addr, ConnState, FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey, FlowTimeouts};
 
 use crate::model::Protocol;
 
@@ -37,25 +37,34 @@ impl Connection {
             .unwrap_or(0)
     }
 
-    /// The backend answered: the reply entry carried a packet.
-    pub fn answered(&self) -> bool {
-        self.reply.is_some_and(|(_, flow)| flow.seen != 0)
+    /// netfilter's name for where the connection is, from both entries.
+    pub fn state(&self) -> ConnState {
+        ConnState::of(
+            self.proto(),
+            self.forward.as_ref().map(|(_, flow)| flow),
+            self.reply.as_ref().map(|(_, flow)| flow),
+        )
     }
 
-    pub fn closing(&self) -> bool {
-        self.forward
-            .iter()
-            .chain(&self.reply)
-            .any(|(_, flow)| flow.closing != 0)
-    }
-
-    fn proto(&self) -> u8 {
+    pub fn proto(&self) -> u8 {
         self.forward.or(self.reply).map_or(0, |(key, _)| key.proto)
     }
 
-    /// Idle longer than its timeout at `now_ns` (`bpf_ktime_get_ns` clock).
+    /// The NAT address and port this connection holds, if it was NATed.
+    pub fn nat_port(&self) -> Option<(Addr, u16)> {
+        match (&self.forward, &self.reply) {
+            (Some((_, forward)), _) if forward.snat != 0 => {
+                Some((forward.snat_addr, forward.snat_port))
+            }
+            (None, Some((key, reply))) if reply.snat != 0 => Some((key.dst, key.dport)),
+            _ => None,
+        }
+    }
+
+    /// Idle longer than its state's timeout at `now_ns` (`bpf_ktime_get_ns`
+    /// clock).
     pub fn expired(&self, now_ns: u64, timeouts: &FlowTimeouts) -> bool {
-        let limit = timeouts.for_flow(self.proto(), self.answered(), self.closing());
+        let limit = timeouts.for_state(self.state());
         now_ns.saturating_sub(self.last_seen_ns()) > u64::from(limit) * NANOS_PER_SECOND
     }
 }
@@ -116,11 +125,7 @@ impl ConnectionView {
             frontend: None,
             backend: None,
             snat: None,
-            state: match (connection.closing(), connection.answered()) {
-                (true, _) => "closing",
-                (false, true) => "established",
-                (false, false) => "unanswered",
-            },
+            state: connection.state().name(),
             idle_seconds: now_ns.saturating_sub(connection.last_seen_ns()) / NANOS_PER_SECOND,
         };
         if let Some((key, flow)) = &connection.forward {

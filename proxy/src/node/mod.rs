@@ -2,5 +2,6 @@
 //! them, and the per-packet path's connections.
 
 pub mod conntrack;
+pub mod nat_ports;
 pub mod node_network;
 pub mod packet_path;

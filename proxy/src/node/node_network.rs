@@ -110,6 +110,29 @@ impl NetworkSnapshot {
             .collect()
     }
 
+    /// The devices the per-packet programs go on: the selected ones, and
+    /// every other device carrying one of `node_port_addresses` (a NodePort
+    /// claimed on an address must answer whichever device its packets come
+    /// in by), in index order.
+    pub fn packet_devices(
+        &self,
+        selection: &DeviceSelection,
+        node_port_addresses: &[IpAddr],
+    ) -> Vec<&Device> {
+        let selected = self.selected(selection);
+        self.devices
+            .iter()
+            .filter(|device| {
+                selected.iter().any(|s| s.index == device.index)
+                    || (!device.loopback
+                        && device
+                            .addresses
+                            .iter()
+                            .any(|ip| node_port_addresses.contains(ip)))
+            })
+            .collect()
+    }
+
     /// Loopback is never a NodePort address: the per-packet path never
     /// sees it, and kube-proxy's nftables mode refuses it too.
     pub fn node_port_addresses(

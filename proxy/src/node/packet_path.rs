@@ -2,9 +2,15 @@
 //! given the programs as they appear, the NodePort addresses and NAT
 //! source addresses kept current, and conntrack collected.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
-use switchyard_abi::FlowTimeouts;
+use switchyard_abi::{
+    COUNTER_DROP_SNAT_PORTS, FlowTimeouts, NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -13,8 +19,13 @@ use crate::{
         flow_table::{FlowTable, monotonic_now_ns},
         loader::Programs,
     },
-    node::node_network::{
-        self, BadNodePortAddress, DeviceSelection, NetworkError, NetworkSnapshot, NodePortAddresses,
+    model::address::Cidr,
+    node::{
+        nat_ports::{NatPortRange, ephemeral_ports, nat_ports},
+        node_network::{
+            self, BadNodePortAddress, DeviceSelection, NetworkError, NetworkSnapshot,
+            NodePortAddresses,
+        },
     },
     serve::metrics::Metrics,
 };
@@ -35,10 +46,20 @@ pub struct PacketPathConfig {
     pub devices: DeviceSelection,
     pub node_port_addresses: NodePortAddresses,
     pub timeouts: FlowTimeouts,
+    /// `--nat-port-range`; `None` takes every port the node's own sockets
+    /// cannot use (see `nat_ports`).
+    pub nat_port_range: Option<NatPortRange>,
+    /// `--cluster-cidr`.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// `--cluster-ip-from-outside`.
+    pub cluster_ip_from_outside: bool,
 }
 
 pub struct PacketPath {
     flows: FlowTable,
+    /// Packets dropped for want of a NAT port, at the latest collection:
+    /// exhaustion is logged once per rise, not once per packet.
+    exhausted: u64,
     selection: DeviceSelection,
     wanted_node_ports: NodePortAddresses,
     timeouts: FlowTimeouts,
@@ -47,9 +68,44 @@ pub struct PacketPath {
 }
 
 impl PacketPath {
-    pub fn new(config: PacketPathConfig, pin_dir: &Path) -> Result<Self, PacketPathError> {
+    pub fn new(
+        config: PacketPathConfig,
+        pin_dir: &Path,
+        metrics: &Metrics,
+    ) -> Result<Self, PacketPathError> {
+        let mut flows = FlowTable::open(pin_dir)?;
+        let node_config = NodeConfig {
+            nat_ports: nat_ports(config.nat_port_range, ephemeral_ports()),
+            flags: if config.cluster_ip_from_outside {
+                NODE_CLUSTER_IP_FROM_OUTSIDE
+            } else {
+                0
+            },
+        };
+        flows.set_node_config(node_config)?;
+        flows.set_cluster_cidrs(&config.cluster_cidrs)?;
+        let ranges: Vec<String> = node_config
+            .nat_ports
+            .iter()
+            .filter(|range| range.count > 0)
+            .map(|range| {
+                format!(
+                    "{}-{}",
+                    range.first,
+                    u32::from(range.first) + u32::from(range.count) - 1
+                )
+            })
+            .collect();
+        info!(
+            nat_ports = ?ranges,
+            cluster_cidrs = ?config.cluster_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            cluster_ip_from_outside = config.cluster_ip_from_outside,
+            "per-packet path"
+        );
+        metrics.set_nat_port_capacity(node_config.nat_port_count());
         Ok(Self {
-            flows: FlowTable::open(pin_dir)?,
+            flows,
+            exhausted: 0,
             selection: config.devices,
             wanted_node_ports: config.node_port_addresses,
             timeouts: config.timeouts,
@@ -74,10 +130,11 @@ impl PacketPath {
         metrics: &Metrics,
     ) -> Result<bool, PacketPathError> {
         let network = node_network::read().await?;
-        let selected = network.selected(&self.selection);
+        let addresses = network.node_port_addresses(&self.wanted_node_ports, &self.selection);
+        let selected = network.packet_devices(&self.selection, &addresses);
         if let DeviceSelection::Named(names) = &self.selection {
             for name in names {
-                if !selected.iter().any(|device| &device.name == name) {
+                if !network.devices.iter().any(|device| &device.name == name) {
                     warn!(device = %name, "--devices names a device this node does not have (yet)");
                 }
             }
@@ -100,7 +157,6 @@ impl PacketPath {
         programs.forget_devices_except(&present);
         let (ipv4, ipv6) = network.snat_addresses(&self.selection);
         self.flows.set_snat_addresses(ipv4, ipv6)?;
-        let addresses = network.node_port_addresses(&self.wanted_node_ports, &self.selection);
         let changed = addresses != self.node_port_addresses;
         if changed || network != self.network {
             info!(
@@ -124,9 +180,30 @@ impl PacketPath {
             .flows
             .collect_garbage(monotonic_now_ns(), &self.timeouts);
         metrics.observe_conntrack(collection.entries - collection.removed, collection.removed);
+        metrics.set_nat_ports_in_use(&collection.nat_ports_in_use);
         match self.flows.counters() {
-            Ok(totals) => metrics.set_packet_counters(&totals),
+            Ok(totals) => {
+                metrics.set_packet_counters(&totals);
+                self.note_exhaustion(
+                    totals[COUNTER_DROP_SNAT_PORTS as usize],
+                    &collection.nat_ports_in_use,
+                );
+            }
             Err(error) => warn!(%error, "reading the datapath counters"),
         }
+    }
+
+    /// Logs once each time connections were refused for want of a NAT
+    /// port since the previous collection; the counter has every one.
+    fn note_exhaustion(&mut self, dropped: u64, in_use: &BTreeMap<IpAddr, usize>) {
+        if dropped > self.exhausted {
+            warn!(
+                dropped = dropped - self.exhausted,
+                nat_ports_in_use = ?in_use,
+                "new connections were dropped: no free NAT port for their backend \
+                 (see switchyard_nat_ports_in_use; --nat-port-range widens the range)"
+            );
+        }
+        self.exhausted = dropped;
     }
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     packets_seen: std::sync::Mutex<Vec<u64>>,
     conntrack_entries: IntGauge,
     conntrack_collected: IntCounter,
+    nat_ports: IntGauge,
+    nat_ports_in_use: IntGaugeVec,
     devices: IntGauge,
     node_port_addresses: IntGauge,
     health_check_failures: IntCounter,
@@ -180,6 +182,15 @@ impl Metrics {
             "switchyard_conntrack_collected_total",
             "Conntrack entries removed as expired",
         );
+        let nat_ports = int_gauge(
+            "switchyard_nat_ports",
+            "NAT source ports a node address has for each backend (--nat-port-range)",
+        );
+        let nat_ports_in_use = int_gauge_vec(
+            "switchyard_nat_ports_in_use",
+            "NAT source ports held by live connections, per node address, at the last collection",
+            &["address"],
+        );
         let devices = int_gauge(
             "switchyard_devices_attached",
             "Devices carrying the per-packet programs",
@@ -215,6 +226,8 @@ impl Metrics {
             packets_seen: std::sync::Mutex::new(Vec::new()),
             conntrack_entries,
             conntrack_collected,
+            nat_ports,
+            nat_ports_in_use,
             devices,
             node_port_addresses,
             health_check_failures,
@@ -256,6 +269,22 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.conntrack_collected
             .inc_by(u64::try_from(collected).unwrap_or(u64::MAX));
+    }
+
+    pub fn set_nat_port_capacity(&self, ports: u32) {
+        self.nat_ports.set(i64::from(ports));
+    }
+
+    pub fn set_nat_ports_in_use(
+        &self,
+        in_use: &std::collections::BTreeMap<std::net::IpAddr, usize>,
+    ) {
+        self.nat_ports_in_use.reset();
+        for (address, ports) in in_use {
+            self.nat_ports_in_use
+                .with_label_values(&[&address.to_string()])
+                .set(i64::try_from(*ports).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_network(&self, devices: usize, node_port_addresses: usize) {

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod packet_lab;
+pub mod two_nodes;
+
 use std::{
     collections::BTreeSet,
     io::{Read, Write},

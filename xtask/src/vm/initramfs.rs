@@ -18,9 +18,19 @@ use anyhow::{Context, Result, bail};
 use super::results::{BEGIN, END, EXIT, FEATURES, SUITE};
 
 /// Modules the suite uses that cloud kernels build as modules: veth pairs,
-/// the LAN bridge, the clsact qdisc and cls_bpf filters of the tc fallback.
-/// Their dependencies are added from each module's `.modinfo`.
-const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
+/// the LAN bridge, the clsact qdisc and cls_bpf filters of the tc fallback,
+/// and nftables with conntrack matches for the tests that put netfilter's
+/// conntrack beside the per-packet path. Their dependencies are added from
+/// each module's `.modinfo`.
+const MODULES: &[&str] = &[
+    "veth",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_conntrack",
+    "nf_tables",
+    "nft_ct",
+];
 
 /// How much longer the tests may wait under TCG (see tests/src/patience.rs).
 const TIME_SCALE: u32 = 5;
@@ -30,7 +40,7 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Binaries the init script needs besides busybox, as the harness calls them.
-const HOST_TOOLS: &[&str] = &["ip"];
+const HOST_TOOLS: &[&str] = &["ip", "nft"];
 
 pub struct Contents<'a> {
     pub agent: &'a Path,

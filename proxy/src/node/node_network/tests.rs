@@ -91,3 +91,22 @@ async fn reads_this_namespace_over_rtnetlink() {
     assert!(lo.loopback);
     assert!(lo.addresses.contains(&"127.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn every_device_carrying_a_node_port_address_gets_the_programs() {
+    let snap = snapshot();
+    let auto = DeviceSelection::Auto;
+    for (flag, want) in [
+        (vec![], vec!["eth0", "br0", "eth1"]),
+        (vec!["primary".to_owned()], vec!["eth0"]),
+        (vec!["172.16.0.0/12".to_owned()], vec!["eth0", "eth1"]),
+    ] {
+        let wanted = NodePortAddresses::from_flag(&flag).unwrap();
+        let addresses = snap.node_port_addresses(&wanted, &auto);
+        assert_eq!(
+            names(&snap.packet_devices(&auto, &addresses)),
+            want,
+            "{flag:?}"
+        );
+    }
+}

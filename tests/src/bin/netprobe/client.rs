@@ -164,14 +164,34 @@ pub fn hold(to: SocketAddr, duration: Duration, interval: Duration, timeout: Dur
     summary
 }
 
-/// `count` TCP attempts folded into one summary.
-pub fn burst(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
+/// `count` TCP attempts folded into one summary, made by `parallel`
+/// threads at once (each its own share of the count), as a client with a
+/// connection pool of that size would.
+pub fn burst(to: SocketAddr, count: u32, parallel: u32, timeout: Duration) -> Summary {
+    let parallel = parallel.clamp(1, count.max(1));
+    let shares =
+        (0..parallel).map(|worker| count / parallel + u32::from(worker < count % parallel));
     let mut summary = Summary {
         ok: true,
         ..Summary::default()
     };
-    for _ in 0..count {
-        summary.record(&tcp_once(to, timeout));
-    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .map(|share| {
+                scope.spawn(move || {
+                    let mut part = Summary::default();
+                    for _ in 0..share {
+                        part.record(&tcp_once(to, timeout));
+                    }
+                    part
+                })
+            })
+            .collect();
+        for worker in workers {
+            if let Ok(part) = worker.join() {
+                summary.merge(part);
+            }
+        }
+    });
     summary
 }

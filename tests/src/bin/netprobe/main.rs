@@ -78,6 +78,9 @@ enum Command {
         to: SocketAddr,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
         count: u32,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        parallel: u32,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
@@ -160,9 +163,10 @@ fn run(command: Command) -> Result<bool> {
         Command::Burst {
             to,
             count,
+            parallel,
             timeout_ms,
         } => {
-            let summary = client::burst(to, count, ms(timeout_ms));
+            let summary = client::burst(to, count, parallel, ms(timeout_ms));
             print_line(&summary)?;
             Ok(summary.ok)
         }

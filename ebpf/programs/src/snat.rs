@@ -1,0 +1,117 @@
+//! NAT source ports for connections sent to a backend on another node. A
+//! port is held by the reply entry keyed (backend -> this node's address,
+//! port): inserting that entry with `BPF_NOEXIST` is the claim, so two
+//! CPUs can never take one port for the same backend. A port whose
+//! connection is over (TIME_WAIT or CLOSE, or whose forward half is gone)
+//! is taken over when no free one turns up, as netfilter lets a new SYN
+//! reopen a TIME_WAIT tuple: closed connections never starve new ones.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use switchyard_abi::{
+    Addr, Backend, COUNTER_SNAT_PORT_REUSED, ConnState, FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey,
+    NODE_SNAT_IPV4, NODE_SNAT_IPV6, SNAT_PORT_ATTEMPTS,
+};
+
+use crate::{
+    maps::{CONNTRACK, NODE, NODE_CONFIG, count},
+    packet::Packet,
+};
+
+/// Reserves a source port on this node for a connection to `backend` by
+/// inserting its reply entry. Random ports are probed; the first free one
+/// wins, else the first whose connection is over is taken over.
+#[inline(never)]
+pub fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)> {
+    let family = if packet.v6 {
+        NODE_SNAT_IPV6
+    } else {
+        NODE_SNAT_IPV4
+    };
+    let addr = *NODE.get(family)?;
+    let config = NODE_CONFIG.get(0)?;
+    let total = config.nat_port_count();
+    if addr == Addr::default() || total == 0 {
+        return None;
+    }
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let answer = Flow {
+        last_seen_ns: now,
+        addr: packet.dst,
+        port: packet.dport,
+        snat_addr: packet.src,
+        snat_port: packet.sport,
+        kind: FLOW_REPLY,
+        snat: 1,
+        ..Flow::default()
+    };
+    // Network byte order; 0 is no port (never a NAT port).
+    let mut spent: u16 = 0;
+    for _ in 0..SNAT_PORT_ATTEMPTS {
+        // SAFETY: a helper with no arguments.
+        let index = unsafe { bpf_get_prandom_u32() } % total;
+        let port = config.nat_port(index).to_be();
+        let key = FlowKey::new(backend.addr, addr, backend.port, port, packet.proto);
+        if CONNTRACK
+            .insert(&key, &answer, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return Some((addr, port));
+        }
+        if spent == 0 && is_spent(&key) {
+            spent = port;
+        }
+    }
+    if spent == 0 {
+        return None;
+    }
+    let key = FlowKey::new(backend.addr, addr, backend.port, spent, packet.proto);
+    release(&key);
+    // Another CPU may take the port between the two calls: then this
+    // connection is refused, never given a port twice.
+    CONNTRACK
+        .insert(&key, &answer, u64::from(BPF_NOEXIST))
+        .ok()?;
+    count(COUNTER_SNAT_PORT_REUSED);
+    Some((addr, spent))
+}
+
+/// Whether the connection holding the reply entry at `key` is over: closed
+/// both ways or reset, or its forward half is gone or belongs to a newer
+/// connection of the client (so nothing can be translated onto this port).
+#[inline(never)]
+fn is_spent(key: &FlowKey) -> bool {
+    // SAFETY: map values are plain integers, valid for this run.
+    let Some(reply) = (unsafe { CONNTRACK.get(key) }).copied() else {
+        return true;
+    };
+    let partner_key = reply.partner(key);
+    // SAFETY: as above.
+    let forward = (unsafe { CONNTRACK.get(&partner_key) })
+        .copied()
+        .filter(|flow| flow.kind == FLOW_FORWARD && flow.partner(&partner_key) == *key);
+    match forward {
+        None => true,
+        Some(forward) => ConnState::of(key.proto, Some(&forward), Some(&reply)).is_over(),
+    }
+}
+
+/// Forgets the spent connection holding `key`: its forward entry too when
+/// that still points at this port.
+#[inline(never)]
+fn release(key: &FlowKey) {
+    // SAFETY: as in `is_spent`.
+    if let Some(reply) = (unsafe { CONNTRACK.get(key) }).copied() {
+        let partner_key = reply.partner(key);
+        // SAFETY: as above.
+        let points_here = (unsafe { CONNTRACK.get(&partner_key) })
+            .is_some_and(|flow| flow.kind == FLOW_FORWARD && flow.partner(&partner_key) == *key);
+        if points_here {
+            let _ = CONNTRACK.remove(&partner_key);
+        }
+    }
+    let _ = CONNTRACK.remove(key);
+}
