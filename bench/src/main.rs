@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use switchyard_bench::{
-    netfilter, plot,
+    churn, netfilter, plot,
     progress::Progress,
     report,
     results::{BenchReport, Mode},
@@ -48,9 +48,13 @@ struct Cli {
     /// ratios to a mode left out are not reported.
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<Mode>,
-    /// Skip the NodePort comparison.
+    /// Skip the NodePort comparisons.
     #[arg(long)]
     no_node_port: bool,
+    /// Length of one NodePort churn run, in seconds (default 60, and 300
+    /// with --full).
+    #[arg(long)]
+    churn_seconds: Option<u64>,
     /// Fixes the probed Service's random position.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -92,7 +96,12 @@ fn main() -> Result<()> {
         logs: cli.out.clone(),
     };
     let rig = Rig::up(&loadgen).context("building the bench topology")?;
-    let node_port_steps = if cli.no_node_port { 0 } else { 3 };
+    let churn_s = cli.churn_seconds.unwrap_or(if cli.full { 300 } else { 60 });
+    let node_port_steps = if cli.no_node_port {
+        0
+    } else {
+        3 + 2 * options.runs
+    };
     let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {
         kernel: kernel(),
@@ -103,6 +112,8 @@ fn main() -> Result<()> {
         runs: cli.runs,
         scales: Vec::new(),
         node_port: Vec::new(),
+        node_port_churn: Vec::new(),
+        churn_s,
     };
     for (i, services) in scales.iter().enumerate() {
         let extras = Extras {
@@ -116,6 +127,9 @@ fn main() -> Result<()> {
     }
     if !cli.no_node_port {
         report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
+        write_outputs(&cli.out, &report)?;
+        report.node_port_churn =
+            churn::node_port_churn(&rig, &options, Duration::from_secs(churn_s), &mut progress)?;
     }
     progress.finish();
     let markdown = write_outputs(&cli.out, &report)?;

@@ -175,6 +175,8 @@ mod tests {
             runs: 1,
             scales: Vec::new(),
             node_port: Vec::new(),
+            node_port_churn: Vec::new(),
+            churn_s: 0,
         };
         let svg = svg(&report);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::{
     catalog::Placement,
     load_result::LoadResult,
-    results::{BenchReport, Mode, Scale},
+    results::{BenchReport, Mode, NodePortResult, Scale},
 };
 
 /// Targets from the issue, checked against what this run measured.
@@ -17,6 +17,8 @@ const CHANGE_P99_MS: f64 = 10.0;
 const COLD_START_S: f64 = 2.0;
 const RSS_MIB: f64 = 200.0;
 const TARGET_SCALE: usize = 50_000;
+/// Sustained NodePort churn: at least iptables' rate.
+const CHURN_RATIO: f64 = 1.0;
 
 pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -30,6 +32,7 @@ pub fn markdown(report: &BenchReport) -> String {
     per_connect_cost(&mut out, report);
     control_plane(&mut out, report);
     node_port(&mut out, report);
+    node_port_churn(&mut out, report);
     targets(&mut out, report);
     out
 }
@@ -219,6 +222,43 @@ fn node_port(out: &mut String, report: &BenchReport) {
     out.push('\n');
 }
 
+fn node_port_churn(out: &mut String, report: &BenchReport) {
+    if report.node_port_churn.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### Sustained NodePort churn to a backend on another node ({} s per run)\n",
+        report.churn_s
+    );
+    out.push_str("| mode | connections/s | connections | failed |\n|---|---:|---:|---:|\n");
+    for result in &report.node_port_churn {
+        let rates: Vec<f64> = result.samples.iter().map(LoadResult::rate).collect();
+        let total: u64 = result.samples.iter().map(|s| s.operations).sum();
+        let failed: u64 = result.samples.iter().map(|s| s.errors).sum();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {total} | {failed} |",
+            result.mode.label(),
+            crate::load_result::median(&rates),
+        );
+    }
+    out.push('\n');
+}
+
+/// Switchyard's median churn rate over iptables', and Switchyard's failed
+/// connections.
+fn churn_figures(report: &BenchReport) -> Option<(f64, u64)> {
+    let of = |mode| report.node_port_churn.iter().find(|r| r.mode == mode);
+    let median = |result: &NodePortResult| {
+        let rates: Vec<f64> = result.samples.iter().map(LoadResult::rate).collect();
+        crate::load_result::median(&rates)
+    };
+    let (switchyard, iptables) = (of(Mode::Switchyard)?, of(Mode::Iptables)?);
+    let failed = switchyard.samples.iter().map(|s| s.errors).sum();
+    Some((median(switchyard) / median(iptables), failed))
+}
+
 /// One row per target: what was asked, what was measured, and whether it
 /// was met. A target this run could not measure says so.
 fn targets(out: &mut String, report: &BenchReport) {
@@ -304,6 +344,21 @@ fn targets(out: &mut String, report: &BenchReport) {
             .and_then(|m| m.peak_rss_mib)
             .map(|mib| (mib, format!("{mib:.0} MiB"))),
         &|mib| mib < RSS_MIB,
+    );
+    let churn = churn_figures(report);
+    row(
+        "sustained NodePort churn to a remote backend ≥ 1.0 × iptables' rate",
+        churn.map(|(ratio, _)| (ratio, format!("{ratio:.2} × iptables"))),
+        &|ratio| ratio >= CHURN_RATIO,
+    );
+    row(
+        "no failed connection in that churn",
+        churn.map(|(_, failed)| {
+            #[expect(clippy::cast_precision_loss, reason = "a count compared with zero")]
+            let value = failed as f64;
+            (value, format!("{failed} failed"))
+        }),
+        &|failed| failed == 0.0,
     );
     if at_target.is_none() {
         out.push_str("\nThe 50k targets need `cargo xtask bench --full`.\n");

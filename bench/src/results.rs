@@ -170,6 +170,12 @@ pub struct BenchReport {
     pub runs: usize,
     pub scales: Vec<Scale>,
     pub node_port: Vec<NodePortResult>,
+    /// Sustained NodePort churn to a remote backend (`churn`).
+    #[serde(default)]
+    pub node_port_churn: Vec<NodePortResult>,
+    /// How long each churn run lasted, in seconds.
+    #[serde(default)]
+    pub churn_s: u64,
 }
 
 #[cfg(test)]

@@ -4,7 +4,14 @@
 //!   node netns (ip_forward=1; the agent, or the iptables/nftables rules)
 //!     br0 10.244.0.1/24 ── bp<i> ── pod netns <i>: 10.244.0.(10+i), loadgen serve (cpu 1)
 //!     vcl 10.250.0.1/30 ────────── client netns:  10.250.0.2, loadgen clients (cpu 0)
+//!     vn2 10.251.0.1/30 ────────── node-2 netns:  10.251.0.2 (forwards; no agent)
+//!                                    rp0 10.244.1.1/24 ── remote pod: 10.244.1.10
+//!     10.244.1.0/24 via 10.251.0.2
 //! ```
+//!
+//! The remote pod is a backend on another node: a NodePort connection to
+//! it through the node is NATed to the node (kube-proxy's masquerade, or
+//! Switchyard's own NAT), which is what the churn figure measures.
 //!
 //! The client is routed, not bridged, to the pods: every mode's traffic
 //! crosses the node's IP layer once, so the only difference between modes
@@ -25,6 +32,14 @@ use crate::catalog::TARGET_PORT;
 
 pub const PODS: usize = 4;
 pub const NODE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+/// The node's side of its link to node-2, and node-2's.
+const NODE_REMOTE_SIDE: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const NODE2: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+const NODE2_PODS_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+/// The devices the agent's per-packet path goes on: towards the client and
+/// towards node-2.
+pub const PACKET_DEVICES: &str = "vcl,vn2";
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const BRIDGE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// Clients on one core, servers on the other.
@@ -43,6 +58,9 @@ pub struct BenchPod {
 /// Field order is teardown order.
 pub struct Rig {
     pub pods: Vec<BenchPod>,
+    /// A pod behind node-2.
+    pub remote_pod: BenchPod,
+    pub node2: NetNs,
     pub client: NetNs,
     pub cgroup: Cgroup,
     pub node: NetNs,
@@ -79,29 +97,47 @@ impl Rig {
 
         let mut pods = Vec::new();
         for i in 0..PODS {
-            let name = format!("pod-{i}");
             let ip = Ipv4Addr::new(10, 244, 0, 10 + u8::try_from(i).expect("PODS fits a /24"));
-            let netns = NetNs::new("bpod")?;
-            link(&node, &format!("bp{i}"), &netns, BRIDGE, ip, 24)?;
-            node.ip(&["link", "set", &format!("bp{i}"), "master", "br0"])?;
-            let log = scratch.join(format!("{name}.log"));
-            let mut cmd = Command::new(loadgen);
-            cmd.args(["serve", "--name", &name, "--cpu", &SERVER_CPU.to_string()])
-                .arg("--listen")
-                .arg(SocketAddr::from((ip, TARGET_PORT)).to_string())
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log)?)
-                .stderr(std::fs::File::create(scratch.join(format!("{name}.err")))?);
-            let server = Spawned::spawn(&mut cmd, &netns, None)?;
-            pods.push(BenchPod {
-                name,
-                ip,
-                _server: server,
-                _netns: netns,
-            });
+            let pod = BenchPod::start(&scratch, loadgen, format!("pod-{i}"), ip, |netns| {
+                link(&node, &format!("bp{i}"), netns, BRIDGE, ip, 24)?;
+                node.ip(&["link", "set", &format!("bp{i}"), "master", "br0"])?;
+                Ok(())
+            })?;
+            pods.push(pod);
         }
+
+        let node2 = NetNs::new("bnode2")?;
+        node2.sysctl("net/ipv4/ip_forward", "1")?;
+        link(&node, "vn2", &node2, NODE_REMOTE_SIDE, NODE2, 30)?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_REMOTE_SIDE}/30"),
+            "dev",
+            "vn2",
+        ])?;
+        node.ip(&["route", "add", "10.244.1.0/24", "via", &NODE2.to_string()])?;
+        let remote_pod = BenchPod::start(
+            &scratch,
+            loadgen,
+            "remote-pod".into(),
+            REMOTE_POD,
+            |netns| {
+                link(&node2, "rp0", netns, NODE2_PODS_GATEWAY, REMOTE_POD, 24)?;
+                node2.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{NODE2_PODS_GATEWAY}/24"),
+                    "dev",
+                    "rp0",
+                ])?;
+                Ok(())
+            },
+        )?;
         let rig = Self {
             pods,
+            remote_pod,
+            node2,
             client,
             cgroup,
             node,
@@ -119,7 +155,7 @@ impl Rig {
 
     fn wait_servers(&self) -> Result<()> {
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-        for pod in &self.pods {
+        for pod in self.pods.iter().chain([&self.remote_pod]) {
             let log = self.scratch.join(format!("{}.log", pod.name));
             while !std::fs::read_to_string(&log)
                 .unwrap_or_default()
@@ -132,6 +168,35 @@ impl Rig {
             }
         }
         Ok(())
+    }
+}
+
+impl BenchPod {
+    /// A pod namespace plugged in by `plug`, serving on `ip`.
+    fn start(
+        scratch: &Scratch,
+        loadgen: &Path,
+        name: String,
+        ip: Ipv4Addr,
+        plug: impl FnOnce(&NetNs) -> Result<()>,
+    ) -> Result<Self> {
+        let netns = NetNs::new("bpod")?;
+        plug(&netns)?;
+        let log = scratch.join(format!("{name}.log"));
+        let mut cmd = Command::new(loadgen);
+        cmd.args(["serve", "--name", &name, "--cpu", &SERVER_CPU.to_string()])
+            .arg("--listen")
+            .arg(SocketAddr::from((ip, TARGET_PORT)).to_string())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(scratch.join(format!("{name}.err")))?);
+        let server = Spawned::spawn(&mut cmd, &netns, None)?;
+        Ok(Self {
+            name,
+            ip,
+            _server: server,
+            _netns: netns,
+        })
     }
 }
 

@@ -42,7 +42,7 @@ pub struct Options {
 
 impl Options {
     /// A fresh log file per agent start: readiness is read from its lines.
-    fn agent_log(&self, what: &str) -> PathBuf {
+    pub(crate) fn agent_log(&self, what: &str) -> PathBuf {
         let path = self.logs.join(format!("agent-{what}.log"));
         let _ = std::fs::remove_file(&path);
         path

@@ -15,6 +15,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod client;
 pub mod command;
+pub mod control_flow;
 pub mod manifest;
 pub mod mount;
 pub mod multinode;

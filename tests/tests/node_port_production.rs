@@ -123,11 +123,33 @@ fn drop_conntrack_invalid(netns: &NetNs) {
     }
 }
 
+/// kube-proxy's NodePort DNAT, as its rules stay loaded while a node moves
+/// to Switchyard, pointed at an address nobody answers: a packet that
+/// reached it instead of the per-packet path would time out.
+fn stale_kube_proxy_node_port(netns: &NetNs, node_port: u16) {
+    for (family, target) in [("ip", "10.244.9.9:8080"), ("ip6", "[fd00:244:9::9]:8080")] {
+        for command in [
+            format!("add table {family} kube-proxy"),
+            format!(
+                "add chain {family} kube-proxy nat-prerouting {{ type nat hook prerouting priority -100; }}"
+            ),
+            format!(
+                "add rule {family} kube-proxy nat-prerouting tcp dport {node_port} dnat to {target}"
+            ),
+        ] {
+            netns
+                .exec("nft", &command.split_whitespace().collect::<Vec<_>>())
+                .unwrap();
+        }
+    }
+}
+
 #[test]
 fn node_ports_work_beside_netfilter_dropping_conntrack_invalid_packets() {
     let c = cluster();
     for node in &c.nodes {
         drop_conntrack_invalid(&node.netns);
+        stale_kube_proxy_node_port(&node.netns, 30092);
     }
     let _agents = agents(&c, &[]);
     write_service(
@@ -172,6 +194,41 @@ fn node_ports_answer_on_every_device_that_carries_a_node_port_address() {
         peers(&attempts),
         BTreeSet::from([(c.nodes[1].pods[0].name.clone(), IpAddr::V4(node1.ipv4))]),
         "NATed to the node, answered from the other node's pod"
+    );
+}
+
+#[test]
+fn loopback_node_ports_serve_the_nodes_own_processes_when_named() {
+    let c = cluster();
+    let _agents = agents(
+        &c,
+        &["--nodeport-addresses=127.0.0.0/8,192.168.77.0/24,fd00:77::/64"],
+    );
+    write_service(
+        &c,
+        &service("loopback", ServiceType::NodePort, 30097, 29),
+        &[(1, 0)],
+    );
+    let node1 = &c.nodes[0];
+    let target: SocketAddr = "127.0.0.1:30097".parse().unwrap();
+    eventually("a host process reaches the NodePort on 127.0.0.1", || {
+        node1.host_client().tcp(target, 1).unwrap()[0].ok
+    });
+    let attempts = node1.host_client().tcp(target, 4).unwrap();
+    assert!(attempts.iter().all(|a| a.ok), "{attempts:?}");
+    // Through the socket hooks: the kernel is never asked to route
+    // loopback addresses off the host.
+    let route_localnet = node1
+        .netns
+        .exec("cat", &["/proc/sys/net/ipv4/conf/all/route_localnet"])
+        .unwrap();
+    assert_eq!(route_localnet.trim(), "0");
+    assert!(
+        c.outside
+            .tcp(node1.addr_v4(30097), 2)
+            .unwrap()
+            .iter()
+            .all(|a| a.ok)
     );
 }
 

@@ -14,7 +14,10 @@ use switchyard::datapath::{
     kernel_features::Feature,
     loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
 };
-use switchyard_tests::BpfFs;
+use switchyard_tests::{
+    BpfFs,
+    control_flow::{Insn, refused_back_edges},
+};
 
 #[test]
 fn every_program_in_the_object_loads() -> Result<()> {
@@ -96,4 +99,31 @@ fn describe(error: &ProgramError) -> String {
         }
         other => format!("{other}"),
     }
+}
+
+/// Every function of the object passes 6.1's control-flow check, whatever
+/// kernel runs this (see `switchyard_tests::control_flow`).
+#[test]
+fn no_function_has_a_loop_shape_the_6_1_verifier_refuses() -> Result<()> {
+    let object = aya_obj::Object::parse(loader::object())?;
+    let mut refused = Vec::new();
+    for function in object.functions.values() {
+        let insns: Vec<Insn> = function
+            .instructions
+            .iter()
+            .map(|insn| Insn {
+                code: insn.code,
+                off: insn.off,
+            })
+            .collect();
+        for (from, to) in refused_back_edges(&insns) {
+            refused.push(format!("{}: insn {from} -> {to}", function.name));
+        }
+    }
+    ensure!(
+        refused.is_empty(),
+        "back edges along a fall-through (6.1 refuses them): {refused:?}"
+    );
+    ensure!(!object.functions.is_empty(), "the object has functions");
+    Ok(())
 }

@@ -20,6 +20,11 @@ use crate::{
     packet::Packet,
 };
 
+const _: () = assert!(
+    SNAT_PORT_ATTEMPTS == 32,
+    "`claim_snat_port` makes one probe per attempt"
+);
+
 /// Reserves a source port on this node for a connection to `backend` by
 /// inserting its reply entry. Random ports are probed; the first free one
 /// wins, else the first whose connection is over is taken over.
@@ -50,21 +55,39 @@ pub fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)
     };
     // Network byte order; 0 is no port (never a NAT port).
     let mut spent: u16 = 0;
-    for _ in 0..SNAT_PORT_ATTEMPTS {
+    let mut key = FlowKey::new(backend.addr, addr, backend.port, 0, packet.proto);
+    let mut probe = || {
         // SAFETY: a helper with no arguments.
         let index = unsafe { bpf_get_prandom_u32() } % total;
         let port = config.nat_port(index).to_be();
-        let key = FlowKey::new(backend.addr, addr, backend.port, port, packet.proto);
+        key.dport = port;
         if CONNTRACK
             .insert(&key, &answer, u64::from(BPF_NOEXIST))
             .is_ok()
         {
-            return Some((addr, port));
+            return Some(port);
         }
         if spent == 0 && is_spent(&key) {
             spent = port;
         }
+        None
+    };
+    // Unrolled by hand, not a loop: LLVM rotates such a loop so that it is
+    // entered in the middle and closed by a plain fall-through, which the
+    // 6.1 verifier refuses ("back-edge from insn ..."; later kernels take
+    // it). `tests/tests/verifier.rs` checks the object for such edges on
+    // whatever kernel it runs.
+    macro_rules! probes {
+        ($($attempt:literal)*) => {
+            $(
+                let _ = $attempt;
+                if let Some(port) = probe() {
+                    return Some((addr, port));
+                }
+            )*
+        };
     }
+    probes!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
     if spent == 0 {
         return None;
     }

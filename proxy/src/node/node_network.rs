@@ -133,8 +133,10 @@ impl NetworkSnapshot {
             .collect()
     }
 
-    /// Loopback is never a NodePort address: the per-packet path never
-    /// sees it, and kube-proxy's nftables mode refuses it too.
+    /// Loopback addresses are NodePort addresses only when
+    /// `--nodeport-addresses` names them (as in kube-proxy's iptables
+    /// mode); they are then served to the node's own processes through the
+    /// socket hooks, never through `route_localnet`.
     pub fn node_port_addresses(
         &self,
         wanted: &NodePortAddresses,
@@ -146,21 +148,21 @@ impl NetworkSnapshot {
                 .iter()
                 .flat_map(|device| device.addresses.iter().copied())
                 .collect(),
-            _ => self
+            NodePortAddresses::All => self
                 .devices
                 .iter()
                 .filter(|device| !device.loopback)
                 .flat_map(|device| device.addresses.iter().copied())
+                .filter(|ip| !ip.is_loopback())
+                .collect(),
+            NodePortAddresses::Within(cidrs) => self
+                .devices
+                .iter()
+                .flat_map(|device| device.addresses.iter().copied())
+                .filter(|ip| cidrs.iter().any(|cidr| cidr.contains(*ip)))
                 .collect(),
         };
-        let mut addresses: Vec<IpAddr> = candidates
-            .into_iter()
-            .filter(|ip| !ip.is_loopback())
-            .filter(|ip| match wanted {
-                NodePortAddresses::Within(cidrs) => cidrs.iter().any(|cidr| cidr.contains(*ip)),
-                _ => true,
-            })
-            .collect();
+        let mut addresses = candidates;
         addresses.sort();
         addresses.dedup();
         addresses

@@ -19,9 +19,9 @@ use super::results::{BEGIN, END, EXIT, FEATURES, SUITE};
 
 /// Modules the suite uses that cloud kernels build as modules: veth pairs,
 /// the LAN bridge, the clsact qdisc and cls_bpf filters of the tc fallback,
-/// and nftables with conntrack matches for the tests that put netfilter's
-/// conntrack beside the per-packet path. Their dependencies are added from
-/// each module's `.modinfo`.
+/// and nftables with conntrack matches and NAT for the tests that put
+/// netfilter (and kube-proxy's rules) beside the per-packet path. Their
+/// dependencies are added from each module's `.modinfo`.
 const MODULES: &[&str] = &[
     "veth",
     "bridge",
@@ -30,6 +30,8 @@ const MODULES: &[&str] = &[
     "nf_conntrack",
     "nf_tables",
     "nft_ct",
+    "nft_chain_nat",
+    "nft_nat",
 ];
 
 /// How much longer the tests may wait under TCG (see tests/src/patience.rs).

@@ -172,7 +172,11 @@ impl Exposure {
                 .collect();
         }
         out.push(internal);
-        out.push(external);
+        // Packets to a loopback address never cross a device: only the
+        // node's own processes reach it, through the socket hooks.
+        if !ip.is_loopback() {
+            out.push(external);
+        }
     }
 }
 

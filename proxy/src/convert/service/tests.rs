@@ -245,3 +245,27 @@ fn external_frontends_follow_kube_proxy() {
         assert_eq!(errors, *want_errors, "{name}: errors");
     }
 }
+
+#[test]
+fn a_loopback_node_port_address_is_served_to_local_processes_only() {
+    let node: Vec<IpAddr> = ["127.0.0.1", "192.168.77.11"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let yaml = "metadata: {name: np}\nspec: {type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}";
+    let (frontends, errors) = service_frontends(&service(yaml), &node);
+    assert!(errors.is_empty(), "{errors:?}");
+    let node_ports: Vec<String> = frontends
+        .iter()
+        .filter(|f| f.frontend.port == 30080)
+        .map(|f| f.frontend.to_string())
+        .collect();
+    assert_eq!(
+        node_ports,
+        [
+            "127.0.0.1:30080/TCP",
+            "192.168.77.11:30080/TCP",
+            "192.168.77.11:30080/TCP (external)",
+        ]
+    );
+}

@@ -59,7 +59,8 @@ fn node_port_addresses_follow_kube_proxy() {
             &["192.168.0.0/16", "fd00:77::/64"],
             &["192.168.77.11", "fd00:77::11"],
         ),
-        (&["127.0.0.0/8"], &[]),
+        // Named loopback addresses are NodePorts for the node's processes.
+        (&["127.0.0.0/8"], &["127.0.0.1"]),
     ];
     for (flag, want) in cases {
         let flag: Vec<String> = flag.iter().map(std::string::ToString::to_string).collect();

@@ -1,0 +1,88 @@
+//! The per-packet path over time, on the two-node lab (see
+//! `support::two_nodes`): session affinity for outside clients, and an
+//! agent restart under NodePort traffic (tcx links on kernels that have
+//! them, clsact filters before 6.6). Needs root; run with
+//! --test-threads=1.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::two_nodes::{agents, cluster, eventually, peers, service, write_service};
+use switchyard_tests::ServiceType;
+
+/// kube-proxy's e2e calls affinity held after 15 answers from one backend.
+const HOLD: u32 = 15;
+
+#[test]
+fn client_ip_affinity_holds_for_outside_clients_of_a_node_port() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let sticky = service("sticky", ServiceType::NodePort, 30095, 27)
+        .spec_field("sessionAffinity", json!("ClientIP"))
+        .spec_field(
+            "sessionAffinityConfig",
+            json!({"clientIP": {"timeoutSeconds": 600}}),
+        );
+    write_service(&c, &sticky, &[(0, 0), (1, 0)]);
+    let target = c.nodes[0].addr_v4(30095);
+    eventually("NodePort answers", || {
+        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
+    });
+    let seen = peers(&c.outside.tcp(target, HOLD).unwrap());
+    assert_eq!(seen.len(), 1, "one backend for one client: {seen:?}");
+
+    // Without affinity the same client spreads over both backends.
+    write_service(
+        &c,
+        &service("sticky", ServiceType::NodePort, 30095, 27),
+        &[(0, 0), (1, 0)],
+    );
+    eventually("connections spread once affinity is off", || {
+        peers(&c.outside.tcp(target, 16).unwrap()).len() == 2
+    });
+}
+
+#[test]
+fn an_agent_restart_under_node_port_traffic_loses_no_connection() {
+    let c = cluster();
+    let mut agents = agents(&c, &[]);
+    write_service(
+        &c,
+        &service("steady", ServiceType::NodePort, 30096, 28),
+        &[(0, 0), (1, 0)],
+    );
+    let target = c.nodes[0].addr_v4(30096);
+    eventually("NodePort answers", || {
+        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
+    });
+    let hold = c
+        .outside
+        .prober()
+        .spawn_hold(
+            target,
+            Duration::from_secs(4),
+            Duration::from_millis(50),
+            c.scratch.join("hold.json"),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections keep coming while the agent is killed, absent and
+    // back: the pinned maps and attached programs carry them.
+    let burst = std::thread::scope(|scope| {
+        let load = scope.spawn(|| c.outside.prober().parallel_burst(target, 400, 4).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        agents[0].kill_hard().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        agents[0].start_again().unwrap();
+        load.join().unwrap()
+    });
+    assert_eq!(burst.failures, 0, "{burst:?}");
+    assert_eq!(burst.per_backend.len(), 2, "{burst:?}");
+    let open_connection = hold.wait().unwrap();
+    assert!(
+        open_connection.ok && open_connection.failures == 0,
+        "{open_connection:?}"
+    );
+}
