@@ -31,6 +31,9 @@ use switchyard_tests::{BpfFs, Cgroup, NetNs, Scratch, Spawned, wiring};
 use crate::catalog::TARGET_PORT;
 
 pub const PODS: usize = 4;
+/// netfilter's TIME_WAIT timeout on the node, in seconds, for every figure
+/// but the NodePort churn (which uses the kernel's 120).
+pub const SHORT_TIME_WAIT_S: &str = "1";
 pub const NODE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 /// The node's side of its link to node-2, and node-2's.
 const NODE_REMOTE_SIDE: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
@@ -77,8 +80,11 @@ impl Rig {
         // Connection-rate runs leave many TIME_WAIT entries behind; in the
         // iptables modes they fill the shared conntrack table long before
         // its default 120 s timeout would clear them.
-        node.sysctl("net/netfilter/nf_conntrack_tcp_timeout_time_wait", "1")
-            .context("conntrack sysctls (is nf_conntrack available?)")?;
+        node.sysctl(
+            "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+            SHORT_TIME_WAIT_S,
+        )
+        .context("conntrack sysctls (is nf_conntrack available?)")?;
         wiring::bridge(&node, "br0", None)?;
         node.ip(&["addr", "add", &format!("{BRIDGE}/24"), "dev", "br0"])?;
 

@@ -21,8 +21,11 @@ const GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Test {
-    /// Connect, one request, close.
+    /// Connect, one request, close with a reset (no TIME_WAIT left).
     ConnectRequestClose,
+    /// Connect, one request, close with a FIN, as clients do: every
+    /// connection leaves a TIME_WAIT behind.
+    ConnectRequestFin,
     /// 64-byte round trips on one connection.
     RequestResponse,
     /// Bulk bytes from the server.
@@ -32,7 +35,7 @@ pub enum Test {
 impl Test {
     fn subcommand(self) -> &'static str {
         match self {
-            Test::ConnectRequestClose => "crr",
+            Test::ConnectRequestClose | Test::ConnectRequestFin => "crr",
             Test::RequestResponse => "rr",
             Test::Stream => "stream",
         }
@@ -59,6 +62,9 @@ pub fn run(
     cmd.args([test.subcommand(), "--target", &target.to_string()])
         .args(["--duration-ms", &duration.as_millis().to_string()])
         .args(["--cpu", &CLIENT_CPU.to_string()]);
+    if matches!(test, Test::ConnectRequestFin) {
+        cmd.arg("--graceful");
+    }
     let cgroup = (origin == Origin::Pod).then_some(&rig.cgroup);
     let output = run_bounded(&mut cmd, &rig.client, cgroup, duration + GRACE)?;
     parse(&output.stdout, &output.stderr, output.status.success())

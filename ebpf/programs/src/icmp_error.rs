@@ -49,6 +49,11 @@ const V6_LEN: usize = ETH_HLEN + 40 + 8 + 40 + 8;
 /// RELATED to the connection it saw start), towards the client at egress,
 /// after it. Those about NATed connections never cross netfilter: they are
 /// translated at ingress and sent on by route.
+#[expect(
+    clippy::inline_always,
+    reason = "a frame of its own would count against the 512-byte stack of the call chain"
+)]
+#[inline(always)]
 pub fn translated(ctx: &TcContext, at_ingress: bool) -> Option<i32> {
     match u16::from_be(ctx.load::<u16>(12).ok()?) {
         0x0800 => translate::<V4_LEN>(ctx, at_ingress),
@@ -98,17 +103,38 @@ fn translate<const LEN: usize>(ctx: &TcContext, at_ingress: bool) -> Option<i32>
     {
         return None;
     }
-    let flow = connection(buf)?;
+    let flow = connection(ctx, buf)?;
+    let towards_client_through_stack = flow.kind == FLOW_REPLY && flow.snat == 0;
+    if towards_client_through_stack == at_ingress || !rewrite(buf, flow) {
+        return None;
+    }
+    let snat = flow.snat != 0;
+    finish(buf);
+    // SAFETY: the context is this run's skb; the helper takes integers.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0
+        || ctx.store(0, buf, 0).is_err()
+    {
+        return Some(switchyard_abi::TC_SHOT);
+    }
+    count(COUNTER_ICMP_TRANSLATED);
+    if !snat {
+        return Some(packet::NEXT);
+    }
+    Some(send_by_route(ctx, buf))
+}
+
+/// Writes the error's new addressing and the quote's (see the module
+/// docs), and takes one off the hop limit of an error sent on by route;
+/// false when it is not ours to send (its hop limit is spent).
+#[inline(never)]
+fn rewrite<const LEN: usize>(buf: &mut [u8; LEN], flow: &Flow) -> bool {
+    let v6 = LEN == V6_LEN;
     let (ip_len, addr_at, addr_len) = if v6 { (40, 8, 16) } else { (20, 12, 4) };
     let inner = ETH_HLEN + ip_len + 8;
     let ports = inner + ip_len;
     let outer_src_at = ETH_HLEN + addr_at;
     let inner_dst_at = inner + addr_at + addr_len;
     let from_receiver = same_addr(buf, outer_src_at, inner_dst_at, v6);
-    let towards_client_through_stack = flow.kind == FLOW_REPLY && flow.snat == 0;
-    if towards_client_through_stack == at_ingress {
-        return None;
-    }
     let snat = flow.snat != 0;
     let outer_dst_at = ETH_HLEN + addr_at + addr_len;
     let inner_src_at = inner + addr_at;
@@ -139,33 +165,24 @@ fn translate<const LEN: usize>(ctx: &TcContext, at_ingress: bool) -> Option<i32>
             buf[ports + 2..ports + 4].copy_from_slice(&flow.snat_port.to_ne_bytes());
         }
     } else {
-        return None;
+        return false;
     }
     let hop_limit_at = if v6 { ETH_HLEN + 7 } else { ETH_HLEN + 8 };
     if snat {
         if buf[hop_limit_at] <= 1 {
-            return None;
+            return false;
         }
         buf[hop_limit_at] -= 1;
     }
-    finish(buf);
-    // SAFETY: the context is this run's skb; the helper takes integers.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0
-        || ctx.store(0, buf, 0).is_err()
-    {
-        return Some(switchyard_abi::TC_SHOT);
-    }
-    count(COUNTER_ICMP_TRANSLATED);
-    if !snat {
-        return Some(packet::NEXT);
-    }
-    Some(send_by_route(ctx, buf))
+    true
 }
 
 /// The conntrack entry of the quoted packet's other direction, if the
-/// quote is a plain TCP or UDP header of a connection we translated.
+/// quote is a plain TCP or UDP header of a connection we translated. Read
+/// from the packet with the skb helpers, word by word: from the byte buffer
+/// LLVM loads and spills every byte, a frame the call chain cannot afford.
 #[inline(never)]
-fn connection<const LEN: usize>(buf: &[u8; LEN]) -> Option<&'static Flow> {
+fn connection<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> Option<&'static Flow> {
     let v6 = LEN == V6_LEN;
     let (ip_len, addr_at, addr_len) = if v6 { (40, 8, 16) } else { (20, 12, 4) };
     let inner = ETH_HLEN + ip_len + 8;
@@ -179,16 +196,25 @@ fn connection<const LEN: usize>(buf: &[u8; LEN]) -> Option<&'static Flow> {
     if !plain || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return None;
     }
-    let sport = u16::from_ne_bytes([buf[ports], buf[ports + 1]]);
-    let dport = u16::from_ne_bytes([buf[ports + 2], buf[ports + 3]]);
+    let (src, dst) = if v6 {
+        (
+            Addr {
+                words: ctx.load::<[u32; 4]>(inner + addr_at).ok()?,
+            },
+            Addr {
+                words: ctx.load::<[u32; 4]>(inner + addr_at + addr_len).ok()?,
+            },
+        )
+    } else {
+        (
+            Addr::from_v4_word(ctx.load::<u32>(inner + addr_at).ok()?),
+            Addr::from_v4_word(ctx.load::<u32>(inner + addr_at + addr_len).ok()?),
+        )
+    };
+    let sport = ctx.load::<u16>(ports).ok()?;
+    let dport = ctx.load::<u16>(ports + 2).ok()?;
     // The quote's reverse is the key of the other direction's packets.
-    let key = FlowKey::new(
-        read_addr(buf, inner + addr_at + addr_len, v6),
-        read_addr(buf, inner + addr_at, v6),
-        dport,
-        sport,
-        proto,
-    );
+    let key = FlowKey::new(dst, src, dport, sport, proto);
     // SAFETY: map values are plain integers, valid for this run.
     unsafe { CONNTRACK.get(&key) }
 }

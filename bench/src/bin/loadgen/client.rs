@@ -25,7 +25,7 @@ pub struct Bounds {
     pub max_ops: u64,
 }
 
-pub fn connect_request_close(target: SocketAddr, bounds: Bounds) -> LoadResult {
+pub fn connect_request_close(target: SocketAddr, bounds: Bounds, graceful: bool) -> LoadResult {
     let mut result = LoadResult::default();
     let mut latencies = Vec::new();
     let start = Instant::now();
@@ -34,7 +34,7 @@ pub fn connect_request_close(target: SocketAddr, bounds: Bounds) -> LoadResult {
         && result.errors < MAX_ERRORS
     {
         let began = Instant::now();
-        match ask_name(target) {
+        match ask_name(target, graceful) {
             Ok(name) => {
                 latencies.push(began.elapsed().as_secs_f64() * 1e6);
                 result.operations += 1;
@@ -49,11 +49,12 @@ pub fn connect_request_close(target: SocketAddr, bounds: Bounds) -> LoadResult {
 }
 
 /// One connection: connect, ask, read the name line, then close with a
-/// reset. Hundreds of thousands of connections from one client would
-/// otherwise leave as many TIME_WAIT sockets (and conntrack entries) behind,
-/// and reused ports would collide with them: the run would measure that
-/// collision handling rather than the service translation.
-fn ask_name(target: SocketAddr) -> std::io::Result<String> {
+/// reset unless `graceful`. Hundreds of thousands of connections from one
+/// client would otherwise leave as many TIME_WAIT sockets (and conntrack
+/// entries) behind, and reused ports would collide with them: the run would
+/// measure that collision handling rather than the service translation —
+/// which is what a graceful run is for.
+fn ask_name(target: SocketAddr, graceful: bool) -> std::io::Result<String> {
     let mut stream = open(target)?;
     stream.write_all(&[NAME_AND_CLOSE])?;
     let mut reply = Vec::with_capacity(32);
@@ -65,7 +66,9 @@ fn ask_name(target: SocketAddr) -> std::io::Result<String> {
         }
         reply.extend_from_slice(&buffer[..read]);
     }
-    reset_on_close(&stream)?;
+    if !graceful {
+        reset_on_close(&stream)?;
+    }
     Ok(String::from_utf8_lossy(&reply).trim().to_owned())
 }
 
@@ -149,7 +152,7 @@ pub fn watch(
     let mut result = LoadResult::default();
     let start = Instant::now();
     while start.elapsed() < timeout {
-        match ask_name(target) {
+        match ask_name(target, false) {
             Ok(name) if name == expect => {
                 result.seen_at_ns = monotonic_ns();
                 result.operations += 1;

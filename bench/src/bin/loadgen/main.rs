@@ -75,6 +75,9 @@ struct Run {
     /// Stop after this many operations even if time remains.
     #[arg(long, default_value_t = 2_000_000)]
     max_ops: u64,
+    /// `crr`: close with a FIN instead of a reset.
+    #[arg(long)]
+    graceful: bool,
     #[arg(long)]
     cpu: Option<usize>,
 }
@@ -92,7 +95,7 @@ fn main() -> Result<()> {
         }
         Command::Crr(run) => {
             pin_to(run.cpu)?;
-            client::connect_request_close(run.target, bounds(&run))
+            client::connect_request_close(run.target, bounds(&run), run.graceful)
         }
         Command::Rr(run) => {
             pin_to(run.cpu)?;
