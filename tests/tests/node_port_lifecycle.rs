@@ -9,7 +9,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::two_nodes::{agents, cluster, eventually, peers, service, write_service};
+use support::two_nodes::{
+    agents, cluster, eventually, peers, serve_node_port, service, write_service,
+};
 use switchyard_tests::ServiceType;
 
 /// kube-proxy's e2e calls affinity held after 15 answers from one backend.
@@ -25,11 +27,7 @@ fn client_ip_affinity_holds_for_outside_clients_of_a_node_port() {
             "sessionAffinityConfig",
             json!({"clientIP": {"timeoutSeconds": 600}}),
         );
-    write_service(&c, &sticky, &[(0, 0), (1, 0)]);
-    let target = c.nodes[0].addr_v4(30095);
-    eventually("NodePort answers", || {
-        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
-    });
+    let target = serve_node_port(&c, &sticky, 30095, &[(0, 0), (1, 0)]);
     let seen = peers(&c.outside.tcp(target, HOLD).unwrap());
     assert_eq!(seen.len(), 1, "one backend for one client: {seen:?}");
 
@@ -48,15 +46,12 @@ fn client_ip_affinity_holds_for_outside_clients_of_a_node_port() {
 fn an_agent_restart_under_node_port_traffic_loses_no_connection() {
     let c = cluster();
     let mut agents = agents(&c, &[]);
-    write_service(
+    let target = serve_node_port(
         &c,
         &service("steady", ServiceType::NodePort, 30096, 28),
+        30096,
         &[(0, 0), (1, 0)],
     );
-    let target = c.nodes[0].addr_v4(30096);
-    eventually("NodePort answers", || {
-        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
-    });
     let hold = c
         .outside
         .prober()

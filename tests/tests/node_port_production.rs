@@ -13,7 +13,10 @@ use std::{
 
 use support::{
     metric,
-    two_nodes::{agents, cluster, eventually, peers, plain_cluster_ip, service, write_service},
+    two_nodes::{
+        agents, cluster, eventually, peers, plain_cluster_ip, serve_node_port, service,
+        write_service,
+    },
 };
 use switchyard_tests::{NetNs, Prober, ServiceType};
 
@@ -27,15 +30,12 @@ const IN_FLIGHT: u32 = 8;
 fn short_connections_through_one_node_to_a_remote_backend_never_run_out_of_nat_ports() {
     let c = cluster();
     let agents = agents(&c, &[]);
-    write_service(
+    let target = serve_node_port(
         &c,
         &service("churn", ServiceType::NodePort, 30090, 20),
+        30090,
         &[(1, 0)],
     );
-    let target = c.nodes[0].addr_v4(30090);
-    eventually("NodePort answers", || {
-        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
-    });
     // Past the 4,536 ports a claim once had per node address and backend:
     // each closed connection must give its port back.
     let summary = c
@@ -66,15 +66,12 @@ fn a_narrow_nat_port_range_is_reused_as_connections_close() {
             "--conntrack-gc-interval=500ms",
         ],
     );
-    write_service(
+    let target = serve_node_port(
         &c,
         &service("narrow", ServiceType::NodePort, 30091, 21),
+        30091,
         &[(1, 0)],
     );
-    let target = c.nodes[0].addr_v4(30091);
-    eventually("NodePort answers", || {
-        c.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
-    });
     // 64 ports, 1,000 connections: only ports of closed connections, taken
     // over as netfilter reopens a TIME_WAIT tuple, can carry them.
     let summary = c
@@ -93,6 +90,10 @@ fn a_narrow_nat_port_range_is_reused_as_connections_close() {
         "switchyard_nat_ports_in_use{{address=\"{}\"}}",
         c.nodes[0].ipv4
     );
+    // A collection made while connections came and went may catch one
+    // half of a connection before a take-over and the other after: read
+    // one made once the traffic stopped (collections every 500 ms).
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
     let mut metrics = String::new();
     eventually("a collection counts the ports in use", || {
         metrics = support::get(&c.nodes[0].netns, METRICS_PORT, "/metrics").1;

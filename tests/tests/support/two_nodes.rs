@@ -113,3 +113,20 @@ pub fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+/// Writes `service` over `pods` and waits until the outside client gets an
+/// answer from its NodePort `node_port` on node-1's IPv4 address, which it
+/// returns.
+pub fn serve_node_port(
+    cluster: &MultiNodeCluster,
+    service: &ServiceManifest,
+    node_port: u16,
+    pods: &[(usize, usize)],
+) -> SocketAddr {
+    write_service(cluster, service, pods);
+    let target = cluster.nodes[0].addr_v4(node_port);
+    eventually("NodePort answers", || {
+        cluster.outside.tcp(target, 1).unwrap().iter().all(|a| a.ok)
+    });
+    target
+}
