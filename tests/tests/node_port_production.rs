@@ -111,16 +111,23 @@ fn a_narrow_nat_port_range_is_reused_as_connections_close() {
 /// kube-proxy's own KUBE-FORWARD rule, and a host firewall's INPUT twin,
 /// in nftables form: whatever netfilter's conntrack calls INVALID dies.
 fn drop_conntrack_invalid(netns: &NetNs) {
-    for command in [
-        "add table inet firewall",
-        "add chain inet firewall forward { type filter hook forward priority 0; }",
-        "add chain inet firewall input { type filter hook input priority 0; }",
-        "add rule inet firewall forward ct state invalid drop",
-        "add rule inet firewall input ct state invalid drop",
-    ] {
-        netns
-            .exec("nft", &command.split_whitespace().collect::<Vec<_>>())
-            .unwrap();
+    nft(
+        netns,
+        [
+            "add table inet firewall",
+            "add chain inet firewall forward { type filter hook forward priority 0; }",
+            "add chain inet firewall input { type filter hook input priority 0; }",
+            "add rule inet firewall forward ct state invalid drop",
+            "add rule inet firewall input ct state invalid drop",
+        ],
+    );
+}
+
+/// Runs each of `commands` as one `nft` invocation inside `netns`.
+fn nft(netns: &NetNs, commands: impl IntoIterator<Item = impl AsRef<str>>) {
+    for command in commands {
+        let args: Vec<&str> = command.as_ref().split_whitespace().collect();
+        netns.exec("nft", &args).unwrap();
     }
 }
 
@@ -129,19 +136,18 @@ fn drop_conntrack_invalid(netns: &NetNs) {
 /// reached it instead of the per-packet path would time out.
 fn stale_kube_proxy_node_port(netns: &NetNs, node_port: u16) {
     for (family, target) in [("ip", "10.244.9.9:8080"), ("ip6", "[fd00:244:9::9]:8080")] {
-        for command in [
-            format!("add table {family} kube-proxy"),
-            format!(
-                "add chain {family} kube-proxy nat-prerouting {{ type nat hook prerouting priority -100; }}"
-            ),
-            format!(
-                "add rule {family} kube-proxy nat-prerouting tcp dport {node_port} dnat to {target}"
-            ),
-        ] {
-            netns
-                .exec("nft", &command.split_whitespace().collect::<Vec<_>>())
-                .unwrap();
-        }
+        nft(
+            netns,
+            [
+                format!("add table {family} kube-proxy"),
+                format!(
+                    "add chain {family} kube-proxy nat-prerouting {{ type nat hook prerouting priority -100; }}"
+                ),
+                format!(
+                    "add rule {family} kube-proxy nat-prerouting tcp dport {node_port} dnat to {target}"
+                ),
+            ],
+        );
     }
 }
 
