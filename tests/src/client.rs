@@ -132,6 +132,14 @@ impl<'a> Prober<'a> {
         self.attempts(&args, count)
     }
 
+    /// [`Self::udp`] with requests and replies padded to `size` bytes:
+    /// above the MTU each goes as IP fragments.
+    pub fn udp_sized(&self, to: SocketAddr, count: u32, size: usize) -> Result<Vec<Attempt>> {
+        let to = to.to_string();
+        let size = size.to_string();
+        self.attempts(&["udp", "--to", &to, "--size", &size], count)
+    }
+
     fn attempts(&self, args: &[&str], count: u32) -> Result<Vec<Attempt>> {
         let count_arg = count.to_string();
         let timeout_ms = ATTEMPT_TIMEOUT.as_millis().to_string();

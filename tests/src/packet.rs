@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -26,8 +26,6 @@ pub struct Frame {
     pub tcp_flags: u8,
     pub seq: u32,
     pub payload: Vec<u8>,
-    /// IPv4 "more fragments": the first fragment of a datagram.
-    pub more_fragments: bool,
     /// Adds one to the TCP/UDP checksum after computing it.
     pub corrupt_checksum: bool,
     /// IPv4 TTL or IPv6 hop limit.
@@ -45,13 +43,52 @@ impl Frame {
             tcp_flags: if proto == TCP { SYN } else { 0 },
             seq: 1000,
             payload: b"hello".to_vec(),
-            more_fragments: false,
             corrupt_checksum: false,
             hop_limit: 64,
         }
     }
 
     pub fn bytes(&self) -> Vec<u8> {
+        ip_frame(
+            (self.src_mac, self.dst_mac),
+            (self.src.ip(), self.dst.ip()),
+            self.proto,
+            self.hop_limit,
+            None,
+            &self.segment(),
+        )
+    }
+
+    /// This frame's datagram as two IP fragments with identification
+    /// `id`: the first carries the first `first_len` bytes of the TCP or
+    /// UDP segment (header included; a multiple of 8), the second the
+    /// rest.
+    pub fn fragments(&self, first_len: usize, id: u32) -> [Vec<u8>; 2] {
+        assert!(
+            first_len.is_multiple_of(8),
+            "fragment offsets count 8-byte units"
+        );
+        let segment = self.segment();
+        assert!(
+            first_len < segment.len(),
+            "two fragments need a longer payload"
+        );
+        let (head, tail) = segment.split_at(first_len);
+        let piece = |offset: usize, more: bool, bytes: &[u8]| {
+            ip_frame(
+                (self.src_mac, self.dst_mac),
+                (self.src.ip(), self.dst.ip()),
+                self.proto,
+                self.hop_limit,
+                Some(Piece { id, offset, more }),
+                bytes,
+            )
+        };
+        [piece(0, true, head), piece(first_len, false, tail)]
+    }
+
+    /// The TCP or UDP header and payload, checksummed.
+    fn segment(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.src.port().to_be_bytes());
         l4.extend_from_slice(&self.dst.port().to_be_bytes());
@@ -70,18 +107,23 @@ impl Frame {
             checksum = checksum.wrapping_add(1);
         }
         l4[checksum_at..checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
-
-        let fragment_flags = if self.more_fragments { 0x2000 } else { 0x4000 };
-        ip_frame(
-            (self.src_mac, self.dst_mac),
-            (self.src.ip(), self.dst.ip()),
-            self.proto,
-            self.hop_limit,
-            fragment_flags,
-            &l4,
-        )
+        l4
     }
 }
+
+/// Where one fragment sits in its datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// IPv4's identification (16 bits) or the IPv6 fragment header's.
+    pub id: u32,
+    /// Bytes from the start of the datagram's payload.
+    pub offset: usize,
+    /// "More fragments" follow.
+    pub more: bool,
+}
+
+/// The fragment header of an IPv6 packet.
+const NEXTHDR_FRAGMENT: u8 = 44;
 
 /// An ICMP or ICMPv6 error from `src` to `dst` quoting `quoted` (an IP
 /// header and what follows it), with `info` in the header's second word
@@ -104,19 +146,21 @@ pub fn icmp_error(
     };
     let checksum = fold(sum(pseudo, &icmp));
     icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    ip_frame(macs, (src, dst), proto, 64, 0, &icmp)
+    ip_frame(macs, (src, dst), proto, 64, None, &icmp)
 }
 
-/// Ethernet and IP headers (IPv4 with `fragment_flags` in its flags and
-/// offset word) around `payload`.
+/// Ethernet and IP headers around `payload`: a whole datagram (IPv4 with
+/// "don't fragment"), or one `piece` of one (IPv6 with a fragment header).
 fn ip_frame(
     (src_mac, dst_mac): (Mac, Mac),
     (src, dst): (IpAddr, IpAddr),
     proto: u8,
     hop_limit: u8,
-    fragment_flags: u16,
+    piece: Option<Piece>,
     payload: &[u8],
 ) -> Vec<u8> {
+    let offset_units =
+        |piece: Piece| u16::try_from(piece.offset / 8).expect("a test datagram fits in 64 KiB");
     let mut frame = Vec::new();
     frame.extend_from_slice(&dst_mac);
     frame.extend_from_slice(&src_mac);
@@ -125,8 +169,15 @@ fn ip_frame(
             frame.extend_from_slice(&0x0800u16.to_be_bytes());
             let mut ip = vec![0x45, 0];
             ip.extend_from_slice(&length(20 + payload.len()).to_be_bytes());
-            ip.extend_from_slice(&[0, 1]);
-            ip.extend_from_slice(&fragment_flags.to_be_bytes());
+            let (id, flags) = match piece {
+                None => (1, 0x4000),
+                Some(piece) => (
+                    u16::try_from(piece.id).expect("IPv4 identifications have 16 bits"),
+                    offset_units(piece) | if piece.more { 0x2000 } else { 0 },
+                ),
+            };
+            ip.extend_from_slice(&id.to_be_bytes());
+            ip.extend_from_slice(&flags.to_be_bytes());
             ip.extend_from_slice(&[hop_limit, proto, 0, 0]);
             ip.extend_from_slice(&src.octets());
             ip.extend_from_slice(&dst.octets());
@@ -136,11 +187,25 @@ fn ip_frame(
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let header = piece.map(|piece| {
+                let mut header = vec![proto, 0];
+                let offset_flags = offset_units(piece) << 3 | u16::from(piece.more);
+                header.extend_from_slice(&offset_flags.to_be_bytes());
+                header.extend_from_slice(&piece.id.to_be_bytes());
+                header
+            });
+            let header = header.unwrap_or_default();
+            let next = if piece.is_some() {
+                NEXTHDR_FRAGMENT
+            } else {
+                proto
+            };
             frame.extend_from_slice(&[0x60, 0, 0, 0]);
-            frame.extend_from_slice(&length(payload.len()).to_be_bytes());
-            frame.extend_from_slice(&[proto, hop_limit]);
+            frame.extend_from_slice(&length(header.len() + payload.len()).to_be_bytes());
+            frame.extend_from_slice(&[next, hop_limit]);
             frame.extend_from_slice(&src.octets());
             frame.extend_from_slice(&dst.octets());
+            frame.extend_from_slice(&header);
         }
         _ => panic!("mixed address families"),
     }
@@ -262,6 +327,112 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
     Ok(seen)
 }
 
+/// One fragment as the program left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenPiece {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub hop_limit: u8,
+    pub piece: Piece,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one fragment (IPv4 header checksum verified).
+pub fn parse_piece(frame: &[u8]) -> Result<SeenPiece> {
+    ensure!(frame.len() >= 14, "frame of {} bytes", frame.len());
+    let mac = |at: usize| -> Mac { frame[at..at + 6].try_into().unwrap_or_default() };
+    let ip = &frame[14..];
+    let (src, dst, proto, hop_limit, piece, payload) =
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            0x0800 => {
+                ensure!(
+                    ip.len() >= 20 && fold(sum(0, &ip[..20])) == 0,
+                    "bad IPv4 header checksum"
+                );
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                ensure!(total <= ip.len(), "IPv4 total length {total} beyond frame");
+                let flags = u16::from_be_bytes([ip[6], ip[7]]);
+                let piece = Piece {
+                    id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
+                    offset: usize::from(flags & 0x1fff) * 8,
+                    more: flags & 0x2000 != 0,
+                };
+                let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+                let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+                (src, dst, ip[9], ip[8], piece, &ip[20..total])
+            }
+            0x86dd => {
+                ensure!(
+                    ip.len() >= 48 && ip[6] == NEXTHDR_FRAGMENT,
+                    "no IPv6 fragment header"
+                );
+                let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                ensure!(40 + payload <= ip.len(), "IPv6 payload beyond frame");
+                let offset_flags = u16::from_be_bytes([ip[42], ip[43]]);
+                let piece = Piece {
+                    id: u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]),
+                    offset: usize::from(offset_flags >> 3) * 8,
+                    more: offset_flags & 1 != 0,
+                };
+                let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24])?));
+                let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40])?));
+                (src, dst, ip[40], ip[7], piece, &ip[48..40 + payload])
+            }
+            other => bail!("ethertype {other:#06x}"),
+        };
+    Ok(SeenPiece {
+        src_mac: mac(6),
+        dst_mac: mac(0),
+        src,
+        dst,
+        proto,
+        hop_limit,
+        piece,
+        payload: payload.to_vec(),
+    })
+}
+
+/// The datagram `frames` (its fragments, in order) make up, as one whole
+/// frame for [`parse`] to check; every fragment must carry the same
+/// addresses, protocol and identification, and they must fit end to end.
+pub fn reassemble(frames: &[Vec<u8>]) -> Result<Seen> {
+    let pieces = frames
+        .iter()
+        .map(|frame| parse_piece(frame))
+        .collect::<Result<Vec<_>>>()?;
+    let first = pieces.first().context("no fragments")?;
+    let mut payload = Vec::new();
+    for (index, piece) in pieces.iter().enumerate() {
+        ensure!(
+            (piece.src, piece.dst, piece.proto, piece.piece.id)
+                == (first.src, first.dst, first.proto, first.piece.id),
+            "fragment {index} is of another datagram: {piece:?}"
+        );
+        ensure!(
+            piece.piece.offset == payload.len(),
+            "fragment {index} at {} after {} bytes",
+            piece.piece.offset,
+            payload.len()
+        );
+        ensure!(
+            piece.piece.more == (index + 1 < pieces.len()),
+            "fragment {index}: wrong \"more fragments\""
+        );
+        payload.extend_from_slice(&piece.payload);
+    }
+    parse(&ip_frame(
+        (first.src_mac, first.dst_mac),
+        (first.src, first.dst),
+        first.proto,
+        first.hop_limit,
+        None,
+        &payload,
+    ))
+}
+
 /// A length field of a test packet, which must fit one.
 fn length(len: usize) -> u16 {
     u16::try_from(len).expect("a test packet fits in 64 KiB")
@@ -319,6 +490,23 @@ mod tests {
                 broken.corrupt_checksum = true;
                 assert!(!parse(&broken.bytes()).unwrap().checksum_ok);
             }
+        }
+    }
+
+    #[test]
+    fn fragments_reassemble_into_the_whole_datagram() {
+        for (src, dst) in [
+            ("192.168.77.2:40000", "192.168.77.11:30081"),
+            ("[fd00:77::2]:40000", "[fd00:77::11]:30081"),
+        ] {
+            let mut frame = Frame::new(UDP, src.parse().unwrap(), dst.parse().unwrap());
+            frame.payload = (0..100).collect();
+            let pieces = frame.fragments(64, 0x1234);
+            let first = parse_piece(&pieces[0]).unwrap();
+            assert_eq!((first.piece.offset, first.piece.more), (0, true), "{src}");
+            assert_eq!(parse_piece(&pieces[1]).unwrap().piece.offset, 64, "{src}");
+            assert_eq!(reassemble(&pieces).unwrap(), parse(&frame.bytes()).unwrap());
+            assert!(reassemble(&[pieces[1].clone(), pieces[0].clone()]).is_err());
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The per-packet path under what production sends it, on the two-node lab
 //! (see `support::two_nodes`): short connections by the thousand through
 //! one node to a backend on the other, netfilter's conntrack judging the
-//! node's forwarding next door, and ClusterIPs routed to a node from
-//! outside. Needs root; run with --test-threads=1.
+//! node's forwarding next door, datagrams in fragments, and ClusterIPs
+//! routed to a node from outside. Needs root; run with --test-threads=1.
 
 mod support;
 
@@ -106,6 +106,46 @@ fn a_narrow_nat_port_range_is_reused_as_connections_close() {
         Some(64.0),
         "{metrics}"
     );
+}
+
+/// Past the lab links' 1500-byte MTU: the client's kernel sends each
+/// request in fragments, and each pod answers with as many.
+const LARGE_DATAGRAM: usize = 4_000;
+
+#[test]
+fn large_udp_datagrams_reach_pods_on_both_nodes_in_fragments_and_come_back_whole() {
+    let c = cluster();
+    // Counters are published at each collection.
+    let agents = agents(&c, &["--conntrack-gc-interval=500ms"]);
+    let node_port = 30095;
+    serve_node_port(
+        &c,
+        &service("frag", ServiceType::NodePort, node_port, 25),
+        node_port,
+        &[(0, 0), (1, 0)],
+    );
+    for target in [c.nodes[0].addr_v4(node_port), c.nodes[0].addr_v6(node_port)] {
+        let attempts = c
+            .outside
+            .prober()
+            .udp_sized(target, 24, LARGE_DATAGRAM)
+            .unwrap();
+        let pods: BTreeSet<_> = peers(&attempts).into_iter().map(|(pod, _)| pod).collect();
+        assert_eq!(
+            pods.len(),
+            2,
+            "{target}: the local pod and the remote one: {pods:?}"
+        );
+    }
+    eventually("later fragments are counted as followed", || {
+        let metrics = support::get(&c.nodes[0].netns, METRICS_PORT, "/metrics").1;
+        metric(
+            &metrics,
+            "switchyard_packets_total{reason=\"fragment\",verdict=\"translated\"}",
+        )
+        .is_some_and(|n| n > 0.0)
+    });
+    drop(agents);
 }
 
 /// kube-proxy's own KUBE-FORWARD rule, and a host firewall's INPUT twin,

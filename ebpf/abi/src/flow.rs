@@ -212,6 +212,8 @@ pub const COUNTER_TRANSLATED: u32 = 1;
 pub const COUNTER_REPLY_TRANSLATED: u32 = 2;
 pub const COUNTER_REJECT_NO_ENDPOINTS: u32 = 3;
 pub const COUNTER_DROP_SOURCE_RANGE: u32 = 4;
+/// A later fragment addressed to a frontend whose datagram opened no
+/// connection (its first fragment was dropped or refused).
 pub const COUNTER_DROP_FRAGMENT: u32 = 5;
 pub const COUNTER_DROP_SNAT_PORTS: u32 = 6;
 pub const COUNTER_DROP_CONNTRACK: u32 = 7;
@@ -232,7 +234,13 @@ pub const COUNTER_HALF_LOST: u32 = 15;
 pub const COUNTER_DROP_REFUSAL_RATE: u32 = 16;
 /// An ICMP error about a translated connection, translated back.
 pub const COUNTER_ICMP_TRANSLATED: u32 = 17;
-pub const COUNTERS_LEN: u32 = 18;
+/// A later fragment of a datagram whose first fragment was seen: it
+/// follows the first (see `fragment`).
+pub const COUNTER_FRAGMENT_FOLLOWED: u32 = 18;
+/// A later fragment of a datagram whose first fragment was not seen (lost,
+/// overtaken, or evicted): left to the stack untouched.
+pub const COUNTER_PASS_FRAGMENT_UNKNOWN: u32 = 19;
+pub const COUNTERS_LEN: u32 = 20;
 
 /// Refusals the node sends per second at most, after a burst: the kernel's
 /// own defaults for ICMP errors (`net.ipv4.icmp_msgs_per_sec`,
@@ -260,6 +268,8 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
     ("passed", "half_lost"),
     ("dropped", "refusal_rate_limited"),
     ("translated", "icmp_error"),
+    ("translated", "fragment"),
+    ("passed", "fragment_unknown"),
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

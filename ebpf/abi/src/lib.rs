@@ -10,11 +10,13 @@
 pub mod addr;
 pub mod flow;
 pub mod flow_state;
+pub mod fragment;
 pub mod maps;
 pub mod verdict;
 
 pub use addr::Addr;
 pub use flow::*;
 pub use flow_state::*;
+pub use fragment::*;
 pub use maps::*;
 pub use verdict::*;

@@ -23,6 +23,7 @@
               branches the verifier must then follow"
 )]
 
+mod fragment;
 mod icmp_error;
 mod maps;
 mod nat;

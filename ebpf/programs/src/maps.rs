@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    CLUSTER_CIDRS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, Flow, FlowKey, NODE_ENTRIES,
-    NodeConfig, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
+    CLUSTER_CIDRS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, FRAGMENTS_MAX_ENTRIES, Flow,
+    FlowKey, FragmentKey, FragmentPorts, NODE_ENTRIES, NodeConfig, SERVICES_MAX_ENTRIES,
+    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue, SourceRange,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -32,6 +33,10 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 
 #[map(name = "SY_CT_V1")]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
+
+#[map(name = "SY_FRAGMENTS_V1")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
+    LruHashMap::pinned(FRAGMENTS_MAX_ENTRIES, 0);
 
 #[map(name = "SY_NODE_V1")]
 pub static NODE: Array<Addr> = Array::pinned(NODE_ENTRIES, 0);

@@ -172,8 +172,9 @@ fn choose(packet: &Packet) -> Choice {
         count(COUNTER_PASS_NOT_SYN);
         return Choice::Verdict(packet::NEXT);
     }
-    if packet.first_fragment {
-        // The later fragments carry no ports to translate by.
+    if packet.later_fragment {
+        // Its datagram's first fragment opened no connection (dropped or
+        // refused): the rest of it can reach no one.
         count(COUNTER_DROP_FRAGMENT);
         return Choice::Verdict(SHOT);
     }

@@ -14,9 +14,11 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use switchyard_abi::{Addr, COUNTER_PASS_NO_ROUTE, FlowKey, PROTO_TCP, PROTO_UDP};
+use switchyard_abi::{
+    Addr, COUNTER_PASS_NO_ROUTE, FlowKey, FragmentKey, FragmentPorts, PROTO_TCP, PROTO_UDP,
+};
 
-use crate::maps::count;
+use crate::{fragment, maps::count};
 
 /// "Not mine, carry on" (see the ABI's `TC_NEXT`).
 pub const NEXT: i32 = switchyard_abi::TC_NEXT;
@@ -24,7 +26,8 @@ pub const NEXT: i32 = switchyard_abi::TC_NEXT;
 pub const ETH_HLEN: usize = 14;
 
 // Field offsets from the start of their header (RFC 791, 8200, 9293, 768).
-/// IPv4: flags and fragment offset.
+/// IPv4: identification; flags and fragment offset.
+const IPV4_ID: usize = 4;
 const IPV4_FRAG_OFF: usize = 6;
 /// IPv4: time to live, and the protocol beside it in one 16-bit word.
 const IPV4_TTL: usize = 8;
@@ -49,8 +52,15 @@ const TCP_FLAGS: usize = 13;
 const TCP_CHECKSUM: usize = 16;
 /// UDP: its checksum.
 const UDP_CHECKSUM: usize = 6;
-/// IPv6 fragment header: fragment offset and flags.
+/// IPv6 fragment header: fragment offset and flags; identification.
 const FRAG_HDR_OFF: usize = 2;
+const FRAG_HDR_ID: usize = 4;
+/// The fragment offset (in 8-byte units) and "more fragments" of IPv4's
+/// flags word, and of the IPv6 fragment header's (offset above 3 bits of
+/// flags).
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+const IPV6_MORE_FRAGMENTS: u16 = 0x0001;
 
 // The size half of the csum_replace helpers' flags: how wide the replaced
 // field is (BPF_F_HDR_FIELD_MASK).
@@ -86,9 +96,10 @@ pub struct Packet {
     pub v6: bool,
     pub proto: u8,
     pub tcp_flags: u8,
-    /// The first fragment of a fragmented datagram: its ports are here, but
-    /// the later fragments carry none and could not be translated.
-    pub first_fragment: bool,
+    /// A fragment after a datagram's first: it has no TCP or UDP header,
+    /// its ports are the first fragment's (see `fragment`), and only its
+    /// addresses are rewritten.
+    pub later_fragment: bool,
     /// IPv4 with options: the reject builders only handle plain headers.
     pub ip_options: bool,
     /// IPv4 TTL or IPv6 hop limit.
@@ -131,9 +142,10 @@ impl Packet {
     }
 }
 
-/// `None` for anything but unfragmented or first-fragment TCP and UDP over
-/// IPv4 or IPv6 without extension headers (other than a fragment header):
-/// such packets pass untouched.
+/// `None` for anything but TCP and UDP over IPv4 or IPv6 without extension
+/// headers (other than a fragment header), and for later fragments whose
+/// first was not seen: such packets pass untouched. A first fragment's
+/// ports are kept for the fragments after it.
 pub fn parse(ctx: &TcContext) -> Option<Packet> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     match ethertype {
@@ -150,24 +162,24 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
         return None;
     }
     let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF).ok()?);
-    if fragment & 0x1fff != 0 {
-        return None;
-    }
     let proto = ctx.load::<u8>(ETH_HLEN + IPV4_PROTOCOL).ok()?;
     let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_SADDR).ok()?);
     let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_DADDR).ok()?);
-    let first_fragment = fragment & 0x2000 != 0;
     let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV4_TTL).ok()?;
-    transport(
-        ctx,
-        false,
-        ETH_HLEN + header_len,
-        proto,
-        src,
-        dst,
-        first_fragment,
-    )
-    .map(|packet| Packet {
+    let l4 = ETH_HLEN + header_len;
+    let packet = if fragment & (IPV4_OFFSET_MASK | IPV4_MORE_FRAGMENTS) == 0 {
+        transport(ctx, false, l4, proto, src, dst)?
+    } else {
+        let id = u32::from(ctx.load::<u16>(ETH_HLEN + IPV4_ID).ok()?);
+        if fragment & IPV4_OFFSET_MASK != 0 {
+            later_fragment(false, l4, proto, src, dst, id)?
+        } else {
+            let first = transport(ctx, false, l4, proto, src, dst)?;
+            fragment::remember_first(&first, id);
+            first
+        }
+    };
+    Some(Packet {
         ip_options: header_len != 20,
         hop_limit,
         ..packet
@@ -175,7 +187,7 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
 }
 
 fn parse_v6(ctx: &TcContext) -> Option<Packet> {
-    let mut next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR).ok()?;
+    let next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR).ok()?;
     let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV6_HOP_LIMIT).ok()?;
     let src = Addr {
         words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_SADDR).ok()?,
@@ -183,23 +195,66 @@ fn parse_v6(ctx: &TcContext) -> Option<Packet> {
     let dst = Addr {
         words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_DADDR).ok()?,
     };
-    let mut l4 = ETH_HLEN + IPV6_HLEN;
-    let mut first_fragment = false;
-    if next == NEXTHDR_FRAGMENT {
-        let offset_flags = u16::from_be(ctx.load::<u16>(l4 + FRAG_HDR_OFF).ok()?);
+    let l4 = ETH_HLEN + IPV6_HLEN;
+    let packet = if next == NEXTHDR_FRAGMENT {
+        let header = l4;
+        let offset_flags = u16::from_be(ctx.load::<u16>(header + FRAG_HDR_OFF).ok()?);
+        let id = ctx.load::<u32>(header + FRAG_HDR_ID).ok()?;
+        let proto = ctx.load::<u8>(header).ok()?;
         if offset_flags >> 3 != 0 {
-            return None;
+            later_fragment(true, header + 8, proto, src, dst, id)?
+        } else {
+            let first = transport(ctx, true, header + 8, proto, src, dst)?;
+            if offset_flags & IPV6_MORE_FRAGMENTS != 0 {
+                fragment::remember_first(&first, id);
+            }
+            first
         }
-        next = ctx.load::<u8>(l4).ok()?;
-        first_fragment = true;
-        l4 += 8;
-    }
-    transport(ctx, true, l4, next, src, dst, first_fragment).map(|packet| Packet {
+    } else {
+        transport(ctx, true, l4, next, src, dst)?
+    };
+    Some(Packet {
         hop_limit,
         ..packet
     })
 }
 
+/// A fragment after the first, with the ports its first fragment had.
+#[expect(
+    clippy::inline_always,
+    reason = "a BPF call passes five arguments at most and this takes six: it must be inlined"
+)]
+#[inline(always)]
+fn later_fragment(v6: bool, l4: usize, proto: u8, src: Addr, dst: Addr, id: u32) -> Option<Packet> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let key = FragmentKey::new(src, dst, id, proto);
+    let mut ports = FragmentPorts::default();
+    if !fragment::ports_of_later(&key, &mut ports) {
+        return None;
+    }
+    Some(Packet {
+        v6,
+        l4,
+        proto,
+        src,
+        dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        tcp_flags: 0,
+        later_fragment: true,
+        ip_options: false,
+        hop_limit: 0,
+        pad: [0; 6],
+    })
+}
+
+#[expect(
+    clippy::inline_always,
+    reason = "a BPF call passes five arguments at most and this takes six: it must be inlined"
+)]
+#[inline(always)]
 fn transport(
     ctx: &TcContext,
     v6: bool,
@@ -207,7 +262,6 @@ fn transport(
     proto: u8,
     src: Addr,
     dst: Addr,
-    first_fragment: bool,
 ) -> Option<Packet> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
@@ -226,7 +280,7 @@ fn transport(
         sport: ctx.load::<u16>(l4 + L4_SPORT).ok()?,
         dport: ctx.load::<u16>(l4 + L4_DPORT).ok()?,
         tcp_flags,
-        first_fragment,
+        later_fragment: false,
         ip_options: false,
         hop_limit: 0,
         pad: [0; 6],
@@ -242,7 +296,9 @@ pub enum End {
 
 /// Rewrites one end's address and port, updating the IPv4 header checksum
 /// and the TCP/UDP checksum incrementally: a packet that arrived with a bad
-/// checksum leaves with one too, for the receiver to drop.
+/// checksum leaves with one too, for the receiver to drop. A later fragment
+/// has only addresses: the checksum covering them is in the first
+/// fragment, which had the same rewrite.
 pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
     let (old_addr, old_port, port_offset) = match end {
         End::Source => (&packet.src, packet.sport, packet.l4 + L4_SPORT),
@@ -255,20 +311,22 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
             End::Source => ETH_HLEN + IPV6_SADDR,
             End::Destination => ETH_HLEN + IPV6_DADDR,
         };
-        let mut old = old_addr.words;
-        let mut new = addr.words;
-        // SAFETY: both buffers are 16-byte stack arrays.
-        let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
-        if diff < 0 {
-            return None;
+        if !packet.later_fragment {
+            let mut old = old_addr.words;
+            let mut new = addr.words;
+            // SAFETY: both buffers are 16-byte stack arrays.
+            let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
+            if diff < 0 {
+                return None;
+            }
+            ctx.l4_csum_replace(
+                checksum,
+                0,
+                diff as u64,
+                u64::from(BPF_F_PSEUDO_HDR) | l4_flags,
+            )
+            .ok()?;
         }
-        ctx.l4_csum_replace(
-            checksum,
-            0,
-            diff as u64,
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags,
-        )
-        .ok()?;
         ctx.store(offset, &addr.words, 0).ok()?;
     } else {
         let offset = match end {
@@ -276,18 +334,20 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
             End::Destination => ETH_HLEN + IPV4_DADDR,
         };
         let (old, new) = (u64::from(old_addr.v4_word()), u64::from(addr.v4_word()));
-        ctx.l4_csum_replace(
-            checksum,
-            old,
-            new,
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | CSUM_FIELD_4,
-        )
-        .ok()?;
+        if !packet.later_fragment {
+            ctx.l4_csum_replace(
+                checksum,
+                old,
+                new,
+                u64::from(BPF_F_PSEUDO_HDR) | l4_flags | CSUM_FIELD_4,
+            )
+            .ok()?;
+        }
         ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECKSUM, old, new, CSUM_FIELD_4)
             .ok()?;
         ctx.store(offset, &addr.v4_word(), 0).ok()?;
     }
-    if old_port != port {
+    if old_port != port && !packet.later_fragment {
         ctx.l4_csum_replace(
             checksum,
             u64::from(old_port),

@@ -12,7 +12,10 @@ use switchyard_tests::probe::{Attempt, Reply, Summary};
 use crate::socket::{classify, same_endpoint};
 
 const REQUEST: &[u8] = b"ping\n";
-const MAX_REPLY: usize = 4096;
+/// The largest UDP payload (IPv4's, the smaller): a padded datagram may be
+/// any size up to it.
+pub const MAX_DATAGRAM: usize = 65_507;
+const MAX_REPLY: usize = MAX_DATAGRAM;
 
 /// One TCP connection, one request, one reply.
 pub fn tcp_once(to: SocketAddr, timeout: Duration) -> Attempt {
@@ -69,7 +72,17 @@ fn fill(attempt: &mut Attempt, result: std::io::Result<Reply>) {
 }
 
 /// One UDP request/reply; `connected` uses connect()+send, otherwise sendto.
-pub fn udp_once(to: SocketAddr, connected: bool, source_port: u16, timeout: Duration) -> Attempt {
+/// The request is padded with spaces to `size` bytes (the server pads its
+/// reply to match), so that above the MTU both go as IP fragments.
+pub fn udp_once(
+    to: SocketAddr,
+    connected: bool,
+    source_port: u16,
+    size: usize,
+    timeout: Duration,
+) -> Attempt {
+    let mut request = REQUEST.to_vec();
+    request.resize(size.max(REQUEST.len()), b' ');
     let mut local: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -84,14 +97,20 @@ pub fn udp_once(to: SocketAddr, connected: bool, source_port: u16, timeout: Dura
         if connected {
             socket.connect(to)?;
             peer = Some(socket.peer_addr()?);
-            socket.send(REQUEST)?;
+            socket.send(&request)?;
         } else {
-            socket.send_to(REQUEST, to)?;
+            socket.send_to(&request, to)?;
         }
-        let mut buf = [0u8; MAX_REPLY];
+        let mut buf = vec![0u8; MAX_REPLY];
         // recv_from also on a connected socket: it reports the source, which
         // the recvmsg hook must have turned back into the service address.
         let (n, from) = socket.recv_from(&mut buf)?;
+        if n < request.len() {
+            return Err(std::io::Error::other(format!(
+                "reply of {n} bytes to a request of {}",
+                request.len()
+            )));
+        }
         let reply: Reply = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
         Ok((reply, from, peer))
     })();

@@ -58,6 +58,10 @@ enum Command {
         /// Send from this port (0: any), e.g. to keep one UDP flow.
         #[arg(long, default_value_t = 0)]
         source_port: u16,
+        /// Pad the request to this many bytes, and expect a reply as long
+        /// (the server pads to match): above the MTU, fragments both ways.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=client::MAX_DATAGRAM as u64))]
+        size: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
@@ -138,13 +142,16 @@ fn run(command: Command) -> Result<bool> {
             count,
             connected,
             source_port,
+            size,
             timeout_ms,
         } => {
+            let size = usize::try_from(size)?;
             for _ in 0..count {
                 print_line(&client::udp_once(
                     to,
                     connected,
                     source_port,
+                    size,
                     ms(timeout_ms),
                 ))?;
             }

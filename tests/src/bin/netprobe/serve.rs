@@ -113,13 +113,19 @@ fn serve_connection(stream: TcpStream, name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Answers each datagram with a reply line padded with spaces to the
+/// request's length (see `netprobe udp --size`).
 fn udp_loop(socket: &UdpSocket, name: &str) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     // Bounded by the process lifetime (see `Options::lifetime`).
     loop {
-        let Ok((_, from)) = socket.recv_from(&mut buf) else {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let _ = socket.send_to(reply_line(name, from).as_bytes(), from);
+        let mut reply = reply_line(name, from).into_bytes();
+        if reply.len() < len {
+            reply.resize(len, b' ');
+        }
+        let _ = socket.send_to(&reply, from);
     }
 }
