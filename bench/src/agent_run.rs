@@ -142,7 +142,10 @@ fn programmed_frontends(log: &str) -> usize {
 }
 
 fn service_object(service: &CatalogService) -> serde_json::Value {
-    let port = ServicePort::tcp("http", SERVICE_PORT, TARGET_PORT);
+    let port = match service.protocol {
+        Protocol::Udp => ServicePort::udp("http", SERVICE_PORT, TARGET_PORT),
+        _ => ServicePort::tcp("http", SERVICE_PORT, TARGET_PORT),
+    };
     let manifest = ServiceManifest::new(&service.name, NAMESPACE).cluster_ip(service.cluster_ip);
     match service.node_port {
         Some(node_port) => manifest
@@ -160,7 +163,7 @@ fn slice_object(service: &CatalogService, endpoints: &[Ipv4Addr]) -> serde_json:
         &service.name,
         AddressType::IPv4,
     )
-    .port(EndpointPort::new("http", Protocol::Tcp, TARGET_PORT));
+    .port(EndpointPort::new("http", service.protocol, TARGET_PORT));
     for ip in endpoints {
         slice = slice.endpoint(Endpoint::ready(ip).node(NODE_NAME));
     }

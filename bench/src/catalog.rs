@@ -6,6 +6,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use switchyard_tests::Protocol;
+
 /// Port every Service listens on and every endpoint serves.
 pub const SERVICE_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
@@ -19,6 +21,8 @@ pub struct CatalogService {
     pub endpoints: Vec<Ipv4Addr>,
     /// Set on the one Service the NodePort test reaches from outside.
     pub node_port: Option<u16>,
+    /// Of its one port (every endpoint serves both).
+    pub protocol: Protocol,
 }
 
 impl CatalogService {
@@ -81,6 +85,7 @@ impl Catalog {
                         dummy_endpoints(index)
                     },
                     node_port: None,
+                    protocol: Protocol::Tcp,
                 }
             })
             .collect();
@@ -101,6 +106,12 @@ impl Catalog {
     /// Makes the last probe a NodePort Service on `port` too.
     pub fn with_node_port(mut self, port: u16) -> Self {
         self.services[self.last].node_port = Some(port);
+        self
+    }
+
+    /// Makes the last probe's port `protocol` (TCP unless told).
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.services[self.last].protocol = protocol;
         self
     }
 

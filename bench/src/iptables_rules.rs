@@ -18,17 +18,23 @@ use crate::{
 pub const CLUSTER_CIDR: &str = "10.240.0.0/12";
 
 fn svc_chain(service: &CatalogService) -> String {
-    format!("KUBE-SVC-{}", hash16(&[&service.port_name(), "tcp"]))
+    format!(
+        "KUBE-SVC-{}",
+        hash16(&[&service.port_name(), service.protocol.proto()])
+    )
 }
 
 fn ext_chain(service: &CatalogService) -> String {
-    format!("KUBE-EXT-{}", hash16(&[&service.port_name(), "tcp"]))
+    format!(
+        "KUBE-EXT-{}",
+        hash16(&[&service.port_name(), service.protocol.proto()])
+    )
 }
 
 fn sep_chain(service: &CatalogService, endpoint: &str) -> String {
     format!(
         "KUBE-SEP-{}",
-        hash16(&[&service.port_name(), "tcp", endpoint])
+        hash16(&[&service.port_name(), service.protocol.proto(), endpoint])
     )
 }
 
@@ -86,7 +92,8 @@ fn node_port_chains(out: &mut String, service: &CatalogService) {
     let ext = ext_chain(service);
     let _ = writeln!(
         out,
-        "-A KUBE-NODEPORTS -m comment --comment {name} -m tcp -p tcp --dport {node_port} -j {ext}"
+        "-A KUBE-NODEPORTS -m comment --comment {name} -m {proto} -p {proto} --dport {node_port} -j {ext}",
+        proto = service.protocol.proto()
     );
     let _ = writeln!(
         out,
@@ -158,11 +165,12 @@ fn services_chain(out: &mut String, services: &[CatalogService]) {
     for service in services {
         let _ = writeln!(
             out,
-            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {} --dport {} -j {}",
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {proto} -p {proto} -d {} --dport {} -j {}",
             service.port_name(),
             service.cluster_ip,
             service.frontend().port(),
-            svc_chain(service)
+            svc_chain(service),
+            proto = service.protocol.proto(),
         );
     }
     out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
@@ -173,9 +181,10 @@ fn service_chains(out: &mut String, service: &CatalogService) {
     let svc = svc_chain(service);
     let _ = writeln!(
         out,
-        "-A {svc} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {} --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
+        "-A {svc} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {} --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
         service.cluster_ip,
-        service.frontend().port()
+        service.frontend().port(),
+        proto = service.protocol.proto(),
     );
     let count = service.endpoints.len();
     for (i, ip) in service.endpoints.iter().enumerate() {
@@ -209,7 +218,8 @@ fn service_chains(out: &mut String, service: &CatalogService) {
         );
         let _ = writeln!(
             out,
-            "-A {sep} -m comment --comment {name} -m tcp -p tcp -j DNAT --to-destination {ep}"
+            "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}",
+            proto = service.protocol.proto(),
         );
     }
 }

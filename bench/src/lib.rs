@@ -11,6 +11,7 @@ pub mod agent_run;
 pub mod catalog;
 pub mod chain_name;
 pub mod churn;
+pub mod forwarding;
 pub mod hook_cost;
 pub mod iptables_rules;
 pub mod load_result;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use switchyard_bench::{
-    churn, netfilter, plot,
+    churn, forwarding, netfilter, plot,
     progress::Progress,
     report,
     results::{BenchReport, Mode},
@@ -100,7 +100,7 @@ fn main() -> Result<()> {
     let node_port_steps = if cli.no_node_port {
         0
     } else {
-        3 + 2 * options.runs
+        3 + 4 * options.runs
     };
     let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {
@@ -114,6 +114,7 @@ fn main() -> Result<()> {
         node_port: Vec::new(),
         node_port_churn: Vec::new(),
         churn_s,
+        node_port_forwarding: Vec::new(),
     };
     for (i, services) in scales.iter().enumerate() {
         let extras = Extras {
@@ -127,6 +128,9 @@ fn main() -> Result<()> {
     }
     if !cli.no_node_port {
         report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
+        write_outputs(&cli.out, &report)?;
+        report.node_port_forwarding =
+            forwarding::node_port_forwarding(&rig, &options, &mut progress)?;
         write_outputs(&cli.out, &report)?;
         report.node_port_churn =
             churn::node_port_churn(&rig, &options, Duration::from_secs(churn_s), &mut progress)?;

@@ -20,19 +20,21 @@ const SERVICE_CIDR: &str = "10.96.0.0/12";
 
 fn service_chain(service: &CatalogService) -> String {
     let port_name = service.port_name();
+    let proto = service.protocol.proto();
     format!(
-        "service-{}-{NAMESPACE}/{}/tcp/http",
-        hash8(&[&port_name, "tcp"]),
+        "service-{}-{NAMESPACE}/{}/{proto}/http",
+        hash8(&[&port_name, proto]),
         service.name
     )
 }
 
 fn endpoint_chain(service: &CatalogService, ip: std::net::Ipv4Addr) -> String {
     let port_name = service.port_name();
+    let proto = service.protocol.proto();
     let endpoint = format!("{ip}:{TARGET_PORT}");
     format!(
-        "endpoint-{}-{NAMESPACE}/{}/tcp/http__{ip}/{TARGET_PORT}",
-        hash8(&[&port_name, "tcp", &endpoint]),
+        "endpoint-{}-{NAMESPACE}/{}/{proto}/http__{ip}/{TARGET_PORT}",
+        hash8(&[&port_name, proto, &endpoint]),
         service.name
     )
 }
@@ -58,8 +60,9 @@ pub fn full(services: &[CatalogService]) -> String {
         );
         let _ = writeln!(
             out,
-            "add element {TABLE} service-ips {{ {} . tcp . {} : goto {} }}",
+            "add element {TABLE} service-ips {{ {} . {} . {} : goto {} }}",
             service.cluster_ip,
+            service.protocol.proto(),
             service.frontend().port(),
             service_chain(service)
         );
@@ -101,8 +104,9 @@ fn service_rules(out: &mut String, service: &CatalogService) {
     let chain = service_chain(service);
     let _ = writeln!(
         out,
-        "add rule {TABLE} {chain} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+        "add rule {TABLE} {chain} ip daddr {} {} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
         service.cluster_ip,
+        service.protocol.proto(),
         service.frontend().port()
     );
     let targets: Vec<String> = service
@@ -121,7 +125,8 @@ fn service_rules(out: &mut String, service: &CatalogService) {
         let endpoint = endpoint_chain(service, *ip);
         let _ = writeln!(
             out,
-            "flush chain {TABLE} {endpoint}\nadd rule {TABLE} {endpoint} ip saddr {ip} jump mark-for-masquerade\nadd rule {TABLE} {endpoint} meta l4proto tcp dnat to {ip}:{TARGET_PORT}"
+            "flush chain {TABLE} {endpoint}\nadd rule {TABLE} {endpoint} ip saddr {ip} jump mark-for-masquerade\nadd rule {TABLE} {endpoint} meta l4proto {} dnat to {ip}:{TARGET_PORT}",
+            service.protocol.proto()
         );
     }
 }

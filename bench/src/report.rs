@@ -6,8 +6,19 @@ use std::fmt::Write;
 use crate::{
     catalog::Placement,
     load_result::LoadResult,
-    results::{BenchReport, Mode, NodePortResult, Scale},
+    results::{BenchReport, ForwardingSample, ForwardingTest, Mode, NodePortResult, Scale},
 };
+
+/// A figure this run measured, and how the report writes it.
+type Measured = Option<(f64, String)>;
+
+/// One row of the targets table: what is asked, what was measured, and
+/// whether that meets it.
+struct Target {
+    asks: String,
+    measured: Measured,
+    met: fn(f64) -> bool,
+}
 
 /// Targets from the issue, checked against what this run measured.
 const RATE_FLOOR: f64 = 0.95;
@@ -19,6 +30,8 @@ const RSS_MIB: f64 = 200.0;
 const TARGET_SCALE: usize = 50_000;
 /// Sustained NodePort churn: at least iptables' rate.
 const CHURN_RATIO: f64 = 1.0;
+/// NodePort packets per node core: at least 1.5 × iptables'.
+const FORWARDING_RATIO: f64 = 1.5;
 
 pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -32,6 +45,7 @@ pub fn markdown(report: &BenchReport) -> String {
     per_connect_cost(&mut out, report);
     control_plane(&mut out, report);
     node_port(&mut out, report);
+    node_port_forwarding(&mut out, report);
     node_port_churn(&mut out, report);
     targets(&mut out, report);
     out
@@ -222,6 +236,97 @@ fn node_port(out: &mut String, report: &BenchReport) {
     out.push('\n');
 }
 
+fn node_port_forwarding(out: &mut String, report: &BenchReport) {
+    if report.node_port_forwarding.is_empty() {
+        return;
+    }
+    out.push_str(
+        "### NodePort forwarding per node core, one flow to a backend on another node\n\n\
+         The node's packet work is steered (RPS) to one core and the rest of the rig to the \
+         other; per core is what the node sent on over that core's busy time.\n\n",
+    );
+    out.push_str(
+        "| load | mode | packets/s per node core | Gbit/s per node core | packets/s | node core busy |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    for result in &report.node_port_forwarding {
+        let busy = result.median(|s| {
+            if s.elapsed_s > 0.0 {
+                s.node_cpu_s / s.elapsed_s
+            } else {
+                0.0
+            }
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.0}% |",
+            result.test.label(),
+            result.mode.label(),
+            result.median(ForwardingSample::packets_per_core_s),
+            result.median(ForwardingSample::gbit_per_core_s),
+            result.median(ForwardingSample::packets_per_s),
+            busy * 100.0,
+        );
+    }
+    out.push('\n');
+}
+
+/// Switchyard's packets per node core over `base`'s, for `test`.
+fn forwarding_ratio(report: &BenchReport, test: ForwardingTest, base: Mode) -> Option<f64> {
+    let of = |mode| {
+        report
+            .node_port_forwarding
+            .iter()
+            .find(|r| r.test == test && r.mode == mode)
+            .map(|r| r.median(ForwardingSample::packets_per_core_s))
+    };
+    let base = of(base)?;
+    (base > 0.0).then(|| of(Mode::Switchyard).map(|s| s / base))?
+}
+
+/// The churn targets' rows: the rate against iptables', and no failure.
+fn churn_targets(report: &BenchReport) -> [Target; 2] {
+    let churn = churn_figures(report);
+    [
+        Target {
+            asks: "sustained NodePort churn to a remote backend ≥ 1.0 × iptables' rate".into(),
+            measured: churn.map(|(ratio, _)| (ratio, format!("{ratio:.2} × iptables"))),
+            met: |ratio| ratio >= CHURN_RATIO,
+        },
+        Target {
+            asks: "no failed connection in that churn".into(),
+            measured: churn.map(|(_, failed)| {
+                #[expect(clippy::cast_precision_loss, reason = "a count compared with zero")]
+                let value = failed as f64;
+                (value, format!("{failed} failed"))
+            }),
+            met: |failed| failed == 0.0,
+        },
+    ]
+}
+
+/// The forwarding targets' rows: what each asks, and the ratio measured.
+fn forwarding_targets(report: &BenchReport) -> Vec<Target> {
+    [ForwardingTest::Udp, ForwardingTest::Tcp]
+        .into_iter()
+        .map(|test| {
+            let direct = forwarding_ratio(report, test, Mode::Direct);
+            let measured = forwarding_ratio(report, test, Mode::Iptables).map(|r| {
+                let beside = direct.map_or(String::new(), |d| format!("; {d:.2} × direct"));
+                (r, format!("{r:.2} × iptables{beside}"))
+            });
+            Target {
+                asks: format!(
+                    "NodePort {} packets per node core ≥ 1.5 × iptables",
+                    test.label()
+                ),
+                measured,
+                met: |ratio| ratio >= FORWARDING_RATIO,
+            }
+        })
+        .collect()
+}
+
 fn node_port_churn(out: &mut String, report: &BenchReport) {
     if report.node_port_churn.is_empty() {
         return;
@@ -345,21 +450,12 @@ fn targets(out: &mut String, report: &BenchReport) {
             .map(|mib| (mib, format!("{mib:.0} MiB"))),
         &|mib| mib < RSS_MIB,
     );
-    let churn = churn_figures(report);
-    row(
-        "sustained NodePort churn to a remote backend ≥ 1.0 × iptables' rate",
-        churn.map(|(ratio, _)| (ratio, format!("{ratio:.2} × iptables"))),
-        &|ratio| ratio >= CHURN_RATIO,
-    );
-    row(
-        "no failed connection in that churn",
-        churn.map(|(_, failed)| {
-            #[expect(clippy::cast_precision_loss, reason = "a count compared with zero")]
-            let value = failed as f64;
-            (value, format!("{failed} failed"))
-        }),
-        &|failed| failed == 0.0,
-    );
+    for target in forwarding_targets(report)
+        .into_iter()
+        .chain(churn_targets(report))
+    {
+        row(&target.asks, target.measured, &target.met);
+    }
     if at_target.is_none() {
         out.push_str("\nThe 50k targets need `cargo xtask bench --full`.\n");
     }

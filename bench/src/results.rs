@@ -160,6 +160,83 @@ pub struct NodePortResult {
     pub samples: Vec<LoadResult>,
 }
 
+/// The two NodePort forwarding loads (see `forwarding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingTest {
+    /// Small datagrams from the client: the forward path.
+    Udp,
+    /// A bulk stream from the backend: the reply path.
+    Tcp,
+}
+
+impl ForwardingTest {
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardingTest::Udp => "UDP flood",
+            ForwardingTest::Tcp => "TCP stream",
+        }
+    }
+}
+
+/// One forwarding run: what the node sent on, and its core's busy time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForwardingSample {
+    /// Packets and bytes out of the node's device the data leaves by.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Busy seconds of the core the node's packet work was steered to.
+    pub node_cpu_s: f64,
+    pub elapsed_s: f64,
+    /// Datagrams sent (UDP) or reads made (TCP) by the client.
+    pub sent: u64,
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts over seconds, as rates for the report"
+)]
+impl ForwardingSample {
+    pub fn packets_per_core_s(&self) -> f64 {
+        if self.node_cpu_s > 0.0 {
+            self.packets as f64 / self.node_cpu_s
+        } else {
+            0.0
+        }
+    }
+
+    pub fn gbit_per_core_s(&self) -> f64 {
+        if self.node_cpu_s > 0.0 {
+            self.bytes as f64 * 8.0 / self.node_cpu_s / 1e9
+        } else {
+            0.0
+        }
+    }
+
+    pub fn packets_per_s(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.packets as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardingResult {
+    pub test: ForwardingTest,
+    pub mode: Mode,
+    pub samples: Vec<ForwardingSample>,
+}
+
+impl ForwardingResult {
+    /// The median of `figure` over the samples.
+    pub fn median(&self, figure: fn(&ForwardingSample) -> f64) -> f64 {
+        let values: Vec<f64> = self.samples.iter().map(figure).collect();
+        crate::load_result::median(&values)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
     pub kernel: String,
@@ -176,6 +253,9 @@ pub struct BenchReport {
     /// How long each churn run lasted, in seconds.
     #[serde(default)]
     pub churn_s: u64,
+    /// NodePort forwarding per node core (`forwarding`).
+    #[serde(default)]
+    pub node_port_forwarding: Vec<ForwardingResult>,
 }
 
 #[cfg(test)]
@@ -200,6 +280,32 @@ mod tests {
             });
         }
         result
+    }
+
+    #[test]
+    fn forwarding_figures_are_per_busy_second_of_the_node_core() {
+        let sample = |packets, node_cpu_s| ForwardingSample {
+            packets,
+            bytes: packets * 100,
+            node_cpu_s,
+            elapsed_s: 2.0,
+            sent: packets,
+        };
+        let result = ForwardingResult {
+            test: ForwardingTest::Udp,
+            mode: Mode::Switchyard,
+            samples: vec![
+                sample(1_000_000, 1.0),
+                sample(1_000_000, 0.5),
+                sample(900_000, 1.0),
+            ],
+        };
+        // 0.9 M, 1 M and 2 M packets per busy second: the median is 1 M,
+        // whatever the wall-clock rate.
+        assert!((result.median(ForwardingSample::packets_per_core_s) - 1e6).abs() < 1e-6);
+        assert!((result.median(ForwardingSample::packets_per_s) - 5e5).abs() < 1e-6);
+        assert!((sample(1_000_000, 1.0).gbit_per_core_s() - 0.8).abs() < 1e-9);
+        assert!(sample(1, 0.0).packets_per_core_s().abs() < f64::EPSILON);
     }
 
     #[test]

@@ -47,14 +47,14 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const BRIDGE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// Clients on one core, servers on the other.
 pub const CLIENT_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
+pub const SERVER_CPU: usize = 1;
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct BenchPod {
     pub name: String,
     pub ip: Ipv4Addr,
     // Before `netns`: the server dies before its namespace goes.
-    _server: Spawned,
+    server: Spawned,
     _netns: NetNs,
 }
 
@@ -151,7 +151,7 @@ impl Rig {
             scratch,
             loadgen: loadgen.to_owned(),
         };
-        rig.wait_servers()?;
+        rig.waitservers()?;
         Ok(rig)
     }
 
@@ -159,7 +159,7 @@ impl Rig {
         self.pods.iter().map(|p| p.ip).collect()
     }
 
-    fn wait_servers(&self) -> Result<()> {
+    fn waitservers(&self) -> Result<()> {
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
         for pod in self.pods.iter().chain([&self.remote_pod]) {
             let log = self.scratch.join(format!("{}.log", pod.name));
@@ -178,6 +178,28 @@ impl Rig {
 }
 
 impl BenchPod {
+    /// Moves every thread of the pod's server to `cpu`.
+    pub fn pin_server(&self, cpu: usize) -> Result<()> {
+        let tasks = format!("/proc/{}/task", self.server.pid());
+        for task in std::fs::read_dir(&tasks).with_context(|| tasks.clone())? {
+            let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+            // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+            let failed = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &raw const set) != 0
+            };
+            if failed {
+                bail!(
+                    "pinning {}'s thread {tid} to cpu {cpu}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A pod namespace plugged in by `plug`, serving on `ip`.
     fn start(
         scratch: &Scratch,
@@ -200,7 +222,7 @@ impl BenchPod {
         Ok(Self {
             name,
             ip,
-            _server: server,
+            server,
             _netns: netns,
         })
     }

@@ -30,6 +30,8 @@ pub enum Test {
     RequestResponse,
     /// Bulk bytes from the server.
     Stream,
+    /// Small UDP datagrams to the server, back to back.
+    UdpFlood,
 }
 
 impl Test {
@@ -38,6 +40,7 @@ impl Test {
             Test::ConnectRequestClose | Test::ConnectRequestFin => "crr",
             Test::RequestResponse => "rr",
             Test::Stream => "stream",
+            Test::UdpFlood => "flood",
         }
     }
 }

@@ -22,6 +22,16 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The lowercase name iptables, nftables and kube-proxy's chain hashes
+    /// use.
+    pub fn proto(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",

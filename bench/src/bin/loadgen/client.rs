@@ -141,6 +141,52 @@ pub fn stream(target: SocketAddr, bounds: Bounds) -> Result<LoadResult> {
     Ok(result)
 }
 
+/// Datagrams sent back to back on one connected UDP socket, in batches.
+const FLOOD_BATCH: u32 = 32;
+/// UDP payload of the flood: small packets, as packet-rate figures use.
+pub const FLOOD_PAYLOAD: usize = 18;
+
+/// UDP datagrams to `target` as fast as one core sends them (one flow, as
+/// a stream is), `FLOOD_BATCH` per `sendmmsg`. What arrives is counted on
+/// the way, not here: `operations` is what was sent, `errors` the sends the
+/// kernel refused (a full queue, an ICMP error reported back).
+pub fn udp_flood(target: SocketAddr, bounds: Bounds) -> Result<LoadResult> {
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(target)?;
+    let mut payload = [0x5au8; FLOOD_PAYLOAD];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: plain C structs, zero is a valid (empty) value.
+    let mut messages: [libc::mmsghdr; FLOOD_BATCH as usize] = unsafe { std::mem::zeroed() };
+    for message in &mut messages {
+        message.msg_hdr.msg_iov = &raw mut iov;
+        message.msg_hdr.msg_iovlen = 1;
+    }
+    let mut result = LoadResult::default();
+    let start = Instant::now();
+    while start.elapsed() < bounds.duration
+        && result.operations < bounds.max_ops
+        && result.errors < MAX_ERRORS
+    {
+        // SAFETY: `messages` and the one iovec they share outlive the call.
+        let sent =
+            unsafe { libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), FLOOD_BATCH, 0) };
+        match u64::try_from(sent) {
+            Ok(sent) => result.operations += sent,
+            Err(_) => result.errors += 1,
+        }
+    }
+    result.elapsed_s = start.elapsed().as_secs_f64();
+    Ok(result)
+}
+
 /// Probes until a connection is answered by `expect`; the time it first is
 /// goes out as `seen_at_ns` on the clock the runner shares.
 pub fn watch(

@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve all three tests on ADDR until killed.
+    /// Serve all three tests on ADDR until killed, and sink UDP there.
     Serve {
         #[arg(long)]
         listen: SocketAddr,
@@ -50,6 +50,8 @@ enum Command {
     Rr(Run),
     /// Bulk transfer from the server on one connection.
     Stream(Run),
+    /// Small UDP datagrams to the server as fast as one core sends them.
+    Flood(Run),
     /// Connect repeatedly until the backend named EXPECT answers.
     Watch {
         #[arg(long)]
@@ -104,6 +106,10 @@ fn main() -> Result<()> {
         Command::Stream(run) => {
             pin_to(run.cpu)?;
             client::stream(run.target, bounds(&run))?
+        }
+        Command::Flood(run) => {
+            pin_to(run.cpu)?;
+            client::udp_flood(run.target, bounds(&run))?
         }
         Command::Watch {
             target,

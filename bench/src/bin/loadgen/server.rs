@@ -4,7 +4,7 @@
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
 };
 
 use anyhow::{Context, Result};
@@ -13,9 +13,17 @@ use crate::protocol::{ECHO, MESSAGE, NAME_AND_CLOSE, STREAM};
 
 pub fn serve(listen: SocketAddr, name: &str, threads: usize) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    // The flood's datagrams are read and dropped: a port with no socket
+    // would answer each with an ICMP error instead.
+    let sink = UdpSocket::bind(listen).with_context(|| format!("bind udp {listen}"))?;
     println!("ready {listen}");
     let reply = format!("{name}\n").into_bytes();
     std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut datagram = [0u8; 2048];
+            // Bounded by the process lifetime: the runner kills the server.
+            while sink.recv(&mut datagram).is_ok() {}
+        });
         for _ in 0..threads.max(1) {
             let listener = listener.try_clone().expect("listener clone");
             let reply = &reply;
