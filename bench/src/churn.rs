@@ -29,24 +29,24 @@ const TIME_WAIT_SYSCTL: &str = "net/netfilter/nf_conntrack_tcp_timeout_time_wait
 /// The kernel's default.
 const NETFILTER_TIME_WAIT_S: &str = "120";
 
-/// Switchyard, then iptables, `options.runs` times each, every run
-/// `duration` long.
+/// Switchyard, then iptables, `runs` times each, every run `duration`
+/// long.
 pub fn node_port_churn(
     rig: &Rig,
     options: &Options,
-    duration: Duration,
+    (duration, runs): (Duration, usize),
     progress: &mut Progress,
 ) -> Result<Vec<NodePortResult>> {
     let catalog = Catalog::new(0, &[REMOTE_POD], options.seed).with_node_port(CHURN_NODE_PORT);
     let target = SocketAddrV4::new(NODE_CLIENT_SIDE, CHURN_NODE_PORT);
     let mut switchyard = Vec::new();
     let mut iptables = Vec::new();
-    for run in 0..options.runs {
+    for run in 0..runs {
         let label = |mode: &str| {
             format!(
                 "NodePort churn to a remote pod, {mode}, run {}/{}",
                 run + 1,
-                options.runs
+                runs
             )
         };
         progress.step(&label("Switchyard"));

@@ -55,6 +55,10 @@ struct Cli {
     /// with --full).
     #[arg(long)]
     churn_seconds: Option<u64>,
+    /// NodePort churn runs per mode (default --runs, and 1 with --full,
+    /// whose runs are five minutes long).
+    #[arg(long)]
+    churn_runs: Option<usize>,
     /// Fixes the probed Service's random position.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -97,10 +101,13 @@ fn main() -> Result<()> {
     };
     let rig = Rig::up(&loadgen).context("building the bench topology")?;
     let churn_s = cli.churn_seconds.unwrap_or(if cli.full { 300 } else { 60 });
+    let churn_runs = cli
+        .churn_runs
+        .unwrap_or(if cli.full { 1 } else { options.runs });
     let node_port_steps = if cli.no_node_port {
         0
     } else {
-        3 + 4 * options.runs
+        3 + 2 * options.runs + 2 * churn_runs
     };
     let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
     let mut report = BenchReport {
@@ -132,8 +139,12 @@ fn main() -> Result<()> {
         report.node_port_forwarding =
             forwarding::node_port_forwarding(&rig, &options, &mut progress)?;
         write_outputs(&cli.out, &report)?;
-        report.node_port_churn =
-            churn::node_port_churn(&rig, &options, Duration::from_secs(churn_s), &mut progress)?;
+        report.node_port_churn = churn::node_port_churn(
+            &rig,
+            &options,
+            (Duration::from_secs(churn_s), churn_runs),
+            &mut progress,
+        )?;
     }
     progress.finish();
     let markdown = write_outputs(&cli.out, &report)?;

@@ -155,6 +155,34 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The reply entry of a new connection whose forward packets carry
+    /// `forward` (client -> frontend): it restores the frontend as source,
+    /// and the client as destination when the client was NATed to this
+    /// node (`snat`).
+    pub fn reply_of(forward: &FlowKey, snat: bool, now_ns: u64) -> Self {
+        let mut reply = Self {
+            last_seen_ns: now_ns,
+            addr: forward.dst,
+            port: forward.dport,
+            kind: FLOW_REPLY,
+            ..Self::default()
+        };
+        if snat {
+            reply.snat = 1;
+            reply.snat_addr = forward.src;
+            reply.snat_port = forward.sport;
+        }
+        reply
+    }
+
+    /// Whether `other`, found at `other_key`, is the other half of this
+    /// entry's connection (this one at `key`): the other direction, and
+    /// pointing back here rather than at a newer connection on the same
+    /// tuple.
+    pub fn pairs_with(&self, key: &FlowKey, other: &Flow, other_key: &FlowKey) -> bool {
+        other.kind != self.kind && other.partner(other_key) == *key
+    }
+
     /// The key of the other direction's entry of the same connection, given
     /// this entry's own key.
     pub const fn partner(&self, key: &FlowKey) -> FlowKey {

@@ -42,6 +42,64 @@ const IPPROTO_ICMPV6: u8 = 58;
 const V4_LEN: usize = ETH_HLEN + 20 + 8 + 20 + 8;
 const V6_LEN: usize = ETH_HLEN + 40 + 8 + 40 + 8;
 
+/// Where the fields of a cut error sit in the scratch buffer, for the
+/// family its length says. Every offset is a constant per instantiation,
+/// so the verifier sees fixed accesses into the buffer.
+struct Layout {
+    v6: bool,
+    /// An IP header without options, outer and quoted alike.
+    ip_len: usize,
+    /// Where the source address sits in an IP header; the destination
+    /// follows it.
+    addr_at: usize,
+    addr_len: usize,
+}
+
+impl Layout {
+    const fn of<const LEN: usize>() -> Self {
+        if LEN == V6_LEN {
+            Self {
+                v6: true,
+                ip_len: 40,
+                addr_at: 8,
+                addr_len: 16,
+            }
+        } else {
+            Self {
+                v6: false,
+                ip_len: 20,
+                addr_at: 12,
+                addr_len: 4,
+            }
+        }
+    }
+
+    /// The ICMP header.
+    const fn icmp(&self) -> usize {
+        ETH_HLEN + self.ip_len
+    }
+
+    /// The quoted IP header.
+    const fn inner(&self) -> usize {
+        self.icmp() + 8
+    }
+
+    /// The quoted TCP/UDP ports.
+    const fn ports(&self) -> usize {
+        self.inner() + self.ip_len
+    }
+
+    /// The source address of the IP header at `header`.
+    const fn src(&self, header: usize) -> usize {
+        header + self.addr_at
+    }
+
+    /// The destination address of the IP header at `header`.
+    const fn dst(&self, header: usize) -> usize {
+        header + self.addr_at + self.addr_len
+    }
+}
+
 /// The verdict for an ICMP error about a translated connection; `None`
 /// for anything else, which goes on untouched. Errors about a connection
 /// that kept its client are translated where its packets are: towards the
@@ -128,16 +186,13 @@ fn translate<const LEN: usize>(ctx: &TcContext, at_ingress: bool) -> Option<i32>
 /// false when it is not ours to send (its hop limit is spent).
 #[inline(never)]
 fn rewrite<const LEN: usize>(buf: &mut [u8; LEN], flow: &Flow) -> bool {
-    let v6 = LEN == V6_LEN;
-    let (ip_len, addr_at, addr_len) = if v6 { (40, 8, 16) } else { (20, 12, 4) };
-    let inner = ETH_HLEN + ip_len + 8;
-    let ports = inner + ip_len;
-    let outer_src_at = ETH_HLEN + addr_at;
-    let inner_dst_at = inner + addr_at + addr_len;
+    let at = Layout::of::<LEN>();
+    let v6 = at.v6;
+    let ports = at.ports();
+    let (outer_src_at, outer_dst_at) = (at.src(ETH_HLEN), at.dst(ETH_HLEN));
+    let (inner_src_at, inner_dst_at) = (at.src(at.inner()), at.dst(at.inner()));
     let from_receiver = same_addr(buf, outer_src_at, inner_dst_at, v6);
     let snat = flow.snat != 0;
-    let outer_dst_at = ETH_HLEN + addr_at + addr_len;
-    let inner_src_at = inner + addr_at;
     if flow.kind == FLOW_REPLY {
         // The quote went towards the backend: make it client -> frontend,
         // addressed to the client (already so unless NATed).
@@ -183,10 +238,10 @@ fn rewrite<const LEN: usize>(buf: &mut [u8; LEN], flow: &Flow) -> bool {
 /// LLVM loads and spills every byte, a frame the call chain cannot afford.
 #[inline(never)]
 fn connection<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> Option<&'static Flow> {
-    let v6 = LEN == V6_LEN;
-    let (ip_len, addr_at, addr_len) = if v6 { (40, 8, 16) } else { (20, 12, 4) };
-    let inner = ETH_HLEN + ip_len + 8;
-    let ports = inner + ip_len;
+    let at = Layout::of::<LEN>();
+    let v6 = at.v6;
+    let inner = at.inner();
+    let ports = at.ports();
     let proto = if v6 { buf[inner + 6] } else { buf[inner + 9] };
     let plain = if v6 {
         buf[inner] >> 4 == 6
@@ -199,16 +254,16 @@ fn connection<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> Option<&'st
     let (src, dst) = if v6 {
         (
             Addr {
-                words: ctx.load::<[u32; 4]>(inner + addr_at).ok()?,
+                words: ctx.load::<[u32; 4]>(at.src(inner)).ok()?,
             },
             Addr {
-                words: ctx.load::<[u32; 4]>(inner + addr_at + addr_len).ok()?,
+                words: ctx.load::<[u32; 4]>(at.dst(inner)).ok()?,
             },
         )
     } else {
         (
-            Addr::from_v4_word(ctx.load::<u32>(inner + addr_at).ok()?),
-            Addr::from_v4_word(ctx.load::<u32>(inner + addr_at + addr_len).ok()?),
+            Addr::from_v4_word(ctx.load::<u32>(at.src(inner)).ok()?),
+            Addr::from_v4_word(ctx.load::<u32>(at.dst(inner)).ok()?),
         )
     };
     let sport = ctx.load::<u16>(ports).ok()?;
@@ -222,10 +277,10 @@ fn connection<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> Option<&'st
 /// Sends the rebuilt error by route to its new destination.
 #[inline(never)]
 fn send_by_route<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> i32 {
-    let v6 = LEN == V6_LEN;
-    let (addr_at, addr_len) = if v6 { (8, 16) } else { (12, 4) };
-    let src = read_addr(buf, ETH_HLEN + addr_at, v6);
-    let dst = read_addr(buf, ETH_HLEN + addr_at + addr_len, v6);
+    let at = Layout::of::<LEN>();
+    let v6 = at.v6;
+    let src = read_addr(buf, at.src(ETH_HLEN), v6);
+    let dst = read_addr(buf, at.dst(ETH_HLEN), v6);
     let proto = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
     packet::redirect_by_route(ctx, v6, proto, &src, &dst)
 }
@@ -286,10 +341,10 @@ fn write_addr(buf: &mut [u8], at: usize, addr: &Addr, v6: bool) {
 /// quote is cut short of the data it covers.
 #[inline(never)]
 fn finish<const LEN: usize>(buf: &mut [u8; LEN]) {
-    let v6 = LEN == V6_LEN;
-    let ip_len = if v6 { 40 } else { 20 };
-    let icmp = ETH_HLEN + ip_len;
-    let inner = icmp + 8;
+    let at = Layout::of::<LEN>();
+    let v6 = at.v6;
+    let icmp = at.icmp();
+    let inner = at.inner();
     let icmp_len = (LEN - icmp) as u16;
     buf[icmp + 2] = 0;
     buf[icmp + 3] = 0;

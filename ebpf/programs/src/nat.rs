@@ -279,15 +279,9 @@ fn record_reply(packet: &Packet, backend: &Backend) -> bool {
         kind: FLOW_FORWARD,
         ..Flow::default()
     };
-    let answer = Flow {
-        last_seen_ns: now,
-        addr: packet.dst,
-        port: packet.dport,
-        kind: FLOW_REPLY,
-        ..Flow::default()
-    };
+    let key = packet.key();
     CONNTRACK
-        .insert(forward.partner(&packet.key()), answer, 0)
+        .insert(forward.partner(&key), Flow::reply_of(&key, false, now), 0)
         .is_ok()
 }
 

@@ -110,6 +110,31 @@ pub struct Packet {
 const _: () = assert!(size_of::<Packet>() == 56, "no padding but `pad`");
 
 impl Packet {
+    /// A packet's IP-level facts, everything else zero (every byte written:
+    /// see the type's docs).
+    #[expect(
+        clippy::inline_always,
+        reason = "inlined, its fields go straight into the caller's packet; a call would build a \
+                  second 56-byte one in a frame of its own"
+    )]
+    #[inline(always)]
+    fn addressed(v6: bool, l4: usize, proto: u8, src: Addr, dst: Addr) -> Self {
+        Self {
+            l4,
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            v6,
+            proto,
+            tcp_flags: 0,
+            later_fragment: false,
+            ip_options: false,
+            hop_limit: 0,
+            pad: [0; 6],
+        }
+    }
+
     pub fn key(&self) -> FlowKey {
         FlowKey::new(self.src, self.dst, self.sport, self.dport, self.proto)
     }
@@ -235,18 +260,10 @@ fn later_fragment(v6: bool, l4: usize, proto: u8, src: Addr, dst: Addr, id: u32)
         return None;
     }
     Some(Packet {
-        v6,
-        l4,
-        proto,
-        src,
-        dst,
         sport: ports.sport,
         dport: ports.dport,
-        tcp_flags: 0,
         later_fragment: true,
-        ip_options: false,
-        hop_limit: 0,
-        pad: [0; 6],
+        ..Packet::addressed(v6, l4, proto, src, dst)
     })
 }
 
@@ -272,18 +289,10 @@ fn transport(
         0
     };
     Some(Packet {
-        v6,
-        l4,
-        proto,
-        src,
-        dst,
         sport: ctx.load::<u16>(l4 + L4_SPORT).ok()?,
         dport: ctx.load::<u16>(l4 + L4_DPORT).ok()?,
         tcp_flags,
-        later_fragment: false,
-        ip_options: false,
-        hop_limit: 0,
-        pad: [0; 6],
+        ..Packet::addressed(v6, l4, proto, src, dst)
     })
 }
 

@@ -11,9 +11,7 @@
 //! onto someone else's connection.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
-use switchyard_abi::{
-    COUNTER_HALF_LOST, COUNTER_HALF_REBUILT, FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey,
-};
+use switchyard_abi::{COUNTER_HALF_LOST, COUNTER_HALF_REBUILT, FLOW_FORWARD, Flow, FlowKey};
 
 use crate::{
     maps::{CONNTRACK, count},
@@ -70,7 +68,7 @@ fn paired(flow: &Flow, key: &FlowKey, now: u64) -> bool {
     let partner_key = flow.partner(key);
     // SAFETY: map values are plain integers, valid for this run.
     if let Some(partner) = unsafe { CONNTRACK.get(&partner_key) } {
-        return partner.kind != flow.kind && partner.partner(&partner_key) == *key;
+        return flow.pairs_with(key, partner, &partner_key);
     }
     let rebuilt = rebuilt_partner(flow, key, now);
     if CONNTRACK
@@ -87,31 +85,25 @@ fn paired(flow: &Flow, key: &FlowKey, now: u64) -> bool {
 /// made (see `nat::start` and `snat::claim_snat_port`), with this half's
 /// TCP facts mirrored.
 fn rebuilt_partner(flow: &Flow, key: &FlowKey, now: u64) -> Flow {
-    let mut partner = Flow {
-        last_seen_ns: now,
-        snat: flow.snat,
-        seen: 1,
-        rst: flow.rst,
-        peer_fin: flow.fin,
-        ..Flow::default()
-    };
-    if flow.kind == FLOW_FORWARD {
-        // The reply restores the frontend as source and the client as
-        // destination.
-        partner.kind = FLOW_REPLY;
-        partner.addr = key.dst;
-        partner.port = key.dport;
-        partner.snat_addr = key.src;
-        partner.snat_port = key.sport;
+    let mut partner = if flow.kind == FLOW_FORWARD {
+        Flow::reply_of(key, flow.snat != 0, now)
     } else {
         // The forward entry sends the client to this backend, from this
         // node's address and port when NATed. Its backend id is unknown:
         // 0 names no backend, which a UDP flow takes as "pick anew".
-        partner.kind = FLOW_FORWARD;
-        partner.addr = key.src;
-        partner.port = key.sport;
-        partner.snat_addr = key.dst;
-        partner.snat_port = key.dport;
-    }
+        Flow {
+            last_seen_ns: now,
+            addr: key.src,
+            port: key.sport,
+            snat_addr: key.dst,
+            snat_port: key.dport,
+            kind: FLOW_FORWARD,
+            snat: flow.snat,
+            ..Flow::default()
+        }
+    };
+    partner.seen = 1;
+    partner.rst = flow.rst;
+    partner.peer_fin = flow.fin;
     partner
 }

@@ -30,9 +30,10 @@ const ICMP6_LEN: usize = ETH_HLEN + 40 + 8 + 48;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
-/// Replaces the packet with its refusal and sends that back; a packet that
-/// must not be answered (a RST, or one with IPv4 options) is dropped, and
-/// so is one past the node's refusal budget.
+/// Replaces the packet with its refusal and sends that back; one that
+/// cannot be answered (IPv4 options) is dropped, and so is one past the
+/// node's refusal budget. Only a bare TCP SYN or a UDP datagram gets here
+/// (`nat::choose`), so a RST is never answered.
 #[inline(never)]
 pub fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
     if !within_budget() {
@@ -40,7 +41,6 @@ pub fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
         return TC_ACT_SHOT;
     }
     let built = match (packet.proto, packet.v6) {
-        (PROTO_TCP, _) if packet.tcp_flags & TCP_RST != 0 => None,
         (PROTO_TCP, false) => tcp_reset::<RST4_LEN>(ctx, packet),
         (PROTO_TCP, true) => tcp_reset::<RST6_LEN>(ctx, packet),
         (_, false) => port_unreachable::<ICMP4_LEN>(ctx, packet),

@@ -11,8 +11,8 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use switchyard_abi::{
-    Addr, Backend, COUNTER_SNAT_PORT_REUSED, ConnState, FLOW_FORWARD, FLOW_REPLY, Flow, FlowKey,
-    NODE_SNAT_IPV4, NODE_SNAT_IPV6, SNAT_PORT_ATTEMPTS,
+    Addr, Backend, COUNTER_SNAT_PORT_REUSED, ConnState, Flow, FlowKey, NODE_SNAT_IPV4,
+    NODE_SNAT_IPV6, SNAT_PORT_ATTEMPTS,
 };
 
 use crate::{
@@ -43,16 +43,7 @@ pub fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)
     }
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let answer = Flow {
-        last_seen_ns: now,
-        addr: packet.dst,
-        port: packet.dport,
-        snat_addr: packet.src,
-        snat_port: packet.sport,
-        kind: FLOW_REPLY,
-        snat: 1,
-        ..Flow::default()
-    };
+    let answer = Flow::reply_of(&packet.key(), true, now);
     // Network byte order; 0 is no port (never a NAT port).
     let mut spent: u16 = 0;
     let mut key = FlowKey::new(backend.addr, addr, backend.port, 0, packet.proto);
@@ -115,7 +106,7 @@ fn is_spent(key: &FlowKey) -> bool {
     // SAFETY: as above.
     let forward = (unsafe { CONNTRACK.get(&partner_key) })
         .copied()
-        .filter(|flow| flow.kind == FLOW_FORWARD && flow.partner(&partner_key) == *key);
+        .filter(|forward| reply.pairs_with(key, forward, &partner_key));
     match forward {
         None => true,
         Some(forward) => ConnState::of(key.proto, Some(&forward), Some(&reply)).is_over(),
@@ -131,7 +122,7 @@ fn release(key: &FlowKey) {
         let partner_key = reply.partner(key);
         // SAFETY: as above.
         let points_here = (unsafe { CONNTRACK.get(&partner_key) })
-            .is_some_and(|flow| flow.kind == FLOW_FORWARD && flow.partner(&partner_key) == *key);
+            .is_some_and(|forward| reply.pairs_with(key, forward, &partner_key));
         if points_here {
             let _ = CONNTRACK.remove(&partner_key);
         }

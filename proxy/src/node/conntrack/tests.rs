@@ -25,20 +25,11 @@ fn connection(proto: u8, snat: bool, last_seen_s: u64) -> Vec<(FlowKey, Flow)> {
         backend_id: 3,
         ..Flow::default()
     };
-    let mut reply = Flow {
-        last_seen_ns: last_seen_s * SECOND,
-        addr: frontend.0,
-        port: frontend.1,
-        kind: FLOW_REPLY,
-        ..Flow::default()
-    };
+    let reply = Flow::reply_of(&forward_key, snat, last_seen_s * SECOND);
     if snat {
         forward.snat = 1;
         forward.snat_addr = node.0;
         forward.snat_port = node.1;
-        reply.snat = 1;
-        reply.snat_addr = client.0;
-        reply.snat_port = client.1;
     }
     let reply_key = forward.partner(&forward_key);
     assert_eq!(
@@ -46,6 +37,18 @@ fn connection(proto: u8, snat: bool, last_seen_s: u64) -> Vec<(FlowKey, Flow)> {
         forward_key,
         "partners are mutual"
     );
+    assert!(forward.pairs_with(&forward_key, &reply, &reply_key));
+    assert!(reply.pairs_with(&reply_key, &forward, &forward_key));
+    assert!(
+        !forward.pairs_with(&forward_key, &forward, &forward_key),
+        "not itself"
+    );
+    if snat {
+        // A newer connection on the client's tuple took another NAT port.
+        let mut newer = forward;
+        newer.snat_port = 1_234u16.to_be();
+        assert!(!reply.pairs_with(&reply_key, &newer, &forward_key));
+    }
     vec![(forward_key, forward), (reply_key, reply)]
 }
 
