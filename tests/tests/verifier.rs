@@ -17,6 +17,7 @@ use switchyard::datapath::{
 use switchyard_tests::{
     BpfFs,
     control_flow::{Insn, refused_back_edges},
+    stack_depth::{Insn as StackInsn, MAX_STACK, deepest_chain, total},
 };
 
 #[test]
@@ -125,5 +126,45 @@ fn no_function_has_a_loop_shape_the_6_1_verifier_refuses() -> Result<()> {
         "back edges along a fall-through (6.1 refuses them): {refused:?}"
     );
     ensure!(!object.functions.is_empty(), "the object has functions");
+    Ok(())
+}
+
+/// No program's call chain passes 6.1's 512 bytes of stack, with its
+/// frames rounded to 32 bytes, whatever kernel runs this (later kernels
+/// round to 16, so a chain 6.1 refuses loads on them; see
+/// `switchyard_tests::stack_depth`).
+#[test]
+fn no_call_chain_passes_the_6_1_stack_limit() -> Result<()> {
+    let mut object = aya_obj::Object::parse(loader::object())?;
+    let text_sections = object
+        .functions
+        .keys()
+        .map(|(section, _)| *section)
+        .collect();
+    object.relocate_calls(&text_sections)?;
+    let mut too_deep = Vec::new();
+    for (name, program) in &object.programs {
+        let linked = &object.functions[&program.function_key()];
+        let insns: Vec<StackInsn> = linked
+            .instructions
+            .iter()
+            .map(|insn| StackInsn {
+                code: insn.code,
+                dst: insn.dst_reg(),
+                src: insn.src_reg(),
+                off: insn.off,
+                imm: insn.imm,
+            })
+            .collect();
+        let chain = deepest_chain(&insns);
+        if total(&chain) > MAX_STACK {
+            too_deep.push(format!("{name}: {} bytes along {chain:?}", total(&chain)));
+        }
+    }
+    ensure!(
+        too_deep.is_empty(),
+        "call chains past 6.1's stack limit: {too_deep:?}"
+    );
+    ensure!(!object.programs.is_empty(), "the object has programs");
     Ok(())
 }
