@@ -36,7 +36,7 @@ use crate::{
 const IPPROTO_ICMP: u8 = 1;
 /// IPv4 "more fragments" and fragment offset: a fragment of an error is
 /// not one we can rebuild.
-const FRAGMENT_BITS: u16 = 0x3fff;
+const FRAGMENT_BITS: u16 = packet::IPV4_OFFSET_MASK | packet::IPV4_MORE_FRAGMENTS;
 const IPPROTO_ICMPV6: u8 = 58;
 /// Ethernet, IP, ICMP header, quoted IP header, quoted ports (8 bytes).
 const V4_LEN: usize = ETH_HLEN + 20 + 8 + 20 + 8;

@@ -58,8 +58,8 @@ const FRAG_HDR_ID: usize = 4;
 /// The fragment offset (in 8-byte units) and "more fragments" of IPv4's
 /// flags word, and of the IPv6 fragment header's (offset above 3 bits of
 /// flags).
-const IPV4_OFFSET_MASK: u16 = 0x1fff;
-const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
+pub const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 const IPV6_MORE_FRAGMENTS: u16 = 0x0001;
 
 // The size half of the csum_replace helpers' flags: how wide the replaced
