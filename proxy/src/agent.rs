@@ -31,6 +31,7 @@ use crate::{
     node::{
         node_network::{self, DeviceSelection, NodePortAddresses},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
+        socket_reaper::SocketReaper,
     },
     runner::SyncRunner,
     serve::{
@@ -105,6 +106,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         backends = syncer.programmed().backends.len(),
         "adopted pinned state"
     );
+    let sockets = SocketReaper::new(
+        args.cgroup.clone(),
+        args.pins.bpffs.clone(),
+        args.destroy_tcp_to_removed_backends,
+        Arc::clone(&metrics),
+    );
     let mut agent = Agent {
         node_name,
         source,
@@ -113,6 +120,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         health: Arc::clone(&health),
         packet_path,
         health_checks: ServiceHealthServers::new(Vec::new(), Arc::clone(&health)),
+        sockets,
         reported: BTreeMap::new(),
         queued_since: None,
         desired: None,
@@ -200,6 +208,7 @@ struct Agent {
     /// a pass left work undone).
     full_pending: bool,
     sync_period: std::time::Duration,
+    sockets: SocketReaper,
 }
 
 impl Agent {
@@ -232,6 +241,7 @@ impl Agent {
             self.metrics.record_map_failure(map, failure.reason());
         }
         let complete = report.failed.is_empty() && report.held_back == 0;
+        self.sockets.reap(report.stale);
         // A later pass over a few Services assumes everything else matches.
         self.full_pending |= !complete;
         let desired = self.desired.take().unwrap_or_default();

@@ -13,7 +13,12 @@ use tracing::{debug, error};
 use crate::{
     datapath::{DatapathError, MapReader, MapWriter},
     model::{DesiredState, Frontend},
-    plan::{datapath_state::DatapathState, map_op::MapOp, plan, plan_frontends},
+    plan::{
+        datapath_state::DatapathState,
+        map_op::MapOp,
+        plan, plan_frontends,
+        stale_backends::{Departures, StaleBackend},
+    },
 };
 
 pub struct Syncer<W> {
@@ -26,6 +31,8 @@ pub struct SyncReport {
     pub applied: usize,
     pub held_back: usize,
     pub failed: Vec<(MapOp, DatapathError)>,
+    /// Backends the socket hooks' frontends lost for good in this pass.
+    pub stale: Vec<StaleBackend>,
 }
 
 impl<W: MapWriter + MapReader> Syncer<W> {
@@ -49,7 +56,7 @@ impl<W: MapWriter> Syncer<W> {
 
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
         let ops = plan(&self.programmed, desired);
-        self.apply(ops)
+        self.apply(ops, desired)
     }
 
     /// A pass over just `scope`, for when only those frontends may have
@@ -60,11 +67,12 @@ impl<W: MapWriter> Syncer<W> {
         scope: &BTreeSet<Frontend>,
     ) -> SyncReport {
         let ops = plan_frontends(&self.programmed, desired, scope);
-        self.apply(ops)
+        self.apply(ops, desired)
     }
 
-    fn apply(&mut self, ops: Vec<MapOp>) -> SyncReport {
+    fn apply(&mut self, ops: Vec<MapOp>, desired: &DesiredState) -> SyncReport {
         let mut report = SyncReport::default();
+        let mut departures = Departures::default();
         for op in ops {
             if !self.programmed.admits(&op) {
                 debug!(?op, "held back: depends on an operation that failed");
@@ -73,6 +81,7 @@ impl<W: MapWriter> Syncer<W> {
             }
             match self.writer.apply(&op) {
                 Ok(()) => {
+                    departures.note(&self.programmed, &op);
                     self.programmed.apply(&op);
                     report.applied += 1;
                 }
@@ -82,6 +91,7 @@ impl<W: MapWriter> Syncer<W> {
                 }
             }
         }
+        report.stale = departures.stale(&self.programmed, desired);
         report
     }
 }

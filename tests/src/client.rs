@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     cgroup::Cgroup,
     netns::NetNs,
-    probe::{self, Attempt, HttpResult, Summary},
+    probe::{self, Attempt, Datagram, HttpResult, Summary},
     process::{self, Spawned},
 };
 
@@ -197,17 +197,55 @@ impl<'a> Prober<'a> {
         interval: Duration,
         out: PathBuf,
     ) -> Result<PendingSummary> {
-        let mut cmd = Command::new(probe::binary()?);
-        cmd.args(hold_args(to, duration, interval));
-        cmd.stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out)?)
-            .stderr(Stdio::inherit());
-        let spawned = Spawned::spawn(&mut cmd, self.netns, self.cgroup)?;
-        Ok(PendingSummary {
-            spawned,
-            out,
-            timeout: duration * 2 + SLACK,
-        })
+        let args = hold_args(to, duration, interval);
+        Background::spawn(self, &args, out, duration * 2 + SLACK).map(PendingSummary)
+    }
+
+    /// Starts `netprobe udp-hold` in the background: one UDP socket to
+    /// `to` (connect()ed, or sendto() each time), a datagram every
+    /// `interval` for `duration`.
+    pub fn spawn_udp_hold(
+        &self,
+        to: SocketAddr,
+        connected: bool,
+        duration: Duration,
+        interval: Duration,
+        out: PathBuf,
+    ) -> Result<PendingDatagrams> {
+        let mut args = vec![
+            "udp-hold".into(),
+            "--to".into(),
+            to.to_string(),
+            "--duration-ms".into(),
+            duration.as_millis().to_string(),
+            "--interval-ms".into(),
+            interval.as_millis().to_string(),
+        ];
+        if connected {
+            args.push("--connected".into());
+        }
+        Background::spawn(self, &args, out, duration * 2 + SLACK).map(PendingDatagrams)
+    }
+
+    /// `netprobe udp-connect-churn`: `count` UDP sockets connect()ed to `to`
+    /// and closed.
+    pub fn udp_connect_churn(
+        &self,
+        to: SocketAddr,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Summary> {
+        let output = self.netprobe(
+            &[
+                "udp-connect-churn",
+                "--to",
+                &to.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            timeout,
+        )?;
+        single(parse(&output)?, &output)
     }
 
     /// `netprobe http-get`: one HTTP/1.1 `GET path` to `to`; the status and
@@ -255,16 +293,35 @@ fn hold_args(to: SocketAddr, duration: Duration, interval: Duration) -> Vec<Stri
     ]
 }
 
-/// A background `netprobe hold`.
-pub struct PendingSummary {
+/// A background netprobe writing JSON lines to a file.
+struct Background {
     spawned: Spawned,
     out: PathBuf,
     timeout: Duration,
 }
 
-impl PendingSummary {
-    /// Waits (bounded) for the probe and returns its summary.
-    pub fn wait(mut self) -> Result<Summary> {
+impl Background {
+    fn spawn(
+        prober: &Prober<'_>,
+        args: &[String],
+        out: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(probe::binary()?);
+        cmd.args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(Stdio::inherit());
+        let spawned = Spawned::spawn(&mut cmd, prober.netns, prober.cgroup)?;
+        Ok(Self {
+            spawned,
+            out,
+            timeout,
+        })
+    }
+
+    /// Waits (bounded) for the probe and parses what it printed.
+    fn lines<T: serde::de::DeserializeOwned>(mut self) -> Result<Vec<T>> {
         if self.spawned.wait_timeout(self.timeout)?.is_none() {
             bail!(
                 "`{}` did not finish within {:?}",
@@ -274,8 +331,28 @@ impl PendingSummary {
         }
         let text = std::fs::read(&self.out)
             .with_context(|| format!("cannot read {}", self.out.display()))?;
-        let mut summaries: Vec<Summary> = probe::parse_lines(&text)?;
+        probe::parse_lines(&text)
+    }
+}
+
+/// A background `netprobe hold`.
+pub struct PendingSummary(Background);
+
+impl PendingSummary {
+    /// Waits (bounded) for the probe and returns its summary.
+    pub fn wait(self) -> Result<Summary> {
+        let mut summaries: Vec<Summary> = self.0.lines()?;
         summaries.pop().context("netprobe hold printed no summary")
+    }
+}
+
+/// A background `netprobe udp-hold`.
+pub struct PendingDatagrams(Background);
+
+impl PendingDatagrams {
+    /// Waits (bounded) for the probe and returns every datagram it sent.
+    pub fn wait(self) -> Result<Vec<Datagram>> {
+        self.0.lines()
     }
 }
 

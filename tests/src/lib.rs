@@ -42,7 +42,7 @@ pub use manifest::{
 };
 pub use multinode::{ClusterNode, MultiNodeCluster, MultiNodeSpec, NodeSpec, Outside};
 pub use netns::NetNs;
-pub use probe::{Attempt, HttpResult, Reply, Summary};
+pub use probe::{Attempt, Datagram, HttpResult, Reply, Summary};
 pub use process::Spawned;
 pub use scratch::Scratch;
 pub use topology::{Client, Cluster, ClusterSpec, Node, PendingSummary, Pod};

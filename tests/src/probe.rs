@@ -46,6 +46,20 @@ impl Attempt {
     }
 }
 
+/// One datagram of `netprobe udp-hold`: when it was sent, whether the
+/// socket had to connect() again first (its connection was destroyed), and
+/// how the exchange went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Datagram {
+    /// Milliseconds since the Unix epoch, so a test can line the datagrams
+    /// up with when it changed the Service.
+    pub sent_unix_ms: u64,
+    #[serde(default)]
+    pub reconnected: bool,
+    #[serde(flatten)]
+    pub attempt: Attempt,
+}
+
 /// The one line `netprobe hold` and `netprobe burst` print.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {

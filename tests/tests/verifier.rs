@@ -12,7 +12,8 @@ use aya::{
 use switchyard::datapath::{
     feature_probe,
     kernel_features::Feature,
-    loader::{self, PACKET_PROGRAMS, SOCKET_PROGRAMS},
+    loader::{self, PACKET_PROGRAMS, SOCK_RELEASE_PROGRAM, SOCKET_PROGRAMS},
+    sock_storage,
 };
 use switchyard_tests::{
     BpfFs,
@@ -24,6 +25,8 @@ use switchyard_tests::{
 fn every_program_in_the_object_loads() -> Result<()> {
     // The maps are declared pinned; a private bpffs keeps them off the host's.
     let bpffs = BpfFs::new()?;
+    // As the agent does: the socket storage map exists before the object.
+    sock_storage::ensure_pinned(bpffs.path())?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(bpffs.path())
         .load(loader::object())?;
@@ -32,6 +35,7 @@ fn every_program_in_the_object_loads() -> Result<()> {
     for (name, program) in ebpf.programs_mut() {
         let result = match program {
             Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
             other => {
                 rejected.push(format!(
@@ -51,6 +55,7 @@ fn every_program_in_the_object_loads() -> Result<()> {
     let mut expected: Vec<String> = SOCKET_PROGRAMS
         .iter()
         .chain(PACKET_PROGRAMS.iter().map(|(name, _)| name))
+        .chain([&SOCK_RELEASE_PROGRAM])
         .map(|name| (*name).to_owned())
         .collect();
     expected.sort();

@@ -13,7 +13,8 @@ use crate::Addr;
 /// key or value size differs, and an agent upgrade must not trip on that.
 pub const SERVICES_MAP: &str = "SY_SERVICES_V1";
 pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
-pub const SOCK_REVNAT_MAP: &str = "SY_SOCK_RNAT_V1";
+pub const SOCK_STATE_MAP: &str = "SY_SOCK_STATE_V1";
+pub const UDP_PEERS_MAP: &str = "SY_UDP_PEERS_V1";
 pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
 
 /// Capacity of the service map: frontends times (1 + backends per frontend),
@@ -24,10 +25,15 @@ pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
 /// effect after `switchyard cleanup`.
 pub const SERVICES_MAX_ENTRIES: u32 = 524_288;
 pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
-/// Reverse translations for UDP replies and getpeername, one per socket and
-/// backend. LRU: an idle socket's entry may be evicted, which costs it the
-/// VIP in `getpeername`, never its traffic.
-pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 131_072;
+/// Services one socket's state remembers at once (see [`SockState`]).
+pub const SOCK_PEERS: usize = 4;
+/// connect()ed UDP sockets to a Service, by socket cookie: how the agent
+/// finds the ones to destroy when their backend leaves (sock_diag reports
+/// no socket storage for UDP sockets). Each entry goes when its socket
+/// closes (the `sock_release` hook), so the map holds live sockets only; a
+/// full map leaves a new socket out of it (it then keeps a removed
+/// backend), never another's entry.
+pub const UDP_PEERS_MAX_ENTRIES: u32 = 65_536;
 
 /// Session-affinity records, one per client and frontend. LRU: a client
 /// idle long enough to be evicted would have timed out anyway.
@@ -218,45 +224,80 @@ impl Backend {
     }
 }
 
-/// Which socket talked to which backend: the key for reverse translation.
+/// One Service a socket talked to: the frontend it asked for and the
+/// backend it was sent to. `backend_id` 0 marks an unused entry (ids start
+/// at 1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNatKey {
-    pub cookie: u64,
-    pub addr: Addr,
+pub struct SockPeer {
+    pub backend: Addr,
+    pub frontend: Addr,
     /// Network byte order.
-    pub port: u16,
-    pub pad: [u8; 6],
+    pub backend_port: u16,
+    /// Network byte order.
+    pub frontend_port: u16,
+    pub backend_id: u32,
+    /// The frontend's slot that named the backend: while it still does,
+    /// the backend is still one of the Service's.
+    pub slot: u16,
+    pub pad: u16,
 }
 
-impl SockRevNatKey {
-    pub const fn new(cookie: u64, addr: Addr, port_be: u16) -> Self {
-        Self {
-            cookie,
-            addr,
-            port: port_be,
-            pad: [0; 6],
+/// What the socket hooks keep per socket, in socket-local storage
+/// (`BPF_MAP_TYPE_SK_STORAGE`): it lives exactly as long as its socket, so
+/// one pod opening sockets can never evict another's. The reverse
+/// translation of replies and getpeername() reads `peers`; an unconnected
+/// UDP socket's next datagram to the same frontend goes to the same backend
+/// while that backend lives; and the agent reads it through sock_diag to
+/// find the connected sockets of a removed backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockState {
+    pub peers: [SockPeer; SOCK_PEERS],
+    /// Which entry a new frontend takes once all are used (round robin).
+    pub next: u32,
+    pub pad: u32,
+}
+
+impl SockState {
+    /// The value as the kernel hands it out byte for byte (sock_diag's
+    /// `SK_DIAG_BPF_STORAGE_MAP_VALUE`); `None` if the length differs.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != core::mem::size_of::<Self>() {
+            return None;
         }
+        let u32_at = |at: usize| {
+            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+        let addr_at = |at: usize| Addr {
+            words: [u32_at(at), u32_at(at + 4), u32_at(at + 8), u32_at(at + 12)],
+        };
+        let mut state = Self::default();
+        let peer_size = core::mem::size_of::<SockPeer>();
+        for (index, peer) in state.peers.iter_mut().enumerate() {
+            let at = index * peer_size;
+            *peer = SockPeer {
+                backend: addr_at(at),
+                frontend: addr_at(at + 16),
+                backend_port: u16_at(at + 32),
+                frontend_port: u16_at(at + 34),
+                backend_id: u32_at(at + 36),
+                slot: u16_at(at + 40),
+                pad: u16_at(at + 42),
+            };
+        }
+        let tail = SOCK_PEERS * peer_size;
+        state.next = u32_at(tail);
+        state.pad = u32_at(tail + 4);
+        Some(state)
     }
-}
 
-/// The VIP and port the socket asked for.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNatValue {
-    pub addr: Addr,
-    /// Network byte order.
-    pub port: u16,
-    pub pad: [u8; 2],
-}
-
-impl SockRevNatValue {
-    pub const fn new(addr: Addr, port_be: u16) -> Self {
-        Self {
-            addr,
-            port: port_be,
-            pad: [0; 2],
-        }
+    /// The entry for a reply from `backend:port`, if the socket was sent there.
+    pub fn peer_for_backend(&self, backend: &Addr, port_be: u16) -> Option<&SockPeer> {
+        self.peers.iter().find(|peer| {
+            peer.backend_id != 0 && peer.backend == *backend && peer.backend_port == port_be
+        })
     }
 }
 
@@ -266,8 +307,8 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);
-const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 32);
-const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 20);
+const _: () = assert!(core::mem::size_of::<SockPeer>() == 44);
+const _: () = assert!(core::mem::size_of::<SockState>() == 184);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -277,8 +318,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::SockRevNatKey {}
-    unsafe impl aya::Pod for super::SockRevNatValue {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::SockPeer {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
 }

@@ -33,31 +33,33 @@ mod reject;
 mod select;
 mod snat;
 mod sock;
+mod sock_state;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward4(&ctx)
+    sock::forward4(&ctx, sock::Call::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    sock::forward6(&ctx)
+    sock::forward6(&ctx, sock::Call::Connect)
 }
 
-/// Unconnected UDP: each datagram addressed to a VIP is translated.
+/// Unconnected UDP: each datagram addressed to a VIP is translated, to the
+/// socket's earlier backend for that VIP while it lasts.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward4(&ctx)
+    sock::forward4(&ctx, sock::Call::Send)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::forward6(&ctx)
+    sock::forward6(&ctx, sock::Call::Send)
 }
 
 /// Replies from a backend appear to come from the VIP.
@@ -79,6 +81,13 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     sock::reverse6(&ctx)
+}
+
+/// A socket closes: what the hooks kept for it outside its own storage goes.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    sock_state::forget(&ctx);
+    1
 }
 
 /// Packets arriving on a node device: NodePort, LoadBalancer IP and

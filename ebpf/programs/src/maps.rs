@@ -2,17 +2,24 @@
 //! `switchyard-abi`; the `#[map]` attribute needs a literal name, so the
 //! agent checks at load time that each ABI name exists in this object.
 
+use core::{cell::UnsafeCell, ptr::null_mut};
+
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_def,
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
+    },
+    helpers::bpf_sk_storage_get,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::SockAddrContext,
 };
 use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
     CLUSTER_CIDRS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN, FRAGMENTS_MAX_ENTRIES, Flow,
     FlowKey, FragmentKey, FragmentPorts, NODE_ENTRIES, NodeConfig, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue, SourceRange,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockPeer, SockState, SourceRange,
+    UDP_PEERS_MAX_ENTRIES,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -23,9 +30,55 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static BACKENDS: HashMap<u32, Backend> =
     HashMap::pinned(BACKENDS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "SY_SOCK_RNAT_V1")]
-pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
-    LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
+/// Socket-local storage. aya-ebpf has no legacy definition of this map
+/// type, and the kernel creates one only with BTF for its key and value,
+/// which it refuses in this object's (Rust enums come out as unions with a
+/// discriminant member). So the agent creates and pins the map itself with
+/// a BTF of its own before loading (`datapath::sock_storage`), and this
+/// definition, pinned by name, only names it.
+#[map(name = "SY_SOCK_STATE_V1")]
+pub static SOCK_STATE: SockStorageDef = SockStorageDef::new();
+
+#[repr(transparent)]
+pub struct SockStorageDef(UnsafeCell<bpf_map_def>);
+
+// SAFETY: the definition is only read, by the loader; programs pass its
+// address to helpers.
+unsafe impl Sync for SockStorageDef {}
+
+impl SockStorageDef {
+    const fn new() -> Self {
+        Self(UnsafeCell::new(bpf_map_def {
+            type_: BPF_MAP_TYPE_SK_STORAGE,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<SockState>() as u32,
+            max_entries: 0,
+            map_flags: BPF_F_NO_PREALLOC,
+            id: 0,
+            // libbpf's and aya's LIBBPF_PIN_BY_NAME.
+            pinning: 1,
+        }))
+    }
+
+    /// This socket's state, created zeroed if `create` and it has none.
+    pub fn get(&self, ctx: &SockAddrContext, create: bool) -> Option<*mut SockState> {
+        let flags = if create {
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: the context is valid for this run and `sk` is its socket;
+        // the helper returns null or a pointer to this socket's value.
+        let state = unsafe {
+            let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+            bpf_sk_storage_get(self.0.get().cast(), sk.cast(), null_mut(), flags)
+        };
+        (!state.is_null()).then_some(state.cast())
+    }
+}
+
+#[map(name = "SY_UDP_PEERS_V1")]
+pub static UDP_PEERS: HashMap<u64, SockPeer> = HashMap::pinned(UDP_PEERS_MAX_ENTRIES, 0);
 
 #[map(name = "SY_AFFINITY_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =

@@ -190,10 +190,10 @@ fn choose(packet: &Packet) -> Choice {
         }
         Selection::NoBackends => Choice::Refuse,
         // The agent never pairs families; this guards hand-edited maps.
-        Selection::Backend(backend, _) if backend.addr.is_v4() == packet.v6 => {
+        Selection::Backend(backend, ..) if backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)
         }
-        Selection::Backend(backend, id) => {
+        Selection::Backend(backend, id, _) => {
             let remote = backend.flags & BACKEND_LOCAL == 0;
             let snat = remote
                 && (settings.flags & FRONTEND_SNAT_REMOTE != 0

@@ -13,8 +13,8 @@ pub enum Selection {
     NotAService,
     /// A frontend with no usable backend: the caller must be refused.
     NoBackends,
-    /// The backend and its id.
-    Backend(Backend, u32),
+    /// The backend, its id, and the slot that named it.
+    Backend(Backend, u32, u16),
 }
 
 /// `client` identifies the caller for session affinity: its netns cookie,
@@ -72,6 +72,18 @@ fn random_slot(front: &ServiceValue) -> u16 {
     pick as u16 + 1
 }
 
+/// The backend `slot` of `frontend` names, if it still names `backend_id`:
+/// the check that a remembered choice (affinity, a socket's earlier
+/// datagrams) is still one of the frontend's backends.
+pub fn still_chosen(frontend: &ServiceKey, slot: u16, backend_id: u32) -> Option<Backend> {
+    // SAFETY: as in `select`.
+    let count = unsafe { SERVICES.get(frontend) }?.count;
+    if slot < 1 || slot > count || !slot_names(frontend, slot, backend_id) {
+        return None;
+    }
+    unsafe { BACKENDS.get(backend_id) }.copied()
+}
+
 fn slot_names(frontend: &ServiceKey, slot: u16, backend_id: u32) -> bool {
     // SAFETY: as in `select`.
     unsafe { SERVICES.get(frontend.with_slot(slot)) }
@@ -85,7 +97,7 @@ fn backend_in_slot(frontend: &ServiceKey, slot: u16) -> Selection {
         return Selection::NotAService;
     };
     match unsafe { BACKENDS.get(entry.backend_id) } {
-        Some(backend) => Selection::Backend(*backend, entry.backend_id),
+        Some(backend) => Selection::Backend(*backend, entry.backend_id, slot),
         None => Selection::NotAService,
     }
 }

@@ -1,6 +1,6 @@
 //! Socket-level translation: a VIP becomes a backend once, at connect() or
 //! sendmsg(), and the backend becomes the VIP again in recvmsg() and
-//! getpeername(), keyed by socket cookie.
+//! getpeername(), from the socket's own state (`sock_state`).
 //!
 //! Context fields are read and written with volatile word accesses: the
 //! verifier only accepts 4-byte accesses to `user_ip6[i]`, and LLVM would
@@ -12,14 +12,14 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use switchyard_abi::{Addr, Backend, ServiceKey, SockRevNatKey, SockRevNatValue};
+use switchyard_abi::{Addr, Backend, ServiceKey};
 
 use crate::{
-    maps::SOCK_REVNAT,
     select::{Selection, select},
+    sock_state,
 };
 
 /// Let the socket call proceed.
@@ -28,7 +28,24 @@ const PROCEED: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
-pub fn forward4(ctx: &SockAddrContext) -> i32 {
+/// Which socket call a forward hook runs in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// connect(): a new connection picks its backend afresh.
+    Connect,
+    /// sendmsg() with an address (unconnected UDP): the socket's earlier
+    /// choice for the same frontend holds while its backend is still there,
+    /// as kube-proxy's conntrack keeps one 5-tuple on one backend.
+    Send,
+}
+
+enum Route {
+    Proceed,
+    Refuse,
+    To(Backend),
+}
+
+pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for this run.
     let (vip, port, proto) = unsafe {
@@ -38,14 +55,13 @@ pub fn forward4(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).protocol)) as u8,
         )
     };
-    match select(&ServiceKey::new(vip, port, proto, 0), client(ctx)) {
-        Selection::NotAService => PROCEED,
-        Selection::NoBackends => refuse(),
+    match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
+        Route::Proceed => PROCEED,
+        Route::Refuse => refuse(),
         // An IPv4 socket cannot reach an IPv6 backend; the agent never
         // programs one, so this only guards against hand-edited maps.
-        Selection::Backend(backend, _) if !backend.addr.is_v4() => PROCEED,
-        Selection::Backend(backend, _) => {
-            remember(ctx, &backend, vip, port);
+        Route::To(backend) if !backend.addr.is_v4() => PROCEED,
+        Route::To(backend) => {
             // SAFETY: as above; user_ip4 and user_port are writable here.
             unsafe {
                 write_volatile(addr_of_mut!((*sa).user_ip4), backend.addr.v4_word());
@@ -56,7 +72,7 @@ pub fn forward4(ctx: &SockAddrContext) -> i32 {
     }
 }
 
-pub fn forward6(ctx: &SockAddrContext) -> i32 {
+pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for this run.
     let (vip, port, proto) = unsafe {
@@ -66,11 +82,10 @@ pub fn forward6(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).protocol)) as u8,
         )
     };
-    match select(&ServiceKey::new(vip, port, proto, 0), client(ctx)) {
-        Selection::NotAService => PROCEED,
-        Selection::NoBackends => refuse(),
-        Selection::Backend(backend, _) => {
-            remember(ctx, &backend, vip, port);
+    match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
+        Route::Proceed => PROCEED,
+        Route::Refuse => refuse(),
+        Route::To(backend) => {
             // SAFETY: as above. An IPv4 backend is written IPv4-mapped,
             // which a dual-stack IPv6 socket reaches over IPv4.
             unsafe {
@@ -78,6 +93,25 @@ pub fn forward6(ctx: &SockAddrContext) -> i32 {
                 write_volatile(addr_of_mut!((*sa).user_port), u32::from(backend.port));
             }
             PROCEED
+        }
+    }
+}
+
+/// Where the socket call to `vip:port` goes, remembered in the socket's
+/// state for the reverse hooks (and the next datagram).
+fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
+    if call == Call::Send
+        && let Some(backend) = sock_state::sticky(ctx, frontend)
+    {
+        return Route::To(backend);
+    }
+    match select(frontend, client(ctx)) {
+        Selection::NotAService => Route::Proceed,
+        Selection::NoBackends => Route::Refuse,
+        Selection::Backend(backend, id, slot) => {
+            let chosen = sock_state::Selected { backend, id, slot };
+            sock_state::remember(ctx, call, frontend, &chosen);
+            Route::To(backend)
         }
     }
 }
@@ -91,13 +125,13 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).user_port)) as u16,
         )
     };
-    if let Some(vip) = recall(ctx, peer, port)
-        && vip.addr.is_v4()
+    if let Some((vip, vip_port)) = sock_state::frontend_of(ctx, &peer, port)
+        && vip.is_v4()
     {
         // SAFETY: user_ip4 and user_port are writable in recvmsg4/getpeername4.
         unsafe {
-            write_volatile(addr_of_mut!((*sa).user_ip4), vip.addr.v4_word());
-            write_volatile(addr_of_mut!((*sa).user_port), u32::from(vip.port));
+            write_volatile(addr_of_mut!((*sa).user_ip4), vip.v4_word());
+            write_volatile(addr_of_mut!((*sa).user_port), u32::from(vip_port));
         }
     }
     PROCEED
@@ -112,11 +146,11 @@ pub fn reverse6(ctx: &SockAddrContext) -> i32 {
             read_volatile(addr_of!((*sa).user_port)) as u16,
         )
     };
-    if let Some(vip) = recall(ctx, peer, port) {
+    if let Some((vip, vip_port)) = sock_state::frontend_of(ctx, &peer, port) {
         // SAFETY: user_ip6 and user_port are writable in recvmsg6/getpeername6.
         unsafe {
-            write_ip6(sa, &vip.addr);
-            write_volatile(addr_of_mut!((*sa).user_port), u32::from(vip.port));
+            write_ip6(sa, &vip);
+            write_volatile(addr_of_mut!((*sa).user_port), u32::from(vip_port));
         }
     }
     PROCEED
@@ -135,26 +169,6 @@ fn refuse() -> i32 {
     // reject the program at load; there a 0 return gives EPERM instead.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REJECT
-}
-
-/// Record the translation so replies and getpeername() show the VIP. A full
-/// LRU map evicts an idle socket's entry; losing it never drops traffic.
-fn remember(ctx: &SockAddrContext, backend: &Backend, vip: Addr, port: u16) {
-    // SAFETY: the context pointer is valid for this run.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNatKey::new(cookie, backend.addr, backend.port);
-    let _ignored_when_full = SOCK_REVNAT.insert(key, SockRevNatValue::new(vip, port), 0);
-}
-
-fn recall(ctx: &SockAddrContext, peer: Addr, port: u16) -> Option<SockRevNatValue> {
-    // SAFETY: the context pointer is valid for this run; map values are
-    // plain integers copied out before the program returns.
-    unsafe {
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        SOCK_REVNAT
-            .get(SockRevNatKey::new(cookie, peer, port))
-            .copied()
-    }
 }
 
 /// # Safety

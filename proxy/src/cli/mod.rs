@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// cgroup v2 directory the socket hooks attach to.
     #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
     pub cgroup: PathBuf,
+    /// Also destroy TCP connections (not only connected UDP sockets) whose
+    /// backend left its Service. Off, as kube-proxy leaves TCP flows be.
+    #[arg(long)]
+    pub destroy_tcp_to_removed_backends: bool,
     #[command(flatten)]
     pub pins: PinArgs,
     /// Devices for the per-packet path (default: auto).

@@ -10,10 +10,10 @@ use crate::{
         endpoints::SliceIndex,
         input_error::{InputError, Reason},
         service::{health_check_node_port, service_frontends, service_ref},
-        topology::{NodeContext, TrafficPolicy, select_endpoints},
+        topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
     },
     model::{
-        DesiredFrontend, DesiredState, Frontend, HealthCheck, Scope, ServicePortName,
+        DesiredFrontend, DesiredState, Endpoint, Frontend, HealthCheck, Scope, ServicePortName,
         name::NamespacedName,
     },
 };
@@ -194,6 +194,7 @@ fn add_service(
             claim.frontend,
             DesiredFrontend {
                 service: claim.service,
+                draining: draining(&candidates, &backends),
                 backends,
                 affinity_timeout: claim.affinity_timeout,
                 flags,
@@ -230,6 +231,22 @@ fn add_service(
         }
     }
     contests
+}
+
+/// The serving candidates that are not among `backends`, sorted.
+fn draining(candidates: &[Candidate], backends: &[Endpoint]) -> Vec<Endpoint> {
+    let mut draining: Vec<Endpoint> = candidates
+        .iter()
+        .filter(|c| {
+            (c.ready || c.serving)
+                && !backends
+                    .iter()
+                    .any(|b| b.ip == c.endpoint.ip && b.port == c.endpoint.port)
+        })
+        .map(|c| c.endpoint)
+        .collect();
+    draining.sort();
+    draining
 }
 
 #[cfg(test)]

@@ -100,7 +100,9 @@ impl Feature {
             Self::FibLookup => "per-packet path: routing translated packets",
             Self::RedirectNeigh => "per-packet path: sending translated packets",
             Self::Tcx => "per-packet hooks as pinned links that survive agent restarts",
-            Self::SockDestroy => "not used: established sockets keep their backend",
+            Self::SockDestroy => {
+                "not used: sockets of removed backends are destroyed through sock_diag on every kernel"
+            }
         }
     }
 

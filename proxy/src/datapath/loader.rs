@@ -21,18 +21,18 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
 use switchyard_abi::{
     AFFINITY_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CONNTRACK_MAP, COUNTERS_MAP, FRAGMENTS_MAP,
-    NODE_CONFIG_MAP, NODE_MAP, SERVICES_MAP, SOCK_REVNAT_MAP, SOURCE_RANGES_MAP,
+    NODE_CONFIG_MAP, NODE_MAP, SERVICES_MAP, SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
 };
 use tracing::{info, warn};
 
-use super::{DatapathError, feature_probe};
+use super::{DatapathError, feature_probe, sock_storage};
 use crate::{datapath::kernel_features::KernelFeatures, node::node_network::Device};
 
 /// The object built from `ebpf/programs` by this crate's build script.
@@ -56,16 +56,20 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
     "getpeername6",
 ];
 
+/// The hook run when a socket in the cgroup closes.
+pub const SOCK_RELEASE_PROGRAM: &str = "sock_release";
+
 /// The per-packet hooks and where each goes on a device.
 pub const PACKET_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("tc_ingress", TcAttachType::Ingress),
     ("tc_egress", TcAttachType::Egress),
 ];
 
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     SERVICES_MAP,
     BACKENDS_MAP,
-    SOCK_REVNAT_MAP,
+    SOCK_STATE_MAP,
+    UDP_PEERS_MAP,
     AFFINITY_MAP,
     CONNTRACK_MAP,
     FRAGMENTS_MAP,
@@ -108,6 +112,7 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
         });
     }
     prepare_pin_dir(pin_dir)?;
+    sock_storage::ensure_pinned(pin_dir)?;
     let previous = generations(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -125,6 +130,9 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
             .load()
             .map_err(program_error(name))?;
     }
+    program_mut::<CgroupSock>(&mut ebpf, SOCK_RELEASE_PROGRAM)?
+        .load()
+        .map_err(program_error(SOCK_RELEASE_PROGRAM))?;
     report_btf_fallback(&mut ebpf);
     // Without the helpers the tc programs call, the verifier would refuse
     // them; the socket hooks still serve everything started on the node.
@@ -204,6 +212,13 @@ impl Programs {
             let link = program.take_link(link_id).map_err(program_error(name))?;
             pin_link(link.try_into(), &self.generation.join(name))?;
         }
+        let name = SOCK_RELEASE_PROGRAM;
+        let program: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
+        let link_id = program
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .map_err(program_error(name))?;
+        let link = program.take_link(link_id).map_err(program_error(name))?;
+        pin_link(link.try_into(), &self.generation.join(name))?;
         info!(cgroup = %cgroup.display(), generation = %self.generation.display(), "socket hooks attached");
         Ok(())
     }

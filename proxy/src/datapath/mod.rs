@@ -11,6 +11,12 @@ pub mod flow_table;
 pub mod kernel_features;
 pub mod loader;
 pub mod pinned;
+#[expect(
+    unsafe_code,
+    reason = "bpf(2) BTF_LOAD, MAP_CREATE with BTF ids and OBJ_PIN: aya 0.14 creates no \
+              socket-storage map (it passes no BTF ids for a legacy definition)"
+)]
+pub mod sock_storage;
 
 use std::path::PathBuf;
 
@@ -35,6 +41,11 @@ pub enum DatapathError {
     },
     #[error("{path} is not on a bpf filesystem (mount -t bpf bpf {path})")]
     NotBpfFs { path: PathBuf },
+    #[error("creating the socket storage map {path}: {source}")]
+    SockStorage {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -115,6 +126,7 @@ impl DatapathError {
             Self::Load { .. }
             | Self::Program { .. }
             | Self::MissingMap { .. }
+            | Self::SockStorage { .. }
             | Self::KernelTooOld { .. } => "load",
             Self::NotPinned { .. } => "not_pinned",
         }

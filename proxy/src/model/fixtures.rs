@@ -36,6 +36,7 @@ pub fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
             DesiredFrontend {
                 service: ServicePortName::default(),
                 backends,
+                draining: Vec::new(),
                 affinity_timeout: 0,
                 flags: 0,
                 source_ranges: Vec::new(),

@@ -277,6 +277,11 @@ pub struct DesiredFrontend {
     pub service: ServicePortName,
     /// Sorted and deduplicated; empty means connections are refused.
     pub backends: Vec<Endpoint>,
+    /// Endpoints that still serve but take no new connections (terminating,
+    /// or left out by topology or traffic policy): their existing flows and
+    /// sockets are kept, as kube-proxy keeps their conntrack entries. Empty
+    /// (no allocation) in the common case.
+    pub draining: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
     pub affinity_timeout: u32,
     /// `switchyard_abi::FRONTEND_*` bits.

@@ -5,3 +5,5 @@ pub mod conntrack;
 pub mod nat_ports;
 pub mod node_network;
 pub mod packet_path;
+pub mod sock_diag;
+pub mod socket_reaper;

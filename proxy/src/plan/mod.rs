@@ -16,6 +16,7 @@
 
 pub mod datapath_state;
 pub mod map_op;
+pub mod stale_backends;
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,7 @@ pub struct Metrics {
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     map_failures: IntCounterVec,
+    sockets_destroyed: IntCounterVec,
     input_errors: IntGaugeVec,
     input_errors_seen: IntCounterVec,
     packets: IntCounterVec,
@@ -147,6 +148,12 @@ impl Metrics {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
             registered(&registry, metric)
         };
+        let sockets_destroyed = counter_vec(
+            "switchyard_sockets_destroyed_total",
+            "Connected sockets destroyed because their backend left the Service, by protocol \
+             and result (destroyed, or why not)",
+            &["protocol", "result"],
+        );
         let map_failures = counter_vec(
             "switchyard_map_operation_failures_total",
             "BPF map operations the kernel refused, by map and reason",
@@ -220,6 +227,7 @@ impl Metrics {
             map_entries,
             map_capacity,
             map_failures,
+            sockets_destroyed,
             input_errors,
             input_errors_seen,
             packets,
@@ -335,6 +343,12 @@ impl Metrics {
         self.map_capacity
             .with_label_values(&[map])
             .set(i64::from(capacity));
+    }
+
+    pub fn count_sockets(&self, protocol: &str, result: &str, count: u64) {
+        self.sockets_destroyed
+            .with_label_values(&[protocol, result])
+            .inc_by(count);
     }
 
     pub fn record_map_failure(&self, map: &str, reason: &str) {

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchyard_tests::probe::{Attempt, Reply, Summary};
+use switchyard_tests::probe::{Attempt, Datagram, Reply, Summary};
 
 use crate::socket::{classify, same_endpoint};
 
@@ -212,5 +212,135 @@ pub fn burst(to: SocketAddr, count: u32, parallel: u32, timeout: Duration) -> Su
             }
         }
     });
+    summary
+}
+
+/// How `udp_hold` addresses its datagrams.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpHold {
+    pub to: SocketAddr,
+    /// One connect() up front (and again after an error, as a resolver or
+    /// a metrics client that handles errors does); otherwise sendto().
+    pub connected: bool,
+    pub duration: Duration,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// One UDP socket kept for `duration`, a datagram every `interval`; each is
+/// reported through `report` as it completes.
+pub fn udp_hold(hold: UdpHold, report: &mut dyn FnMut(&Datagram)) -> std::io::Result<()> {
+    let local: SocketAddr = if hold.to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(hold.timeout))?;
+    socket.set_write_timeout(Some(hold.timeout))?;
+    let mut needs_connect = hold.connected;
+    let start = Instant::now();
+    let max_datagrams = hold.duration.as_millis() / hold.interval.as_millis().max(1) + 1;
+    for i in 0..max_datagrams {
+        let mut datagram = Datagram {
+            sent_unix_ms: unix_ms(),
+            reconnected: needs_connect && i > 0,
+            attempt: Attempt::default(),
+        };
+        let connect = if needs_connect {
+            socket.connect(hold.to)
+        } else {
+            Ok(())
+        };
+        datagram.attempt = match connect.and_then(|()| exchange(&socket, hold)) {
+            Ok(attempt) => attempt,
+            Err(e) => Attempt::failed(classify(&e)),
+        };
+        // A destroyed connection shows as ECONNABORTED, then (the socket
+        // being disconnected) EDESTADDRREQ: connect again. A timeout is a
+        // lost datagram, not a broken socket.
+        needs_connect = hold.connected
+            && datagram
+                .attempt
+                .error
+                .as_deref()
+                .is_some_and(|e| e != "timeout");
+        report(&datagram);
+        let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let next = hold.interval.saturating_mul(slot);
+        if next > hold.duration {
+            break;
+        }
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
+    }
+    Ok(())
+}
+
+fn exchange(socket: &UdpSocket, hold: UdpHold) -> std::io::Result<Attempt> {
+    if hold.connected {
+        socket.send(REQUEST)?;
+    } else {
+        socket.send_to(REQUEST, hold.to)?;
+    }
+    let mut buf = vec![0u8; MAX_REPLY];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    let reply: Reply = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
+    let peer = if hold.connected {
+        Some(socket.peer_addr()?)
+    } else {
+        None
+    };
+    let mut attempt = Attempt {
+        ok: true,
+        name: Some(reply.name),
+        peer_seen_by_server: Some(reply.peer),
+        getpeername: peer.map(|p| p.to_string()),
+        reply_from: Some(from.to_string()),
+        error: None,
+    };
+    if !same_endpoint(from, hold.to) {
+        attempt.ok = false;
+        attempt.error = Some("reply_from_mismatch".into());
+    } else if peer.is_some_and(|p| !same_endpoint(p, hold.to)) {
+        attempt.ok = false;
+        attempt.error = Some("getpeername_mismatch".into());
+    }
+    Ok(attempt)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `count` UDP sockets, each connect()ed to `to` and closed at once, as a
+/// client that opens a socket per request does: every connect to a Service
+/// runs the connect hook and leaves per-socket state behind it, which the
+/// getpeername() after it reads.
+pub fn udp_connect_churn(to: SocketAddr, count: u32) -> Summary {
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let mut summary = Summary {
+        ok: true,
+        ..Summary::default()
+    };
+    for _ in 0..count {
+        // getpeername() as a client that logs its peer does: it reads the
+        // socket's translation back, as a reply would.
+        let result = UdpSocket::bind(local)
+            .and_then(|socket| socket.connect(to).and_then(|()| socket.peer_addr()))
+            .map(|_| ());
+        summary.record(&match result {
+            Ok(()) => Attempt {
+                ok: true,
+                ..Attempt::default()
+            },
+            Err(e) => Attempt::failed(classify(&e)),
+        });
+    }
     summary
 }

@@ -76,6 +76,28 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// One UDP socket, a datagram every interval for the duration; one
+    /// JSON line per datagram, with when it was sent.
+    UdpHold {
+        #[arg(long)]
+        to: SocketAddr,
+        /// connect() once (and again after an error) instead of sendto().
+        #[arg(long)]
+        connected: bool,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 300)]
+        timeout_ms: u64,
+    },
+    /// COUNT UDP sockets connect()ed to the address and closed; summary.
+    UdpConnectChurn {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
+        count: u32,
+    },
     /// COUNT TCP attempts; one summary with counts per backend.
     Burst {
         #[arg(long)]
@@ -167,6 +189,24 @@ fn run(command: Command) -> Result<bool> {
             print_line(&summary)?;
             Ok(summary.ok)
         }
+        Command::UdpHold {
+            to,
+            connected,
+            duration_ms,
+            interval_ms,
+            timeout_ms,
+        } => udp_hold(&client::UdpHold {
+            to,
+            connected,
+            duration: ms(duration_ms),
+            interval: ms(interval_ms),
+            timeout: ms(timeout_ms),
+        }),
+        Command::UdpConnectChurn { to, count } => {
+            let summary = client::udp_connect_churn(to, count);
+            print_line(&summary)?;
+            Ok(summary.ok)
+        }
         Command::Burst {
             to,
             count,
@@ -187,6 +227,17 @@ fn run(command: Command) -> Result<bool> {
             Ok(result.ok)
         }
     }
+}
+
+/// Prints each datagram as it completes, so a killed probe leaves what it saw.
+fn udp_hold(hold: &client::UdpHold) -> Result<bool> {
+    let mut printed = Ok(());
+    client::udp_hold(*hold, &mut |datagram| {
+        if printed.is_ok() {
+            printed = print_line(datagram);
+        }
+    })?;
+    printed.map(|()| true)
 }
 
 fn print_line(value: &impl serde::Serialize) -> Result<()> {
