@@ -21,6 +21,22 @@ use switchyard_tests::{
 const FAILOVER: Duration = Duration::from_secs(1);
 const INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long the probes run before the change is written.
+fn lead() -> Duration {
+    patience::scaled(Duration::from_secs(1))
+}
+
+/// A hold long enough for the lead, the agent's pass, the failover bound
+/// and a second of datagrams after it, on a slow machine too.
+fn hold_duration() -> Duration {
+    lead() + patience::scaled(Duration::from_secs(2) + FAILOVER) + Duration::from_secs(1)
+}
+
+/// Requests a hold of [`hold_duration`] makes when nothing breaks it.
+fn full_hold() -> u64 {
+    u64::try_from(hold_duration().as_millis() / INTERVAL.as_millis()).unwrap()
+}
+
 /// Node 0 runs the client pod (pod 0) and backends 1..; node 1 one more.
 fn lab(pods_on_first_node: usize) -> MultiNodeCluster {
     MultiNodeCluster::up(&MultiNodeSpec::new(&[pods_on_first_node, 1])).expect("topology")
@@ -44,12 +60,13 @@ struct Moved {
 }
 
 /// Writes `service` over `pods` and waits until node 0's agent programs
-/// exactly them on the Service's IPv4 ClusterIP.
+/// exactly them on the Service's IPv4 ClusterIP, port 80 over `protocol`.
 fn move_to(
     c: &MultiNodeCluster,
     agent: &switchyard_tests::Agent<'_>,
     service: &ServiceManifest,
     index: u8,
+    protocol: &str,
     pods: &[(usize, usize)],
 ) -> Moved {
     let written = unix_ms();
@@ -60,7 +77,7 @@ fn move_to(
         .collect();
     let vip = format!("10.96.0.{index}");
     eventually("the agent programs the new endpoints", || {
-        programmed_backends(agent, &vip, 80, "UDP").as_ref() == Some(&want)
+        programmed_backends(agent, &vip, 80, protocol).as_ref() == Some(&want)
     });
     Moved {
         written,
@@ -122,13 +139,13 @@ fn connected_udp_moves_to_a_live_backend_within_a_second_of_its_removal() {
         ),
     ];
     for (what, prober, to) in cases {
-        move_to(&c, &agents[0], &service, 20, &[first]);
+        move_to(&c, &agents[0], &service, 20, "UDP", &[first]);
         let out = c.scratch.join("udp-hold.json");
         let hold = prober
-            .spawn_udp_hold(to, true, Duration::from_secs(4), INTERVAL, out)
+            .spawn_udp_hold(to, true, hold_duration(), INTERVAL, out)
             .unwrap();
-        std::thread::sleep(Duration::from_secs(1));
-        let moved = move_to(&c, &agents[0], &service, 20, &[second]);
+        std::thread::sleep(lead());
+        let moved = move_to(&c, &agents[0], &service, 20, "UDP", &[second]);
         let datagrams = hold.wait().unwrap();
         let before: Vec<_> = datagrams
             .iter()
@@ -153,19 +170,19 @@ fn unconnected_udp_sticks_to_one_backend_and_moves_when_it_leaves() {
     let service =
         cluster_ip_service("sticky", 21).port(switchyard_tests::ServicePort::udp("udp", 80, 8080));
     let backends = [(0, 1), (0, 2), (0, 3), (1, 0)];
-    move_to(&c, &agents[0], &service, 21, &backends);
+    move_to(&c, &agents[0], &service, 21, "UDP", &backends);
     let to: SocketAddr = "10.96.0.21:80".parse().unwrap();
     let hold = c.nodes[0]
         .pod_client(0)
         .spawn_udp_hold(
             to,
             false,
-            Duration::from_secs(4),
+            hold_duration(),
             INTERVAL,
             c.scratch.join("u.json"),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(lead() + Duration::from_millis(500));
     // Whichever backend the socket stuck to leaves.
     let datagrams_so_far = std::fs::read_to_string(c.scratch.join("u.json")).unwrap();
     let stuck = backends
@@ -174,7 +191,7 @@ fn unconnected_udp_sticks_to_one_backend_and_moves_when_it_leaves() {
         .find(|&b| datagrams_so_far.contains(&format!("\"name\":\"{}\"", pod_name(&c, b))))
         .expect("some backend answered");
     let rest: Vec<_> = backends.iter().copied().filter(|&b| b != stuck).collect();
-    let moved = move_to(&c, &agents[0], &service, 21, &rest);
+    let moved = move_to(&c, &agents[0], &service, 21, "UDP", &rest);
     let datagrams = hold.wait().unwrap();
     let before: Vec<_> = datagrams
         .iter()
@@ -208,7 +225,7 @@ fn unconnected_udp_sticks_to_one_backend_and_moves_when_it_leaves() {
 
 /// More connects than the node-wide table of socket translations this
 /// replaced (131,072 entries) had room for.
-const CHURN: u32 = 200_000;
+const CHURN: u32 = 150_000;
 
 #[test]
 fn another_pods_connect_churn_leaves_a_long_lived_socket_its_service_address() {
@@ -223,7 +240,7 @@ fn another_pods_connect_churn_leaves_a_long_lived_socket_its_service_address() {
         node.pod_client(0).udp(to, 1, true).is_ok_and(|a| a[0].ok)
     });
     // Two datagrams per socket, far apart: one before the churn, one after.
-    let gap = Duration::from_secs(12);
+    let gap = patience::scaled(Duration::from_secs(8));
     let holds: Vec<_> = [true, false]
         .into_iter()
         .map(|connected| {
@@ -257,4 +274,49 @@ fn another_pods_connect_churn_leaves_a_long_lived_socket_its_service_address() {
             );
         }
     }
+}
+
+/// A TCP connection held to a ClusterIP while its backend leaves the
+/// Service; returns its summary.
+fn tcp_hold_across_removal(extra_flags: &[&str]) -> switchyard_tests::Summary {
+    let c = lab(2);
+    let agents = agents(&c, extra_flags);
+    let service =
+        cluster_ip_service("web", 23).port(switchyard_tests::ServicePort::tcp("tcp", 80, 8080));
+    move_to(&c, &agents[0], &service, 23, "TCP", &[(0, 1)]);
+    let hold = c.nodes[0]
+        .pod_client(0)
+        .spawn_hold(
+            "10.96.0.23:80".parse().unwrap(),
+            hold_duration(),
+            INTERVAL,
+            c.scratch.join("tcp-hold.json"),
+        )
+        .unwrap();
+    std::thread::sleep(lead());
+    move_to(&c, &agents[0], &service, 23, "TCP", &[(1, 0)]);
+    hold.wait().unwrap()
+}
+
+#[test]
+fn tcp_connections_to_a_removed_backend_are_left_alone_by_default() {
+    // kube-proxy leaves TCP flows to a removed endpoint be: the pod may
+    // still be finishing its work.
+    let summary = tcp_hold_across_removal(&[]);
+    assert!(
+        summary.ok && summary.requests + 2 >= full_hold(),
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn tcp_connections_to_a_removed_backend_are_destroyed_when_asked() {
+    let summary = tcp_hold_across_removal(&["--destroy-tcp-to-removed-backends"]);
+    assert!(
+        !summary.ok,
+        "the held connection was destroyed: {summary:?}"
+    );
+    assert_eq!(summary.failures, 1, "{summary:?}");
+    // Broken well before the hold's end: at the change, not by timing out.
+    assert!(summary.requests + 10 <= full_hold(), "{summary:?}");
 }

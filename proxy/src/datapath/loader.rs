@@ -202,10 +202,10 @@ impl Programs {
             path: cgroup.to_path_buf(),
             source,
         })?;
+        // A bpf_link attachment always coexists with other links on the
+        // cgroup (the kernel rejects any flags on it), so the mode is 0.
         for name in SOCKET_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            // A bpf_link attachment always coexists with other links on the
-            // cgroup (the kernel rejects any flags on it), so the mode is 0.
             let link_id = program
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(program_error(name))?;
@@ -217,6 +217,7 @@ impl Programs {
         let link_id = program
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(program_error(name))?;
+        // aya's link types differ per program type; the pin is the same.
         let link = program.take_link(link_id).map_err(program_error(name))?;
         pin_link(link.try_into(), &self.generation.join(name))?;
         info!(cgroup = %cgroup.display(), generation = %self.generation.display(), "socket hooks attached");

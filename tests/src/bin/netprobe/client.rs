@@ -115,26 +115,35 @@ pub fn udp_once(
         Ok((reply, from, peer))
     })();
     match result {
-        Ok((reply, from, peer)) => {
-            let mut attempt = Attempt {
-                ok: true,
-                name: Some(reply.name),
-                peer_seen_by_server: Some(reply.peer),
-                getpeername: peer.map(|p| p.to_string()),
-                reply_from: Some(from.to_string()),
-                error: None,
-            };
-            if !same_endpoint(from, to) {
-                attempt.ok = false;
-                attempt.error = Some("reply_from_mismatch".into());
-            } else if peer.is_some_and(|p| !same_endpoint(p, to)) {
-                attempt.ok = false;
-                attempt.error = Some("getpeername_mismatch".into());
-            }
-            attempt
-        }
+        Ok((reply, from, peer)) => udp_attempt(reply, from, peer, to),
         Err(e) => Attempt::failed(classify(&e)),
     }
+}
+
+/// A UDP reply as an attempt: its source (and the socket's peer, when
+/// connected) must be the address the request went to.
+fn udp_attempt(
+    reply: Reply,
+    from: SocketAddr,
+    peer: Option<SocketAddr>,
+    to: SocketAddr,
+) -> Attempt {
+    let mut attempt = Attempt {
+        ok: true,
+        name: Some(reply.name),
+        peer_seen_by_server: Some(reply.peer),
+        getpeername: peer.map(|p| p.to_string()),
+        reply_from: Some(from.to_string()),
+        error: None,
+    };
+    if !same_endpoint(from, to) {
+        attempt.ok = false;
+        attempt.error = Some("reply_from_mismatch".into());
+    } else if peer.is_some_and(|p| !same_endpoint(p, to)) {
+        attempt.ok = false;
+        attempt.error = Some("getpeername_mismatch".into());
+    }
+    attempt
 }
 
 /// One connection kept open, a request every `interval` for `duration`.
@@ -290,22 +299,7 @@ fn exchange(socket: &UdpSocket, hold: UdpHold) -> std::io::Result<Attempt> {
     } else {
         None
     };
-    let mut attempt = Attempt {
-        ok: true,
-        name: Some(reply.name),
-        peer_seen_by_server: Some(reply.peer),
-        getpeername: peer.map(|p| p.to_string()),
-        reply_from: Some(from.to_string()),
-        error: None,
-    };
-    if !same_endpoint(from, hold.to) {
-        attempt.ok = false;
-        attempt.error = Some("reply_from_mismatch".into());
-    } else if peer.is_some_and(|p| !same_endpoint(p, hold.to)) {
-        attempt.ok = false;
-        attempt.error = Some("getpeername_mismatch".into());
-    }
-    Ok(attempt)
+    Ok(udp_attempt(reply, from, peer, hold.to))
 }
 
 fn unix_ms() -> u64 {
