@@ -20,9 +20,15 @@ use super::results::{BEGIN, END, EXIT, FEATURES, SUITE};
 /// Modules the suite uses that cloud kernels build as modules: veth pairs,
 /// the LAN bridge, the clsact qdisc and cls_bpf filters of the tc fallback,
 /// and nftables with conntrack matches and NAT for the tests that put
-/// netfilter (and kube-proxy's rules) beside the per-packet path. Their
-/// dependencies are added from each module's `.modinfo`.
+/// netfilter (and kube-proxy's rules) beside the per-packet path, and
+/// sock_diag for IPv4/IPv6 TCP and UDP, through which the agent destroys
+/// the sockets of removed backends (a node loads these on first use; the
+/// initramfs has no modprobe). Their dependencies are added from each
+/// module's `.modinfo`.
 const MODULES: &[&str] = &[
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
     "veth",
     "bridge",
     "sch_ingress",
