@@ -12,8 +12,11 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use support::two_nodes::{agents, cluster, eventually, peers, service, write_service};
-use switchyard_tests::{ServiceType, TrafficPolicy};
+use support::two_nodes::{NS, agents, cluster, eventually, peers, service, write_service};
+use switchyard_tests::{
+    AddressType, Endpoint, EndpointPort, EndpointSliceManifest, Protocol, ServiceType,
+    TrafficPolicy,
+};
 
 #[test]
 fn node_port_cluster_policy_reaches_local_and_remote_pods_through_the_same_node() {
@@ -93,6 +96,53 @@ fn local_policy_keeps_the_client_ip_and_health_checks_tell_nodes_apart() {
     assert_eq!(json["service"]["name"], "local");
     let (status, body) = c.outside.http_get(node1.addr_v4(32100)).unwrap();
     assert_eq!(status, 503, "{body}");
+}
+
+/// kube-proxy's health check counts Ready local endpoints only: a node
+/// whose local pods are all terminating answers 503, so the load balancer
+/// drains it, while those pods still serve what reaches them (the
+/// Serving-and-Terminating fallback).
+#[test]
+fn health_checks_count_only_ready_local_endpoints() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let lb = service("drain", ServiceType::LoadBalancer, 30086, 16)
+        .external_traffic_policy(TrafficPolicy::Local)
+        .health_check_node_port(32101);
+    write_service(&c, &lb, &[(1, 0)]);
+    let node2 = &c.nodes[1];
+    let check = node2.addr_v4(32101);
+    eventually("the health check counts the ready pod", || {
+        c.outside
+            .http_get(check)
+            .is_ok_and(|(status, _)| status == 200)
+    });
+    let pod = &node2.pods[0];
+    let terminating = EndpointSliceManifest::new("drain-tcp-v4", NS, "drain", AddressType::IPv4)
+        .port(EndpointPort::new("tcp", Protocol::Tcp, 8080))
+        .endpoint(
+            Endpoint::ready(pod.ipv4)
+                .node(&node2.name)
+                .conditions(false, true, true),
+        );
+    c.manifests()
+        .write("drain.yaml", &[lb.to_value(), terminating.to_value()])
+        .unwrap();
+    eventually("the health check drains the node", || {
+        c.outside
+            .http_get(check)
+            .is_ok_and(|(status, _)| status == 503)
+    });
+    let (_, body) = c.outside.http_get(check).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 0, "{body}");
+    let served = c.outside.tcp(node2.addr_v4(30086), 3).unwrap();
+    assert!(
+        served
+            .iter()
+            .all(|a| a.ok && a.name.as_deref() == Some(pod.name.as_str())),
+        "the terminating pod still serves: {served:?}"
+    );
 }
 
 #[test]

@@ -180,7 +180,15 @@ fn add_service(
             backends.truncate(MAX_BACKENDS_PER_FRONTEND);
         }
         if claim.frontend.scope == Scope::External {
-            local_endpoints.extend(backends.iter().filter(|b| b.local).map(|b| b.ip));
+            // kube-proxy's health check counts Ready local endpoints only:
+            // a node left with terminating ones answers 503 and is drained,
+            // while they still serve as the fallback.
+            local_endpoints.extend(
+                backends
+                    .iter()
+                    .filter(|b| b.local && is_ready(&candidates, b))
+                    .map(|b| b.ip),
+            );
         }
         state
             .owners
@@ -231,6 +239,12 @@ fn add_service(
         }
     }
     contests
+}
+
+fn is_ready(candidates: &[Candidate], backend: &Endpoint) -> bool {
+    candidates
+        .iter()
+        .any(|c| c.ready && c.endpoint.ip == backend.ip && c.endpoint.port == backend.port)
 }
 
 /// The serving candidates that are not among `backends`, sorted.
