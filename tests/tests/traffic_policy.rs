@@ -39,14 +39,26 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
         names(&local)
     );
 
-    // With no local endpoint left, the service refuses rather than leaving
-    // the node.
+    // With endpoints elsewhere but none here, kube-proxy drops: the client
+    // sees its connection time out (at once: a socket hook cannot lose a
+    // SYN), never a refusal that reads as "no such service".
     let remote_only = EndpointSliceManifest::new("web-v4", NAMESPACE, "web", AddressType::IPv4)
         .port(http_port())
         .endpoint(Endpoint::ready(cluster.pods[2].ipv4).node("node-b"));
     cluster
         .manifests()
         .write("web.yaml", &[service.to_value(), remote_only.to_value()])
+        .unwrap();
+    time_until(std::time::Duration::from_secs(5), || {
+        let attempts = cluster.client.tcp(vip4(80), 1).unwrap();
+        attempts[0].error.as_deref() == Some("timeout")
+    });
+    // No endpoints anywhere: refused, as kube-proxy's REJECT.
+    let none =
+        EndpointSliceManifest::new("web-v4", NAMESPACE, "web", AddressType::IPv4).port(http_port());
+    cluster
+        .manifests()
+        .write("web.yaml", &[service.to_value(), none.to_value()])
         .unwrap();
     time_until(std::time::Duration::from_secs(5), || {
         let attempts = cluster.client.tcp(vip4(80), 1).unwrap();

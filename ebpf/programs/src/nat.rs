@@ -184,11 +184,11 @@ fn choose(packet: &Packet) -> Choice {
     }
     match select(&frontend, client_of_addr(&packet.src)) {
         Selection::NotAService => Choice::Verdict(packet::NEXT),
-        Selection::NoBackends if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
+        Selection::NoBackends(_) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
             count(COUNTER_DROP_NO_LOCAL);
             Choice::Verdict(SHOT)
         }
-        Selection::NoBackends => Choice::Refuse,
+        Selection::NoBackends(_) => Choice::Refuse,
         // The agent never pairs families; this guards hand-edited maps.
         Selection::Backend(backend, ..) if backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)

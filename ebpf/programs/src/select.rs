@@ -11,8 +11,9 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 pub enum Selection {
     /// Not a frontend we serve: leave the socket call alone.
     NotAService,
-    /// A frontend with no usable backend: the caller must be refused.
-    NoBackends,
+    /// A frontend with no usable backend, and its flags (whether to drop
+    /// or refuse the caller).
+    NoBackends(u16),
     /// The backend, its id, and the slot that named it.
     Backend(Backend, u32, u16),
 }
@@ -29,7 +30,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         return Selection::NotAService;
     };
     if front.count == 0 {
-        return Selection::NoBackends;
+        return Selection::NoBackends(front.flags);
     }
     if front.affinity_timeout == 0 {
         return backend_in_slot(frontend, random_slot(&front));

@@ -15,7 +15,7 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use switchyard_abi::{Addr, Backend, ServiceKey};
+use switchyard_abi::{Addr, Backend, FRONTEND_DROP_NO_LOCAL, ServiceKey};
 
 use crate::{
     select::{Selection, select},
@@ -27,6 +27,7 @@ const PROCEED: i32 = 1;
 /// Fail the socket call (with the errno set by `bpf_set_retval`).
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
 
 /// Which socket call a forward hook runs in.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,11 @@ pub enum Call {
 enum Route {
     Proceed,
     Refuse,
+    /// `internalTrafficPolicy: Local` with endpoints elsewhere only:
+    /// kube-proxy drops. A socket call cannot lose its packets, so it fails
+    /// the way a dropped connection ends: ETIMEDOUT (at once), never the
+    /// refusal that means "no endpoints anywhere".
+    Drop,
     To(Backend),
 }
 
@@ -58,6 +64,7 @@ pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
     match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
         Route::Proceed => PROCEED,
         Route::Refuse => refuse(),
+        Route::Drop => fail(ETIMEDOUT),
         // An IPv4 socket cannot reach an IPv6 backend; the agent never
         // programs one, so this only guards against hand-edited maps.
         Route::To(backend) if !backend.addr.is_v4() => PROCEED,
@@ -85,6 +92,7 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
     match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
         Route::Proceed => PROCEED,
         Route::Refuse => refuse(),
+        Route::Drop => fail(ETIMEDOUT),
         Route::To(backend) => {
             // SAFETY: as above. An IPv4 backend is written IPv4-mapped,
             // which a dual-stack IPv6 socket reaches over IPv4.
@@ -107,7 +115,8 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
     }
     match select(frontend, client(ctx)) {
         Selection::NotAService => Route::Proceed,
-        Selection::NoBackends => Route::Refuse,
+        Selection::NoBackends(flags) if flags & FRONTEND_DROP_NO_LOCAL != 0 => Route::Drop,
+        Selection::NoBackends(_) => Route::Refuse,
         Selection::Backend(backend, id, slot) => {
             let chosen = sock_state::Selected { backend, id, slot };
             sock_state::remember(ctx, call, frontend, &chosen);
@@ -165,9 +174,13 @@ fn client(ctx: &SockAddrContext) -> u64 {
 /// kube-proxy REJECTs traffic to a service without endpoints; the closest
 /// socket-level equivalent is failing connect()/sendmsg() with ECONNREFUSED.
 fn refuse() -> i32 {
+    fail(ECONNREFUSED)
+}
+
+fn fail(errno: i32) -> i32 {
     // SAFETY: a helper taking an errno. Kernels before 5.18 lack it and
     // reject the program at load; there a 0 return gives EPERM instead.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    unsafe { bpf_set_retval(-errno) };
     REJECT
 }
 

@@ -160,9 +160,9 @@ fn add_service(
         let mut flags = claim.flags;
         if claim.policy == TrafficPolicy::Local && backends.is_empty() {
             state.no_local.insert(claim.service.clone());
-            if claim.frontend.scope == Scope::External
-                && !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty()
-            {
+            // Endpoints elsewhere but none here: kube-proxy drops (both
+            // policies); with none anywhere it rejects.
+            if !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty() {
                 flags |= switchyard_abi::FRONTEND_DROP_NO_LOCAL;
             }
         }
