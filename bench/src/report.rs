@@ -23,7 +23,9 @@ struct Target {
 /// Targets from the issue, checked against what this run measured.
 const RATE_FLOOR: f64 = 0.95;
 const RATE_FLATNESS: f64 = 0.03;
-const HOOK_NS: f64 = 1_000.0;
+/// At most 300 ns per connect to a Service, at every N (with per-socket
+/// state in socket storage instead of a node-wide LRU insert).
+const HOOK_NS: f64 = 300.0;
 const CHANGE_P99_MS: f64 = 10.0;
 const COLD_START_S: f64 = 2.0;
 const RSS_MIB: f64 = 200.0;
@@ -414,9 +416,9 @@ fn targets(out: &mut String, report: &BenchReport) {
         .filter_map(|s| Some((s.mode(Mode::Switchyard)?.hook_ns?, s.services)))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     row(
-        "connect hook under 1 µs at every N",
+        "connect hook at most 300 ns per connect to a Service at every N",
         hook.map(|(ns, n)| (ns, format!("highest {ns:.0} ns (N={n})"))),
-        &|ns| ns < HOOK_NS,
+        &|ns| ns <= HOOK_NS,
     );
     let change = scales
         .iter()
