@@ -56,10 +56,16 @@ pub enum AgentError {
     Signal { source: std::io::Error },
     #[error("--cluster-cidr: {source}")]
     ClusterCidr { source: BadCidr },
+    #[error("--service-cluster-ip-range: {source}")]
+    ServiceCidr { source: BadCidr },
 }
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let node_name = node_name(&args);
+    let service_cidrs = parse_cidrs(&args.service_cluster_ip_range)
+        .map_err(|source| AgentError::ServiceCidr { source })?;
+    let cluster_cidrs =
+        parse_cidrs(&args.cluster_cidr).map_err(|source| AgentError::ClusterCidr { source })?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let mut terminate =
@@ -86,12 +92,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             .map_err(PacketPathError::from)?,
         timeouts: args.conntrack.timeouts(),
         nat_port_range: args.nat_port_range,
-        cluster_cidrs: args
-            .cluster_cidr
-            .iter()
-            .map(|text| text.parse::<Cidr>())
-            .collect::<Result<_, _>>()
-            .map_err(|source| AgentError::ClusterCidr { source })?,
+        cluster_cidrs,
         cluster_ip_from_outside: args.cluster_ip_from_outside,
     };
     let mut packet_path = PacketPath::new(packet_path_config, &args.pins.bpffs, &metrics)?;
@@ -125,6 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         queued_since: None,
         desired: None,
         node: NodeContext::default(),
+        service_cidrs,
         node_eligible: true,
         last_full: None,
         full_pending: true,
@@ -202,6 +204,8 @@ struct Agent {
     /// the base a pass over a few changed Services patches.
     desired: Option<DesiredState>,
     node: NodeContext,
+    /// `--service-cluster-ip-range`.
+    service_cidrs: Vec<Cidr>,
     node_eligible: bool,
     last_full: Option<Instant>,
     /// Something only a full pass takes in (the node's network changed, or
@@ -317,6 +321,7 @@ impl Agent {
             &self.node_name,
             own_node,
             self.packet_path.node_port_addresses(),
+            &self.service_cidrs,
         );
         let (desired, conversion_errors) =
             desired_state(&loaded.services, &loaded.slices, &self.node);
@@ -384,19 +389,25 @@ impl Agent {
     }
 }
 
-/// This node's name, its zone when its Node object is known, and the
-/// addresses its NodePorts answer on.
+/// This node's name, its zone when its Node object is known, the
+/// addresses its NodePorts answer on, and the service CIDRs.
 fn node_context(
     name: &str,
     node: Option<&Node>,
     node_port_addresses: &[std::net::IpAddr],
+    service_cidrs: &[Cidr],
 ) -> NodeContext {
     let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
     NodeContext {
         name: name.to_owned(),
         zone,
         node_port_addresses: node_port_addresses.to_vec(),
+        service_cidrs: service_cidrs.to_vec(),
     }
+}
+
+fn parse_cidrs(texts: &[String]) -> Result<Vec<Cidr>, BadCidr> {
+    texts.iter().map(|text| text.trim().parse()).collect()
 }
 
 fn node_name(args: &RunArgs) -> String {

@@ -140,6 +140,19 @@ fn cluster_ips_from_outside_are_served_by_the_table() -> Result<()> {
             ),
         ];
         check_rows(datapath, &rows);
+        // An address of the service CIDRs no Service holds: dropped, never
+        // routed on (kube-proxy's "unallocated ClusterIPs" DROP).
+        for dst in ["10.96.0.99:80", "[fd00:96::99]:80"] {
+            let src = if dst.starts_with('[') {
+                "[fd00:77::2]:40009"
+            } else {
+                "192.168.77.2:40009"
+            };
+            for proto in [TCP, UDP] {
+                let (verdict, _) = datapath.run("tc_ingress", &frame(proto, src, dst))?;
+                assert_eq!(verdict, SHOT, "{dst} over {proto}");
+            }
+        }
         Ok(())
     })
 }
@@ -150,6 +163,10 @@ fn no_endpoints_answers_with_rst_or_port_unreachable() -> Result<()> {
         for (src, dst) in [
             ("192.168.77.2:40010", "192.168.77.11:30083"),
             ("[fd00:77::2]:40010", "[fd00:77::11]:30083"),
+            // A ClusterIP's port no Service serves: kube-proxy's
+            // `cluster-ips-check` REJECT.
+            ("192.168.77.2:40012", "10.96.0.10:81"),
+            ("[fd00:77::2]:40012", "[fd00:96::10]:81"),
         ] {
             let syn = Frame {
                 payload: Vec::new(),

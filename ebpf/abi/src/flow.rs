@@ -268,7 +268,12 @@ pub const COUNTER_FRAGMENT_FOLLOWED: u32 = 18;
 /// A later fragment of a datagram whose first fragment was not seen (lost,
 /// overtaken, or evicted): left to the stack untouched.
 pub const COUNTER_PASS_FRAGMENT_UNKNOWN: u32 = 19;
-pub const COUNTERS_LEN: u32 = 20;
+/// A new connection to an allocated ClusterIP on a port it does not serve
+/// (kube-proxy's `cluster-ips-check` REJECT).
+pub const COUNTER_REJECT_CLUSTER_IP_PORT: u32 = 20;
+/// A packet to an address of the service CIDRs that no Service holds.
+pub const COUNTER_DROP_UNALLOCATED: u32 = 21;
+pub const COUNTERS_LEN: u32 = 22;
 
 /// Refusals the node sends per second at most, after a burst: the kernel's
 /// own defaults for ICMP errors (`net.ipv4.icmp_msgs_per_sec`,
@@ -298,6 +303,8 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
     ("translated", "icmp_error"),
     ("translated", "fragment"),
     ("passed", "fragment_unknown"),
+    ("rejected", "cluster_ip_port"),
+    ("dropped", "unallocated_service_ip"),
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -16,6 +16,15 @@ pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
 pub const SOCK_STATE_MAP: &str = "SY_SOCK_STATE_V1";
 pub const UDP_PEERS_MAP: &str = "SY_UDP_PEERS_V1";
 pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
+/// Every allocated ClusterIP ([`Addr`] -> 1), kube-proxy's `cluster-ips`
+/// set: a connection to one on a port or protocol no Service serves is
+/// refused. A hash map: looked up on every socket call that is no frontend.
+pub const CLUSTER_IPS_MAP: &str = "SY_CLUSTER_IPS_V1";
+/// The service CIDRs, an LPM trie of [`Addr`] -> 1 (IPv4 prefixes count
+/// the 96 bits of the mapped-address prefix too): a connection to an
+/// address in them that is no ClusterIP is dropped, as kube-proxy drops
+/// traffic to unallocated ClusterIPs, never sent on to the default route.
+pub const SERVICE_CIDRS_MAP: &str = "SY_SERVICE_CIDRS_V1";
 
 /// Capacity of the service map: frontends times (1 + backends per frontend),
 /// sized for 50k Services of 4 endpoints with room for more frontends per
@@ -25,6 +34,9 @@ pub const AFFINITY_MAP: &str = "SY_AFFINITY_V1";
 /// effect after `switchyard cleanup`.
 pub const SERVICES_MAX_ENTRIES: u32 = 524_288;
 pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
+/// Two addresses (IPv4 and IPv6) for each of 50k Services, with room.
+pub const CLUSTER_IPS_MAX_ENTRIES: u32 = 131_072;
+pub const SERVICE_CIDRS_MAX_ENTRIES: u32 = 64;
 /// Services one socket's state remembers at once (see [`SockState`]).
 pub const SOCK_PEERS: usize = 4;
 /// connect()ed UDP sockets to a Service, by socket cookie: how the agent

@@ -31,6 +31,7 @@ mod packet;
 mod progress;
 mod reject;
 mod select;
+mod service_cidr;
 mod snat;
 mod sock;
 mod sock_state;

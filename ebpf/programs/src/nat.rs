@@ -11,10 +11,11 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcConte
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
     COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
-    COUNTER_DROP_SOURCE_RANGE, COUNTER_PASS_NOT_SYN, COUNTER_REJECT_NO_ENDPOINTS,
-    COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY,
-    FRONTEND_CLUSTER_IP, FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
-    Flow, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    COUNTER_DROP_SOURCE_RANGE, COUNTER_DROP_UNALLOCATED, COUNTER_PASS_NOT_SYN,
+    COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
+    COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_CLUSTER_IP,
+    FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
     SOURCE_RANGE_FRONTEND_BITS, ServiceKey, ServiceValue, SourceRange, client_of_addr,
 };
 
@@ -25,6 +26,7 @@ use crate::{
     progress,
     reject::reject,
     select::{Selection, select},
+    service_cidr::{AddressUse, address_use},
     snat::claim_snat_port,
 };
 
@@ -42,8 +44,8 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     }
     match choose(&packet) {
         Choice::Verdict(verdict) => verdict,
-        Choice::Refuse => {
-            count(COUNTER_REJECT_NO_ENDPOINTS);
+        Choice::Refuse(reason) => {
+            count(reason);
             reject(ctx, &packet)
         }
         Choice::Backend { backend, id, snat } => {
@@ -149,8 +151,9 @@ fn still_valid(packet: &Packet, flow: &Flow) -> bool {
 
 enum Choice {
     Verdict(i32),
-    /// The frontend has no endpoints.
-    Refuse,
+    /// Refused, counted under this `COUNTER_*`: the frontend has no
+    /// endpoints, or a ClusterIP's port is served by no Service.
+    Refuse(u32),
     Backend {
         backend: Backend,
         id: u32,
@@ -164,7 +167,7 @@ enum Choice {
 #[inline(never)]
 fn choose(packet: &Packet) -> Choice {
     let Some((frontend, settings)) = frontend_of(packet) else {
-        return Choice::Verdict(packet::NEXT);
+        return unserved(packet);
     };
     if packet.proto != PROTO_UDP && !packet.is_bare_syn() {
         // netfilter opens a TCP connection on a SYN only; anything else
@@ -188,7 +191,7 @@ fn choose(packet: &Packet) -> Choice {
             count(COUNTER_DROP_NO_LOCAL);
             Choice::Verdict(SHOT)
         }
-        Selection::NoBackends(_) => Choice::Refuse,
+        Selection::NoBackends(_) => Choice::Refuse(COUNTER_REJECT_NO_ENDPOINTS),
         // The agent never pairs families; this guards hand-edited maps.
         Selection::Backend(backend, ..) if backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)
@@ -203,6 +206,35 @@ fn choose(packet: &Packet) -> Choice {
     }
 }
 
+/// A packet from outside to no frontend: kube-proxy's `cluster-ips-check`
+/// (see `service_cidr`), where the node serves ClusterIPs to outside
+/// clients at all; otherwise such packets are none of ours.
+fn unserved(packet: &Packet) -> Choice {
+    if !cluster_ips_from_outside() {
+        return Choice::Verdict(packet::NEXT);
+    }
+    match address_use(&packet.dst) {
+        AddressUse::ClusterIp if packet.later_fragment => Choice::Verdict(SHOT),
+        AddressUse::ClusterIp if packet.proto == PROTO_UDP || packet.is_bare_syn() => {
+            Choice::Refuse(COUNTER_REJECT_CLUSTER_IP_PORT)
+        }
+        // Not ours; or, to a ClusterIP, not a connection's start: only those
+        // are refused, as for frontends, the rest is the stack's to judge
+        // (see `choose`).
+        AddressUse::Other | AddressUse::ClusterIp => Choice::Verdict(packet::NEXT),
+        AddressUse::Unallocated => {
+            count(COUNTER_DROP_UNALLOCATED);
+            Choice::Verdict(SHOT)
+        }
+    }
+}
+
+fn cluster_ips_from_outside() -> bool {
+    NODE_CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE != 0)
+}
+
 /// The frontend a packet from outside is addressed to: an external-scope
 /// one (NodePort, LoadBalancer IP, externalIP), else a ClusterIP when the
 /// node serves those to outside clients.
@@ -212,10 +244,7 @@ fn frontend_of(packet: &Packet) -> Option<(ServiceKey, ServiceValue)> {
     if let Some(settings) = unsafe { SERVICES.get(&external) } {
         return Some((external, *settings));
     }
-    if NODE_CONFIG
-        .get(0)
-        .is_none_or(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE == 0)
-    {
+    if !cluster_ips_from_outside() {
         return None;
     }
     let internal = ServiceKey::scoped(packet.dst, packet.dport, packet.proto, SCOPE_INTERNAL, 0);

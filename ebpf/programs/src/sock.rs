@@ -19,6 +19,7 @@ use switchyard_abi::{Addr, Backend, FRONTEND_DROP_NO_LOCAL, ServiceKey};
 
 use crate::{
     select::{Selection, select},
+    service_cidr::{AddressUse, address_use},
     sock_state,
 };
 
@@ -42,9 +43,11 @@ pub enum Call {
 
 enum Route {
     Proceed,
+    /// No endpoints, or a ClusterIP's port nobody serves: kube-proxy
+    /// REJECTs.
     Refuse,
-    /// `internalTrafficPolicy: Local` with endpoints elsewhere only:
-    /// kube-proxy drops. A socket call cannot lose its packets, so it fails
+    /// `internalTrafficPolicy: Local` with endpoints elsewhere only, or an
+    /// unallocated address of the service CIDRs: kube-proxy drops. A socket call cannot lose its packets, so it fails
     /// the way a dropped connection ends: ETIMEDOUT (at once), never the
     /// refusal that means "no endpoints anywhere".
     Drop,
@@ -114,7 +117,11 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
         return Route::To(backend);
     }
     match select(frontend, client(ctx)) {
-        Selection::NotAService => Route::Proceed,
+        Selection::NotAService => match address_use(&frontend.addr) {
+            AddressUse::Other => Route::Proceed,
+            AddressUse::ClusterIp => Route::Refuse,
+            AddressUse::Unallocated => Route::Drop,
+        },
         Selection::NoBackends(flags) if flags & FRONTEND_DROP_NO_LOCAL != 0 => Route::Drop,
         Selection::NoBackends(_) => Route::Refuse,
         Selection::Backend(backend, id, slot) => {

@@ -66,6 +66,12 @@ pub struct RunArgs {
     /// detect-local ClusterCIDR mode).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
+    /// The Service CIDRs the API server allocates ClusterIPs from: a
+    /// connection to an address in them that no Service holds is dropped,
+    /// as kube-proxy drops traffic to unallocated ClusterIPs, rather than
+    /// sent on to the node's default route.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub service_cluster_ip_range: Vec<String>,
     /// Serve packets that reach this node from outside addressed to a
     /// ClusterIP (routers and BGP speakers announce the service range), as
     /// kube-proxy does.

@@ -29,7 +29,10 @@ pub fn desired_state<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     node: &NodeContext,
 ) -> (DesiredState, Vec<InputError>) {
     let (index, mut errors) = SliceIndex::build(slices);
-    let mut state = DesiredState::default();
+    let mut state = DesiredState {
+        service_cidrs: node.service_cidrs.iter().copied().collect(),
+        ..DesiredState::default()
+    };
     // Sorted so that which of two Services claiming one frontend wins does
     // not depend on watch event order.
     let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();

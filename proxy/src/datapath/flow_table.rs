@@ -143,7 +143,8 @@ impl FlowTable {
     }
 }
 
-fn cidr_key(cidr: &Cidr) -> Key<Addr> {
+/// The LPM key of a prefix in a trie of [`Addr`].
+pub(crate) fn cidr_key(cidr: &Cidr) -> Key<Addr> {
     let bits = if cidr.network.is_ipv4() {
         IPV4_MAPPED_PREFIX_BITS + cidr.prefix_len
     } else {

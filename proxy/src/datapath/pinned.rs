@@ -6,19 +6,25 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use switchyard_abi::{
-    BACKENDS_MAP, Backend, SERVICES_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRange,
+    Addr, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRange,
 };
 
-use super::{DatapathError, MapReader, MapWriter};
-use crate::plan::{
-    datapath_state::DatapathState,
-    map_op::{MapOp, RangeKey},
+use super::{DatapathError, MapReader, MapWriter, flow_table::cidr_key};
+use crate::{
+    model::address::Cidr,
+    plan::{
+        datapath_state::DatapathState,
+        map_op::{MapOp, RangeKey, ServiceAddress},
+    },
 };
 
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    cluster_ips: HashMap<MapData, Addr, u8>,
+    service_cidrs: LpmTrie<MapData, Addr, u8>,
 }
 
 impl PinnedMaps {
@@ -27,7 +33,53 @@ impl PinnedMaps {
             services: open_pinned(pin_dir, SERVICES_MAP)?,
             backends: open_pinned(pin_dir, BACKENDS_MAP)?,
             source_ranges: open_pinned(pin_dir, SOURCE_RANGES_MAP)?,
+            cluster_ips: open_pinned(pin_dir, CLUSTER_IPS_MAP)?,
+            service_cidrs: open_pinned(pin_dir, SERVICE_CIDRS_MAP)?,
         })
+    }
+
+    fn put_address(&mut self, address: &ServiceAddress) -> Result<(), DatapathError> {
+        match address {
+            ServiceAddress::ClusterIp(ip) => self
+                .cluster_ips
+                .insert(Addr::from(*ip), 1, 0)
+                .map_err(|source| DatapathError::map(CLUSTER_IPS_MAP, source)),
+            ServiceAddress::Cidr(cidr) => self
+                .service_cidrs
+                .insert(&cidr_key(cidr), 1, 0)
+                .map_err(|source| DatapathError::map(SERVICE_CIDRS_MAP, source)),
+        }
+    }
+
+    fn delete_address(&mut self, address: &ServiceAddress) -> Result<(), DatapathError> {
+        match address {
+            ServiceAddress::ClusterIp(ip) => {
+                ignore_missing(self.cluster_ips.remove(&Addr::from(*ip)))
+                    .map_err(|source| DatapathError::map(CLUSTER_IPS_MAP, source))
+            }
+            ServiceAddress::Cidr(cidr) => {
+                ignore_missing(self.service_cidrs.remove(&cidr_key(cidr)))
+                    .map_err(|source| DatapathError::map(SERVICE_CIDRS_MAP, source))
+            }
+        }
+    }
+
+    fn read_addresses(&self) -> impl Iterator<Item = ServiceAddress> + '_ {
+        let cluster_ips = self
+            .cluster_ips
+            .keys()
+            .filter_map(Result::ok)
+            .map(|addr| ServiceAddress::ClusterIp(addr.into()));
+        let cidrs = self.service_cidrs.keys().filter_map(Result::ok).map(|key| {
+            let network = std::net::IpAddr::from(key.data());
+            let family_bits = if network.is_ipv4() { 96 } else { 0 };
+            ServiceAddress::Cidr(Cidr {
+                network,
+                prefix_len: u8::try_from(key.prefix_len().saturating_sub(family_bits))
+                    .unwrap_or(u8::MAX),
+            })
+        });
+        cluster_ips.chain(cidrs)
     }
 }
 
@@ -99,6 +151,8 @@ impl MapWriter for PinnedMaps {
             MapOp::DeleteBackend { id } => {
                 ignore_missing(self.backends.remove(id)).map_err(backends)
             }
+            MapOp::PutServiceAddress { address } => self.put_address(address),
+            MapOp::DeleteServiceAddress { address } => self.delete_address(address),
         }
     }
 }
@@ -119,6 +173,8 @@ impl MapReader for PinnedMaps {
                 range: key.data(),
             })
             .collect();
-        Ok(DatapathState::from_entries(services, backends, ranges))
+        let mut state = DatapathState::from_entries(services, backends, ranges);
+        state.service_addresses = self.read_addresses().collect();
+        Ok(state)
     }
 }

@@ -260,6 +260,9 @@ pub struct DesiredState {
     /// The frontends each Service (namespace, name) holds, so a change to
     /// one Service finds its entries without a walk over all of them.
     pub owners: BTreeMap<NamespacedName, std::collections::BTreeSet<Frontend>>,
+    /// The service CIDRs: addresses in them that no Service holds are
+    /// dropped (kube-proxy's "unallocated ClusterIPs").
+    pub service_cidrs: std::collections::BTreeSet<Cidr>,
 }
 
 /// What kube-proxy's health check node port of one

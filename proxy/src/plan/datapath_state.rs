@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use switchyard_abi::{Backend, ServiceKey, ServiceValue};
 
-use crate::plan::map_op::{MapOp, RangeKey};
+use crate::plan::map_op::{MapOp, RangeKey, ServiceAddress};
 
 #[derive(Clone, Debug, Default)]
 pub struct DatapathState {
@@ -14,6 +14,8 @@ pub struct DatapathState {
     pub backends: BTreeMap<u32, Backend>,
     /// `loadBalancerSourceRanges` entries.
     pub source_ranges: BTreeSet<RangeKey>,
+    /// Allocated ClusterIPs and service CIDRs.
+    pub service_addresses: BTreeSet<ServiceAddress>,
     /// Derived from the above and kept up to date by [`Self::apply`], so a
     /// plan touching one frontend costs as much at 50k Services as at 1.
     index: BackendIndex,
@@ -54,6 +56,7 @@ impl PartialEq for DatapathState {
         self.frontends == other.frontends
             && self.backends == other.backends
             && self.source_ranges == other.source_ranges
+            && self.service_addresses == other.service_addresses
     }
 }
 
@@ -95,6 +98,7 @@ impl DatapathState {
             frontends: BTreeMap::new(),
             backends: backends.into_iter().collect(),
             source_ranges: source_ranges.into_iter().collect(),
+            service_addresses: BTreeSet::new(),
             index: BackendIndex::default(),
         };
         // Ascending ids: a duplicate (only after a hand edit) maps to the
@@ -177,6 +181,12 @@ impl DatapathState {
             MapOp::DeleteSourceRange { range } => {
                 self.source_ranges.remove(&range);
             }
+            MapOp::PutServiceAddress { address } => {
+                self.service_addresses.insert(address);
+            }
+            MapOp::DeleteServiceAddress { address } => {
+                self.service_addresses.remove(&address);
+            }
             MapOp::DeleteSlot { key } => {
                 let mut removed = None;
                 self.edit_existing(&key, |frontend| {
@@ -228,7 +238,9 @@ impl DatapathState {
             MapOp::PutBackend { .. }
             | MapOp::DeleteFrontend { .. }
             | MapOp::PutSourceRange { .. }
-            | MapOp::DeleteSourceRange { .. } => true,
+            | MapOp::DeleteSourceRange { .. }
+            | MapOp::PutServiceAddress { .. }
+            | MapOp::DeleteServiceAddress { .. } => true,
             MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
             MapOp::PutFrontend { key, count, .. } => {
                 let slots = self.frontends.get(&key.with_slot(0)).map(|f| &f.slots);

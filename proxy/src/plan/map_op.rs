@@ -32,6 +32,12 @@ pub enum MapOp {
     DeleteSourceRange {
         range: RangeKey,
     },
+    PutServiceAddress {
+        address: ServiceAddress,
+    },
+    DeleteServiceAddress {
+        address: ServiceAddress,
+    },
     DeleteSlot {
         key: ServiceKey,
     },
@@ -42,6 +48,15 @@ pub enum MapOp {
     DeleteBackend {
         id: u32,
     },
+}
+
+/// An entry of kube-proxy's `cluster-ips-check`: an allocated ClusterIP
+/// (connections to its unserved ports are refused) or a service CIDR
+/// (connections to its unallocated addresses are dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceAddress {
+    ClusterIp(IpAddr),
+    Cidr(Cidr),
 }
 
 /// One key of the source-range LPM trie: a frontend and a source prefix.

@@ -16,6 +16,7 @@
 
 pub mod datapath_state;
 pub mod map_op;
+pub mod service_address;
 pub mod stale_backends;
 
 #[cfg(test)]
@@ -58,7 +59,9 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     }
     // Ranges go in before the frontend that checks them and out after it
     // stopped, like backends.
+    let addresses = service_address::plan_all(current, desired);
     let mut ops = ids.new_backends;
+    ops.extend(addresses.puts);
     ops.extend(
         wanted_ranges
             .difference(&current.source_ranges)
@@ -71,6 +74,7 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
             .difference(&wanted_ranges)
             .map(|&range| MapOp::DeleteSourceRange { range }),
     );
+    ops.extend(addresses.deletes);
     ops.extend(
         current
             .backends
@@ -127,7 +131,9 @@ pub fn plan_frontends(
         .filter(|range| scoped_keys.contains(&range.frontend_key()))
         .copied()
         .collect();
+    let addresses = service_address::plan_scoped(current, desired, scope);
     let mut ops = ids.new_backends;
+    ops.extend(addresses.puts);
     ops.extend(
         wanted_ranges
             .difference(&programmed_ranges)
@@ -139,6 +145,7 @@ pub fn plan_frontends(
             .difference(&wanted_ranges)
             .map(|&range| MapOp::DeleteSourceRange { range }),
     );
+    ops.extend(addresses.deletes);
     let mut orphans: Vec<u32> = scoped_refs
         .into_iter()
         .filter(|(id, refs)| !ids.referenced.contains(id) && current.slot_refs(*id) <= *refs)

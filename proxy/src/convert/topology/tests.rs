@@ -190,7 +190,7 @@ fn endpoint_selection_table() {
         let node = NodeContext {
             name: "a".into(),
             zone: zone.map(String::from),
-            node_port_addresses: Vec::new(),
+            ..NodeContext::default()
         };
         let candidates: Vec<Candidate> = candidates.iter().map(|c| candidate(c)).collect();
         let got: Vec<u8> = select_endpoints(&candidates, *policy, &node)
