@@ -29,6 +29,7 @@ use crate::{
         address::{BadCidr, Cidr},
     },
     node::{
+        netns_source::NetnsSources,
         node_network::{self, DeviceSelection, NodePortAddresses},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
         socket_reaper::SocketReaper,
@@ -60,6 +61,10 @@ pub enum AgentError {
     ServiceCidr { source: BadCidr },
 }
 
+/// How often the namespaces of the hooked cgroup are looked for, while
+/// any frontend has `loadBalancerSourceRanges`.
+const NAMESPACE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let node_name = node_name(&args);
     let service_cidrs = parse_cidrs(&args.service_cluster_ip_range)
@@ -86,16 +91,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut programs = loader::load(&args.pins.bpffs)?;
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
-    let packet_path_config = PacketPathConfig {
-        devices: DeviceSelection::from_flag(&args.devices),
-        node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)
-            .map_err(PacketPathError::from)?,
-        timeouts: args.conntrack.timeouts(),
-        nat_port_range: args.nat_port_range,
-        cluster_cidrs,
-        cluster_ip_from_outside: args.cluster_ip_from_outside,
-    };
-    let mut packet_path = PacketPath::new(packet_path_config, &args.pins.bpffs, &metrics)?;
+    let mut packet_path = PacketPath::new(
+        packet_path_config(&args, cluster_cidrs)?,
+        &args.pins.bpffs,
+        &metrics,
+    )?;
     // Subscribed before the first read, so no change falls in between.
     let mut network_changes = node_network::watch().map_err(PacketPathError::from)?;
     packet_path.refresh(&mut programs, &metrics).await?;
@@ -107,6 +107,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         backends = syncer.programmed().backends.len(),
         "adopted pinned state"
     );
+    let mut netns_sources = NetnsSources::open(&args.cgroup, &args.pins.bpffs)?;
+    // New pods' namespaces must be known soon after they start, for the
+    // socket path's `loadBalancerSourceRanges` (see `netns_source`).
+    let mut learn_namespaces = tokio::time::interval(NAMESPACE_REFRESH);
     let sockets = SocketReaper::new(
         args.cgroup.clone(),
         args.pins.bpffs.clone(),
@@ -156,12 +160,30 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = collect.tick() => agent.packet_path.collect(&agent.metrics),
+            _ = learn_namespaces.tick(), if !agent.syncer.programmed().source_ranges.is_empty() => {
+                netns_sources.refresh();
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
     info!("stopping; the datapath stays attached (switchyard cleanup removes it)");
     Ok(())
+}
+
+fn packet_path_config(
+    args: &RunArgs,
+    cluster_cidrs: Vec<Cidr>,
+) -> Result<PacketPathConfig, AgentError> {
+    Ok(PacketPathConfig {
+        devices: DeviceSelection::from_flag(&args.devices),
+        node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)
+            .map_err(PacketPathError::from)?,
+        timeouts: args.conntrack.timeouts(),
+        nat_port_range: args.nat_port_range,
+        cluster_cidrs,
+        cluster_ip_from_outside: args.cluster_ip_from_outside,
+    })
 }
 
 /// kube-proxy logs a bind failure and keeps proxying; so do we: the

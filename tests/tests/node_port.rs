@@ -176,6 +176,62 @@ fn load_balancer_ips_honour_source_ranges_and_external_ips_do_not() {
     assert!(c.outside.tcp(external_ip, 2).unwrap().iter().all(|a| a.ok));
 }
 
+/// kube-proxy's firewall chain sees every source: the ranges bind the
+/// node's own pods and processes reaching the LoadBalancer IP too (through
+/// the socket hooks, against the address each one's namespace sends from).
+#[test]
+fn source_ranges_bind_the_nodes_own_pods_and_processes() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let node1 = &c.nodes[0];
+    // The node's route towards the outside, which its processes' unbound
+    // sockets take their source from.
+    node1
+        .netns
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &c.outside.ipv4.to_string(),
+        ])
+        .unwrap();
+    let lb = |range: &str| {
+        service("lb-own", ServiceType::LoadBalancer, 30089, 19)
+            .load_balancer_ingress("203.0.113.19")
+            .load_balancer_source_range(range)
+    };
+    let lb_ip: SocketAddr = "203.0.113.19:80".parse().unwrap();
+    let outcome = |prober: switchyard_tests::Prober<'_>| {
+        let attempt = prober.tcp(lb_ip, 1).unwrap().remove(0);
+        if attempt.ok {
+            "ok".to_owned()
+        } else {
+            attempt.error.unwrap_or_default()
+        }
+    };
+    let [pod_cidr_v4, _] = node1.pod_cidrs();
+    write_service(&c, &lb(&pod_cidr_v4), &[(1, 0)]);
+    eventually("a pod in the ranges reaches the LoadBalancer IP", || {
+        outcome(node1.pod_client(0)) == "ok"
+    });
+    assert_eq!(
+        outcome(node1.host_client()),
+        "timeout",
+        "the node's address is outside the ranges"
+    );
+
+    write_service(&c, &lb("192.168.77.0/24"), &[(1, 0)]);
+    eventually("the node, now in the ranges, reaches it", || {
+        outcome(node1.host_client()) == "ok"
+    });
+    assert_eq!(
+        outcome(node1.pod_client(0)),
+        "timeout",
+        "the pod is outside the ranges now"
+    );
+}
+
 #[test]
 fn no_endpoints_is_refused_at_once() {
     let c = cluster();

@@ -25,6 +25,11 @@ pub const CLUSTER_IPS_MAP: &str = "SY_CLUSTER_IPS_V1";
 /// address in them that is no ClusterIP is dropped, as kube-proxy drops
 /// traffic to unallocated ClusterIPs, never sent on to the default route.
 pub const SERVICE_CIDRS_MAP: &str = "SY_SERVICE_CIDRS_V1";
+/// The source address of each network namespace the socket hooks serve,
+/// by netns cookie ([`NetnsSource`]): what `loadBalancerSourceRanges` are
+/// checked against for a socket that connects unbound, whose own source
+/// the kernel picks only after the connect hook.
+pub const NETNS_SOURCES_MAP: &str = "SY_NETNS_SRC_V1";
 
 /// Capacity of the service map: frontends times (1 + backends per frontend),
 /// sized for 50k Services of 4 endpoints with room for more frontends per
@@ -37,6 +42,8 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 262_144;
 /// Two addresses (IPv4 and IPv6) for each of 50k Services, with room.
 pub const CLUSTER_IPS_MAX_ENTRIES: u32 = 131_072;
 pub const SERVICE_CIDRS_MAX_ENTRIES: u32 = 64;
+/// Pods (and the host) on one node, with room.
+pub const NETNS_SOURCES_MAX_ENTRIES: u32 = 16_384;
 /// Services one socket's state remembers at once (see [`SockState`]).
 pub const SOCK_PEERS: usize = 4;
 /// connect()ed UDP sockets to a Service, by socket cookie: how the agent
@@ -313,7 +320,18 @@ impl SockState {
     }
 }
 
+/// The addresses a network namespace's unbound sockets leave from, per
+/// family: the source its routes pick towards the outside. The unspecified
+/// address (all zero) where it has none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetnsSource {
+    pub v4: Addr,
+    pub v6: Addr,
+}
+
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+const _: () = assert!(core::mem::size_of::<NetnsSource>() == 32);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
@@ -334,4 +352,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockPeer {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::NetnsSource {}
 }

@@ -35,6 +35,7 @@ mod service_cidr;
 mod snat;
 mod sock;
 mod sock_state;
+mod source_range;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier},

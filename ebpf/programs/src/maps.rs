@@ -17,9 +17,10 @@ use aya_ebpf::{
 use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
     CLUSTER_CIDRS_MAX_ENTRIES, CLUSTER_IPS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN,
-    FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, NODE_ENTRIES, NodeConfig,
-    SERVICE_CIDRS_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceKey,
-    ServiceValue, SockPeer, SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
+    FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, NETNS_SOURCES_MAX_ENTRIES,
+    NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockPeer, SockState, SourceRange,
+    UDP_PEERS_MAX_ENTRIES,
 };
 
 #[map(name = "SY_SERVICES_V1")]
@@ -100,6 +101,10 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "SY_CLUSTER_IPS_V1")]
 pub static CLUSTER_IPS: HashMap<Addr, u8> =
     HashMap::pinned(CLUSTER_IPS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SY_NETNS_SRC_V1")]
+pub static NETNS_SOURCES: HashMap<u64, NetnsSource> =
+    HashMap::pinned(NETNS_SOURCES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SY_SERVICE_CIDRS_V1")]
 pub static SERVICE_CIDRS: LpmTrie<Addr, u8> =

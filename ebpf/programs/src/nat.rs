@@ -15,19 +15,20 @@ use switchyard_abi::{
     COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
     COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_CLUSTER_IP,
     FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
-    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SOURCE_RANGE_FRONTEND_BITS, ServiceKey, ServiceValue, SourceRange, client_of_addr,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
+    ServiceValue, client_of_addr,
 };
 
 use crate::{
     icmp_error,
-    maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, NODE_CONFIG, SERVICES, SOURCE_RANGES, count},
+    maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, NODE_CONFIG, SERVICES, count},
     packet::{self, End, Packet},
     progress,
     reject::reject,
     select::{Selection, select},
     service_cidr::{AddressUse, address_use},
     snat::claim_snat_port,
+    source_range,
 };
 
 const SHOT: i32 = switchyard_abi::TC_SHOT;
@@ -181,7 +182,8 @@ fn choose(packet: &Packet) -> Choice {
         count(COUNTER_DROP_FRAGMENT);
         return Choice::Verdict(SHOT);
     }
-    if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_allowed(&frontend, &packet.src) {
+    if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_range::allows(&frontend, &packet.src)
+    {
         count(COUNTER_DROP_SOURCE_RANGE);
         return Choice::Verdict(SHOT);
     }
@@ -196,7 +198,7 @@ fn choose(packet: &Packet) -> Choice {
         Selection::Backend(backend, ..) if backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)
         }
-        Selection::Backend(backend, id, _) => {
+        Selection::Backend(backend, id, ..) => {
             let remote = backend.flags & BACKEND_LOCAL == 0;
             let snat = remote
                 && (settings.flags & FRONTEND_SNAT_REMOTE != 0
@@ -312,19 +314,6 @@ fn record_reply(packet: &Packet, backend: &Backend) -> bool {
     CONNTRACK
         .insert(forward.partner(&key), Flow::reply_of(&key, false, now), 0)
         .is_ok()
-}
-
-fn source_allowed(frontend: &ServiceKey, src: &Addr) -> bool {
-    let range = SourceRange {
-        addr: frontend.addr,
-        port: frontend.port,
-        proto: frontend.proto,
-        pad: 0,
-        src: *src,
-    };
-    SOURCE_RANGES
-        .get(Key::new(SOURCE_RANGE_FRONTEND_BITS + 128, range))
-        .is_some()
 }
 
 /// Client -> backend. A connection NATed to this node is sent straight out

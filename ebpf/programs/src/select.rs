@@ -14,8 +14,9 @@ pub enum Selection {
     /// A frontend with no usable backend, and its flags (whether to drop
     /// or refuse the caller).
     NoBackends(u16),
-    /// The backend, its id, and the slot that named it.
-    Backend(Backend, u32, u16),
+    /// The backend, its id, the slot that named it, and the frontend's
+    /// flags.
+    Backend(Backend, u32, u16, u16),
 }
 
 /// `client` identifies the caller for session affinity: its netns cookie,
@@ -33,7 +34,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         return Selection::NoBackends(front.flags);
     }
     if front.affinity_timeout == 0 {
-        return backend_in_slot(frontend, random_slot(&front));
+        return backend_in_slot(frontend, random_slot(&front), front.flags);
     }
     let key = AffinityKey::new(client, frontend);
     // SAFETY: a helper with no arguments.
@@ -50,7 +51,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         }
         _ => random_slot(&front),
     };
-    let selection = backend_in_slot(frontend, slot);
+    let selection = backend_in_slot(frontend, slot, front.flags);
     if let Selection::Backend(..) = selection
         && let Some(entry) = unsafe { SERVICES.get(frontend.with_slot(slot)) }
     {
@@ -91,14 +92,14 @@ fn slot_names(frontend: &ServiceKey, slot: u16, backend_id: u32) -> bool {
         .is_some_and(|entry| entry.backend_id == backend_id)
 }
 
-fn backend_in_slot(frontend: &ServiceKey, slot: u16) -> Selection {
+fn backend_in_slot(frontend: &ServiceKey, slot: u16, flags: u16) -> Selection {
     // The agent writes slots before raising the count, so a missing slot
     // means the maps were edited by hand: fail open rather than refuse.
     let Some(entry) = (unsafe { SERVICES.get(frontend.with_slot(slot)) }) else {
         return Selection::NotAService;
     };
     match unsafe { BACKENDS.get(entry.backend_id) } {
-        Some(backend) => Selection::Backend(*backend, entry.backend_id, slot),
+        Some(backend) => Selection::Backend(*backend, entry.backend_id, slot, flags),
         None => Selection::NotAService,
     }
 }

@@ -15,12 +15,13 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use switchyard_abi::{Addr, Backend, FRONTEND_DROP_NO_LOCAL, ServiceKey};
+use switchyard_abi::{Addr, Backend, FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES, ServiceKey};
 
 use crate::{
+    maps::NETNS_SOURCES,
     select::{Selection, select},
     service_cidr::{AddressUse, address_use},
-    sock_state,
+    sock_state, source_range,
 };
 
 /// Let the socket call proceed.
@@ -123,12 +124,57 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
             AddressUse::Unallocated => Route::Drop,
         },
         Selection::NoBackends(flags) if flags & FRONTEND_DROP_NO_LOCAL != 0 => Route::Drop,
-        Selection::NoBackends(_) => Route::Refuse,
-        Selection::Backend(backend, id, slot) => {
-            let chosen = sock_state::Selected { backend, id, slot };
-            sock_state::remember(ctx, call, frontend, &chosen);
-            Route::To(backend)
-        }
+        Selection::NoBackends(flags) => match admission(ctx, frontend, flags) {
+            Admission::Allowed => Route::Refuse,
+            Admission::Denied => Route::Drop,
+            Admission::Unknown => Route::Proceed,
+        },
+        Selection::Backend(backend, id, slot, flags) => match admission(ctx, frontend, flags) {
+            Admission::Allowed => {
+                let chosen = sock_state::Selected { backend, id, slot };
+                sock_state::remember(ctx, call, frontend, &chosen);
+                Route::To(backend)
+            }
+            // kube-proxy's firewall chain drops a source outside the
+            // ranges before any DNAT.
+            Admission::Denied => Route::Drop,
+            // The socket's namespace is not known (yet): left untranslated
+            // for the load balancer itself to judge, never let past the
+            // ranges here.
+            Admission::Unknown => Route::Proceed,
+        },
+    }
+}
+
+/// Whether `loadBalancerSourceRanges` let this socket use `frontend`.
+enum Admission {
+    Allowed,
+    Denied,
+    Unknown,
+}
+
+/// The ranges are checked against the address the socket's namespace
+/// sends from (`SY_NETNS_SRC_V1`, which the agent keeps): at connect()
+/// an unbound socket has no source yet, and a pod is one namespace.
+fn admission(ctx: &SockAddrContext, frontend: &ServiceKey, flags: u16) -> Admission {
+    if flags & FRONTEND_SOURCE_RANGES == 0 {
+        return Admission::Allowed;
+    }
+    // SAFETY: map values are plain integers, valid for this run.
+    let Some(sources) = (unsafe { NETNS_SOURCES.get(&client(ctx)) }) else {
+        return Admission::Unknown;
+    };
+    let src = if frontend.addr.is_v4() {
+        sources.v4
+    } else {
+        sources.v6
+    };
+    if src == Addr::default() {
+        Admission::Unknown
+    } else if source_range::allows(frontend, &src) {
+        Admission::Allowed
+    } else {
+        Admission::Denied
     }
 }
 

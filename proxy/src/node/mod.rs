@@ -2,7 +2,13 @@
 //! them, and the per-packet path's connections.
 
 pub mod conntrack;
+pub mod hooked_namespaces;
 pub mod nat_ports;
+#[expect(
+    unsafe_code,
+    reason = "getsockopt(SO_NETNS_COOKIE), which neither std nor nix 0.31 names"
+)]
+pub mod netns_source;
 pub mod node_network;
 pub mod packet_path;
 pub mod sock_diag;

@@ -14,11 +14,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs::File,
     io,
     net::SocketAddr,
-    os::{fd::AsFd, unix::fs::MetadataExt},
-    path::{Path, PathBuf},
+    os::fd::AsFd,
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -29,7 +28,10 @@ use tracing::{debug, warn};
 
 use crate::{
     model::Protocol,
-    node::sock_diag::{DiagSocket, SockDiag, Wanted},
+    node::{
+        hooked_namespaces::namespaces,
+        sock_diag::{DiagSocket, SockDiag, Wanted},
+    },
     plan::stale_backends::StaleBackend,
     serve::metrics::Metrics,
 };
@@ -224,38 +226,4 @@ fn remembers(peers: &[SockPeer], frontend: SocketAddr, backend: SocketAddr) -> b
 
 fn socket_addr(addr: switchyard_abi::Addr, port_be: u16) -> SocketAddr {
     SocketAddr::new(std::net::IpAddr::from(addr), u16::from_be(port_be))
-}
-
-/// One open handle per distinct network namespace of the processes in
-/// `cgroup` and its descendants.
-fn namespaces(cgroup: &Path) -> Vec<File> {
-    let mut seen = BTreeSet::new();
-    let mut handles = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs
-                .lines()
-                .filter_map(|line| line.trim().parse::<u32>().ok())
-            {
-                let Ok(file) = File::open(format!("/proc/{pid}/ns/net")) else {
-                    continue;
-                };
-                if let Ok(meta) = file.metadata()
-                    && seen.insert((meta.dev(), meta.ino()))
-                {
-                    handles.push(file);
-                }
-            }
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            dirs.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    handles
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod flow_table;
 pub mod packet_lab;
 pub mod two_nodes;
 

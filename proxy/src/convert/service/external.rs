@@ -157,19 +157,21 @@ impl Exposure {
         internal.frontend.port = port;
         internal.field = field;
         internal.policy = TrafficPolicy::Cluster;
+        // kube-proxy's firewall chain sees every source, so the ranges bind
+        // the node's pods and processes (internal scope) as well.
+        if let (true, Some(ranges)) = (load_balancer, &self.source_ranges) {
+            internal.flags |= FRONTEND_SOURCE_RANGES;
+            internal.source_ranges = ranges
+                .iter()
+                .filter(|range| range.network.is_ipv4() == ip.is_ipv4())
+                .copied()
+                .collect();
+        }
         let mut external = internal.clone();
         external.frontend.scope = Scope::External;
         external.policy = self.policy;
         if self.policy == TrafficPolicy::Cluster {
             external.flags |= FRONTEND_SNAT_REMOTE;
-        }
-        if let (true, Some(ranges)) = (load_balancer, &self.source_ranges) {
-            external.flags |= FRONTEND_SOURCE_RANGES;
-            external.source_ranges = ranges
-                .iter()
-                .filter(|range| range.network.is_ipv4() == ip.is_ipv4())
-                .copied()
-                .collect();
         }
         out.push(internal);
         // Packets to a loopback address never cross a device: only the
