@@ -21,6 +21,7 @@ use crate::{
     convert::{
         desired::{desired_state, update_services},
         input_error::InputError,
+        service_cidr::service_cidrs,
         topology::{NodeContext, ZONE_LABEL},
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
@@ -226,7 +227,8 @@ struct Agent {
     /// the base a pass over a few changed Services patches.
     desired: Option<DesiredState>,
     node: NodeContext,
-    /// `--service-cluster-ip-range`.
+    /// `--service-cluster-ip-range`; a full pass adds the ServiceCIDR
+    /// objects' ranges.
     service_cidrs: Vec<Cidr>,
     node_eligible: bool,
     last_full: Option<Instant>,
@@ -339,16 +341,19 @@ impl Agent {
             .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()))
             .map(|node| &**node);
         self.node_eligible = own_node.is_none_or(node_eligible);
+        let (service_cidrs, cidr_errors) =
+            service_cidrs(&self.service_cidrs, &loaded.service_cidrs);
         self.node = node_context(
             &self.node_name,
             own_node,
             self.packet_path.node_port_addresses(),
-            &self.service_cidrs,
+            &service_cidrs,
         );
         let (desired, conversion_errors) =
             desired_state(&loaded.services, &loaded.slices, &self.node);
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()
+            .chain(cidr_errors)
             .map(|error| loaded.attribute(error))
             .chain(loaded.errors.iter().cloned())
             .map(|error| (error.to_string(), error))

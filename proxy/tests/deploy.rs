@@ -73,6 +73,22 @@ fn daemonset_runs_unprivileged_with_named_capabilities() {
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
 }
 
+/// Sockets of removed backends are destroyed, and namespaces' source
+/// addresses learned, inside pods' network namespaces: found by host PID
+/// and entered with setns.
+#[test]
+fn daemonset_can_enter_pods_network_namespaces() {
+    let pod = &documents("daemonset.yaml")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    let added = &container()["securityContext"]["capabilities"]["add"];
+    for capability in ["SYS_ADMIN", "SYS_PTRACE"] {
+        assert!(
+            added.as_array().unwrap().iter().any(|c| c == capability),
+            "{capability} missing from {added}"
+        );
+    }
+}
+
 /// (group, resource, verb) triples.
 fn granted() -> BTreeSet<(String, String, String)> {
     let role = documents("rbac.yaml")

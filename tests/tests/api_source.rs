@@ -264,3 +264,37 @@ fn the_nodes_own_labels_come_from_the_api() {
     let agent = start(&cluster, &api);
     time_until(CONVERGE, || serves(&agent, &[&cluster.pods[0]]));
 }
+
+/// ServiceCIDR objects (networking.k8s.io/v1) are watched: an unallocated
+/// address of one is dropped while it exists, and left to routing after it
+/// is deleted.
+#[test]
+fn service_cidrs_from_the_api_drop_unallocated_addresses() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(1)).unwrap();
+    let api = api(&cluster);
+    publish_web(&api, &cluster, &cluster.pods);
+    api.server.apply(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": ["10.96.0.0/16"]},
+    }));
+    // Without the drop, the client's own routing refuses the address at
+    // once, which tells it apart from the hooks' ETIMEDOUT.
+    cluster
+        .client
+        .netns
+        .ip(&["route", "add", "unreachable", "10.96.0.0/16"])
+        .unwrap();
+    let _agent = start(&cluster, &api);
+    let unallocated = || {
+        let attempt = &cluster
+            .client
+            .tcp("10.96.0.99:80".parse().unwrap(), 1)
+            .unwrap()[0];
+        attempt.error.clone().unwrap_or_default()
+    };
+    time_until(CONVERGE, || unallocated() == "timeout");
+    api.server.delete("ServiceCIDR", "", "kubernetes");
+    time_until(CONVERGE, || unallocated() == "unreachable");
+}

@@ -1,7 +1,7 @@
 //! kube-proxy's `cluster-ips-check`: a connection to an allocated ClusterIP
 //! on a port its Service does not serve is refused, and one to an address
-//! of the service CIDRs (`--service-cluster-ip-range`) that no Service
-//! holds is dropped, never sent on towards the node's default route. From
+//! of the service CIDRs (`--service-cluster-ip-range`, or the cluster's
+//! ServiceCIDR objects) that no Service holds is dropped, never sent on towards the node's default route. From
 //! a pod and a host process (socket path) and from outside (per-packet
 //! path), on the two-node lab. Needs root; run with --test-threads=1.
 
@@ -9,6 +9,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use serde_json::json;
 use support::{
     metric,
     two_nodes::{agents, cluster, eventually, plain_cluster_ip, write_service},
@@ -134,4 +135,55 @@ fn without_service_cidrs_an_unallocated_address_is_left_to_routing() {
         .tcp("10.96.0.31:81".parse().unwrap(), 1)
         .unwrap();
     assert_eq!(outcome(&attempts), "refused", "{attempts:?}");
+}
+
+/// Kubernetes 1.33's ServiceCIDR objects give the ranges without the flag,
+/// and are followed: a range removed stops dropping, a bad one is named.
+#[test]
+fn service_cidr_objects_are_learned_and_followed() {
+    let c = cluster();
+    let _agents = agents(&c, &[]);
+    let node = &c.nodes[0];
+    write_service(&c, &plain_cluster_ip("dns", 32), &[(1, 0)]);
+    let service_cidr = |cidrs: &[&str]| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": cidrs},
+        })
+    };
+    let unallocated = || {
+        let attempts = node
+            .pod_client(0)
+            .tcp("10.96.0.99:80".parse().unwrap(), 1)
+            .unwrap();
+        outcome(&attempts)
+    };
+    let manifests = c.manifests();
+    manifests
+        .write(
+            "service-cidr.yaml",
+            &[service_cidr(&["10.96.0.0/16", "fd00:96::/112"])],
+        )
+        .unwrap();
+    eventually("the unallocated address is dropped", || {
+        unallocated() == "timeout"
+    });
+    let attempts = node
+        .pod_client(0)
+        .tcp("[fd00:96::99]:80".parse().unwrap(), 1)
+        .unwrap();
+    assert_eq!(outcome(&attempts), "timeout", "{attempts:?}");
+    manifests.remove("service-cidr.yaml").unwrap();
+    eventually("the address is left to routing again", || {
+        unallocated() != "timeout"
+    });
+    manifests
+        .write("service-cidr.yaml", &[service_cidr(&["10.96.0.0/33"])])
+        .unwrap();
+    eventually("the bad range is named", || {
+        let metrics = support::get(&node.netns, METRICS_PORT, "/metrics").1;
+        metric(&metrics, "switchyard_input_errors{reason=\"invalid_ip\"}").is_some_and(|n| n > 0.0)
+    });
 }

@@ -8,4 +8,5 @@ pub mod endpoints;
 pub mod fixtures;
 pub mod input_error;
 pub mod service;
+pub mod service_cidr;
 pub mod topology;

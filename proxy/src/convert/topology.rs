@@ -18,7 +18,8 @@ pub struct NodeContext {
     /// The addresses NodePorts are served on (`--nodeport-addresses`
     /// applied to this node's addresses).
     pub node_port_addresses: Vec<std::net::IpAddr>,
-    /// The service CIDRs (`--service-cluster-ip-range`).
+    /// The service CIDRs (`--service-cluster-ip-range` and ServiceCIDR
+    /// objects).
     pub service_cidrs: Vec<crate::model::address::Cidr>,
 }
 

@@ -1,5 +1,6 @@
-//! The cluster source: kube-rs reflectors for Services, EndpointSlices and
-//! this node's own Node, with kube-proxy's informer selectors.
+//! The cluster source: kube-rs reflectors for Services, EndpointSlices,
+//! this node's own Node and the ServiceCIDRs, with kube-proxy's informer
+//! selectors.
 //!
 //! Watch events say which Services changed, so a pass can recompute just
 //! those; anything else (a relist, the Node) asks for a full pass, and the
@@ -21,6 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     Api, Client, Config, ResourceExt,
@@ -61,7 +63,7 @@ pub struct WatchedResource {
 /// A reflector lists, then watches; it never gets, creates or updates.
 const REFLECTOR_VERBS: &[&str] = &["list", "watch"];
 
-pub const WATCHED_RESOURCES: [WatchedResource; WATCHED_KINDS] = [
+pub const WATCHED_RESOURCES: [WatchedResource; 4] = [
     WatchedResource {
         group: "",
         resource: "services",
@@ -75,6 +77,11 @@ pub const WATCHED_RESOURCES: [WatchedResource; WATCHED_KINDS] = [
     WatchedResource {
         group: "",
         resource: "nodes",
+        verbs: REFLECTOR_VERBS,
+    },
+    WatchedResource {
+        group: "networking.k8s.io",
+        resource: "servicecidrs",
         verbs: REFLECTOR_VERBS,
     },
 ];
@@ -98,6 +105,7 @@ pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    service_cidrs: Store<ServiceCIDR>,
     changes: mpsc::Receiver<()>,
     pending: Arc<PendingChanges>,
     membership: Arc<Mutex<SliceMembership>>,
@@ -105,7 +113,18 @@ pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
 }
 
-const WATCHED_KINDS: usize = 3;
+/// The watchers that must have listed before a sync may prune: Services,
+/// EndpointSlices and the Node. ServiceCIDRs only add drops of unallocated
+/// addresses, and API servers before 1.33 do not serve them.
+const REQUIRED_LISTS: usize = 3;
+
+/// Whether a watcher's first list holds back the first sync.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Required,
+    /// Served when the API server has it; a 404 is said once, at info.
+    Optional,
+}
 
 impl KubeSource {
     pub async fn connect(
@@ -144,7 +163,7 @@ impl KubeSource {
             Api::<Service>::all(client.clone()),
             proxied.clone(),
             &notify,
-            &mut tasks,
+            (&mut tasks, Listing::Required),
             |service: &Service, _deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&service.metadata);
                 pending.received_service();
@@ -157,7 +176,7 @@ impl KubeSource {
             Api::<EndpointSlice>::all(client.clone()),
             proxied,
             &notify,
-            &mut tasks,
+            (&mut tasks, Listing::Required),
             move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&slice.metadata);
                 pending.received_endpoint_slice();
@@ -177,16 +196,24 @@ impl KubeSource {
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = spawn_reflector(
-            Api::<Node>::all(client),
+            Api::<Node>::all(client.clone()),
             own_node,
             &notify,
-            &mut tasks,
+            (&mut tasks, Listing::Required),
             |_node: &Node, _deleted: bool, pending: &PendingChanges| pending.everything(),
+        );
+        let service_cidrs = spawn_reflector(
+            Api::<ServiceCIDR>::all(client),
+            watcher::Config::default(),
+            &notify,
+            (&mut tasks, Listing::Optional),
+            |_cidr: &ServiceCIDR, _deleted: bool, pending: &PendingChanges| pending.everything(),
         );
         Ok(Self {
             services,
             slices,
             nodes,
+            service_cidrs,
             changes,
             pending,
             membership,
@@ -198,7 +225,7 @@ impl KubeSource {
     /// Every watcher has completed its first list: the stores hold the
     /// whole cluster and a sync may prune what is not in them.
     pub fn synced(&self) -> bool {
-        self.listed.load(Ordering::Acquire) >= WATCHED_KINDS
+        self.listed.load(Ordering::Acquire) >= REQUIRED_LISTS
     }
 
     /// Waits for the next change (or first list) in any store.
@@ -267,6 +294,7 @@ impl KubeSource {
             services: self.services.state(),
             slices: self.slices.state(),
             nodes: self.nodes.state(),
+            service_cidrs: self.service_cidrs.state(),
             ..Manifests::default()
         }
     }
@@ -339,7 +367,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: &Notify<'_>,
-    tasks: &mut Vec<JoinHandle<()>>,
+    (tasks, listing): (&mut Vec<JoinHandle<()>>, Listing),
     mut changed: impl FnMut(&K, bool, &PendingChanges) + Send + 'static,
 ) -> Store<K>
 where
@@ -365,6 +393,7 @@ where
     let pending = Arc::clone(notify.pending);
     tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut said_not_served = false;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(object)) => {
@@ -384,11 +413,20 @@ where
                     pending.everything();
                     let _already_pending = sender.try_send(());
                 }
+                Err(error) if listing == Listing::Optional && not_served(&error) => {
+                    if !said_not_served {
+                        info!(%kind, "not served by this API server; retrying quietly");
+                        said_not_served = true;
+                    }
+                }
                 // The backoff retries; the stores keep their last content.
                 Err(error) => warn!(%kind, %error, "watch failed; retrying"),
             }
         }
     }));
+    if listing == Listing::Optional {
+        return reader;
+    }
     let ready = reader.clone();
     let sender = notify.wake.clone();
     let listed = Arc::clone(notify.listed);
@@ -399,6 +437,14 @@ where
         }
     }));
     reader
+}
+
+/// A resource the API server does not have (404 on its list).
+fn not_served(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+    )
 }
 
 #[cfg(test)]

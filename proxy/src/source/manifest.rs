@@ -17,6 +17,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -37,6 +38,8 @@ pub struct Manifests {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub nodes: Vec<Arc<Node>>,
+    /// The cluster's service CIDRs (networking.k8s.io/v1, Kubernetes 1.33).
+    pub service_cidrs: Vec<Arc<ServiceCIDR>>,
     pub errors: Vec<InputError>,
     /// Which file each object came from, to name it in later errors.
     pub origins: BTreeMap<ObjectRef, Origin>,
@@ -63,6 +66,7 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Node(Box<Node>),
+    ServiceCidr(Box<ServiceCIDR>),
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not its
@@ -181,13 +185,16 @@ fn collect(value: Value, objects: &mut Vec<Object>) -> Result<(), DocumentError>
             objects.push(Object::EndpointSlice(typed(value)?));
         }
         ("v1", "Node") => objects.push(Object::Node(typed(value)?)),
+        ("networking.k8s.io/v1", "ServiceCIDR") => {
+            objects.push(Object::ServiceCidr(typed(value)?));
+        }
         ("", _) | (_, "") => {
             return Err(DocumentError {
                 reason: Reason::MissingField,
                 detail: "not a Kubernetes object: apiVersion and kind are required".into(),
             });
         }
-        (_, "Service" | "EndpointSlice" | "Node") => {
+        (_, "Service" | "EndpointSlice" | "Node" | "ServiceCIDR") => {
             return Err(DocumentError {
                 reason: Reason::Unsupported,
                 detail: format!("{kind}: apiVersion {api_version} is not supported"),
@@ -233,7 +240,7 @@ macro_rules! has_meta {
         }
     )*};
 }
-has_meta!(Service, EndpointSlice, Node);
+has_meta!(Service, EndpointSlice, Node, ServiceCIDR);
 
 /// Collects objects across files, one per kind/namespace/name.
 #[derive(Default)]
@@ -242,6 +249,7 @@ struct Loader {
     services: BTreeMap<ObjectRef, Service>,
     slices: BTreeMap<ObjectRef, EndpointSlice>,
     nodes: BTreeMap<ObjectRef, Node>,
+    service_cidrs: BTreeMap<ObjectRef, ServiceCIDR>,
 }
 
 impl Loader {
@@ -263,6 +271,10 @@ impl Loader {
                 }
                 Object::Node(node) => {
                     let object = keep(&mut self.nodes, *node, "Node", false);
+                    self.note_origin(object, &origin);
+                }
+                Object::ServiceCidr(cidr) => {
+                    let object = keep(&mut self.service_cidrs, *cidr, "ServiceCIDR", false);
                     self.note_origin(object, &origin);
                 }
             }
@@ -292,6 +304,7 @@ impl Loader {
             services: self.services.into_values().map(Arc::new).collect(),
             slices: self.slices.into_values().map(Arc::new).collect(),
             nodes: self.nodes.into_values().map(Arc::new).collect(),
+            service_cidrs: self.service_cidrs.into_values().map(Arc::new).collect(),
             ..self.manifests
         }
     }

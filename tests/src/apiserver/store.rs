@@ -22,7 +22,7 @@ pub struct Kind {
     pub namespaced: bool,
 }
 
-pub const KINDS: [Kind; 3] = [
+pub const KINDS: [Kind; 4] = [
     Kind {
         name: "Service",
         api_version: "v1",
@@ -39,6 +39,12 @@ pub const KINDS: [Kind; 3] = [
         name: "Node",
         api_version: "v1",
         plural: "nodes",
+        namespaced: false,
+    },
+    Kind {
+        name: "ServiceCIDR",
+        api_version: "networking.k8s.io/v1",
+        plural: "servicecidrs",
         namespaced: false,
     },
 ];

@@ -13,6 +13,7 @@ fn kinds(objects: &[Object]) -> Vec<&'static str> {
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::Node(_) => "Node",
+            Object::ServiceCidr(_) => "ServiceCIDR",
         })
         .collect()
 }
@@ -53,6 +54,16 @@ fn document_table() {
             text: "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
             want_kinds: &["Node"],
             want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/16, fd00:96::/112]}\n",
+            want_kinds: &["ServiceCIDR"],
+            want_error: &[],
+        },
+        DocumentCase {
+            text: "apiVersion: networking.k8s.io/v1beta1\nkind: ServiceCIDR\nmetadata: {name: old}\n",
+            want_kinds: &[],
+            want_error: &["apiVersion networking.k8s.io/v1beta1 is not supported"],
         },
         DocumentCase {
             text: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n",
