@@ -19,7 +19,7 @@ use crate::{
     rig::Rig,
 };
 
-const NODE_NAME: &str = "bench-node";
+pub(crate) const NODE_NAME: &str = "bench-node";
 const POLL: Duration = Duration::from_millis(5);
 
 pub struct RunningAgent<'a> {
@@ -48,28 +48,18 @@ impl<'a> RunningAgent<'a> {
         let kubeconfig = rig.scratch.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig)?;
         let mut config = AgentConfig {
-            bin: agent_bin.to_owned(),
-            manifests: rig.scratch.path().to_owned(),
             kubeconfig: Some(kubeconfig),
-            cgroup: rig.cgroup.path().to_owned(),
-            bpffs: rig.bpffs.join("switchyard"),
-            node_name: NODE_NAME.into(),
-            // The bench's node has no metrics consumer; fixed ports could
-            // clash with another run's agent in another namespace anyway.
-            extra_args: vec![
-                "--metrics-bind-address".into(),
-                "127.0.0.1:0".into(),
-                "--healthz-bind-address".into(),
-                "127.0.0.1:0".into(),
-            ],
-            log,
+            ..config(rig, agent_bin, log)
         };
         if let Some(devices) = devices {
             config = config.arg("--devices").arg(devices);
         }
         let started = Instant::now();
         let mut agent = Agent::spawn(config, &rig.node)?;
-        wait_programmed(&mut agent, services.len(), ready_timeout)?;
+        if let Err(error) = wait_programmed(&mut agent, services.len(), ready_timeout) {
+            abandon(agent);
+            return Err(error);
+        }
         let took = started.elapsed();
         Ok((Self { agent, api }, took))
     }
@@ -81,36 +71,82 @@ impl<'a> RunningAgent<'a> {
 
     /// Peak resident memory of the agent so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> Result<f64> {
-        let pid = self.agent.pid().context("agent not running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmHWM in /proc/PID/status")?;
-        Ok(kib / 1024.0)
+        peak_rss_mib(&self.agent)
     }
 
     /// Stops the agent and removes its hooks and pins, so the next mode
     /// runs on a bare node.
     pub fn stop(mut self) -> Result<()> {
-        self.agent.stop()?;
-        let output = self.agent.cleanup()?;
-        if !output.status.success() {
-            bail!(
-                "switchyard cleanup failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        stop_and_clean(self.agent)?;
         self.api.stop();
         Ok(())
     }
 }
 
+/// The agent on the rig's node, its hooks on the rig's cgroup, reading
+/// the scratch folder (an empty one: the API or a caller's folder serves).
+pub(crate) fn config(rig: &Rig, agent_bin: &Path, log: PathBuf) -> AgentConfig {
+    AgentConfig {
+        bin: agent_bin.to_owned(),
+        manifests: rig.scratch.path().to_owned(),
+        kubeconfig: None,
+        cgroup: rig.cgroup.path().to_owned(),
+        bpffs: rig.bpffs.join("switchyard"),
+        node_name: NODE_NAME.into(),
+        // The bench's node has no metrics consumer; fixed ports could
+        // clash with another run's agent in another namespace anyway.
+        extra_args: vec![
+            "--metrics-bind-address".into(),
+            "127.0.0.1:0".into(),
+            "--healthz-bind-address".into(),
+            "127.0.0.1:0".into(),
+        ],
+        log,
+    }
+}
+
+/// Peak resident memory of `agent` so far (VmHWM), in MiB.
+pub(crate) fn peak_rss_mib(agent: &Agent<'_>) -> Result<f64> {
+    let pid = agent.pid().context("agent not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// After a failed start: the agent stopped if it still runs, and its hooks
+/// and pins removed as far as they can be, so the next run starts bare.
+pub(crate) fn abandon(mut agent: Agent<'_>) {
+    let _not_running = agent.stop();
+    if let Err(error) = agent.cleanup() {
+        eprintln!("cleanup after a failed start: {error:#}");
+    }
+}
+
+/// Stops `agent` and removes its hooks and pins, leaving the node bare.
+pub(crate) fn stop_and_clean(mut agent: Agent<'_>) -> Result<()> {
+    agent.stop()?;
+    let output = agent.cleanup()?;
+    if !output.status.success() {
+        bail!(
+            "switchyard cleanup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Polls the agent's log for a "programmed" line covering `expected`
 /// frontends.
-fn wait_programmed(agent: &mut Agent<'_>, expected: usize, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_programmed(
+    agent: &mut Agent<'_>,
+    expected: usize,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if programmed_frontends(&agent.log()) >= expected {
@@ -141,7 +177,7 @@ fn programmed_frontends(log: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn service_object(service: &CatalogService) -> serde_json::Value {
+pub(crate) fn service_object(service: &CatalogService) -> serde_json::Value {
     let port = match service.protocol {
         Protocol::Udp => ServicePort::udp("http", SERVICE_PORT, TARGET_PORT),
         _ => ServicePort::tcp("http", SERVICE_PORT, TARGET_PORT),
@@ -156,7 +192,7 @@ fn service_object(service: &CatalogService) -> serde_json::Value {
     .to_value()
 }
 
-fn slice_object(service: &CatalogService, endpoints: &[Ipv4Addr]) -> serde_json::Value {
+pub(crate) fn slice_object(service: &CatalogService, endpoints: &[Ipv4Addr]) -> serde_json::Value {
     let mut slice = EndpointSliceManifest::new(
         &format!("{}-v4", service.name),
         NAMESPACE,

@@ -11,6 +11,8 @@ pub mod agent_run;
 pub mod catalog;
 pub mod chain_name;
 pub mod churn;
+pub mod footprint;
+pub mod footprint_report;
 pub mod forwarding;
 pub mod hook_cost;
 pub mod iptables_rules;

@@ -6,7 +6,9 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use switchyard_bench::{
-    churn, forwarding, netfilter, plot,
+    churn,
+    footprint::{self, FootprintScale},
+    forwarding, netfilter, plot,
     progress::Progress,
     report,
     results::{BenchReport, Mode},
@@ -59,6 +61,13 @@ struct Cli {
     /// whose runs are five minutes long).
     #[arg(long)]
     churn_runs: Option<usize>,
+    /// The agent's footprint at these catalog sizes, SERVICESxENDPOINTS
+    /// (default 10000x4, and with --full 50000x4 and 100000x10 too).
+    #[arg(long, value_delimiter = ',', value_parser = parse_footprint)]
+    footprint: Vec<FootprintScale>,
+    /// Measure only the agent's footprint: no traffic, no baselines.
+    #[arg(long)]
+    footprint_only: bool,
     /// Fixes the probed Service's random position.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -76,13 +85,8 @@ fn main() -> Result<()> {
     let (Some(agent), Some(loadgen)) = (cli.agent.clone(), cli.loadgen.clone()) else {
         unreachable!("clap requires both unless --render");
     };
-    let scales: &[usize] = if !cli.services.is_empty() {
-        &cli.services
-    } else if cli.full {
-        &[0, 1_000, 10_000, 30_000, 50_000]
-    } else {
-        &[0, 1_000, 10_000]
-    };
+    let footprints = footprints(&cli);
+    let scales = &connection_scales(&cli);
     // Endpoint changes at the scales the issue names, whenever measured.
     let change_scales: &[usize] = &[10_000, 50_000];
     let options = Options {
@@ -104,12 +108,13 @@ fn main() -> Result<()> {
     let churn_runs = cli
         .churn_runs
         .unwrap_or(if cli.full { 1 } else { options.runs });
-    let node_port_steps = if cli.no_node_port {
+    let node_port_steps = if cli.no_node_port || cli.footprint_only {
         0
     } else {
         3 + 2 * options.runs + 2 * churn_runs
     };
-    let mut progress = Progress::new(scales.len() * options.modes.len() + node_port_steps);
+    let mut progress =
+        Progress::new(scales.len() * options.modes.len() + node_port_steps + 2 * footprints.len());
     let mut report = BenchReport {
         kernel: kernel(),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -122,6 +127,8 @@ fn main() -> Result<()> {
         node_port_churn: Vec::new(),
         churn_s,
         node_port_forwarding: Vec::new(),
+        footprint: Vec::new(),
+        footprint_failures: Vec::new(),
     };
     for (i, services) in scales.iter().enumerate() {
         let extras = Extras {
@@ -133,7 +140,15 @@ fn main() -> Result<()> {
         // Written after every scale: a run cut short still leaves its data.
         write_outputs(&cli.out, &report)?;
     }
-    if !cli.no_node_port {
+    measure_footprints(
+        &rig,
+        &options,
+        &footprints,
+        &mut report,
+        &mut progress,
+        &cli.out,
+    )?;
+    if !cli.no_node_port && !cli.footprint_only {
         report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
         write_outputs(&cli.out, &report)?;
         report.node_port_forwarding =
@@ -172,6 +187,71 @@ fn parse_mode(name: &str) -> Result<Mode, String> {
         .into_iter()
         .find(|mode| mode.label().eq_ignore_ascii_case(name))
         .ok_or_else(|| format!("unknown mode {name:?} (direct, switchyard, iptables, nftables)"))
+}
+
+/// The numbers of Services the connection rates are measured at.
+fn connection_scales(cli: &Cli) -> Vec<usize> {
+    if cli.footprint_only {
+        Vec::new()
+    } else if !cli.services.is_empty() {
+        cli.services.clone()
+    } else if cli.full {
+        vec![0, 1_000, 10_000, 30_000, 50_000]
+    } else {
+        vec![0, 1_000, 10_000]
+    }
+}
+
+fn measure_footprints(
+    rig: &Rig,
+    options: &Options,
+    footprints: &[FootprintScale],
+    report: &mut BenchReport,
+    progress: &mut Progress,
+    out: &std::path::Path,
+) -> Result<()> {
+    for scale in footprints {
+        // A size the agent cannot serve is a result, not the bench's end.
+        match footprint::measure(rig, options, *scale, progress) {
+            Ok(rows) => report.footprint.extend(rows),
+            Err(error) => report.footprint_failures.push(format!(
+                "{} Services × {} endpoints: {error:#}",
+                scale.services, scale.endpoints
+            )),
+        }
+        write_outputs(out, report)?;
+    }
+    Ok(())
+}
+
+/// The footprint's catalog sizes: as asked, else 10k × 4, and with --full
+/// the scale issue's 50k × 4 and 100k × 10 too.
+fn footprints(cli: &Cli) -> Vec<FootprintScale> {
+    if !cli.footprint.is_empty() {
+        cli.footprint.clone()
+    } else if cli.full {
+        vec![scale(10_000, 4), scale(50_000, 4), scale(100_000, 10)]
+    } else {
+        vec![scale(10_000, 4)]
+    }
+}
+
+fn scale(services: usize, endpoints: usize) -> FootprintScale {
+    FootprintScale {
+        services,
+        endpoints,
+    }
+}
+
+fn parse_footprint(text: &str) -> Result<FootprintScale, String> {
+    let (services, endpoints) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?}: expected SERVICESxENDPOINTS, as 50000x4"))?;
+    let number = |part: &str| {
+        part.parse::<usize>()
+            .map_err(|_| format!("{text:?}: {part:?} is not a count"))
+    };
+    Ok(scale(number(services)?, number(endpoints)?))
 }
 
 fn kernel() -> String {

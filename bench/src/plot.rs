@@ -178,6 +178,8 @@ mod tests {
             node_port_churn: Vec::new(),
             churn_s: 0,
             node_port_forwarding: Vec::new(),
+            footprint: Vec::new(),
+            footprint_failures: Vec::new(),
         };
         let svg = svg(&report);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -14,10 +14,10 @@ type Measured = Option<(f64, String)>;
 
 /// One row of the targets table: what is asked, what was measured, and
 /// whether that meets it.
-struct Target {
-    asks: String,
-    measured: Measured,
-    met: fn(f64) -> bool,
+pub(crate) struct Target {
+    pub(crate) asks: String,
+    pub(crate) measured: Measured,
+    pub(crate) met: fn(f64) -> bool,
 }
 
 /// Targets from the issue, checked against what this run measured.
@@ -27,8 +27,6 @@ const RATE_FLATNESS: f64 = 0.03;
 /// state in socket storage instead of a node-wide LRU insert).
 const HOOK_NS: f64 = 300.0;
 const CHANGE_P99_MS: f64 = 10.0;
-const COLD_START_S: f64 = 2.0;
-const RSS_MIB: f64 = 200.0;
 const TARGET_SCALE: usize = 50_000;
 /// Sustained NodePort churn: at least iptables' rate.
 const CHURN_RATIO: f64 = 1.0;
@@ -49,6 +47,7 @@ pub fn markdown(report: &BenchReport) -> String {
     node_port(&mut out, report);
     node_port_forwarding(&mut out, report);
     node_port_churn(&mut out, report);
+    crate::footprint_report::section(&mut out, report);
     targets(&mut out, report);
     out
 }
@@ -438,23 +437,10 @@ fn targets(out: &mut String, report: &BenchReport) {
         .iter()
         .find(|s| s.services >= TARGET_SCALE)
         .and_then(|s| s.mode(Mode::Switchyard));
-    row(
-        "cold start of 50k Services × 4 endpoints under 2 s",
-        at_target
-            .and_then(|m| m.program_all_s)
-            .map(|s| (s, format!("{s:.2} s"))),
-        &|s| s < COLD_START_S,
-    );
-    row(
-        "agent RSS under 200 MiB at 50k Services",
-        at_target
-            .and_then(|m| m.peak_rss_mib)
-            .map(|mib| (mib, format!("{mib:.0} MiB"))),
-        &|mib| mib < RSS_MIB,
-    );
     for target in forwarding_targets(report)
         .into_iter()
         .chain(churn_targets(report))
+        .chain(crate::footprint_report::targets(report))
     {
         row(&target.asks, target.measured, &target.met);
     }

@@ -256,6 +256,48 @@ pub struct BenchReport {
     /// NodePort forwarding per node core (`forwarding`).
     #[serde(default)]
     pub node_port_forwarding: Vec<ForwardingResult>,
+    /// The agent's own cost at scale, with no traffic (`footprint`).
+    #[serde(default)]
+    pub footprint: Vec<Footprint>,
+    /// Catalog sizes the agent could not be measured at, and why.
+    #[serde(default)]
+    pub footprint_failures: Vec<String>,
+}
+
+/// Where the agent read the catalog from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FootprintSource {
+    Api,
+    Manifests,
+}
+
+impl FootprintSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Api => "API",
+            Self::Manifests => "manifests",
+        }
+    }
+}
+
+/// The agent alone at one catalog size (`footprint`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Footprint {
+    pub source: FootprintSource,
+    pub services: usize,
+    /// Endpoints per Service.
+    pub endpoints: usize,
+    /// Process start to every Service programmed.
+    pub cold_start_s: f64,
+    /// VmHWM once everything is programmed.
+    pub peak_rss_mib: f64,
+    /// VmHWM after a relist forced by `410 Gone` (API only).
+    pub relist_peak_rss_mib: Option<f64>,
+    /// User and system CPU over whole sync periods with nothing changing.
+    pub idle_cpu_s_per_min: f64,
+    /// The slowest full pass in that window (one with nothing to change).
+    pub idle_full_pass_ms: Option<f64>,
 }
 
 #[cfg(test)]
