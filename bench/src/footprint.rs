@@ -93,6 +93,7 @@ fn from_api(
         relist_peak_rss_mib: Some(relist_peak),
         idle_cpu_s_per_min: idle.cpu_s_per_min,
         idle_full_pass_ms: idle.full_pass_ms,
+        idle_full_passes: idle.full_passes,
     })
 }
 
@@ -147,6 +148,7 @@ fn from_manifests(
         relist_peak_rss_mib: None,
         idle_cpu_s_per_min: idle.cpu_s_per_min,
         idle_full_pass_ms: idle.full_pass_ms,
+        idle_full_passes: idle.full_passes,
     })
 }
 
@@ -165,6 +167,7 @@ struct Idle {
     cpu_s_per_min: f64,
     /// The slowest full pass in the window: one that had nothing to change.
     full_pass_ms: Option<f64>,
+    full_passes: usize,
 }
 
 /// CPU the agent spends over [`IDLE_WINDOW`] with nothing changing.
@@ -178,14 +181,15 @@ fn idle(agent: &Agent<'_>) -> Result<Idle> {
     std::thread::sleep(IDLE_WINDOW);
     let spent = cpu_seconds(agent)? - before;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    let full_pass_ms = full_passes(&agent.log())
+    let passes: Vec<f64> = full_passes(&agent.log())
         .into_iter()
         .skip(passes_before)
-        .max_by(f64::total_cmp);
+        .collect();
     debug_assert!(IDLE_WINDOW > SYNC_PERIOD * 2);
     Ok(Idle {
         cpu_s_per_min: spent / minutes,
-        full_pass_ms,
+        full_pass_ms: passes.iter().copied().max_by(f64::total_cmp),
+        full_passes: passes.len(),
     })
 }
 

@@ -25,14 +25,14 @@ pub fn section(out: &mut String, report: &BenchReport) {
     }
     out.push_str("### The agent's footprint at scale\n\n");
     out.push_str("The agent alone, no traffic: from process start to every Service programmed; peak RSS (VmHWM) then, and after a relist forced by `410 Gone`; CPU over 65 s of nothing changing at the default 30 s `--sync-period`, and the slowest full pass in that time.\n\n");
-    out.push_str("| Services × endpoints | source | cold start (s) | peak RSS MiB | after relist MiB | KiB per Service | idle CPU s/min | idle full pass ms |\n");
-    out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| Services × endpoints | source | cold start (s) | peak RSS MiB | after relist MiB | KiB per Service | idle CPU s/min | idle full passes | slowest ms |\n");
+    out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &report.footprint {
         #[expect(clippy::cast_precision_loss, reason = "Service counts are small")]
         let per_service = row.peak_rss_mib * 1024.0 / row.services.max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} × {} | {} | {:.2} | {:.0} | {} | {:.1} | {:.2} | {} |",
+            "| {} × {} | {} | {:.2} | {:.0} | {} | {:.1} | {:.2} | {} | {} |",
             row.services,
             row.endpoints,
             row.source.label(),
@@ -42,6 +42,7 @@ pub fn section(out: &mut String, report: &BenchReport) {
                 .map_or_else(|| "–".into(), |m| format!("{m:.0}")),
             per_service,
             row.idle_cpu_s_per_min,
+            row.idle_full_passes,
             row.idle_full_pass_ms
                 .map_or_else(|| "–".into(), |ms| format!("{ms:.0}")),
         );
@@ -72,11 +73,21 @@ pub(crate) fn targets(report: &BenchReport) -> Vec<Target> {
         .flatten()
         .map(|row| row.idle_cpu_s_per_min)
         .max_by(f64::total_cmp);
-    let pass_worst = [api, manifests]
-        .into_iter()
-        .flatten()
-        .filter_map(|row| row.idle_full_pass_ms)
-        .max_by(f64::total_cmp);
+    // No full pass while idle meets the target outright: the issue allows
+    // either a cheap one or none needed.
+    let measured_idle: Vec<&Footprint> = [api, manifests].into_iter().flatten().collect();
+    let pass_worst = if measured_idle.is_empty() {
+        None
+    } else {
+        let worst = measured_idle
+            .iter()
+            .filter_map(|row| row.idle_full_pass_ms)
+            .max_by(f64::total_cmp);
+        Some(worst.map_or_else(
+            || (0.0, "none needed while idle".to_owned()),
+            |ms| (ms, format!("{ms:.0} ms")),
+        ))
+    };
     vec![
         Target {
             asks: "cold start of 50k Services × 4 from the API at most 1 s".into(),
@@ -104,8 +115,8 @@ pub(crate) fn targets(report: &BenchReport) -> Vec<Target> {
             met: |s| s <= IDLE_CPU_S_PER_MIN,
         },
         Target {
-            asks: "a full pass with nothing to change at 50k at most 100 ms".into(),
-            measured: pass_worst.map(|ms| (ms, format!("{ms:.0} ms"))),
+            asks: "a full pass with nothing to change at 50k at most 100 ms, or none needed".into(),
+            measured: pass_worst,
             met: |ms| ms <= IDLE_PASS_MS,
         },
         Target {

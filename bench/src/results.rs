@@ -298,6 +298,9 @@ pub struct Footprint {
     pub idle_cpu_s_per_min: f64,
     /// The slowest full pass in that window (one with nothing to change).
     pub idle_full_pass_ms: Option<f64>,
+    /// How many full passes ran in that window.
+    #[serde(default)]
+    pub idle_full_passes: usize,
 }
 
 #[cfg(test)]

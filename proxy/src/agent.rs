@@ -14,7 +14,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, sleep_until},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     cli::RunArgs,
@@ -259,6 +259,10 @@ impl Agent {
         let started = Instant::now();
         let changes = self.source.take_changes();
         self.metrics.count_changes(changes.received);
+        if changes.is_empty() && !self.full_pending && self.desired.is_some() {
+            self.unchanged_pass(started);
+            return;
+        }
         let (report, pass) = match self.changed_pass(&changes) {
             Some(report) => (report, "changed"),
             None => (self.full_pass(), "full"),
@@ -291,6 +295,20 @@ impl Agent {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "programmed"
         );
+    }
+
+    /// The sync period came and nothing changed since the last complete
+    /// pass: the inputs are what that pass read, so recomputing them would
+    /// give the same desired state and no operation. What a full pass
+    /// would also catch is covered where it happens: a relist, the Node, a
+    /// ServiceCIDR or the node's network ask for one, and a pass that left
+    /// work undone sets `full_pending`.
+    fn unchanged_pass(&mut self, started: Instant) {
+        let desired = self.desired.take().unwrap_or_default();
+        self.observe(&desired, started, true);
+        self.desired = Some(desired);
+        self.last_full = Some(Instant::now());
+        debug!(pass = "unchanged", "nothing to program");
     }
 
     /// Recomputes and rewrites only the Services in `changes`, when that

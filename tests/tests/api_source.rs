@@ -298,3 +298,26 @@ fn service_cidrs_from_the_api_drop_unallocated_addresses() {
     api.server.delete("ServiceCIDR", "", "kubernetes");
     time_until(CONVERGE, || unallocated() == "unreachable");
 }
+
+/// With nothing changing in the API, the sync period costs no pass: the
+/// reflectors' stores are what the last pass read.
+#[test]
+fn an_idle_agent_on_the_api_does_not_recompute() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(2)).unwrap();
+    let api = api(&cluster);
+    publish_web(&api, &cluster, &cluster.pods);
+    let config = AgentConfig::for_cluster(&cluster)
+        .with_kubeconfig(api.kubeconfig.clone())
+        .arg("--sync-period=1s");
+    let agent = Agent::start(config, &cluster.node.netns).unwrap();
+    time_until(CONVERGE, || {
+        serves(&agent, &cluster.pods.iter().collect::<Vec<_>>())
+    });
+    let passes = || agent.log().matches("programmed pass=").count();
+    let before = passes();
+    std::thread::sleep(patience::scaled(Duration::from_millis(3_500)));
+    assert_eq!(passes(), before, "{}", agent.log());
+    // A change is still applied at once.
+    publish_web(&api, &cluster, &cluster.pods[..1]);
+    time_until(CONVERGE, || serves(&agent, &[&cluster.pods[0]]));
+}

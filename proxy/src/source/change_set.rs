@@ -35,6 +35,11 @@ impl ChangeSet {
         }
     }
 
+    /// Nothing to recompute: no Service named and no full pass asked for.
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.services.is_empty()
+    }
+
     fn add_service(&mut self, namespace: &str, name: &str) {
         if self.everything {
             return;

@@ -96,7 +96,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
     loader.finish()
 }
 
-fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();

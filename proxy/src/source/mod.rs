@@ -3,6 +3,7 @@
 //! downstream is one code path.
 
 pub mod change_set;
+pub mod folder_stamp;
 pub mod kube_source;
 pub mod manifest;
 pub mod watcher;
@@ -13,6 +14,7 @@ use crate::{
     model::name::NamespacedName,
     source::{
         change_set::ChangeSet,
+        folder_stamp::FolderStamp,
         kube_source::{KubeSource, KubeSourceError},
         manifest::{Manifests, load_dir},
         watcher::{ManifestWatcher, WatchError},
@@ -33,6 +35,8 @@ pub enum Source {
     Manifests {
         dir: PathBuf,
         watcher: ManifestWatcher,
+        /// The folder as it was just before the last read.
+        read: Option<FolderStamp>,
     },
     Cluster(Box<KubeSource>),
 }
@@ -43,7 +47,11 @@ impl Source {
             return Err(SourceError::ManifestsDir { path: dir });
         }
         let watcher = ManifestWatcher::new(&dir)?;
-        Ok(Self::Manifests { dir, watcher })
+        Ok(Self::Manifests {
+            dir,
+            watcher,
+            read: None,
+        })
     }
 
     pub async fn cluster(
@@ -72,10 +80,17 @@ impl Source {
     }
 
     /// What changed since the last call. A manifests folder is re-read
-    /// whole, so it always reports everything.
+    /// whole, so it reports everything, or nothing while its stamp is the
+    /// one taken before the last read.
     pub fn take_changes(&self) -> ChangeSet {
         match self {
-            Self::Manifests { .. } => ChangeSet::everything(),
+            Self::Manifests { dir, read, .. } => {
+                if read.is_some() && *read == FolderStamp::of(dir) {
+                    ChangeSet::default()
+                } else {
+                    ChangeSet::everything()
+                }
+            }
             Self::Cluster(source) => source.take_changes(),
         }
     }
@@ -89,9 +104,14 @@ impl Source {
         }
     }
 
-    pub fn snapshot(&self) -> Manifests {
+    pub fn snapshot(&mut self) -> Manifests {
         match self {
-            Self::Manifests { dir, .. } => load_dir(dir),
+            Self::Manifests { dir, read, .. } => {
+                // Stamped before reading: a write during the read changes
+                // the next stamp, so it is read again.
+                *read = FolderStamp::of(dir);
+                load_dir(dir)
+            }
             Self::Cluster(source) => source.snapshot(),
         }
     }
