@@ -25,7 +25,7 @@ use k8s_openapi::api::{
     networking::v1::ServiceCIDR,
 };
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
@@ -42,6 +42,7 @@ use crate::{
     source::{
         change_set::{ChangeSet, PendingChanges},
         manifest::Manifests,
+        trim,
     },
 };
 
@@ -164,6 +165,7 @@ impl KubeSource {
             proxied.clone(),
             &notify,
             (&mut tasks, Listing::Required),
+            trim::service,
             |service: &Service, _deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&service.metadata);
                 pending.received_service();
@@ -177,6 +179,7 @@ impl KubeSource {
             proxied,
             &notify,
             (&mut tasks, Listing::Required),
+            trim::endpoint_slice,
             move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&slice.metadata);
                 pending.received_endpoint_slice();
@@ -200,6 +203,7 @@ impl KubeSource {
             own_node,
             &notify,
             (&mut tasks, Listing::Required),
+            trim::node,
             |_node: &Node, _deleted: bool, pending: &PendingChanges| pending.everything(),
         );
         let service_cidrs = spawn_reflector(
@@ -207,6 +211,7 @@ impl KubeSource {
             watcher::Config::default(),
             &notify,
             (&mut tasks, Listing::Optional),
+            trim::service_cidr,
             |_cidr: &ServiceCIDR, _deleted: bool, pending: &PendingChanges| pending.everything(),
         );
         Ok(Self {
@@ -368,6 +373,7 @@ fn spawn_reflector<K>(
     config: watcher::Config,
     notify: &Notify<'_>,
     (tasks, listing): (&mut Vec<JoinHandle<()>>, Listing),
+    trim: fn(&mut K),
     mut changed: impl FnMut(&K, bool, &PendingChanges) + Send + 'static,
 ) -> Store<K>
 where
@@ -381,14 +387,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).into_owned();
-    // managedFields is often the largest part of an object and nothing
-    // here reads it: dropped before the store keeps a copy.
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config)
-            .modify(|object| object.managed_fields_mut().clear())
-            .default_backoff(),
-    );
+    // What nothing here reads is dropped before the store keeps a copy
+    // (see `trim`).
+    let stream = reflector::reflector(writer, watcher(api, config).modify(trim).default_backoff());
     let sender = notify.wake.clone();
     let pending = Arc::clone(notify.pending);
     tasks.push(tokio::spawn(async move {

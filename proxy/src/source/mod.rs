@@ -6,6 +6,7 @@ pub mod change_set;
 pub mod folder_stamp;
 pub mod kube_source;
 pub mod manifest;
+pub mod trim;
 pub mod watcher;
 
 use std::{collections::BTreeSet, path::PathBuf};
