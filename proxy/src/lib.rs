@@ -9,9 +9,9 @@
 //!   [`serve`] (HTTP endpoints, metrics), [`cli`] (flags and views);
 //! - wiring: [`agent`] (`switchyard run`), [`runner`] (when to sync),
 //!   [`sync`] (one pass, applied through the datapath).
-// Two audited exceptions: `datapath::sock_storage` makes the two bpf(2)
-// calls aya 0.14 has no API for, and `node::netns_source` the one
-// getsockopt std and nix do not name. Nothing else may use `unsafe`.
+// Two audited exceptions: `datapath::bpf_syscall` makes the bpf(2) calls
+// aya 0.14 has no API for, and `node::netns_source` the one getsockopt std
+// and nix do not name. Nothing else may use `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod agent;

@@ -1,17 +1,20 @@
 //! One level-triggered pass: desired state in, map operations out, applied
 //! in plan order against a mirror of what the maps hold.
 //!
-//! An operation that fails (a full map, say) is reported and its dependents
-//! are held back, so the kernel never sees a slot naming a missing backend or
-//! a count covering a missing slot. The next pass retries what is missing,
-//! because it plans from the mirror, which only records what succeeded.
+//! Operations go to the writer in chunks (which it may write as batched
+//! updates), recorded in the mirror as they are admitted. An operation that
+//! fails (a full map, say) is reported, the mirror is read back from the
+//! maps (it had run ahead of them), and what depended on the failed write
+//! is held back, so the kernel never sees a slot naming a missing backend
+//! or a count covering a missing slot. The next pass retries what is
+//! missing, because it plans from the mirror, which holds what succeeded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use tracing::{debug, error};
 
 use crate::{
-    datapath::{DatapathError, MapReader, MapWriter},
+    datapath::{DatapathError, MapReader, MapWriter, Stopped},
     model::{DesiredState, Frontend},
     plan::{
         datapath_state::DatapathState,
@@ -20,6 +23,10 @@ use crate::{
         stale_backends::{Departures, StaleBackend},
     },
 };
+
+/// Operations handed to the writer at once: enough for batched updates to
+/// pay off, few enough that a failure re-plans little.
+const CHUNK: usize = 16_384;
 
 pub struct Syncer<W> {
     writer: W,
@@ -42,9 +49,7 @@ impl<W: MapWriter + MapReader> Syncer<W> {
         let programmed = writer.read_state()?;
         Ok(Self { writer, programmed })
     }
-}
 
-impl<W: MapWriter> Syncer<W> {
     pub fn programmed(&self) -> &DatapathState {
         &self.programmed
     }
@@ -73,26 +78,54 @@ impl<W: MapWriter> Syncer<W> {
     fn apply(&mut self, ops: Vec<MapOp>, desired: &DesiredState) -> SyncReport {
         let mut report = SyncReport::default();
         let mut departures = Departures::default();
-        for op in ops {
-            if !self.programmed.admits(&op) {
-                debug!(?op, "held back: depends on an operation that failed");
-                report.held_back += 1;
-                continue;
+        let mut queue = VecDeque::from(ops);
+        let mut chunk = Vec::with_capacity(CHUNK.min(queue.len()));
+        while !queue.is_empty() {
+            chunk.clear();
+            while chunk.len() < CHUNK
+                && let Some(op) = queue.pop_front()
+            {
+                if !self.programmed.admits(&op) {
+                    debug!(?op, "held back: depends on an operation that failed");
+                    report.held_back += 1;
+                    continue;
+                }
+                departures.note(&self.programmed, &op);
+                self.programmed.apply(&op);
+                chunk.push(op);
             }
-            match self.writer.apply(&op) {
-                Ok(()) => {
-                    departures.note(&self.programmed, &op);
-                    self.programmed.apply(&op);
-                    report.applied += 1;
-                }
-                Err(err) => {
-                    error!(error = %err, ?op, "map operation failed");
-                    report.failed.push((op, err));
-                }
+            let Err(Stopped { applied, error }) = self.writer.apply_all(&chunk) else {
+                report.applied += chunk.len();
+                continue;
+            };
+            report.applied += applied;
+            let mut rest = chunk.drain(applied..);
+            let Some(failed) = rest.next() else {
+                continue;
+            };
+            error!(%error, op = ?failed, "map operation failed");
+            report.failed.push((failed, error));
+            // What was not tried goes back in front, to be admitted again
+            // against the maps as they are.
+            for op in rest.rev() {
+                queue.push_front(op);
+            }
+            // Departures noted for writes that did not happen are dropped
+            // by `stale`: the maps read back still have those backends.
+            if let Err(error) = self.reread() {
+                error!(%error, "reading the maps back after a failed write");
+                report.held_back += queue.len();
+                break;
             }
         }
         report.stale = departures.stale(&self.programmed, desired);
         report
+    }
+
+    /// The mirror ran ahead of the maps: read them back.
+    fn reread(&mut self) -> Result<(), DatapathError> {
+        self.programmed = self.writer.read_state()?;
+        Ok(())
     }
 }
 

@@ -5,26 +5,47 @@
 //! is tested against. Everything above this module works on
 //! [`DatapathState`] and [`MapOp`] values only.
 
+pub mod batch;
+#[expect(
+    unsafe_code,
+    reason = "bpf(2) calls aya 0.14 does not make: BTF_LOAD, MAP_CREATE with BTF ids and \
+              OBJ_PIN for the socket-storage map (aya passes no BTF ids for a legacy \
+              definition), and MAP_UPDATE_BATCH"
+)]
+pub mod bpf_syscall;
 pub mod fake;
 pub mod feature_probe;
 pub mod flow_table;
 pub mod kernel_features;
 pub mod loader;
 pub mod pinned;
-#[expect(
-    unsafe_code,
-    reason = "bpf(2) BTF_LOAD, MAP_CREATE with BTF ids and OBJ_PIN: aya 0.14 creates no \
-              socket-storage map (it passes no BTF ids for a legacy definition)"
-)]
 pub mod sock_storage;
 
 use std::path::PathBuf;
 
 use crate::plan::{datapath_state::DatapathState, map_op::MapOp};
 
-/// Applies map operations one at a time, in the order given.
+/// Applies map operations in the order given.
 pub trait MapWriter {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
+
+    /// Applies `ops` in order, as `apply` on each would (a writer may batch
+    /// them); stops at the first failure.
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), Stopped> {
+        for (applied, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|error| Stopped { applied, error })?;
+        }
+        Ok(())
+    }
+}
+
+/// Where [`MapWriter::apply_all`] stopped: the operations before `applied`
+/// are in the maps, the one at `applied` failed with `error`, the rest
+/// were not tried.
+#[derive(Debug)]
+pub struct Stopped {
+    pub applied: usize,
+    pub error: DatapathError,
 }
 
 /// Reads back what the maps hold.

@@ -2,15 +2,22 @@
 //! `switchyard services` reads through it, so what is shown is what the
 //! kernel holds.
 
-use std::path::Path;
+use std::{os::fd::AsFd, path::Path};
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::{
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    sys::SyscallError,
+};
 use switchyard_abi::{
     Addr, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
     SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRange,
 };
 
-use super::{DatapathError, MapReader, MapWriter, flow_table::cidr_key};
+use super::{
+    DatapathError, MapReader, MapWriter, Stopped,
+    batch::{self, BatchStopped},
+    flow_table::cidr_key,
+};
 use crate::{
     model::address::Cidr,
     plan::{
@@ -25,17 +32,92 @@ pub struct PinnedMaps {
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     cluster_ips: HashMap<MapData, Addr, u8>,
     service_cidrs: LpmTrie<MapData, Addr, u8>,
+    /// The same maps again, for batched updates (aya's typed views do not
+    /// lend their fds).
+    batch_fds: BatchFds,
+    /// Cleared when the kernel refuses batched updates: single ones then.
+    batching: bool,
+}
+
+struct BatchFds {
+    services: MapData,
+    backends: MapData,
+    cluster_ips: MapData,
+}
+
+/// A run of operations one batched update can write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Backends,
+    Services,
+    ClusterIps,
+}
+
+impl Run {
+    fn of(op: &MapOp) -> Option<Self> {
+        match op {
+            MapOp::PutBackend { .. } => Some(Self::Backends),
+            MapOp::PutSlot { .. } | MapOp::PutFrontend { .. } => Some(Self::Services),
+            MapOp::PutServiceAddress {
+                address: ServiceAddress::ClusterIp(_),
+            } => Some(Self::ClusterIps),
+            _ => None,
+        }
+    }
 }
 
 impl PinnedMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let data = |name: &'static str| {
+            MapData::from_pin(pin_dir.join(name)).map_err(|source| DatapathError::map(name, source))
+        };
         Ok(Self {
             services: open_pinned(pin_dir, SERVICES_MAP)?,
             backends: open_pinned(pin_dir, BACKENDS_MAP)?,
             source_ranges: open_pinned(pin_dir, SOURCE_RANGES_MAP)?,
             cluster_ips: open_pinned(pin_dir, CLUSTER_IPS_MAP)?,
             service_cidrs: open_pinned(pin_dir, SERVICE_CIDRS_MAP)?,
+            batch_fds: BatchFds {
+                services: data(SERVICES_MAP)?,
+                backends: data(BACKENDS_MAP)?,
+                cluster_ips: data(CLUSTER_IPS_MAP)?,
+            },
+            batching: true,
         })
+    }
+
+    /// Writes a run of operations of one kind with batched updates.
+    fn write_run(&self, run: Run, ops: &[MapOp]) -> Result<(), BatchStopped> {
+        match run {
+            Run::Backends => {
+                let (ids, backends): (Vec<u32>, Vec<Backend>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutBackend { id, backend } => Some((*id, *backend)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(self.batch_fds.backends.fd().as_fd(), &ids, &backends)
+            }
+            Run::Services => {
+                let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) =
+                    ops.iter().filter_map(service_entry).unzip();
+                batch::update(self.batch_fds.services.fd().as_fd(), &keys, &values)
+            }
+            Run::ClusterIps => {
+                let addrs: Vec<Addr> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutServiceAddress {
+                            address: ServiceAddress::ClusterIp(ip),
+                        } => Some(Addr::from(*ip)),
+                        _ => None,
+                    })
+                    .collect();
+                let ones = vec![1u8; addrs.len()];
+                batch::update(self.batch_fds.cluster_ips.fd().as_fd(), &addrs, &ones)
+            }
+        }
     }
 
     fn put_address(&mut self, address: &ServiceAddress) -> Result<(), DatapathError> {
@@ -110,7 +192,68 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// The service-map entry a slot or frontend operation writes.
+fn service_entry(op: &MapOp) -> Option<(ServiceKey, ServiceValue)> {
+    match op {
+        MapOp::PutSlot { key, backend_id } => Some((*key, ServiceValue::slot(*backend_id))),
+        MapOp::PutFrontend {
+            key,
+            count,
+            flags,
+            affinity_timeout,
+        } => Some((
+            *key,
+            ServiceValue::frontend(*count, *flags, *affinity_timeout),
+        )),
+        _ => None,
+    }
+}
+
+fn run_map(run: Run) -> &'static str {
+    match run {
+        Run::Backends => BACKENDS_MAP,
+        Run::Services => SERVICES_MAP,
+        Run::ClusterIps => CLUSTER_IPS_MAP,
+    }
+}
+
 impl MapWriter for PinnedMaps {
+    /// Runs of puts into one hash map go in batched updates; everything
+    /// else, and every kernel without them, one at a time.
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), Stopped> {
+        let mut start = 0;
+        while start < ops.len() {
+            let run = Run::of(&ops[start]).filter(|_| self.batching);
+            let Some(run) = run else {
+                self.apply(&ops[start]).map_err(|error| Stopped {
+                    applied: start,
+                    error,
+                })?;
+                start += 1;
+                continue;
+            };
+            let len = ops[start..]
+                .iter()
+                .take_while(|op| Run::of(op) == Some(run))
+                .count();
+            match self.write_run(run, &ops[start..start + len]) {
+                Ok(()) => start += len,
+                Err(stopped) if stopped.unsupported() => self.batching = false,
+                Err(BatchStopped { applied, error }) => {
+                    let source = MapError::SyscallError(SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error: error,
+                    });
+                    return Err(Stopped {
+                        applied: start + applied,
+                        error: DatapathError::map(run_map(run), source),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         let services = |result| DatapathError::map(SERVICES_MAP, result);
         let backends = |result| DatapathError::map(BACKENDS_MAP, result);
@@ -119,23 +262,10 @@ impl MapWriter for PinnedMaps {
             MapOp::PutBackend { id, backend } => {
                 self.backends.insert(id, backend, 0).map_err(backends)
             }
-            MapOp::PutSlot { key, backend_id } => self
-                .services
-                .insert(key, ServiceValue::slot(*backend_id), 0)
-                .map_err(services),
-            MapOp::PutFrontend {
-                key,
-                count,
-                flags,
-                affinity_timeout,
-            } => self
-                .services
-                .insert(
-                    key,
-                    ServiceValue::frontend(*count, *flags, *affinity_timeout),
-                    0,
-                )
-                .map_err(services),
+            MapOp::PutSlot { .. } | MapOp::PutFrontend { .. } => match service_entry(op) {
+                Some((key, value)) => self.services.insert(key, value, 0).map_err(services),
+                None => Ok(()),
+            },
             MapOp::PutSourceRange { range } => self
                 .source_ranges
                 .insert(&Key::new(range.prefix_len, range.range), 1, 0)

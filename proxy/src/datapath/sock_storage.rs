@@ -11,20 +11,17 @@
 use std::{
     ffi::CString,
     io,
-    os::{
-        fd::{FromRawFd, OwnedFd, RawFd},
-        unix::ffi::OsStrExt,
-    },
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
 
 use switchyard_abi::{SOCK_STATE_MAP, SockState};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    bpf_syscall::{BPF_BTF_LOAD, BPF_MAP_CREATE, BPF_OBJ_PIN, attr, bpf, owned},
+};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_BTF_LOAD: libc::c_long = 18;
 const BPF_MAP_TYPE_SK_STORAGE: u32 = 24;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -85,30 +82,6 @@ fn btf() -> Vec<u8> {
     blob.extend_from_slice(&types);
     blob.extend_from_slice(strings);
     blob
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<RawFd> {
-    // SAFETY: `attr` is a zero-padded bpf_attr for `cmd`, alive for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    RawFd::try_from(rc).map_err(io::Error::other)
-}
-
-/// A bpf_attr of `words` (u32 each) and zeros after; 128 bytes covers every
-/// field the three commands here use.
-fn attr(fields: &[(usize, &[u8])]) -> [u8; 128] {
-    let mut attr = [0u8; 128];
-    for (offset, bytes) in fields {
-        attr[*offset..*offset + bytes.len()].copy_from_slice(bytes);
-    }
-    attr
-}
-
-fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: a fresh fd the kernel just returned, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 fn load_btf(blob: &[u8]) -> io::Result<OwnedFd> {
