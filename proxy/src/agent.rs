@@ -9,7 +9,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Node;
-use switchyard_abi::{BACKENDS_MAP, BACKENDS_MAX_ENTRIES, SERVICES_MAP, SERVICES_MAX_ENTRIES};
+use switchyard_abi::{BACKENDS_MAP, SERVICES_MAP};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, sleep_until},
@@ -20,7 +20,7 @@ use crate::{
     cli::RunArgs,
     convert::{
         desired::{desired_state, update_services},
-        input_error::InputError,
+        input_error::{InputError, ObjectRef, Reason},
         service_cidr::service_cidrs,
         topology::{NodeContext, ZONE_LABEL},
     },
@@ -35,6 +35,7 @@ use crate::{
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
         socket_reaper::SocketReaper,
     },
+    plan::capacity::{MapCapacity, fit},
     runner::SyncRunner,
     serve::{
         admin_server::{self, Endpoints},
@@ -89,7 +90,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
     };
 
-    let mut programs = loader::load(&args.pins.bpffs)?;
+    let mut programs = loader::load(&args.pins.bpffs, requested_capacity(&args))?;
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
     let mut packet_path = PacketPath::new(
@@ -136,6 +137,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         last_full: None,
         full_pending: true,
         sync_period: args.sync_period,
+        capacity: programs.capacity(),
+        refusing: false,
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {
@@ -170,6 +173,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     info!("stopping; the datapath stays attached (switchyard cleanup removes it)");
     Ok(())
+}
+
+/// The map sizes `--service-map-entries` and `--backend-map-entries` ask.
+fn requested_capacity(args: &RunArgs) -> MapCapacity {
+    let entries = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    MapCapacity {
+        service_entries: entries(args.service_map_entries),
+        backends: entries(args.backend_map_entries),
+    }
 }
 
 fn packet_path_config(
@@ -237,6 +249,11 @@ struct Agent {
     full_pending: bool,
     sync_period: std::time::Duration,
     sockets: SocketReaper,
+    /// What the service and backend maps hold at most.
+    capacity: MapCapacity,
+    /// The last full pass left Services out for want of room: until it
+    /// stops, every pass is a full one, so they come in when room appears.
+    refusing: bool,
 }
 
 impl Agent {
@@ -319,7 +336,7 @@ impl Agent {
         let fresh = self
             .last_full
             .is_some_and(|at| at.elapsed() < self.sync_period);
-        if changes.everything || self.full_pending || !fresh {
+        if changes.everything || self.full_pending || self.refusing || !fresh {
             return None;
         }
         let desired = self.desired.as_mut()?;
@@ -367,11 +384,25 @@ impl Agent {
             self.packet_path.node_port_addresses(),
             &service_cidrs,
         );
-        let (desired, conversion_errors) =
+        let (mut desired, conversion_errors) =
             desired_state(&loaded.services, &loaded.slices, &self.node);
+        let refusals: Vec<InputError> = fit(&mut desired, self.capacity, self.syncer.programmed())
+            .into_iter()
+            .map(|refusal| {
+                let service = &refusal.service;
+                InputError::field(
+                    &ObjectRef::new("Service", &service.namespace, &service.name),
+                    "spec",
+                    Reason::NoRoom,
+                    refusal.to_string(),
+                )
+            })
+            .collect();
+        self.refusing = !refusals.is_empty();
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()
             .chain(cidr_errors)
+            .chain(refusals)
             .map(|error| loaded.attribute(error))
             .chain(loaded.errors.iter().cloned())
             .map(|error| (error.to_string(), error))
@@ -415,11 +446,11 @@ impl Agent {
             .map(|frontend| usize::from(frontend.count.is_some()) + frontend.slots.len())
             .sum();
         self.metrics
-            .set_map_usage(SERVICES_MAP, service_entries, SERVICES_MAX_ENTRIES);
+            .set_map_usage(SERVICES_MAP, service_entries, self.capacity.service_entries);
         self.metrics.set_map_usage(
             BACKENDS_MAP,
             programmed.backends.len(),
-            BACKENDS_MAX_ENTRIES,
+            self.capacity.backends,
         );
         self.metrics
             .set_no_local_endpoints("internal", desired.no_local.len());

@@ -80,11 +80,18 @@ impl<W: MapWriter + MapReader> Syncer<W> {
         let mut departures = Departures::default();
         let mut queue = VecDeque::from(ops);
         let mut chunk = Vec::with_capacity(CHUNK.min(queue.len()));
+        // Maps a write failed on take no more writes this pass: one full
+        // map costs one failure, not one per remaining entry.
+        let mut failed_maps: Vec<&'static str> = Vec::new();
         while !queue.is_empty() {
             chunk.clear();
             while chunk.len() < CHUNK
                 && let Some(op) = queue.pop_front()
             {
+                if op.is_put() && failed_maps.contains(&op.map()) {
+                    report.held_back += 1;
+                    continue;
+                }
                 if !self.programmed.admits(&op) {
                     debug!(?op, "held back: depends on an operation that failed");
                     report.held_back += 1;
@@ -104,6 +111,7 @@ impl<W: MapWriter + MapReader> Syncer<W> {
                 continue;
             };
             error!(%error, op = ?failed, "map operation failed");
+            failed_maps.push(failed.map());
             report.failed.push((failed, error));
             // What was not tried goes back in front, to be admitted again
             // against the maps as they are.

@@ -82,12 +82,22 @@ pub struct RunArgs {
     /// ip_local_port_range and the NodePort range).
     #[arg(long, value_name = "FIRST-LAST")]
     pub nat_port_range: Option<NatPortRange>,
+    /// Entries of the service map: a frontend (Service IP and port, per
+    /// scope) takes one, and one more per endpoint. Used when the map is
+    /// created; a pinned map keeps its size until `switchyard cleanup`.
+    #[arg(long, value_name = "N", default_value_t = switchyard_abi::SERVICES_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub service_map_entries: u32,
+    /// Entries of the backend map: one per distinct endpoint address, port
+    /// and protocol. Created and kept as the service map is.
+    #[arg(long, value_name = "N", default_value_t = switchyard_abi::BACKENDS_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backend_map_entries: u32,
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
-    /// Longest time between two syncs even with no change (kube-proxy's
-    /// syncPeriod): drift in the maps is repaired at least this often.
+    /// Longest time between two checks for changes (kube-proxy's
+    /// syncPeriod); a pass runs only when something changed since the last
+    /// complete one.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sync_period: Duration,
     /// Shortest time between two syncs (kube-proxy's minSyncPeriod); bursts

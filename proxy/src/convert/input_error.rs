@@ -59,6 +59,8 @@ pub enum Reason {
     Duplicate,
     Conflict,
     TooManyEndpoints,
+    /// The maps have no room left for the object's entries.
+    NoRoom,
     Unreadable,
 }
 
@@ -73,6 +75,7 @@ impl Reason {
             Self::Duplicate => "duplicate",
             Self::Conflict => "conflict",
             Self::TooManyEndpoints => "too_many_endpoints",
+            Self::NoRoom => "no_room",
             Self::Unreadable => "unreadable",
         }
     }

@@ -20,6 +20,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapInfo,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -34,7 +35,10 @@ use switchyard_abi::{
 use tracing::{info, warn};
 
 use super::{DatapathError, feature_probe, sock_storage};
-use crate::{datapath::kernel_features::KernelFeatures, node::node_network::Device};
+use crate::{
+    datapath::kernel_features::KernelFeatures, node::node_network::Device,
+    plan::capacity::MapCapacity,
+};
 
 /// The object built from `ebpf/programs` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switchyard"));
@@ -96,11 +100,41 @@ pub struct Programs {
     /// Devices (by index) the packet programs are attached to.
     devices: BTreeSet<u32>,
     features: &'static KernelFeatures,
+    capacity: MapCapacity,
+}
+
+fn entries(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// The entries pinned map `name` was created with. One pinned by an earlier
+/// agent keeps its size (the kernel cannot resize a map): a different
+/// `requested` takes effect after `switchyard cleanup`, and says so.
+fn pinned_entries(pin_dir: &Path, name: &'static str, requested: usize) -> usize {
+    match MapInfo::from_pin(pin_dir.join(name)) {
+        Ok(info) => {
+            let pinned = usize::try_from(info.max_entries()).unwrap_or(usize::MAX);
+            if pinned != requested {
+                warn!(
+                    map = name,
+                    pinned,
+                    requested,
+                    "the pinned map keeps its size; the one asked for takes effect after `switchyard cleanup`"
+                );
+            }
+            pinned
+        }
+        Err(error) => {
+            warn!(map = name, %error, "reading the pinned map's size");
+            requested
+        }
+    }
 }
 
 /// Loads every program (reusing pinned maps) and opens a new generation of
-/// link pins.
-pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
+/// link pins. Maps created now get `requested` entries; pinned ones keep
+/// theirs, and the capacity they have is what [`Programs::capacity`] says.
+pub fn load(pin_dir: &Path, requested: MapCapacity) -> Result<Programs, DatapathError> {
     let features = feature_probe::kernel_features();
     feature_probe::log_missing(features);
     let missing = features.missing_required();
@@ -120,6 +154,8 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
     let previous = generations(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .map_max_entries(SERVICES_MAP, entries(requested.service_entries))
+        .map_max_entries(BACKENDS_MAP, entries(requested.backends))
         .load(EBPF_OBJECT)
         .map_err(|source| DatapathError::Load {
             source: Box::new(source),
@@ -152,12 +188,17 @@ pub fn load(pin_dir: &Path) -> Result<Programs, DatapathError> {
         path: generation.clone(),
         source,
     })?;
+    let capacity = MapCapacity {
+        service_entries: pinned_entries(pin_dir, SERVICES_MAP, requested.service_entries),
+        backends: pinned_entries(pin_dir, BACKENDS_MAP, requested.backends),
+    };
     Ok(Programs {
         ebpf,
         generation,
         previous,
         devices: BTreeSet::new(),
         features,
+        capacity,
     })
 }
 
@@ -264,6 +305,11 @@ impl Programs {
     /// What the kernel offers, as probed when the programs were loaded.
     pub fn features(&self) -> &'static KernelFeatures {
         self.features
+    }
+
+    /// Entries the service and backend maps have.
+    pub fn capacity(&self) -> MapCapacity {
+        self.capacity
     }
 
     /// Whether packet hooks go on devices (the kernel has what they need).

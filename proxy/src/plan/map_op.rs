@@ -4,7 +4,10 @@
 
 use std::net::IpAddr;
 
-use switchyard_abi::{Addr, Backend, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRange};
+use switchyard_abi::{
+    Addr, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
+    SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, ServiceKey, SourceRange,
+};
 
 use crate::model::address::Cidr;
 
@@ -48,6 +51,38 @@ pub enum MapOp {
     DeleteBackend {
         id: u32,
     },
+}
+
+impl MapOp {
+    /// The pinned map this operation writes.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Self::PutBackend { .. } | Self::DeleteBackend { .. } => BACKENDS_MAP,
+            Self::PutSlot { .. }
+            | Self::PutFrontend { .. }
+            | Self::DeleteSlot { .. }
+            | Self::DeleteFrontend { .. } => SERVICES_MAP,
+            Self::PutSourceRange { .. } | Self::DeleteSourceRange { .. } => SOURCE_RANGES_MAP,
+            Self::PutServiceAddress { address } | Self::DeleteServiceAddress { address } => {
+                match address {
+                    ServiceAddress::ClusterIp(_) => CLUSTER_IPS_MAP,
+                    ServiceAddress::Cidr(_) => SERVICE_CIDRS_MAP,
+                }
+            }
+        }
+    }
+
+    /// Whether it adds or replaces an entry (rather than removing one).
+    pub fn is_put(&self) -> bool {
+        matches!(
+            self,
+            Self::PutBackend { .. }
+                | Self::PutSlot { .. }
+                | Self::PutFrontend { .. }
+                | Self::PutSourceRange { .. }
+                | Self::PutServiceAddress { .. }
+        )
+    }
 }
 
 /// An entry of kube-proxy's `cluster-ips-check`: an allocated ClusterIP

@@ -14,6 +14,7 @@
 //! keeps its id, a new one takes the lowest free id), so no allocator state
 //! lives outside the maps and a restarted agent plans exactly like the old one.
 
+pub mod capacity;
 pub mod datapath_state;
 pub mod map_op;
 pub mod service_address;

@@ -337,12 +337,14 @@ impl Metrics {
             .set(i64::try_from(backends).unwrap_or(i64::MAX));
     }
 
-    pub fn set_map_usage(&self, map: &str, entries: usize, capacity: u32) {
-        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
-        self.map_entries.with_label_values(&[map]).set(entries);
+    pub fn set_map_usage(&self, map: &str, entries: usize, capacity: usize) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.map_entries
+            .with_label_values(&[map])
+            .set(count(entries));
         self.map_capacity
             .with_label_values(&[map])
-            .set(i64::from(capacity));
+            .set(count(capacity));
     }
 
     pub fn count_sockets(&self, protocol: &str, result: &str, count: u64) {
