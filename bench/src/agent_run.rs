@@ -28,14 +28,15 @@ pub struct RunningAgent<'a> {
 }
 
 impl<'a> RunningAgent<'a> {
-    /// Serves `services` from a fresh API server, starts the agent and
-    /// returns once it has programmed all of them, with the time that took
-    /// from the process start (the cold-start figure).
+    /// Serves `services` from a fresh API server, starts the agent with
+    /// `args` besides the rig's and returns once it has programmed all of
+    /// them, with the time that took from the process start (the
+    /// cold-start figure).
     pub fn start(
         rig: &'a Rig,
         agent_bin: &Path,
         services: &[CatalogService],
-        devices: Option<&str>,
+        args: &[String],
         log: PathBuf,
         ready_timeout: Duration,
     ) -> Result<(Self, Duration)> {
@@ -47,13 +48,13 @@ impl<'a> RunningAgent<'a> {
         }
         let kubeconfig = rig.scratch.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig)?;
-        let mut config = AgentConfig {
-            kubeconfig: Some(kubeconfig),
-            ..config(rig, agent_bin, log)
-        };
-        if let Some(devices) = devices {
-            config = config.arg("--devices").arg(devices);
-        }
+        let config = args.iter().fold(
+            AgentConfig {
+                kubeconfig: Some(kubeconfig),
+                ..config(rig, agent_bin, log)
+            },
+            |config, arg| config.arg(arg.clone()),
+        );
         let started = Instant::now();
         let mut agent = Agent::spawn(config, &rig.node)?;
         if let Err(error) = wait_programmed(&mut agent, services.len(), ready_timeout) {
@@ -81,6 +82,11 @@ impl<'a> RunningAgent<'a> {
         self.api.stop();
         Ok(())
     }
+}
+
+/// `--devices DEVICES`: where the per-packet path goes.
+pub fn devices(devices: &str) -> Vec<String> {
+    vec!["--devices".into(), devices.into()]
 }
 
 /// The agent on the rig's node, its hooks on the rig's cgroup, reading

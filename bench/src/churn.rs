@@ -12,7 +12,7 @@ use std::{net::SocketAddrV4, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    agent_run::RunningAgent,
+    agent_run::{self, RunningAgent},
     catalog::Catalog,
     load_result::LoadResult,
     netfilter::{self, RuleSet},
@@ -54,7 +54,7 @@ pub fn node_port_churn(
             rig,
             &options.agent,
             &catalog.services,
-            Some(PACKET_DEVICES),
+            &agent_run::devices(PACKET_DEVICES),
             options.agent_log("node-port-churn"),
             options.ready_timeout,
         )?;

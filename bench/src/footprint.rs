@@ -61,7 +61,7 @@ fn from_api(
         rig,
         &options.agent,
         services,
-        None,
+        &map_sizes(scale),
         log,
         options.ready_timeout,
     )?;
@@ -108,15 +108,18 @@ fn from_manifests(
             .collect();
         dir.write(&format!("services-{index:04}.yaml"), &documents)?;
     }
-    let config = AgentConfig {
-        kubeconfig: None,
-        manifests: dir.path().to_owned(),
-        ..agent_run::config(
-            rig,
-            &options.agent,
-            options.agent_log(&format!("footprint-manifests-{}", scale.services)),
-        )
-    };
+    let config = map_sizes(scale).into_iter().fold(
+        AgentConfig {
+            kubeconfig: None,
+            manifests: dir.path().to_owned(),
+            ..agent_run::config(
+                rig,
+                &options.agent,
+                options.agent_log(&format!("footprint-manifests-{}", scale.services)),
+            )
+        },
+        AgentConfig::arg,
+    );
     let started = Instant::now();
     let mut agent = Agent::spawn(config, &rig.node)?;
     if let Err(error) =
@@ -161,6 +164,22 @@ fn relist(running: &RunningAgent<'_>, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Map sizes for the catalog, where it outgrows the defaults: a frontend
+/// and a slot per endpoint for every Service, each endpoint a backend,
+/// with a quarter to spare.
+fn map_sizes(scale: FootprintScale) -> Vec<String> {
+    let entries = scale.services * (1 + scale.endpoints) * 5 / 4;
+    let backends = scale.services * scale.endpoints * 5 / 4;
+    let mut args = Vec::new();
+    if entries > switchyard_abi::SERVICES_MAX_ENTRIES as usize {
+        args.push(format!("--service-map-entries={entries}"));
+    }
+    if backends > switchyard_abi::BACKENDS_MAX_ENTRIES as usize {
+        args.push(format!("--backend-map-entries={backends}"));
+    }
+    args
 }
 
 /// `services` Services of `endpoints` endpoints, every one a dummy.
@@ -249,6 +268,24 @@ mod tests {
                    x INFO switchyard::agent: programmed pass=\"changed\" frontends=2 total_ms=0.5\n\
                    x INFO switchyard::agent: programmed pass=\"full\" frontends=2 total_ms=3\n";
         assert_eq!(full_passes(log), [12.5, 3.0]);
+    }
+
+    #[test]
+    fn maps_are_sized_only_past_the_defaults() {
+        let at = |services, endpoints| {
+            map_sizes(FootprintScale {
+                services,
+                endpoints,
+            })
+        };
+        assert!(at(50_000, 4).is_empty());
+        assert_eq!(
+            at(100_000, 10),
+            [
+                "--service-map-entries=1375000",
+                "--backend-map-entries=1250000"
+            ]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use switchyard_tests::{NetNs, Protocol};
 
 use crate::{
-    agent_run::RunningAgent,
+    agent_run::{self, RunningAgent},
     catalog::{Catalog, TARGET_PORT},
     netfilter::{self, RuleSet},
     progress::Progress,
@@ -82,7 +82,7 @@ fn measure_all(
                 rig,
                 &options.agent,
                 &catalog.services,
-                Some(PACKET_DEVICES),
+                &agent_run::devices(PACKET_DEVICES),
                 options.agent_log("node-port-forwarding"),
                 options.ready_timeout,
             )?;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    agent_run::RunningAgent,
+    agent_run::{self, RunningAgent},
     catalog::{Catalog, CatalogService, Placement, TARGET_PORT},
     hook_cost::{self, RunStats},
     load_result::{LoadResult, monotonic_ns},
@@ -122,7 +122,7 @@ fn switchyard(
         rig,
         &options.agent,
         &catalog.services,
-        None,
+        &[],
         options.agent_log(&catalog.services.len().to_string()),
         options.ready_timeout,
     )?;
@@ -407,7 +407,7 @@ pub fn node_port(
         rig,
         &options.agent,
         &catalog.services,
-        Some("vcl"),
+        &agent_run::devices("vcl"),
         options.agent_log("node-port"),
         options.ready_timeout,
     )?;

@@ -277,7 +277,7 @@ impl Agent {
         let changes = self.source.take_changes();
         self.metrics.count_changes(changes.received);
         if changes.is_empty() && !self.full_pending && self.desired.is_some() {
-            self.unchanged_pass(started);
+            self.unchanged_pass(started).await;
             return;
         }
         let (report, pass) = match self.changed_pass(&changes) {
@@ -294,10 +294,7 @@ impl Agent {
         // A later pass over a few Services assumes everything else matches.
         self.full_pending |= !complete;
         let desired = self.desired.take().unwrap_or_default();
-        for error in self.health_checks.sync(&desired.health_checks).await {
-            warn!("{error}");
-            self.metrics.count_health_check_failure();
-        }
+        self.sync_health_checks(&desired).await;
         self.observe(&desired, started, complete);
         self.desired = Some(desired);
         info!(
@@ -320,12 +317,21 @@ impl Agent {
     /// would also catch is covered where it happens: a relist, the Node, a
     /// ServiceCIDR or the node's network ask for one, and a pass that left
     /// work undone sets `full_pending`.
-    fn unchanged_pass(&mut self, started: Instant) {
+    async fn unchanged_pass(&mut self, started: Instant) {
         let desired = self.desired.take().unwrap_or_default();
+        // A health check port that could not be bound is tried again.
+        self.sync_health_checks(&desired).await;
         self.observe(&desired, started, true);
         self.desired = Some(desired);
         self.last_full = Some(Instant::now());
         debug!(pass = "unchanged", "nothing to program");
+    }
+
+    async fn sync_health_checks(&mut self, desired: &DesiredState) {
+        for error in self.health_checks.sync(&desired.health_checks).await {
+            warn!("{error}");
+            self.metrics.count_health_check_failure();
+        }
     }
 
     /// Recomputes and rewrites only the Services in `changes`, when that

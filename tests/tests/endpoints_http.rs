@@ -107,3 +107,56 @@ fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
     assert_eq!(get(netns, 10256, "/livez").0, 200);
     drop(agent);
 }
+
+/// An HTTP answer on `port` of the node, or None when nothing answers.
+fn try_get(netns: &switchyard_tests::NetNs, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    netns
+        .within(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            Some(response)
+        })
+        .ok()
+        .flatten()
+}
+
+/// A health check node port another process holds (kube-proxy, during a
+/// takeover) is tried again at every sync period, also while nothing else
+/// changes, and served once it is free.
+#[test]
+fn a_health_check_port_in_use_is_served_once_it_is_free() {
+    use switchyard_tests::{ServiceType, TrafficPolicy};
+    const PORT: u16 = 32_102;
+    let cluster = Cluster::up(&ClusterSpec::with_pods(2)).unwrap();
+    let netns = &cluster.node.netns;
+    let held = netns
+        .within(|| std::net::TcpListener::bind(("0.0.0.0", PORT)).unwrap())
+        .unwrap();
+    let local = ServiceManifest::new("local", NAMESPACE)
+        .cluster_ip("10.96.9.2")
+        .port(ServicePort::tcp("http", 80, 8080).node_port(30_102))
+        .type_(ServiceType::LoadBalancer)
+        .external_traffic_policy(TrafficPolicy::Local)
+        .health_check_node_port(PORT);
+    let [v4, _] = cluster.endpoint_slices("local", NAMESPACE, &http_port(), &cluster.pods);
+    cluster
+        .manifests()
+        .write("local.yaml", &[local.to_value(), v4.to_value()])
+        .unwrap();
+    let config = AgentConfig::for_cluster(&cluster).arg("--sync-period=1s");
+    let _agent = Agent::start(config, netns).unwrap();
+    time_until(Duration::from_secs(10), || {
+        let metrics = get(netns, 10249, "/metrics").1;
+        metric(&metrics, "switchyard_health_check_server_failures_total").is_some_and(|n| n >= 1.0)
+    });
+    drop(held);
+    time_until(Duration::from_secs(10), || {
+        try_get(netns, PORT).is_some_and(|answer| answer.contains("localEndpoints"))
+    });
+}
