@@ -209,14 +209,6 @@ fn service_entry(op: &MapOp) -> Option<(ServiceKey, ServiceValue)> {
     }
 }
 
-fn run_map(run: Run) -> &'static str {
-    match run {
-        Run::Backends => BACKENDS_MAP,
-        Run::Services => SERVICES_MAP,
-        Run::ClusterIps => CLUSTER_IPS_MAP,
-    }
-}
-
 impl MapWriter for PinnedMaps {
     /// Runs of puts into one hash map go in batched updates; everything
     /// else, and every kernel without them, one at a time.
@@ -246,7 +238,8 @@ impl MapWriter for PinnedMaps {
                     });
                     return Err(Stopped {
                         applied: start + applied,
-                        error: DatapathError::map(run_map(run), source),
+                        // Every operation of a run writes the same map.
+                        error: DatapathError::map(ops[start].map(), source),
                     });
                 }
             }
