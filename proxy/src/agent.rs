@@ -24,12 +24,17 @@ use crate::{
         service_cidr::service_cidrs,
         topology::{NodeContext, ZONE_LABEL},
     },
-    datapath::{DatapathError, loader, pinned::PinnedMaps},
+    datapath::{
+        DatapathError,
+        loader::{self, MapSizes},
+        pinned::PinnedMaps,
+    },
     model::{
         DesiredState,
         address::{BadCidr, Cidr},
     },
     node::{
+        cpu_set,
         netns_source::NetnsSources,
         node_network::{self, DeviceSelection, NodePortAddresses},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
@@ -90,11 +95,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
     };
 
-    let mut programs = loader::load(&args.pins.bpffs, requested_capacity(&args))?;
+    let mut programs = loader::load(&args.pins.bpffs, requested_sizes(&args))?;
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
     let mut packet_path = PacketPath::new(
-        packet_path_config(&args, cluster_cidrs)?,
+        packet_path_config(&args, cluster_cidrs, programs.conntrack_entries())?,
         &args.pins.bpffs,
         &metrics,
     )?;
@@ -175,18 +180,23 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The map sizes `--service-map-entries` and `--backend-map-entries` ask.
-fn requested_capacity(args: &RunArgs) -> MapCapacity {
+/// The map sizes `--service-map-entries`, `--backend-map-entries` and the
+/// conntrack flags ask.
+fn requested_sizes(args: &RunArgs) -> MapSizes {
     let entries = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-    MapCapacity {
-        service_entries: entries(args.service_map_entries),
-        backends: entries(args.backend_map_entries),
+    MapSizes {
+        capacity: MapCapacity {
+            service_entries: entries(args.service_map_entries),
+            backends: entries(args.backend_map_entries),
+        },
+        conntrack: args.conntrack.entries(cpu_set::allowed_cpus()),
     }
 }
 
 fn packet_path_config(
     args: &RunArgs,
     cluster_cidrs: Vec<Cidr>,
+    conntrack_capacity: usize,
 ) -> Result<PacketPathConfig, AgentError> {
     Ok(PacketPathConfig {
         devices: DeviceSelection::from_flag(&args.devices),
@@ -196,6 +206,7 @@ fn packet_path_config(
         nat_port_range: args.nat_port_range,
         cluster_cidrs,
         cluster_ip_from_outside: args.cluster_ip_from_outside,
+        conntrack_capacity,
     })
 }
 

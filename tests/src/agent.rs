@@ -99,6 +99,14 @@ impl AgentConfig {
         self.extra_args.push(arg.into());
         self
     }
+
+    /// Sets `--flag=value` in place of any earlier `--flag=...` (for the
+    /// next start, as a changed DaemonSet would).
+    pub fn set_flag(&mut self, flag: &str, value: impl std::fmt::Display) {
+        let prefix = format!("{flag}=");
+        self.extra_args.retain(|arg| !arg.starts_with(&prefix));
+        self.extra_args.push(format!("{prefix}{value}"));
+    }
 }
 
 pub struct Agent<'a> {
@@ -131,6 +139,11 @@ impl<'a> Agent<'a> {
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The wiring the next start uses.
+    pub fn config_mut(&mut self) -> &mut AgentConfig {
+        &mut self.config
     }
 
     fn launch(&mut self) -> Result<()> {

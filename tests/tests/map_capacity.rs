@@ -1,13 +1,15 @@
 //! Map capacities by flag, decided before writing: a Service whose entries
 //! do not fit is left out whole with one line naming it and a metric, the
-//! Services that fit are served, and it comes in once room appears. Needs
-//! root; run with --test-threads=1.
+//! Services that fit are served, and it comes in once room appears; maps
+//! pinned at another size are resized by the next start without a failed
+//! connection. Needs root; run with --test-threads=1.
 
 mod support;
 
 use std::time::Duration;
 
 use support::*;
+use switchyard_abi::{BACKENDS_MAP, SERVICES_MAP};
 use switchyard_tests::{
     Agent, AgentConfig, Cluster, ClusterSpec, Pod, ServiceManifest, ServicePort,
 };
@@ -83,4 +85,70 @@ fn a_service_that_does_not_fit_is_left_out_whole_and_named() {
     time_until(CONVERGE, || {
         served(&agent, 3) == Some(2) && served(&agent, 1).is_none()
     });
+}
+
+/// The sizes the pinned map `map` of `agent` has now.
+fn pinned_size(agent: &Agent<'_>, map: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(agent.config().bpffs.join(map))
+        .unwrap_or_else(|error| panic!("{map}: {error}"))
+        .max_entries()
+}
+
+#[test]
+fn growing_the_maps_under_traffic_keeps_every_connection() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(3)).unwrap();
+    let pods: Vec<&Pod> = cluster.pods.iter().collect();
+    write_web(&cluster, pods.iter().copied());
+    let config = AgentConfig::for_cluster(&cluster)
+        .arg("--service-map-entries=64")
+        .arg("--backend-map-entries=16");
+    let mut agent = Agent::start(config, &cluster.node.netns).unwrap();
+    assert_eq!(pinned_size(&agent, SERVICES_MAP), 64);
+    let hold = cluster
+        .client
+        .spawn_hold(
+            vip4(80),
+            Duration::from_secs(4),
+            Duration::from_millis(50),
+            cluster.scratch.join("hold.json"),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The DaemonSet changes its flags and rolls: the new agent finds maps
+    // of the old size pinned, with connections going through them.
+    let config = agent.config_mut();
+    config.set_flag("--service-map-entries", 4096);
+    config.set_flag("--backend-map-entries", 1024);
+    let steady = std::thread::scope(|scope| {
+        let load = scope.spawn(|| cluster.client.burst(vip4(80), 400).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        agent.restart().unwrap();
+        load.join().unwrap()
+    });
+    assert!(steady.ok && steady.failures == 0, "{steady:?}");
+    assert_eq!(pinned_size(&agent, SERVICES_MAP), 4096);
+    assert_eq!(pinned_size(&agent, BACKENDS_MAP), 1024);
+    let log = agent.log();
+    assert!(log.contains("pinned map resized"), "{log}");
+    let set_aside = agent.config().bpffs.join("resizing");
+    assert!(
+        !set_aside.exists(),
+        "old maps still pinned in {set_aside:?}"
+    );
+    let metrics = get(&cluster.node.netns, 10249, "/metrics").1;
+    assert_eq!(
+        metric(&metrics, "switchyard_map_capacity{map=\"SY_SERVICES_V1\"}"),
+        Some(4096.0)
+    );
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 30).unwrap()),
+        names(&pods)
+    );
+    let open_connection = hold.wait().unwrap();
+    assert!(
+        open_connection.ok,
+        "the open connection broke: {open_connection:?}"
+    );
+    assert_eq!(open_connection.names.len(), 1, "{open_connection:?}");
 }

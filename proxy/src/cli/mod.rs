@@ -131,9 +131,39 @@ pub struct ConntrackArgs {
     /// How often expired connections are collected.
     #[arg(long = "conntrack-gc-interval", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub gc_interval: Duration,
+    /// Connections tracked per CPU (kube-proxy's conntrack.maxPerCore): the
+    /// per-packet path's conntrack map holds this times the CPUs the agent
+    /// may run on, at least --conntrack-min; 0 keeps the built-in size.
+    #[arg(
+        long = "conntrack-max-per-core",
+        value_name = "COUNT",
+        default_value_t = 32_768
+    )]
+    pub max_per_core: u32,
+    /// The least the conntrack map holds (kube-proxy's conntrack.min).
+    #[arg(
+        long = "conntrack-min",
+        value_name = "COUNT",
+        default_value_t = 131_072
+    )]
+    pub min: u32,
 }
 
 impl ConntrackArgs {
+    /// The conntrack map's size on a node of `cpus` CPUs, as kube-proxy
+    /// sizes `nf_conntrack_max`: max(maxPerCore x CPUs, min), or, with
+    /// maxPerCore 0 (kube-proxy then leaves the kernel's limit alone), the
+    /// map's built-in size.
+    pub fn entries(&self, cpus: usize) -> usize {
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        if self.max_per_core == 0 {
+            return count(switchyard_abi::CONNTRACK_MAX_ENTRIES);
+        }
+        count(self.max_per_core)
+            .saturating_mul(cpus)
+            .max(count(self.min))
+    }
+
     pub fn timeouts(&self) -> switchyard_abi::FlowTimeouts {
         let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1);
         switchyard_abi::FlowTimeouts {

@@ -1,6 +1,7 @@
 //! The bpf(2) calls aya 0.14 does not make, in one audited place: creating
-//! and pinning the socket-storage map with BTF of our own (`sock_storage`)
-//! and batched map updates (`batch`). Callers build a `bpf_attr` as bytes;
+//! and pinning the socket-storage map with BTF of our own (`sock_storage`),
+//! batched map updates and lookups, and entries copied as bytes between maps
+//! whose types only the kernel knows (`batch`). Callers build a `bpf_attr` as bytes;
 //! this module only issues the call and takes ownership of returned fds.
 
 use std::{
@@ -9,8 +10,12 @@ use std::{
 };
 
 pub const BPF_MAP_CREATE: libc::c_long = 0;
+pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_BTF_LOAD: libc::c_long = 18;
+pub const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 pub const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Size of the `bpf_attr` buffers built here: it covers every field the

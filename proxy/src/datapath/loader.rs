@@ -5,7 +5,9 @@
 //! Layout of the pin directory:
 //! - `SY_*` the maps, pinned by name (reused as they are on the next start);
 //! - `links/<generation>/<program>[@<device>]` one bpf_link per hook and
-//!   agent start.
+//!   agent start;
+//! - `resizing/SY_*` a map being replaced by one of another size, while a
+//!   start is under way (see `map_resize`).
 //!
 //! A restart attaches a new generation before detaching the old one. Both run
 //! for that moment, harmlessly: the first translates, the second then sees a
@@ -28,13 +30,17 @@ use aya::{
     },
 };
 use switchyard_abi::{
-    AFFINITY_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP, COUNTERS_MAP,
-    FRAGMENTS_MAP, NETNS_SOURCES_MAP, NODE_CONFIG_MAP, NODE_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
-    SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
+    AFFINITY_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP,
+    CONNTRACK_MAX_ENTRIES, COUNTERS_MAP, FRAGMENTS_MAP, NETNS_SOURCES_MAP, NODE_CONFIG_MAP,
+    NODE_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP, SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
 };
 use tracing::{info, warn};
 
-use super::{DatapathError, feature_probe, sock_storage};
+use super::{
+    DatapathError, feature_probe,
+    map_resize::{self, MapResize},
+    sock_storage,
+};
 use crate::{
     datapath::kernel_features::KernelFeatures, node::node_network::Device,
     plan::capacity::MapCapacity,
@@ -97,33 +103,53 @@ pub struct Programs {
     ebpf: Ebpf,
     generation: PathBuf,
     previous: Vec<PathBuf>,
+    /// Maps replaced by ones of another size, finished once `previous` is
+    /// retired.
+    resizes: Vec<MapResize>,
+    pin_dir: PathBuf,
     /// Devices (by index) the packet programs are attached to.
     devices: BTreeSet<u32>,
     features: &'static KernelFeatures,
     capacity: MapCapacity,
+    conntrack: usize,
 }
 
 fn entries(count: usize) -> u32 {
     u32::try_from(count).unwrap_or(u32::MAX)
 }
 
-/// The entries pinned map `name` was created with. One pinned by an earlier
-/// agent keeps its size (the kernel cannot resize a map): a different
-/// `requested` takes effect after `switchyard cleanup`, and says so.
+/// The sizes the flags ask of the maps that have one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// The service and backend maps, which the plan fits Services into.
+    pub capacity: MapCapacity,
+    /// Connections the per-packet path tracks (see `ConntrackArgs::entries`).
+    pub conntrack: usize,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            capacity: MapCapacity::default(),
+            conntrack: usize::try_from(CONNTRACK_MAX_ENTRIES).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl MapSizes {
+    fn by_map(self) -> [(&'static str, usize); 3] {
+        [
+            (SERVICES_MAP, self.capacity.service_entries),
+            (BACKENDS_MAP, self.capacity.backends),
+            (CONNTRACK_MAP, self.conntrack),
+        ]
+    }
+}
+
+/// The entries pinned map `name` has.
 fn pinned_entries(pin_dir: &Path, name: &'static str, requested: usize) -> usize {
     match MapInfo::from_pin(pin_dir.join(name)) {
-        Ok(info) => {
-            let pinned = usize::try_from(info.max_entries()).unwrap_or(usize::MAX);
-            if pinned != requested {
-                warn!(
-                    map = name,
-                    pinned,
-                    requested,
-                    "the pinned map keeps its size; the one asked for takes effect after `switchyard cleanup`"
-                );
-            }
-            pinned
-        }
+        Ok(info) => usize::try_from(info.max_entries()).unwrap_or(usize::MAX),
         Err(error) => {
             warn!(map = name, %error, "reading the pinned map's size");
             requested
@@ -132,9 +158,11 @@ fn pinned_entries(pin_dir: &Path, name: &'static str, requested: usize) -> usize
 }
 
 /// Loads every program (reusing pinned maps) and opens a new generation of
-/// link pins. Maps created now get `requested` entries; pinned ones keep
-/// theirs, and the capacity they have is what [`Programs::capacity`] says.
-pub fn load(pin_dir: &Path, requested: MapCapacity) -> Result<Programs, DatapathError> {
+/// link pins. Sized maps get the `requested` entries: a pinned one of
+/// another size is replaced by a copy of the asked size (see `map_resize`),
+/// finished by [`Programs::retire_older_generations`]; one that cannot
+/// shrink keeps its size, and [`Programs::capacity`] says what they have.
+pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathError> {
     let features = feature_probe::kernel_features();
     feature_probe::log_missing(features);
     let missing = features.missing_required();
@@ -152,14 +180,21 @@ pub fn load(pin_dir: &Path, requested: MapCapacity) -> Result<Programs, Datapath
     prepare_pin_dir(pin_dir)?;
     sock_storage::ensure_pinned(pin_dir)?;
     let previous = generations(pin_dir)?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .map_max_entries(SERVICES_MAP, entries(requested.service_entries))
-        .map_max_entries(BACKENDS_MAP, entries(requested.backends))
+    let mut resizes = Vec::new();
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (map, size) in requested.by_map() {
+        resizes.extend(map_resize::set_aside(pin_dir, map, size)?);
+        loader.map_max_entries(map, entries(size));
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|source| DatapathError::Load {
             source: Box::new(source),
         })?;
+    for resize in &resizes {
+        resize.fill(pin_dir)?;
+    }
     for map in MAP_NAMES {
         if ebpf.map(map).is_none() {
             return Err(DatapathError::MissingMap { map });
@@ -189,16 +224,26 @@ pub fn load(pin_dir: &Path, requested: MapCapacity) -> Result<Programs, Datapath
         source,
     })?;
     let capacity = MapCapacity {
-        service_entries: pinned_entries(pin_dir, SERVICES_MAP, requested.service_entries),
-        backends: pinned_entries(pin_dir, BACKENDS_MAP, requested.backends),
+        service_entries: pinned_entries(pin_dir, SERVICES_MAP, requested.capacity.service_entries),
+        backends: pinned_entries(pin_dir, BACKENDS_MAP, requested.capacity.backends),
     };
+    let conntrack = pinned_entries(pin_dir, CONNTRACK_MAP, requested.conntrack);
+    info!(
+        service_entries = capacity.service_entries,
+        backends = capacity.backends,
+        conntrack,
+        "map sizes"
+    );
     Ok(Programs {
         ebpf,
         generation,
         previous,
+        resizes,
+        pin_dir: pin_dir.to_path_buf(),
         devices: BTreeSet::new(),
         features,
         capacity,
+        conntrack,
     })
 }
 
@@ -312,6 +357,11 @@ impl Programs {
         self.capacity
     }
 
+    /// Entries the conntrack map has.
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack
+    }
+
     /// Whether packet hooks go on devices (the kernel has what they need).
     pub fn packet_path(&self) -> bool {
         self.features.packet_path()
@@ -327,11 +377,24 @@ impl Programs {
         self.devices.retain(|index| present.contains(index));
     }
 
-    /// Detaches what earlier agent starts attached, once this one serves.
+    /// Detaches what earlier agent starts attached, once this one serves,
+    /// and then lets go of the maps they used that were resized.
     pub fn retire_older_generations(&mut self) {
+        let mut retired = true;
         for old in std::mem::take(&mut self.previous) {
             if let Err(error) = detach_generation(&old) {
                 warn!(%error, generation = %old.display(), "could not detach an older generation");
+                retired = false;
+            }
+        }
+        // The old maps stay while an older program may still write them;
+        // the next start finishes the resize.
+        if !retired {
+            return;
+        }
+        for resize in std::mem::take(&mut self.resizes) {
+            if let Err(error) = resize.finish(&self.pin_dir) {
+                warn!(%error, "finishing a resize; the next start retries");
             }
         }
     }
@@ -389,11 +452,13 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
     }
     remove_dir(&pin_dir.join(LINKS_DIR))?;
     for map in MAP_NAMES {
-        let path = pin_dir.join(map);
-        if path.exists() {
-            fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        for path in [pin_dir.join(map), map_resize::aside_path(pin_dir, map)] {
+            if path.exists() {
+                fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+            }
         }
     }
+    remove_dir(&pin_dir.join(map_resize::ASIDE_DIR))?;
     remove_dir(pin_dir)
 }
 

@@ -18,6 +18,7 @@ pub mod feature_probe;
 pub mod flow_table;
 pub mod kernel_features;
 pub mod loader;
+pub mod map_resize;
 pub mod pinned;
 pub mod sock_storage;
 
@@ -95,6 +96,10 @@ pub enum DatapathError {
     KernelTooOld { release: String, missing: String },
     #[error("no datapath pinned at {path}: is `switchyard run` using this --bpffs?")]
     NotPinned { path: PathBuf },
+    #[error(transparent)]
+    Resize {
+        source: Box<map_resize::ResizeError>,
+    },
 }
 
 /// An error and its causes, each said once. aya's syscall errors print
@@ -150,6 +155,7 @@ impl DatapathError {
             | Self::SockStorage { .. }
             | Self::KernelTooOld { .. } => "load",
             Self::NotPinned { .. } => "not_pinned",
+            Self::Resize { .. } => "resize",
         }
     }
 }

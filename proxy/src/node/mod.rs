@@ -2,6 +2,7 @@
 //! them, and the per-packet path's connections.
 
 pub mod conntrack;
+pub mod cpu_set;
 pub mod hooked_namespaces;
 pub mod nat_ports;
 #[expect(

@@ -9,7 +9,7 @@ use std::{
 };
 
 use switchyard_abi::{
-    COUNTER_DROP_SNAT_PORTS, FlowTimeouts, NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig,
+    CONNTRACK_MAP, COUNTER_DROP_SNAT_PORTS, FlowTimeouts, NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig,
 };
 use tracing::{info, warn};
 
@@ -53,6 +53,8 @@ pub struct PacketPathConfig {
     pub cluster_cidrs: Vec<Cidr>,
     /// `--cluster-ip-from-outside`.
     pub cluster_ip_from_outside: bool,
+    /// Entries the conntrack map has (sized by the conntrack flags).
+    pub conntrack_capacity: usize,
 }
 
 pub struct PacketPath {
@@ -63,6 +65,7 @@ pub struct PacketPath {
     selection: DeviceSelection,
     wanted_node_ports: NodePortAddresses,
     timeouts: FlowTimeouts,
+    conntrack_capacity: usize,
     network: NetworkSnapshot,
     node_port_addresses: Vec<IpAddr>,
 }
@@ -109,6 +112,7 @@ impl PacketPath {
             selection: config.devices,
             wanted_node_ports: config.node_port_addresses,
             timeouts: config.timeouts,
+            conntrack_capacity: config.conntrack_capacity,
             network: NetworkSnapshot::default(),
             node_port_addresses: Vec::new(),
         })
@@ -179,7 +183,9 @@ impl PacketPath {
         let collection = self
             .flows
             .collect_garbage(monotonic_now_ns(), &self.timeouts);
-        metrics.observe_conntrack(collection.entries - collection.removed, collection.removed);
+        let live = collection.entries - collection.removed;
+        metrics.observe_conntrack(live, collection.removed);
+        metrics.set_map_usage(CONNTRACK_MAP, live, self.conntrack_capacity);
         metrics.set_nat_ports_in_use(&collection.nat_ports_in_use);
         match self.flows.counters() {
             Ok(totals) => {

@@ -16,9 +16,14 @@ use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use switchyard::{
     convert::{desired::desired_state, topology::NodeContext},
-    datapath::{MapWriter, flow_table::FlowTable, loader, pinned::PinnedMaps},
+    datapath::{
+        MapWriter,
+        flow_table::FlowTable,
+        loader::{self, MapSizes},
+        pinned::PinnedMaps,
+    },
     node::nat_ports::nat_ports,
-    plan::{capacity::MapCapacity, datapath_state::DatapathState, plan},
+    plan::{datapath_state::DatapathState, plan},
 };
 use switchyard_abi::{NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig, TC_NEXT, TC_REDIRECT, TC_SHOT};
 use switchyard_tests::{
@@ -142,7 +147,7 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn new(pin_dir: &std::path::Path) -> Result<Self> {
-        let programs = loader::load(pin_dir, MapCapacity::default())?;
+        let programs = loader::load(pin_dir, MapSizes::default())?;
         let services: Vec<k8s_openapi::api::core::v1::Service> = serde_yaml::from_str(SERVICES)?;
         let slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> =
             serde_yaml::from_str(&slices())?;
