@@ -386,6 +386,10 @@ impl Agent {
     /// Re-reads every object, recomputes the whole desired state and
     /// rewrites whatever differs.
     fn full_pass(&mut self) -> SyncReport {
+        // The last pass's desired state is not read from here on (the plan
+        // compares with what the maps hold): freed first, it is not held
+        // beside the new one, a second copy of the catalog.
+        self.desired = None;
         let loaded = self.source.snapshot();
         let own_node = loaded
             .nodes

@@ -166,45 +166,91 @@ pub fn read_all(
     shape: EntryShape,
     mut each: impl FnMut(&Entries) -> io::Result<()>,
 ) -> io::Result<()> {
-    let fd = u32::try_from(map.as_raw_fd()).expect("fds are non-negative");
     let mut batch = Entries {
         keys: vec![0; BATCH_LEN * shape.key_size],
         values: vec![0; BATCH_LEN * shape.value_size],
         count: 0,
         shape,
     };
+    let keys = batch.keys.as_mut_ptr() as u64;
+    let values = batch.values.as_mut_ptr() as u64;
+    let mut handed_on = false;
+    let read = lookup_batches(map, keys, values, |count| {
+        handed_on = true;
+        batch.count = count;
+        each(&batch)
+    });
+    match read {
+        Err(error) if !handed_on && unsupported(&error) => read_one_by_one(map, shape, each),
+        other => other,
+    }
+}
+
+/// [`read_all`] for a map of `K` to `V`, plain data as the kernel holds
+/// them. Stops where the kernel fails; [`BatchStopped::unsupported`] says
+/// it has no batched lookups (nothing was handed on), for the caller to
+/// read another way.
+pub fn read_all_typed<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    mut each: impl FnMut(&[K], &[V]),
+) -> Result<(), BatchStopped> {
+    let mut keys = vec![K::default(); BATCH_LEN];
+    let mut values = vec![V::default(); BATCH_LEN];
+    let (keys_ptr, values_ptr) = (keys.as_mut_ptr() as u64, values.as_mut_ptr() as u64);
+    let mut handed_on = 0;
+    lookup_batches(map, keys_ptr, values_ptr, |count| {
+        handed_on += count;
+        each(&keys[..count], &values[..count]);
+        Ok(())
+    })
+    .map_err(|error| BatchStopped {
+        applied: handed_on,
+        error,
+    })
+}
+
+/// The loop of batched lookups into the buffers at `keys` and `values`
+/// (room for [`BATCH_LEN`] entries each, kept alive by the caller), calling
+/// `each` with how many entries each call filled. Fails with the kernel's
+/// error when its very first call does (no batched lookups).
+fn lookup_batches(
+    map: BorrowedFd<'_>,
+    keys: u64,
+    values: u64,
+    mut each: impl FnMut(usize) -> io::Result<()>,
+) -> io::Result<()> {
+    let fd = u32::try_from(map.as_raw_fd()).expect("fds are non-negative");
+    let len = u32::try_from(BATCH_LEN).expect("small");
     // The position the kernel hands back (a bucket index for hash maps).
     let mut position = [0u8; 8];
     let mut next = [0u8; 8];
     let mut first = true;
     loop {
-        let len = u32::try_from(BATCH_LEN).expect("small");
         let in_batch = if first {
             0u64
         } else {
             position.as_ptr() as u64
         };
+        // union bpf_attr, batch: in_batch, out_batch, keys, values, count
+        // (in and out), map_fd, elem_flags, flags.
         let mut attr = attr(&[
             (0, &in_batch.to_ne_bytes()),
             (8, &(next.as_mut_ptr() as u64).to_ne_bytes()),
-            (16, &(batch.keys.as_mut_ptr() as u64).to_ne_bytes()),
-            (24, &(batch.values.as_mut_ptr() as u64).to_ne_bytes()),
+            (16, &keys.to_ne_bytes()),
+            (24, &values.to_ne_bytes()),
             (32, &len.to_ne_bytes()),
             (36, &fd.to_ne_bytes()),
         ]);
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let read = u32::from_ne_bytes(attr[32..36].try_into().expect("4 bytes"));
-        batch.count = usize::try_from(read).unwrap_or(0).min(BATCH_LEN);
+        let count = usize::try_from(read).unwrap_or(0).min(BATCH_LEN);
         let done = match result {
             Ok(_) => false,
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(error) if first && unsupported(&error) => {
-                return read_one_by_one(map, shape, each);
-            }
             Err(error) => return Err(error),
         };
-        if batch.count > 0 {
-            each(&batch)?;
+        if count > 0 {
+            each(count)?;
         }
         if done {
             return Ok(());

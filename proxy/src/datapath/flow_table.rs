@@ -2,7 +2,7 @@
 //! (read, garbage-collected, flushed), this node's NAT addresses, and the
 //! kernel's counters.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd, path::Path};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use switchyard_abi::{
@@ -10,7 +10,9 @@ use switchyard_abi::{
     FlowTimeouts, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NodeConfig,
 };
 
-use super::{DatapathError, pinned::open_pinned};
+use tracing::warn;
+
+use super::{DatapathError, batch, pinned::open_pinned};
 use crate::{
     model::address::Cidr,
     node::conntrack::{Connection, connections},
@@ -21,6 +23,9 @@ const IPV4_MAPPED_PREFIX_BITS: u8 = 96;
 
 pub struct FlowTable {
     conntrack: HashMap<MapData, FlowKey, Flow>,
+    /// The conntrack map again, for batched reads (aya's typed view does
+    /// not lend its fd).
+    conntrack_batches: MapData,
     node: Array<MapData, Addr>,
     node_config: Array<MapData, NodeConfig>,
     cluster_cidrs: LpmTrie<MapData, Addr, u8>,
@@ -42,6 +47,8 @@ impl FlowTable {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
             conntrack: open_pinned(pin_dir, CONNTRACK_MAP)?,
+            conntrack_batches: MapData::from_pin(pin_dir.join(CONNTRACK_MAP))
+                .map_err(|source| DatapathError::map(CONNTRACK_MAP, source))?,
             node: open_pinned(pin_dir, NODE_MAP)?,
             node_config: open_pinned(pin_dir, NODE_CONFIG_MAP)?,
             cluster_cidrs: open_pinned(pin_dir, CLUSTER_CIDRS_MAP)?,
@@ -49,9 +56,27 @@ impl FlowTable {
         })
     }
 
-    /// Every entry; one deleted while we iterate is simply not seen.
+    /// Every entry; one deleted while we read is simply not seen. Read in
+    /// batches of thousands (a million entries cost hundreds of syscalls,
+    /// not two million), one at a time on kernels without batched lookups.
     pub fn entries(&self) -> Vec<(FlowKey, Flow)> {
-        self.conntrack.iter().filter_map(Result::ok).collect()
+        let mut entries = Vec::new();
+        let read = batch::read_all_typed(
+            self.conntrack_batches.fd().as_fd(),
+            |keys: &[FlowKey], flows: &[Flow]| {
+                entries.extend(keys.iter().copied().zip(flows.iter().copied()));
+            },
+        );
+        match read {
+            Ok(()) => entries,
+            Err(stopped) if stopped.unsupported() => {
+                self.conntrack.iter().filter_map(Result::ok).collect()
+            }
+            Err(stopped) => {
+                warn!(error = %stopped.error, read = stopped.applied, "reading the conntrack map stopped early");
+                entries
+            }
+        }
     }
 
     pub fn connections(&self) -> Vec<Connection> {
