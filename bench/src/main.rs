@@ -165,7 +165,7 @@ fn main() -> Result<()> {
     let markdown = write_outputs(&cli.out, &report)?;
     println!("{markdown}");
     println!(
-        "Wrote {0}/bench.md, {0}/bench.json and {0}/connection-rate.svg",
+        "Wrote {0}/bench.md, {0}/bench.json, {0}/connection-rate.svg and {0}/memory.svg",
         cli.out.display()
     );
     Ok(())
@@ -179,6 +179,7 @@ fn write_outputs(out: &std::path::Path, report: &BenchReport) -> Result<String> 
         serde_json::to_string_pretty(report)?,
     )?;
     std::fs::write(out.join("connection-rate.svg"), plot::svg(report))?;
+    std::fs::write(out.join("memory.svg"), plot::memory_svg(report))?;
     Ok(markdown)
 }
 
