@@ -9,7 +9,6 @@ use switchyard_abi::{
     Addr, CLUSTER_CIDRS_MAP, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey,
     FlowTimeouts, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NodeConfig,
 };
-
 use tracing::warn;
 
 use super::{DatapathError, batch, pinned::open_pinned};
