@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     cli::RunArgs,
     convert::{
-        desired::{desired_state, update_services},
+        desired::{desired_state_from, update_services_from},
         input_error::{InputError, ObjectRef, Reason},
         service_cidr::service_cidrs,
         topology::{NodeContext, ZONE_LABEL},
@@ -358,7 +358,7 @@ impl Agent {
         }
         let desired = self.desired.as_mut()?;
         let loaded = self.source.services(&changes.services)?;
-        let Ok((scope, errors)) = update_services(
+        let Ok((scope, errors)) = update_services_from(
             desired,
             &changes.services,
             &loaded.services,
@@ -371,7 +371,7 @@ impl Agent {
         // Errors of these Services are added, not replaced: the next full
         // pass settles which still stand.
         let mut new = Vec::new();
-        for error in errors {
+        for error in errors.into_iter().chain(loaded.errors) {
             let line = error.to_string();
             if let std::collections::btree_map::Entry::Vacant(entry) = self.reported.entry(line) {
                 warn!("{}", entry.key());
@@ -406,7 +406,7 @@ impl Agent {
             &service_cidrs,
         );
         let (mut desired, conversion_errors) =
-            desired_state(&loaded.services, &loaded.slices, &self.node);
+            desired_state_from(&loaded.services, &loaded.slices, &self.node);
         let refusals: Vec<InputError> = fit(&mut desired, self.capacity, self.syncer.programmed())
             .into_iter()
             .map(|refusal| {

@@ -7,7 +7,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     convert::{
-        endpoints::SliceIndex,
+        endpoints::{ParsedSlice, SliceIndex, read_slices},
         input_error::{InputError, Reason},
         service::{health_check_node_port, service_frontends, service_ref},
         topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
@@ -28,7 +28,21 @@ pub fn desired_state<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     slices: &[E],
     node: &NodeContext,
 ) -> (DesiredState, Vec<InputError>) {
-    let (index, mut errors) = SliceIndex::build(slices);
+    let (parsed, mut errors) = read_slices(slices);
+    let (state, more) = desired_state_from(services, &parsed, node);
+    errors.extend(more);
+    (state, errors)
+}
+
+/// [`desired_state`] from slices read when they arrived (their problems
+/// were reported then).
+pub fn desired_state_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
+    services: &[S],
+    slices: &[P],
+    node: &NodeContext,
+) -> (DesiredState, Vec<InputError>) {
+    let index = SliceIndex::new(slices);
+    let mut errors = Vec::new();
     let mut state = DesiredState {
         service_cidrs: node.service_cidrs.iter().copied().collect(),
         ..DesiredState::default()
@@ -60,6 +74,20 @@ pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     changed: &BTreeSet<NamespacedName>,
     services: &[S],
     slices: &[E],
+    node: &NodeContext,
+) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
+    let (parsed, mut errors) = read_slices(slices);
+    let (touched, more) = update_services_from(state, changed, services, &parsed, node)?;
+    errors.extend(more);
+    Ok((touched, errors))
+}
+
+/// [`update_services`] from slices read when they arrived.
+pub fn update_services_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
+    state: &mut DesiredState,
+    changed: &BTreeSet<NamespacedName>,
+    services: &[S],
+    slices: &[P],
     node: &NodeContext,
 ) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
     let owned_by_changed = |service: &ServicePortName| {
@@ -96,7 +124,8 @@ pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     }
     state.no_local.retain(|service| !owned_by_changed(service));
 
-    let (index, mut errors) = SliceIndex::build(slices);
+    let index = SliceIndex::new(slices);
+    let mut errors = Vec::new();
     let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by_cached_key(|service| service_ref(service));
     for service in ordered {
@@ -131,7 +160,7 @@ struct Contests {
 fn add_service(
     state: &mut DesiredState,
     service: &Service,
-    index: &SliceIndex,
+    index: &SliceIndex<'_>,
     node: &NodeContext,
     errors: &mut Vec<InputError>,
 ) -> Contests {

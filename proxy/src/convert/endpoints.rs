@@ -2,6 +2,7 @@
 //! reads them.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
@@ -42,14 +43,14 @@ impl Family {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct SlicePort {
     name: String,
     protocol: Protocol,
     port: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct SliceEndpoint {
     ip: IpAddr,
     ready: bool,
@@ -60,64 +61,95 @@ struct SliceEndpoint {
     node_hints: BTreeSet<String>,
 }
 
-/// One slice, validated once however many frontends read it.
-#[derive(Clone, Debug)]
-struct ParsedSlice {
+/// What the conversion needs of one EndpointSlice, read once when the
+/// slice arrives: the sources keep this, not the object (a slice of four
+/// endpoints is a few hundred bytes here, several kilobytes as an object).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedSlice {
+    /// The Service it belongs to: its namespace and
+    /// `kubernetes.io/service-name`.
+    pub service: NamespacedName,
+    /// The slice's own name, which orders duplicated endpoints.
+    pub name: String,
     family: Family,
     ports: Vec<SlicePort>,
     endpoints: Vec<SliceEndpoint>,
 }
 
-/// All usable slices, grouped by the Service they belong to.
-#[derive(Clone, Debug, Default)]
-pub struct SliceIndex {
-    /// Keyed by (namespace, service name); each list in slice-name order,
-    /// which decides which copy of a duplicated endpoint counts.
-    by_service: BTreeMap<NamespacedName, Vec<(String, ParsedSlice)>>,
+/// Reads one EndpointSlice: what is usable of it (nothing for another
+/// proxy's slice, an FQDN one or one without a usable address type) and
+/// each problem found, said once and left out.
+pub fn read_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<InputError>) {
+    let object = slice_ref(slice);
+    let mut errors = Vec::new();
+    if let Some(label) = excluded_by_label(&slice.metadata) {
+        debug!(slice = %object, label, "skipping slice served by another proxy");
+        return (None, errors);
+    }
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+        .filter(|name| !name.is_empty());
+    let Some(service) = service else {
+        errors.push(InputError::field(
+            &object,
+            "metadata.labels",
+            Reason::MissingField,
+            format!("missing label {SERVICE_NAME_LABEL}"),
+        ));
+        return (None, errors);
+    };
+    let service = NamespacedName::new(object.namespace.clone(), service.clone());
+    let parsed = parse_slice(&object, slice, &mut errors).map(|parts| ParsedSlice {
+        service,
+        name: object.name,
+        family: parts.family,
+        ports: parts.ports,
+        endpoints: parts.endpoints,
+    });
+    (parsed, errors)
 }
 
-impl SliceIndex {
-    /// Reports each bad slice, address or port once, and leaves it out.
-    pub fn build<E: std::borrow::Borrow<EndpointSlice>>(slices: &[E]) -> (Self, Vec<InputError>) {
-        let mut index = Self::default();
-        let mut errors = Vec::new();
-        for slice in slices.iter().map(std::borrow::Borrow::borrow) {
-            let object = slice_ref(slice);
-            if let Some(label) = excluded_by_label(&slice.metadata) {
-                debug!(slice = %object, label, "skipping slice served by another proxy");
-                continue;
-            }
-            let service = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                .filter(|name| !name.is_empty());
-            let Some(service) = service else {
-                errors.push(InputError::field(
-                    &object,
-                    "metadata.labels",
-                    Reason::MissingField,
-                    format!("missing label {SERVICE_NAME_LABEL}"),
-                ));
-                continue;
-            };
-            let Some(parsed) = parse_slice(&object, slice, &mut errors) else {
-                continue;
-            };
-            index
-                .by_service
-                .entry(NamespacedName::new(
-                    object.namespace.clone(),
-                    service.clone(),
-                ))
-                .or_default()
-                .push((object.name, parsed));
+/// [`read_slice`] over many: the usable slices, and every problem.
+pub fn read_slices<E: Borrow<EndpointSlice>>(slices: &[E]) -> (Vec<ParsedSlice>, Vec<InputError>) {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for slice in slices {
+        let (slice, found) = read_slice(slice.borrow());
+        parsed.extend(slice);
+        errors.extend(found);
+    }
+    (parsed, errors)
+}
+
+/// What `parse_slice` makes of a slice's own fields.
+struct SliceParts {
+    family: Family,
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+/// All usable slices, grouped by the Service they belong to, borrowed from
+/// wherever they are kept.
+#[derive(Clone, Debug, Default)]
+pub struct SliceIndex<'a> {
+    /// Each list in slice-name order, which decides which copy of a
+    /// duplicated endpoint counts.
+    by_service: BTreeMap<&'a NamespacedName, Vec<&'a ParsedSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new<P: Borrow<ParsedSlice>>(slices: &'a [P]) -> Self {
+        let mut by_service: BTreeMap<&NamespacedName, Vec<&ParsedSlice>> = BTreeMap::new();
+        for slice in slices.iter().map(Borrow::borrow) {
+            by_service.entry(&slice.service).or_default().push(slice);
         }
-        for slices in index.by_service.values_mut() {
-            slices.sort_by(|a, b| a.0.cmp(&b.0));
+        for slices in by_service.values_mut() {
+            slices.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        (index, errors)
+        Self { by_service }
     }
 
     /// Every endpoint of one Service port on one frontend, deduplicated
@@ -136,7 +168,7 @@ impl SliceIndex {
         let family = Family::of(frontend.ip);
         let mut seen = BTreeSet::new();
         let mut candidates = Vec::new();
-        for (_, slice) in slices.iter().filter(|(_, s)| s.family == family) {
+        for slice in slices.iter().filter(|s| s.family == family) {
             let Some(port) = slice
                 .ports
                 .iter()
@@ -191,7 +223,7 @@ fn parse_slice(
     object: &ObjectRef,
     slice: &EndpointSlice,
     errors: &mut Vec<InputError>,
-) -> Option<ParsedSlice> {
+) -> Option<SliceParts> {
     let family = match slice.address_type.as_str() {
         "IPv4" => Family::V4,
         "IPv6" => Family::V6,
@@ -306,7 +338,7 @@ fn parse_slice(
                 .collect(),
         });
     }
-    Some(ParsedSlice {
+    Some(SliceParts {
         family,
         ports,
         endpoints,

@@ -18,7 +18,6 @@ use std::{
     },
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -34,7 +33,7 @@ use kube::{
     },
 };
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     convert::{endpoints::SERVICE_NAME_LABEL, service::namespace_of},
@@ -42,7 +41,9 @@ use crate::{
     source::{
         change_set::{ChangeSet, PendingChanges},
         manifest::Manifests,
+        slice_store::SliceStore,
         trim,
+        watch_task::{Listing, Notify, record, spawn_events},
     },
 };
 
@@ -104,7 +105,7 @@ pub enum KubeSourceError {
 
 pub struct KubeSource {
     services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    slices: Arc<Mutex<SliceStore>>,
     nodes: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
     changes: mpsc::Receiver<()>,
@@ -118,14 +119,6 @@ pub struct KubeSource {
 /// EndpointSlices and the Node. ServiceCIDRs only add drops of unallocated
 /// addresses, and API servers before 1.33 do not serve them.
 const REQUIRED_LISTS: usize = 3;
-
-/// Whether a watcher's first list holds back the first sync.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Listing {
-    Required,
-    /// Served when the API server has it; a 404 is said once, at info.
-    Optional,
-}
 
 impl KubeSource {
     pub async fn connect(
@@ -173,29 +166,12 @@ impl KubeSource {
             },
         );
         let membership = Arc::new(Mutex::new(SliceMembership::default()));
-        let members = Arc::clone(&membership);
-        let slices = spawn_reflector(
+        let slices = spawn_slice_watcher(
             Api::<EndpointSlice>::all(client.clone()),
             proxied,
             &notify,
-            (&mut tasks, Listing::Required),
-            trim::endpoint_slice,
-            move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
-                let (namespace, name) = namespaced_name(&slice.metadata);
-                pending.received_endpoint_slice();
-                let service = slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                    .filter(|_| !deleted);
-                let mut members = members
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for service in members.record(namespace, name, service) {
-                    pending.service(namespace, &service);
-                }
-            },
+            &mut tasks,
+            Arc::clone(&membership),
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = spawn_reflector(
@@ -260,46 +236,48 @@ impl KubeSource {
             .membership
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self
+            .slices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The store is the truth: a name the membership still lists (a
         // slice gone during a relist) simply is not found, and one whose
         // label moved elsewhere is filtered out.
-        let slices = names
-            .iter()
-            .flat_map(|service| {
-                members
-                    .slices_of(service)
-                    .map(move |slice| (service, slice))
-            })
-            .filter_map(
-                |(
-                    NamespacedName {
-                        namespace,
-                        name: service,
-                    },
-                    slice,
-                )| {
-                    let found = self
-                        .slices
-                        .get(&reflector::ObjectRef::new(slice).within(namespace))?;
-                    let label = found.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-                    (label == service).then_some(found)
-                },
-            )
-            .collect();
+        let mut slices = Vec::new();
+        let mut errors = Vec::new();
+        for service in names {
+            for slice in members.slices_of(service) {
+                let Some((parsed, problems)) = store.get(&service.namespace, slice) else {
+                    continue;
+                };
+                if parsed.is_some_and(|parsed| parsed.service != *service) {
+                    continue;
+                }
+                slices.extend(parsed.cloned());
+                errors.extend(problems.iter().cloned());
+            }
+        }
         Manifests {
             services,
             slices,
+            errors,
             ..Manifests::default()
         }
     }
 
     /// The stores' content, in the shape the manifests source gives.
     pub fn snapshot(&self) -> Manifests {
+        let (slices, errors) = self
+            .slices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .snapshot();
         Manifests {
             services: self.services.state(),
-            slices: self.slices.state(),
+            slices,
             nodes: self.nodes.state(),
             service_cidrs: self.service_cidrs.state(),
+            errors,
             ..Manifests::default()
         }
     }
@@ -354,14 +332,6 @@ impl SliceMembership {
     }
 }
 
-/// Where a watcher reports: a wake-up for the agent loop, what changed,
-/// and how many watchers have listed.
-struct Notify<'a> {
-    wake: &'a mpsc::Sender<()>,
-    pending: &'a Arc<PendingChanges>,
-    listed: &'a Arc<AtomicUsize>,
-}
-
 fn namespaced_name(meta: &kube::api::ObjectMeta) -> (&str, &str) {
     (namespace_of(meta), meta.name.as_deref().unwrap_or_default())
 }
@@ -386,45 +356,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let kind = K::kind(&()).into_owned();
     // What nothing here reads is dropped before the store keeps a copy
     // (see `trim`).
     let stream = reflector::reflector(writer, watcher(api, config).modify(trim).default_backoff());
-    let sender = notify.wake.clone();
-    let pending = Arc::clone(notify.pending);
-    tasks.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut said_not_served = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(object)) => {
-                    changed(&object, false, &pending);
-                    let _already_pending = sender.try_send(());
-                }
-                Ok(watcher::Event::Delete(object)) => {
-                    changed(&object, true, &pending);
-                    let _already_pending = sender.try_send(());
-                }
-                // A relist replaces the store wholesale: diffing it against
-                // the previous content is what a full pass does.
-                Ok(event) => {
-                    if let watcher::Event::InitApply(object) = &event {
-                        changed(object, false, &pending);
-                    }
-                    pending.everything();
-                    let _already_pending = sender.try_send(());
-                }
-                Err(error) if listing == Listing::Optional && not_served(&error) => {
-                    if !said_not_served {
-                        info!(%kind, "not served by this API server; retrying quietly");
-                        said_not_served = true;
-                    }
-                }
-                // The backoff retries; the stores keep their last content.
-                Err(error) => warn!(%kind, %error, "watch failed; retrying"),
-            }
-        }
-    }));
+    spawn_events(stream, listing, notify, tasks, move |event, pending| {
+        record(event, pending, &mut changed);
+    });
     if listing == Listing::Optional {
         return reader;
     }
@@ -440,12 +377,62 @@ where
     reader
 }
 
-/// A resource the API server does not have (404 on its list).
-fn not_served(error: &watcher::Error) -> bool {
-    matches!(
-        error,
-        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
-    )
+/// The EndpointSlice watcher: no reflector store, but a [`SliceStore`] of
+/// slices as read, fed from the events directly; listed once its first
+/// list ends.
+fn spawn_slice_watcher(
+    api: Api<EndpointSlice>,
+    config: watcher::Config,
+    notify: &Notify<'_>,
+    tasks: &mut Vec<JoinHandle<()>>,
+    membership: Arc<Mutex<SliceMembership>>,
+) -> Arc<Mutex<SliceStore>> {
+    let store = Arc::new(Mutex::new(SliceStore::default()));
+    let slices = Arc::clone(&store);
+    let listed = Arc::clone(notify.listed);
+    let mut changed = move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
+        let (namespace, name) = namespaced_name(&slice.metadata);
+        pending.received_endpoint_slice();
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .filter(|_| !deleted);
+        let mut members = membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for service in members.record(namespace, name, service) {
+            pending.service(namespace, &service);
+        }
+    };
+    let stream = watcher(api, config).default_backoff();
+    spawn_events(
+        stream,
+        Listing::Required,
+        notify,
+        tasks,
+        move |event, pending| {
+            let mut store = slices
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match event {
+                watcher::Event::Apply(slice) | watcher::Event::InitApply(slice) => {
+                    store.apply(slice);
+                }
+                watcher::Event::Delete(slice) => store.delete(slice),
+                watcher::Event::Init => store.relist_started(),
+                watcher::Event::InitDone => {
+                    if store.relisted() {
+                        listed.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            drop(store);
+            record(event, pending, &mut changed);
+        },
+    );
+    store
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use serde_yaml::Value;
 use tracing::debug;
 
 use crate::convert::{
+    endpoints::{ParsedSlice, read_slice},
     input_error::{InputError, ObjectRef, Origin, Reason},
     service::DEFAULT_NAMESPACE,
 };
@@ -36,7 +37,9 @@ pub struct Manifests {
     // Shared, not owned: the API source hands out what its stores hold
     // without copying every object on every pass.
     pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Read when they arrived (`convert::endpoints::read_slice`); their
+    /// problems are in `errors`.
+    pub slices: Vec<Arc<ParsedSlice>>,
     pub nodes: Vec<Arc<Node>>,
     /// The cluster's service CIDRs (networking.k8s.io/v1, Kubernetes 1.33).
     pub service_cidrs: Vec<Arc<ServiceCIDR>>,
@@ -247,7 +250,9 @@ has_meta!(Service, EndpointSlice, Node, ServiceCIDR);
 struct Loader {
     manifests: Manifests,
     services: BTreeMap<ObjectRef, Service>,
-    slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// Read as each is found, so a file's objects are not all held whole;
+    /// with the problems found, each naming the file.
+    slices: BTreeMap<ObjectRef, (Option<ParsedSlice>, Vec<InputError>)>,
     nodes: BTreeMap<ObjectRef, Node>,
     service_cidrs: BTreeMap<ObjectRef, ServiceCIDR>,
 }
@@ -265,9 +270,18 @@ impl Loader {
                     let object = keep(&mut self.services, *service, "Service", true);
                     self.note_origin(object, &origin);
                 }
-                Object::EndpointSlice(slice) => {
-                    let object = keep(&mut self.slices, *slice, "EndpointSlice", true);
-                    self.note_origin(object, &origin);
+                Object::EndpointSlice(mut slice) => {
+                    let object = object_ref(&mut *slice, "EndpointSlice", true);
+                    let (parsed, errors) = read_slice(&slice);
+                    let errors = errors
+                        .into_iter()
+                        .map(|error| error.with_origin(origin.clone()))
+                        .collect();
+                    let replaced = self
+                        .slices
+                        .insert(object.clone(), (parsed, errors))
+                        .is_some();
+                    self.note_origin((object, replaced), &origin);
                 }
                 Object::Node(node) => {
                     let object = keep(&mut self.nodes, *node, "Node", false);
@@ -299,10 +313,15 @@ impl Loader {
         self.manifests.origins.insert(object, origin.clone());
     }
 
-    fn finish(self) -> Manifests {
+    fn finish(mut self) -> Manifests {
+        let mut slices = Vec::with_capacity(self.slices.len());
+        for (parsed, errors) in self.slices.into_values() {
+            slices.extend(parsed.map(Arc::new));
+            self.manifests.errors.extend(errors);
+        }
         Manifests {
             services: self.services.into_values().map(Arc::new).collect(),
-            slices: self.slices.into_values().map(Arc::new).collect(),
+            slices,
             nodes: self.nodes.into_values().map(Arc::new).collect(),
             service_cidrs: self.service_cidrs.into_values().map(Arc::new).collect(),
             ..self.manifests
@@ -319,15 +338,20 @@ fn keep<T: HasMeta>(
     kind: &str,
     namespaced: bool,
 ) -> (ObjectRef, bool) {
+    let reference = object_ref(&mut object, kind, namespaced);
+    let replaced = store.insert(reference.clone(), object).is_some();
+    (reference, replaced)
+}
+
+/// `object`'s reference, its namespace defaulted first.
+fn object_ref<T: HasMeta>(object: &mut T, kind: &str, namespaced: bool) -> ObjectRef {
     let meta = object.meta_mut();
     if namespaced && meta.namespace.as_deref().unwrap_or_default().is_empty() {
         meta.namespace = Some(DEFAULT_NAMESPACE.to_owned());
     }
-    let reference = ObjectRef::new(
+    ObjectRef::new(
         kind,
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
-    );
-    let replaced = store.insert(reference.clone(), object).is_some();
-    (reference, replaced)
+    )
 }

@@ -6,7 +6,9 @@ pub mod change_set;
 pub mod folder_stamp;
 pub mod kube_source;
 pub mod manifest;
+pub mod slice_store;
 pub mod trim;
+pub mod watch_task;
 pub mod watcher;
 
 use std::{collections::BTreeSet, path::PathBuf};

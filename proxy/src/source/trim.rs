@@ -1,14 +1,13 @@
 //! What the proxy never reads, dropped from each object before a store
 //! keeps a copy: managed fields, annotations (kubectl's
 //! `last-applied-configuration` alone can be most of an object), owner
-//! references, a Service's selector and conditions, each endpoint's
-//! `targetRef`, a Node's images and conditions. On a real cluster these are
-//! most of every object's size; the stores hold one copy of each object for
-//! as long as it exists.
+//! references, a Service's selector and conditions, a Node's images and
+//! conditions. On a real cluster these are most of every object's size;
+//! the stores hold one copy of each object for as long as it exists.
+//! EndpointSlices are not stored as objects at all (see `slice_store`).
 
 use k8s_openapi::api::{
     core::v1::{Node, NodeStatus, Service},
-    discovery::v1::EndpointSlice,
     networking::v1::ServiceCIDR,
 };
 use kube::api::ObjectMeta;
@@ -40,14 +39,6 @@ pub fn service(service: &mut Service) {
     }
 }
 
-pub fn endpoint_slice(slice: &mut EndpointSlice) {
-    metadata(&mut slice.metadata);
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.deprecated_topology = None;
-    }
-}
-
 /// The Node keeps its name, labels (the zone), deletion time, taints, pod
 /// CIDRs and addresses.
 pub fn node(node: &mut Node) {
@@ -65,6 +56,8 @@ pub fn service_cidr(cidr: &mut ServiceCIDR) {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
     use super::*;
     use crate::convert::{desired::desired_state, fixtures, topology::NodeContext};
 
@@ -127,7 +120,6 @@ endpoints:
         let whole = (fixtures::service(SERVICE), fixtures::slice(SLICE));
         let mut trimmed = whole.clone();
         service(&mut trimmed.0);
-        endpoint_slice(&mut trimmed.1);
         assert_ne!(trimmed, whole, "something was dropped");
         let node = NodeContext {
             name: "node-a".into(),
@@ -138,11 +130,6 @@ endpoints:
             desired_state(&[service], &[slice], &node)
         };
         assert_eq!(convert(&trimmed), convert(&whole));
-        let annotations = trimmed.1.metadata.annotations.unwrap();
-        assert_eq!(
-            annotations.keys().collect::<Vec<_>>(),
-            [TRIGGER_TIME_ANNOTATION]
-        );
         assert!(trimmed.0.metadata.annotations.is_none());
     }
 

@@ -154,7 +154,8 @@ endpoints:
     } in cases
     {
         let slices: Vec<_> = yamls.iter().map(|y| slice(y)).collect();
-        let (index, errors) = SliceIndex::build(&slices);
+        let (parsed, errors) = read_slices(&slices);
+        let index = SliceIndex::new(&parsed);
         let got: Vec<String> = index
             .endpoints("default", service, port_name, &frontend(fe))
             .iter()
