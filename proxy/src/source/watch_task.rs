@@ -92,4 +92,3 @@ fn not_served(error: &watcher::Error) -> bool {
         watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
     )
 }
-
