@@ -9,7 +9,7 @@ use crate::{
     convert::{
         endpoints::{ParsedSlice, SliceIndex, read_slices},
         input_error::{InputError, Reason},
-        service::{health_check_node_port, service_frontends, service_ref},
+        service::{ParsedService, read_services},
         topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
     },
     model::{
@@ -28,15 +28,17 @@ pub fn desired_state<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     slices: &[E],
     node: &NodeContext,
 ) -> (DesiredState, Vec<InputError>) {
-    let (parsed, mut errors) = read_slices(slices);
-    let (state, more) = desired_state_from(services, &parsed, node);
+    let (slices, mut errors) = read_slices(slices);
+    let (services, service_errors) = read_services(services);
+    errors.extend(service_errors);
+    let (state, more) = desired_state_from(&services, &slices, node);
     errors.extend(more);
     (state, errors)
 }
 
-/// [`desired_state`] from slices read when they arrived (their problems
-/// were reported then).
-pub fn desired_state_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
+/// [`desired_state`] from Services and slices read when they arrived (their
+/// problems were reported then).
+pub fn desired_state_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
     services: &[S],
     slices: &[P],
     node: &NodeContext,
@@ -49,8 +51,8 @@ pub fn desired_state_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
     };
     // Sorted so that which of two Services claiming one frontend wins does
     // not depend on watch event order.
-    let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
-    ordered.sort_by_cached_key(|service| service_ref(service));
+    let mut ordered: Vec<&ParsedService> = services.iter().map(Borrow::borrow).collect();
+    ordered.sort_by(|a, b| a.object.cmp(&b.object));
     for service in ordered {
         add_service(&mut state, service, &index, node, &mut errors);
     }
@@ -76,14 +78,16 @@ pub fn update_services<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     slices: &[E],
     node: &NodeContext,
 ) -> Result<(BTreeSet<Frontend>, Vec<InputError>), NeedsFullPass> {
-    let (parsed, mut errors) = read_slices(slices);
-    let (touched, more) = update_services_from(state, changed, services, &parsed, node)?;
+    let (slices, mut errors) = read_slices(slices);
+    let (services, service_errors) = read_services(services);
+    errors.extend(service_errors);
+    let (touched, more) = update_services_from(state, changed, &services, &slices, node)?;
     errors.extend(more);
     Ok((touched, errors))
 }
 
-/// [`update_services`] from slices read when they arrived.
-pub fn update_services_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
+/// [`update_services`] from Services and slices read when they arrived.
+pub fn update_services_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
     state: &mut DesiredState,
     changed: &BTreeSet<NamespacedName>,
     services: &[S],
@@ -126,8 +130,8 @@ pub fn update_services_from<S: Borrow<Service>, P: Borrow<ParsedSlice>>(
 
     let index = SliceIndex::new(slices);
     let mut errors = Vec::new();
-    let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
-    ordered.sort_by_cached_key(|service| service_ref(service));
+    let mut ordered: Vec<&ParsedService> = services.iter().map(Borrow::borrow).collect();
+    ordered.sort_by(|a, b| a.object.cmp(&b.object));
     for service in ordered {
         let contests = add_service(state, service, &index, node, &mut errors);
         // A contest with a Service this update did not touch: which one
@@ -159,21 +163,20 @@ struct Contests {
 /// first served.
 fn add_service(
     state: &mut DesiredState,
-    service: &Service,
+    service: &ParsedService,
     index: &SliceIndex<'_>,
     node: &NodeContext,
     errors: &mut Vec<InputError>,
 ) -> Contests {
     let mut contests = Contests::default();
-    let object = service_ref(service);
-    let (frontends, service_errors) = service_frontends(service, &node.node_port_addresses);
-    errors.extend(service_errors);
-    let health_check_port = health_check_node_port(service);
+    let object = &service.object;
+    let frontends = service.frontends(&node.node_port_addresses);
+    let health_check_port = service.health_check_port;
     let mut local_endpoints = BTreeSet::new();
     for claim in frontends {
         if let Some(owner) = state.frontends.get(&claim.frontend) {
             errors.push(InputError::field(
-                &object,
+                object,
                 claim.field,
                 Reason::Conflict,
                 format!("{} is already served by {}", claim.frontend, owner.service),
@@ -200,7 +203,7 @@ fn add_service(
         }
         if backends.len() > MAX_BACKENDS_PER_FRONTEND {
             errors.push(InputError::field(
-                &object,
+                object,
                 claim.field,
                 Reason::TooManyEndpoints,
                 format!(
@@ -256,7 +259,7 @@ fn add_service(
         };
         if let Some(taken) = state.health_checks.get(&port) {
             errors.push(InputError::field(
-                &object,
+                object,
                 "spec.healthCheckNodePort",
                 Reason::Conflict,
                 format!(

@@ -106,19 +106,71 @@ struct PortSpec {
     field: String,
 }
 
-/// The frontends a Service asks for, in spec order: cluster IPs, then
-/// NodePorts on `node_port_addresses`, externalIPs and LoadBalancer IPs. Bad
-/// IPs and ports are reported and left out while the rest of the Service is
-/// still served.
+/// What the conversion needs of one Service, read once when it arrives
+/// (the sources keep this, not the object): its frontends on its own
+/// addresses, and what is crossed with the node's NodePort addresses at
+/// each pass, since those change without the Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedService {
+    pub object: ObjectRef,
+    /// Frontends on cluster IPs, in spec order.
+    cluster: Vec<ServiceFrontend>,
+    /// Each port's frontend (its address left unset) and its nodePort.
+    ports: Vec<(ServiceFrontend, Option<u16>)>,
+    exposure: external::Exposure,
+    /// kube-proxy's health check node port, for `externalTrafficPolicy:
+    /// Local` Services that have one.
+    pub health_check_port: Option<u16>,
+}
+
+impl ParsedService {
+    /// The frontends the Service asks for on a node whose NodePorts answer
+    /// on `node_port_addresses`, in spec order: cluster IPs, then NodePorts,
+    /// externalIPs and LoadBalancer IPs.
+    pub fn frontends(&self, node_port_addresses: &[IpAddr]) -> Vec<ServiceFrontend> {
+        let mut frontends = self.cluster.clone();
+        for (base, node_port) in &self.ports {
+            self.exposure
+                .frontends(base, *node_port, node_port_addresses, &mut frontends);
+        }
+        frontends
+    }
+}
+
+/// The frontends a Service asks for (see [`read_service`] and
+/// [`ParsedService::frontends`]).
 pub fn service_frontends(
     service: &Service,
     node_port_addresses: &[IpAddr],
 ) -> (Vec<ServiceFrontend>, Vec<InputError>) {
+    let (parsed, errors) = read_service(service);
+    let frontends = parsed.map_or_else(Vec::new, |parsed| parsed.frontends(node_port_addresses));
+    (frontends, errors)
+}
+
+/// [`read_service`] over many: the Services to serve, and every problem.
+pub fn read_services<S: std::borrow::Borrow<Service>>(
+    services: &[S],
+) -> (Vec<ParsedService>, Vec<InputError>) {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for service in services {
+        let (service, found) = read_service(service.borrow());
+        parsed.extend(service);
+        errors.extend(found);
+    }
+    (parsed, errors)
+}
+
+/// Reads one Service: nothing for one another proxy serves, a headless or
+/// an ExternalName one; bad IPs and ports are reported and left out while
+/// the rest of the Service is still served.
+pub fn read_service(service: &Service) -> (Option<ParsedService>, Vec<InputError>) {
     let object = service_ref(service);
     let mut errors = Vec::new();
     if let Some(label) = excluded_by_label(&service.metadata) {
         debug!(service = %object, label, "skipping service served by another proxy");
-        return (Vec::new(), errors);
+        return (None, errors);
     }
     let Some(spec) = &service.spec else {
         errors.push(InputError::field(
@@ -127,11 +179,11 @@ pub fn service_frontends(
             Reason::MissingField,
             "missing",
         ));
-        return (Vec::new(), errors);
+        return (None, errors);
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         debug!(service = %object, "skipping ExternalName service");
-        return (Vec::new(), errors);
+        return (None, errors);
     }
 
     let (ips_field, texts): (&str, Vec<&str>) = match &spec.cluster_ips {
@@ -146,7 +198,7 @@ pub fn service_frontends(
     match texts.first().copied() {
         Some("None") => {
             debug!(service = %object, "skipping headless service");
-            return (Vec::new(), errors);
+            return (None, errors);
         }
         // kube-proxy skips these silently because the API server always
         // allocates one; only a hand-written manifest lacks it, and its
@@ -158,7 +210,7 @@ pub fn service_frontends(
                 Reason::MissingField,
                 "missing; standalone mode allocates no cluster IPs",
             ));
-            return (Vec::new(), errors);
+            return (None, errors);
         }
         Some(_) => {}
     }
@@ -191,7 +243,7 @@ pub fn service_frontends(
         flags: 0,
         source_ranges: Vec::new(),
     };
-    let mut frontends: Vec<ServiceFrontend> = ips
+    let cluster: Vec<ServiceFrontend> = ips
         .iter()
         .flat_map(|&ip| ports.iter().map(move |port| (ip, port)))
         .map(|(ip, port)| ServiceFrontend {
@@ -199,13 +251,24 @@ pub fn service_frontends(
             ..port_frontend(ip, port)
         })
         .collect();
-    let exposed =
-        external::Exposure::read(&object, service, &ips, node_port_addresses, &mut errors);
-    for port in &ports {
-        let base = port_frontend(IpAddr::from([0, 0, 0, 0]), port);
-        exposed.frontends(&base, port.node_port, &mut frontends);
-    }
-    (frontends, errors)
+    let exposure = external::Exposure::read(&object, service, &ips, &mut errors);
+    let ports = ports
+        .iter()
+        .map(|port| {
+            (
+                port_frontend(IpAddr::from([0, 0, 0, 0]), port),
+                port.node_port,
+            )
+        })
+        .collect();
+    let parsed = ParsedService {
+        health_check_port: health_check_node_port(service),
+        object,
+        cluster,
+        ports,
+        exposure,
+    };
+    (Some(parsed), errors)
 }
 
 /// kube-proxy's default and ceiling for `timeoutSeconds` (3 hours, 1 day).

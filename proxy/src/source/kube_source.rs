@@ -36,12 +36,15 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::info;
 
 use crate::{
-    convert::{endpoints::SERVICE_NAME_LABEL, service::namespace_of},
+    convert::{
+        endpoints::{ParsedSlice, SERVICE_NAME_LABEL, read_slice},
+        service::{ParsedService, namespace_of, read_service},
+    },
     model::name::NamespacedName,
     source::{
         change_set::{ChangeSet, PendingChanges},
         manifest::Manifests,
-        slice_store::SliceStore,
+        read_store::{ReadStore, Reader},
         trim,
         watch_task::{Listing, Notify, record, spawn_events},
     },
@@ -104,8 +107,8 @@ pub enum KubeSourceError {
 }
 
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Arc<Mutex<SliceStore>>,
+    services: Arc<Mutex<ReadStore<Service, ParsedService>>>,
+    slices: Arc<Mutex<ReadStore<EndpointSlice, ParsedSlice>>>,
     nodes: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
     changes: mpsc::Receiver<()>,
@@ -153,12 +156,11 @@ impl KubeSource {
             pending: &pending,
             listed: &listed,
         };
-        let services = spawn_reflector(
+        let services = spawn_read_watcher(
             Api::<Service>::all(client.clone()),
             proxied.clone(),
-            &notify,
-            (&mut tasks, Listing::Required),
-            trim::service,
+            (&notify, &mut tasks),
+            read_service,
             |service: &Service, _deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&service.metadata);
                 pending.received_service();
@@ -166,12 +168,28 @@ impl KubeSource {
             },
         );
         let membership = Arc::new(Mutex::new(SliceMembership::default()));
-        let slices = spawn_slice_watcher(
+        let members = Arc::clone(&membership);
+        let slices = spawn_read_watcher(
             Api::<EndpointSlice>::all(client.clone()),
             proxied,
-            &notify,
-            &mut tasks,
-            Arc::clone(&membership),
+            (&notify, &mut tasks),
+            read_slice,
+            move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
+                let (namespace, name) = namespaced_name(&slice.metadata);
+                pending.received_endpoint_slice();
+                let service = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                    .filter(|_| !deleted);
+                let mut members = members
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for service in members.record(namespace, name, service) {
+                    pending.service(namespace, &service);
+                }
+            },
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = spawn_reflector(
@@ -225,13 +243,20 @@ impl KubeSource {
     /// The named Services that still exist, and every EndpointSlice of
     /// them: what a pass over just those Services reads.
     pub fn services(&self, names: &BTreeSet<NamespacedName>) -> Manifests {
-        let services = names
-            .iter()
-            .filter_map(|NamespacedName { namespace, name }| {
-                self.services
-                    .get(&reflector::ObjectRef::new(name).within(namespace))
-            })
-            .collect();
+        let mut services = Vec::new();
+        let mut errors = Vec::new();
+        {
+            let store = self
+                .services
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for NamespacedName { namespace, name } in names {
+                if let Some((parsed, problems)) = store.get(namespace, name) {
+                    services.extend(parsed.cloned());
+                    errors.extend(problems.iter().cloned());
+                }
+            }
+        }
         let members = self
             .membership
             .lock()
@@ -244,7 +269,6 @@ impl KubeSource {
         // slice gone during a relist) simply is not found, and one whose
         // label moved elsewhere is filtered out.
         let mut slices = Vec::new();
-        let mut errors = Vec::new();
         for service in names {
             for slice in members.slices_of(service) {
                 let Some((parsed, problems)) = store.get(&service.namespace, slice) else {
@@ -267,13 +291,19 @@ impl KubeSource {
 
     /// The stores' content, in the shape the manifests source gives.
     pub fn snapshot(&self) -> Manifests {
-        let (slices, errors) = self
+        let (services, mut errors) = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .snapshot();
+        let (slices, slice_errors) = self
             .slices
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .snapshot();
+        errors.extend(slice_errors);
         Manifests {
-            services: self.services.state(),
+            services,
             slices,
             nodes: self.nodes.state(),
             service_cidrs: self.service_cidrs.state(),
@@ -377,35 +407,28 @@ where
     reader
 }
 
-/// The EndpointSlice watcher: no reflector store, but a [`SliceStore`] of
-/// slices as read, fed from the events directly; listed once its first
+/// A watcher without a reflector store: a [`ReadStore`] of objects as
+/// `read` makes them, fed from the events directly; listed once its first
 /// list ends.
-fn spawn_slice_watcher(
-    api: Api<EndpointSlice>,
+fn spawn_read_watcher<K, T>(
+    api: Api<K>,
     config: watcher::Config,
-    notify: &Notify<'_>,
-    tasks: &mut Vec<JoinHandle<()>>,
-    membership: Arc<Mutex<SliceMembership>>,
-) -> Arc<Mutex<SliceStore>> {
-    let store = Arc::new(Mutex::new(SliceStore::default()));
-    let slices = Arc::clone(&store);
+    (notify, tasks): (&Notify<'_>, &mut Vec<JoinHandle<()>>),
+    read: Reader<K, T>,
+    mut changed: impl FnMut(&K, bool, &PendingChanges) + Send + 'static,
+) -> Arc<Mutex<ReadStore<K, T>>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    T: Send + Sync + 'static,
+{
+    let store = Arc::new(Mutex::new(ReadStore::new(read)));
+    let objects = Arc::clone(&store);
     let listed = Arc::clone(notify.listed);
-    let mut changed = move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
-        let (namespace, name) = namespaced_name(&slice.metadata);
-        pending.received_endpoint_slice();
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-            .filter(|_| !deleted);
-        let mut members = membership
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for service in members.record(namespace, name, service) {
-            pending.service(namespace, &service);
-        }
-    };
     let stream = watcher(api, config).default_backoff();
     spawn_events(
         stream,
@@ -413,14 +436,14 @@ fn spawn_slice_watcher(
         notify,
         tasks,
         move |event, pending| {
-            let mut store = slices
+            let mut store = objects
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match event {
-                watcher::Event::Apply(slice) | watcher::Event::InitApply(slice) => {
-                    store.apply(slice);
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    store.apply(object);
                 }
-                watcher::Event::Delete(slice) => store.delete(slice),
+                watcher::Event::Delete(object) => store.delete(object),
                 watcher::Event::Init => store.relist_started(),
                 watcher::Event::InitDone => {
                     if store.relisted() {

@@ -28,7 +28,7 @@ use tracing::debug;
 use crate::convert::{
     endpoints::{ParsedSlice, read_slice},
     input_error::{InputError, ObjectRef, Origin, Reason},
-    service::DEFAULT_NAMESPACE,
+    service::{DEFAULT_NAMESPACE, ParsedService, read_service},
 };
 
 /// Everything the folder holds, each object once (the last one read wins).
@@ -36,9 +36,10 @@ use crate::convert::{
 pub struct Manifests {
     // Shared, not owned: the API source hands out what its stores hold
     // without copying every object on every pass.
-    pub services: Vec<Arc<Service>>,
-    /// Read when they arrived (`convert::endpoints::read_slice`); their
-    /// problems are in `errors`.
+    /// Services and slices as read when they arrived
+    /// (`convert::service::read_service`, `convert::endpoints::read_slice`);
+    /// their problems are in `errors`.
+    pub services: Vec<Arc<ParsedService>>,
     pub slices: Vec<Arc<ParsedSlice>>,
     pub nodes: Vec<Arc<Node>>,
     /// The cluster's service CIDRs (networking.k8s.io/v1, Kubernetes 1.33).
@@ -249,10 +250,10 @@ has_meta!(Service, EndpointSlice, Node, ServiceCIDR);
 #[derive(Default)]
 struct Loader {
     manifests: Manifests,
-    services: BTreeMap<ObjectRef, Service>,
-    /// Read as each is found, so a file's objects are not all held whole;
-    /// with the problems found, each naming the file.
-    slices: BTreeMap<ObjectRef, (Option<ParsedSlice>, Vec<InputError>)>,
+    /// Services and slices read as each is found, so a folder's objects are
+    /// never all held whole; with the problems found, each naming the file.
+    services: BTreeMap<ObjectRef, Reading<ParsedService>>,
+    slices: BTreeMap<ObjectRef, Reading<ParsedSlice>>,
     nodes: BTreeMap<ObjectRef, Node>,
     service_cidrs: BTreeMap<ObjectRef, ServiceCIDR>,
 }
@@ -266,21 +267,16 @@ impl Loader {
         };
         for object in objects {
             match object {
-                Object::Service(service) => {
-                    let object = keep(&mut self.services, *service, "Service", true);
-                    self.note_origin(object, &origin);
+                Object::Service(mut service) => {
+                    let object = object_ref(&mut *service, "Service", true);
+                    let reading = Reading::of(read_service(&service), &origin);
+                    let replaced = self.services.insert(object.clone(), reading).is_some();
+                    self.note_origin((object, replaced), &origin);
                 }
                 Object::EndpointSlice(mut slice) => {
                     let object = object_ref(&mut *slice, "EndpointSlice", true);
-                    let (parsed, errors) = read_slice(&slice);
-                    let errors = errors
-                        .into_iter()
-                        .map(|error| error.with_origin(origin.clone()))
-                        .collect();
-                    let replaced = self
-                        .slices
-                        .insert(object.clone(), (parsed, errors))
-                        .is_some();
+                    let reading = Reading::of(read_slice(&slice), &origin);
+                    let replaced = self.slices.insert(object.clone(), reading).is_some();
                     self.note_origin((object, replaced), &origin);
                 }
                 Object::Node(node) => {
@@ -314,18 +310,42 @@ impl Loader {
     }
 
     fn finish(mut self) -> Manifests {
-        let mut slices = Vec::with_capacity(self.slices.len());
-        for (parsed, errors) in self.slices.into_values() {
-            slices.extend(parsed.map(Arc::new));
-            self.manifests.errors.extend(errors);
-        }
+        let services = Reading::collect(self.services, &mut self.manifests.errors);
+        let slices = Reading::collect(self.slices, &mut self.manifests.errors);
         Manifests {
-            services: self.services.into_values().map(Arc::new).collect(),
+            services,
             slices,
             nodes: self.nodes.into_values().map(Arc::new).collect(),
             service_cidrs: self.service_cidrs.into_values().map(Arc::new).collect(),
             ..self.manifests
         }
+    }
+}
+
+/// One object as read: what is usable of it, and its problems, each
+/// naming the file.
+struct Reading<T> {
+    parsed: Option<T>,
+    errors: Vec<InputError>,
+}
+
+impl<T> Reading<T> {
+    fn of((parsed, errors): (Option<T>, Vec<InputError>), origin: &Origin) -> Self {
+        let errors = errors
+            .into_iter()
+            .map(|error| error.with_origin(origin.clone()))
+            .collect();
+        Self { parsed, errors }
+    }
+
+    /// The usable objects, their problems added to `errors`.
+    fn collect(readings: BTreeMap<ObjectRef, Self>, errors: &mut Vec<InputError>) -> Vec<Arc<T>> {
+        let mut usable = Vec::with_capacity(readings.len());
+        for reading in readings.into_values() {
+            usable.extend(reading.parsed.map(Arc::new));
+            errors.extend(reading.errors);
+        }
+        usable
     }
 }
 

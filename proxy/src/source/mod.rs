@@ -6,7 +6,7 @@ pub mod change_set;
 pub mod folder_stamp;
 pub mod kube_source;
 pub mod manifest;
-pub mod slice_store;
+pub mod read_store;
 pub mod trim;
 pub mod watch_task;
 pub mod watcher;

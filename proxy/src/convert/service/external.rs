@@ -28,6 +28,7 @@ use crate::{
 const IP_MODE_PROXY: &str = "Proxy";
 
 /// One address every port of the Service is exposed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct ExposedAddress {
     ip: IpAddr,
     field: String,
@@ -35,10 +36,15 @@ struct ExposedAddress {
     load_balancer: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Exposure {
     addresses: Vec<ExposedAddress>,
-    /// Empty unless the Service has NodePorts.
-    node_addresses: Vec<IpAddr>,
+    /// The Service has NodePorts (type NodePort or LoadBalancer).
+    node_ports: bool,
+    /// The families of its cluster IPs: a node address is served only in
+    /// them.
+    ipv4: bool,
+    ipv6: bool,
     policy: TrafficPolicy,
     /// `Some` when `loadBalancerSourceRanges` restricts the LB IPs.
     source_ranges: Option<Vec<Cidr>>,
@@ -52,7 +58,6 @@ impl Exposure {
         object: &ObjectRef,
         service: &Service,
         cluster_ips: &[IpAddr],
-        node_port_addresses: &[IpAddr],
         errors: &mut Vec<InputError>,
     ) -> Self {
         let served = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4());
@@ -97,11 +102,6 @@ impl Exposure {
                 }
             }
         }
-        let node_addresses = if matches!(kind, "NodePort" | "LoadBalancer") {
-            node_port_addresses.iter().copied().filter(served).collect()
-        } else {
-            Vec::new()
-        };
         let policy = traffic_policy(
             object,
             "spec.externalTrafficPolicy",
@@ -110,18 +110,21 @@ impl Exposure {
         );
         Self {
             addresses,
-            node_addresses,
+            node_ports: matches!(kind, "NodePort" | "LoadBalancer"),
+            ipv4: cluster_ips.iter().any(IpAddr::is_ipv4),
+            ipv6: cluster_ips.iter().any(IpAddr::is_ipv6),
             policy,
             source_ranges: source_ranges(object, service, errors),
         }
     }
 
     /// Appends the frontends of one Service port, built from `base` (its
-    /// cluster-IP frontend).
+    /// cluster-IP frontend), with its NodePort on `node_port_addresses`.
     pub(super) fn frontends(
         &self,
         base: &ServiceFrontend,
         node_port: Option<u16>,
+        node_port_addresses: &[IpAddr],
         out: &mut Vec<ServiceFrontend>,
     ) {
         for address in &self.addresses {
@@ -135,8 +138,9 @@ impl Exposure {
                 out,
             );
         }
-        if let Some(node_port) = node_port {
-            for &ip in &self.node_addresses {
+        let served = |ip: &&IpAddr| if ip.is_ipv4() { self.ipv4 } else { self.ipv6 };
+        if let Some(node_port) = node_port.filter(|_| self.node_ports) {
+            for &ip in node_port_addresses.iter().filter(served) {
                 let field = format!("{}.nodePort", base.field);
                 self.pair(base, ip, node_port, field, false, out);
             }

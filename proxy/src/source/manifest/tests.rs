@@ -150,11 +150,13 @@ fn a_folder_loads_yaml_and_json_files_in_name_order_and_skips_the_rest() {
     assert_eq!(loaded.slices.len(), 1);
     assert_eq!(loaded.nodes.len(), 1);
     let service = &loaded.services[0];
-    assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
-    assert_eq!(
-        service.spec.as_ref().unwrap().cluster_ip.as_deref(),
-        Some("10.96.0.99")
-    );
+    assert_eq!(service.object.namespace, "default");
+    let cluster_ips: Vec<String> = service
+        .frontends(&[])
+        .iter()
+        .map(|claim| claim.frontend.ip.to_string())
+        .collect();
+    assert_eq!(cluster_ips, ["10.96.0.99"]);
     assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
     let line = loaded.errors[0].to_string();
     assert!(line.contains("d.yaml") && line.contains("a.yaml"), "{line}");

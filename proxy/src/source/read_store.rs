@@ -1,13 +1,14 @@
-//! The cluster's EndpointSlices as the conversion reads them
-//! (`convert::endpoints::read_slice`), kept from a watcher's events instead
-//! of whole objects in a reflector store: a slice of four endpoints is a
-//! few hundred bytes here, several kilobytes as an object.
+//! The cluster's Services and EndpointSlices as the conversion reads them
+//! (`convert::service::read_service`, `convert::endpoints::read_slice`),
+//! kept from a watcher's events instead of whole objects in a reflector
+//! store: a Service of one port, or a slice of four endpoints, is a few
+//! hundred bytes here and several kilobytes as an object.
 //!
 //! A relist (after a disconnect or `410 Gone`) marks and sweeps in place:
-//! each slice listed again replaces its entry, and those not listed again
+//! each object listed again replaces its entry, and those not listed again
 //! go when the list ends. A reflector store instead fills a second store and
 //! swaps, holding two copies of the catalog meanwhile. A pass during the
-//! relist sees some slices newer than others, each one whole, as it could
+//! relist sees some objects newer than others, each one whole, as it could
 //! between any two watch events.
 
 use std::{
@@ -15,58 +16,63 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
 
 use crate::{
-    convert::{
-        endpoints::{ParsedSlice, read_slice},
-        input_error::InputError,
-        service::namespace_of,
-    },
+    convert::{input_error::InputError, service::namespace_of},
     model::name::NamespacedName,
 };
 
-#[derive(Debug, Default)]
-pub struct SliceStore {
-    slices: HashMap<NamespacedName, SliceRecord>,
-    /// While a relist runs: the slices it listed so far.
+/// How an object of kind `K` is read into the `T` the conversion needs.
+pub type Reader<K, T> = fn(&K) -> (Option<T>, Vec<InputError>);
+
+pub struct ReadStore<K, T> {
+    read: Reader<K, T>,
+    records: HashMap<NamespacedName, Record<T>>,
+    /// While a relist runs: the objects it listed so far.
     relisting: Option<HashSet<NamespacedName>>,
     listed: bool,
 }
 
-/// One slice as read: what is usable of it, and what was wrong.
-#[derive(Debug)]
-struct SliceRecord {
-    parsed: Option<Arc<ParsedSlice>>,
+/// One object as read: what is usable of it, and what was wrong.
+struct Record<T> {
+    parsed: Option<Arc<T>>,
     errors: Vec<InputError>,
 }
 
-fn key(slice: &EndpointSlice) -> NamespacedName {
-    NamespacedName::new(
-        namespace_of(&slice.metadata),
-        slice.metadata.name.as_deref().unwrap_or_default(),
-    )
+fn key<K: Resource>(object: &K) -> NamespacedName {
+    let meta = object.meta();
+    NamespacedName::new(namespace_of(meta), meta.name.as_deref().unwrap_or_default())
 }
 
-impl SliceStore {
-    /// A slice added or changed (or listed again).
-    pub fn apply(&mut self, slice: &EndpointSlice) {
-        let (parsed, errors) = read_slice(slice);
-        let key = key(slice);
+impl<K: Resource, T> ReadStore<K, T> {
+    pub fn new(read: Reader<K, T>) -> Self {
+        Self {
+            read,
+            records: HashMap::new(),
+            relisting: None,
+            listed: false,
+        }
+    }
+
+    /// An object added or changed (or listed again).
+    pub fn apply(&mut self, object: &K) {
+        let (parsed, errors) = (self.read)(object);
+        let key = key(object);
         if let Some(listed) = &mut self.relisting {
             listed.insert(key.clone());
         }
-        self.slices.insert(
+        self.records.insert(
             key,
-            SliceRecord {
+            Record {
                 parsed: parsed.map(Arc::new),
                 errors,
             },
         );
     }
 
-    pub fn delete(&mut self, slice: &EndpointSlice) {
-        self.slices.remove(&key(slice));
+    pub fn delete(&mut self, object: &K) {
+        self.records.remove(&key(object));
     }
 
     /// A list begins: what it does not list again goes when it ends.
@@ -77,38 +83,41 @@ impl SliceStore {
     /// The list ended. Returns whether it was the first.
     pub fn relisted(&mut self) -> bool {
         if let Some(listed) = self.relisting.take() {
-            self.slices.retain(|key, _| listed.contains(key));
+            self.records.retain(|key, _| listed.contains(key));
         }
         !std::mem::replace(&mut self.listed, true)
     }
 
-    /// Slice `namespace/name` if it exists: what is usable of it, and the
+    /// Object `namespace/name` if it exists: what is usable of it, and the
     /// problems found in it.
-    pub fn get(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Option<&Arc<ParsedSlice>>, &[InputError])> {
-        let record = self.slices.get(&NamespacedName::new(namespace, name))?;
+    pub fn get(&self, namespace: &str, name: &str) -> Option<(Option<&Arc<T>>, &[InputError])> {
+        let record = self.records.get(&NamespacedName::new(namespace, name))?;
         Some((record.parsed.as_ref(), &record.errors))
     }
 
-    /// Every usable slice, and every problem found in any.
-    pub fn snapshot(&self) -> (Vec<Arc<ParsedSlice>>, Vec<InputError>) {
-        let mut slices = Vec::with_capacity(self.slices.len());
+    /// Everything usable, and every problem found in any object.
+    pub fn snapshot(&self) -> (Vec<Arc<T>>, Vec<InputError>) {
+        let mut parsed = Vec::with_capacity(self.records.len());
         let mut errors = Vec::new();
-        for record in self.slices.values() {
-            slices.extend(record.parsed.clone());
+        for record in self.records.values() {
+            parsed.extend(record.parsed.clone());
             errors.extend(record.errors.iter().cloned());
         }
-        (slices, errors)
+        (parsed, errors)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
     use super::*;
-    use crate::convert::fixtures::slice;
+    use crate::convert::{
+        endpoints::{ParsedSlice, read_slice},
+        fixtures::slice,
+    };
+
+    type SliceStore = ReadStore<EndpointSlice, ParsedSlice>;
 
     fn web_slice(name: &str, ip: &str) -> EndpointSlice {
         slice(&format!(
@@ -137,7 +146,7 @@ endpoints: [{{addresses: [{ip}]}}]
 
     #[test]
     fn a_relist_replaces_in_place_and_sweeps_what_it_did_not_list() {
-        let mut store = SliceStore::default();
+        let mut store = SliceStore::new(read_slice);
         store.relist_started();
         store.apply(&web_slice("a", "10.0.0.1"));
         store.apply(&web_slice("b", "10.0.0.2"));
@@ -161,7 +170,7 @@ endpoints: [{{addresses: [{ip}]}}]
 
     #[test]
     fn problems_are_kept_with_their_slice_and_go_with_it() {
-        let mut store = SliceStore::default();
+        let mut store = SliceStore::new(read_slice);
         let bad = web_slice("bad", "not-an-ip");
         store.apply(&bad);
         let (slices, errors) = store.snapshot();
