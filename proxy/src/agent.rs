@@ -17,8 +17,12 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    cli::RunArgs,
+    cli::{
+        RunArgs,
+        checked_flags::{CheckedFlags, FlagError},
+    },
     convert::{
+        claim::ExternalIpPolicy,
         desired::{desired_state_from, update_services_from},
         input_error::{InputError, ObjectRef, Reason},
         service_cidr::service_cidrs,
@@ -29,14 +33,11 @@ use crate::{
         loader::{self, MapSizes},
         pinned::PinnedMaps,
     },
-    model::{
-        DesiredState,
-        address::{BadCidr, Cidr},
-    },
+    model::{DesiredState, address::Cidr},
     node::{
         cpu_set,
         netns_source::NetnsSources,
-        node_network::{self, DeviceSelection, NodePortAddresses},
+        node_network::{self, DeviceSelection},
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
         socket_reaper::SocketReaper,
     },
@@ -62,10 +63,8 @@ pub enum AgentError {
     PacketPath(#[from] PacketPathError),
     #[error("installing a signal handler: {source}")]
     Signal { source: std::io::Error },
-    #[error("--cluster-cidr: {source}")]
-    ClusterCidr { source: BadCidr },
-    #[error("--service-cluster-ip-range: {source}")]
-    ServiceCidr { source: BadCidr },
+    #[error(transparent)]
+    Flag(#[from] FlagError),
 }
 
 /// How often the namespaces of the hooked cgroup are looked for, while
@@ -73,11 +72,8 @@ pub enum AgentError {
 const NAMESPACE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    let flags = CheckedFlags::check(&args)?;
     let node_name = node_name(&args);
-    let service_cidrs = parse_cidrs(&args.service_cluster_ip_range)
-        .map_err(|source| AgentError::ServiceCidr { source })?;
-    let cluster_cidrs =
-        parse_cidrs(&args.cluster_cidr).map_err(|source| AgentError::ClusterCidr { source })?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let mut terminate =
@@ -99,7 +95,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
     let mut packet_path = PacketPath::new(
-        packet_path_config(&args, cluster_cidrs, programs.conntrack_entries())?,
+        packet_path_config(&args, &flags, programs.conntrack_entries()),
         &args.pins.bpffs,
         &metrics,
     )?;
@@ -137,7 +133,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         queued_since: None,
         desired: None,
         node: NodeContext::default(),
-        service_cidrs,
+        service_cidrs: flags.service_cidrs,
+        external_ip_ranges: flags.external_ip_ranges,
         node_eligible: true,
         last_full: None,
         full_pending: true,
@@ -195,19 +192,18 @@ fn requested_sizes(args: &RunArgs) -> MapSizes {
 
 fn packet_path_config(
     args: &RunArgs,
-    cluster_cidrs: Vec<Cidr>,
+    flags: &CheckedFlags,
     conntrack_capacity: usize,
-) -> Result<PacketPathConfig, AgentError> {
-    Ok(PacketPathConfig {
+) -> PacketPathConfig {
+    PacketPathConfig {
         devices: DeviceSelection::from_flag(&args.devices),
-        node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)
-            .map_err(PacketPathError::from)?,
+        node_port_addresses: flags.node_port_addresses.clone(),
         timeouts: args.conntrack.timeouts(),
         nat_port_range: args.nat_port_range,
-        cluster_cidrs,
+        cluster_cidrs: flags.cluster_cidrs.clone(),
         cluster_ip_from_outside: args.cluster_ip_from_outside,
         conntrack_capacity,
-    })
+    }
 }
 
 /// kube-proxy logs a bind failure and keeps proxying; so do we: the
@@ -253,6 +249,8 @@ struct Agent {
     /// `--service-cluster-ip-range`; a full pass adds the ServiceCIDR
     /// objects' ranges.
     service_cidrs: Vec<Cidr>,
+    /// `--external-ip-ranges`.
+    external_ip_ranges: Option<Vec<Cidr>>,
     node_eligible: bool,
     last_full: Option<Instant>,
     /// Something only a full pass takes in (the node's network changed, or
@@ -404,6 +402,10 @@ impl Agent {
             own_node,
             self.packet_path.node_port_addresses(),
             &service_cidrs,
+            ExternalIpPolicy {
+                allowed: self.external_ip_ranges.clone(),
+                node_addresses: self.packet_path.node_addresses(),
+            },
         );
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);
@@ -487,12 +489,14 @@ impl Agent {
 }
 
 /// This node's name, its zone when its Node object is known, the
-/// addresses its NodePorts answer on, and the service CIDRs.
+/// addresses its NodePorts answer on, the service CIDRs and which
+/// externalIPs it serves.
 fn node_context(
     name: &str,
     node: Option<&Node>,
     node_port_addresses: &[std::net::IpAddr],
     service_cidrs: &[Cidr],
+    external_ips: ExternalIpPolicy,
 ) -> NodeContext {
     let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
     NodeContext {
@@ -500,11 +504,8 @@ fn node_context(
         zone,
         node_port_addresses: node_port_addresses.to_vec(),
         service_cidrs: service_cidrs.to_vec(),
+        external_ips,
     }
-}
-
-fn parse_cidrs(texts: &[String]) -> Result<Vec<Cidr>, BadCidr> {
-    texts.iter().map(|text| text.trim().parse()).collect()
 }
 
 fn node_name(args: &RunArgs) -> String {

@@ -275,6 +275,16 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// Waits (bounded) for an agent that should stop on its own, as one
+    /// refusing to start does.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut p = self.process.take().context("agent not running")?;
+        match p.wait_timeout(patience::scaled(timeout))? {
+            Some(status) => Ok(status),
+            None => bail!("agent still running after {timeout:?}:\n{}", self.log()),
+        }
+    }
+
     /// Starts again after `stop` or `kill_hard`, and waits until ready.
     pub fn start_again(&mut self) -> Result<()> {
         if self.process.is_some() {

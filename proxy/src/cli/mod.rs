@@ -2,6 +2,7 @@
 //! `proxy/tests/deploy.rs` parses with this parser) and other tools script
 //! against these names, so they only ever grow.
 
+pub mod checked_flags;
 pub mod kube_proxy_config;
 pub mod services_view;
 
@@ -61,6 +62,13 @@ pub struct RunArgs {
     /// Node addresses NodePorts answer on (kube-proxy semantics).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// The only externalIPs served: CIDRs or addresses, or `none`. Unset,
+    /// every externalIP is served as kube-proxy serves them, except one of
+    /// the node's own addresses (which would take that port from the node
+    /// itself) unless listed here. Clusters that do not restrict who may
+    /// set `spec.externalIPs` (CVE-2020-8554) should set it.
+    #[arg(long, value_name = "CIDR|none", value_delimiter = ',')]
+    pub external_ip_ranges: Vec<String>,
     /// Pod CIDRs of the cluster: packets from outside to a ClusterIP are
     /// masqueraded unless their source is in one (kube-proxy's
     /// detect-local ClusterCIDR mode).

@@ -1,15 +1,16 @@
 //! Kubernetes objects to the desired state: the one entry point of the
 //! conversion layer.
 
-use std::{borrow::Borrow, collections::BTreeSet};
+use std::{borrow::Borrow, collections::BTreeSet, net::IpAddr};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     convert::{
+        claim::AddressOrigin,
         endpoints::{ParsedSlice, SliceIndex, read_slices},
-        input_error::{InputError, Reason},
-        service::{ParsedService, read_services},
+        input_error::{InputError, ObjectRef, Reason},
+        service::{ParsedService, ServiceFrontend, read_services},
         topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
     },
     model::{
@@ -53,9 +54,7 @@ pub fn desired_state_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
     // not depend on watch event order.
     let mut ordered: Vec<&ParsedService> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by(|a, b| a.object.cmp(&b.object));
-    for service in ordered {
-        add_service(&mut state, service, &index, node, &mut errors);
-    }
+    add_services(&mut state, &ordered, &index, node, &mut errors);
     (state, errors)
 }
 
@@ -132,19 +131,17 @@ pub fn update_services_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
     let mut errors = Vec::new();
     let mut ordered: Vec<&ParsedService> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by(|a, b| a.object.cmp(&b.object));
-    for service in ordered {
-        let contests = add_service(state, service, &index, node, &mut errors);
-        // A contest with a Service this update did not touch: which one
-        // wins depends on both, and only a full pass sees both.
-        let foreign = contests.frontends.iter().any(|frontend| {
-            state
-                .frontends
-                .get(frontend)
-                .is_none_or(|owner| !owned_by_changed(&owner.service))
-        });
-        if foreign || !contests.ports.is_empty() {
-            return Err(NeedsFullPass);
-        }
+    let contests = add_services(state, &ordered, &index, node, &mut errors);
+    // A contest with a Service this update did not touch: which one wins
+    // depends on both, and only a full pass sees both.
+    let foreign = contests.frontends.iter().any(|frontend| {
+        state
+            .frontends
+            .get(frontend)
+            .is_none_or(|owner| !owned_by_changed(&owner.service))
+    });
+    if foreign || !contests.ports.is_empty() {
+        return Err(NeedsFullPass);
     }
     for service in changed {
         touched.extend(state.owners.get(service).into_iter().flatten().copied());
@@ -159,28 +156,87 @@ struct Contests {
     ports: Vec<u16>,
 }
 
-/// Adds one Service's frontends and health check to `state`, first come
-/// first served.
-fn add_service(
+/// Adds the Services' frontends and health checks to `state`: every
+/// allocated address (cluster IPs, NodePorts) first, then the declared
+/// ones (externalIPs, LoadBalancer IPs), each first come first served in
+/// the order given, so a declared address never takes an allocated one.
+fn add_services(
     state: &mut DesiredState,
-    service: &ParsedService,
+    services: &[&ParsedService],
     index: &SliceIndex<'_>,
     node: &NodeContext,
     errors: &mut Vec<InputError>,
 ) -> Contests {
     let mut contests = Contests::default();
+    // The endpoints on this node of each Service with a health check.
+    let mut local: Vec<BTreeSet<IpAddr>> = vec![BTreeSet::new(); services.len()];
+    for declared in [false, true] {
+        for (service, local) in services.iter().zip(&mut local) {
+            let claims = service
+                .frontends(&node.node_port_addresses)
+                .into_iter()
+                .filter(|claim| claim.origin.declared() == declared);
+            let local = service.health_check_port.map(|_| local);
+            add_claims(
+                state,
+                service,
+                claims,
+                index,
+                node,
+                local,
+                errors,
+                &mut contests,
+            );
+        }
+    }
+    for (service, local) in services.iter().zip(&local) {
+        add_health_check(state, service, local, errors, &mut contests);
+    }
+    contests
+}
+
+/// Adds the frontends of one Service that no other Service holds yet;
+/// records its Ready endpoints on this node in `local`, when given.
+#[expect(clippy::too_many_arguments, reason = "one pass's working state")]
+fn add_claims(
+    state: &mut DesiredState,
+    service: &ParsedService,
+    claims: impl Iterator<Item = ServiceFrontend>,
+    index: &SliceIndex<'_>,
+    node: &NodeContext,
+    mut local: Option<&mut BTreeSet<IpAddr>>,
+    errors: &mut Vec<InputError>,
+    contests: &mut Contests,
+) {
     let object = &service.object;
-    let frontends = service.frontends(&node.node_port_addresses);
-    let health_check_port = service.health_check_port;
-    let mut local_endpoints = BTreeSet::new();
-    for claim in frontends {
-        if let Some(owner) = state.frontends.get(&claim.frontend) {
+    for claim in claims {
+        if claim.origin == AddressOrigin::ExternalIp
+            && let Some(refusal) = node.external_ips.refusal(claim.frontend.ip)
+        {
+            // Said once per address, not once per scope.
+            if claim.frontend.scope == Scope::Internal {
+                errors.push(InputError::field(
+                    object,
+                    claim.field,
+                    Reason::Refused,
+                    refusal,
+                ));
+            }
+            continue;
+        }
+        if let Some((held, owner)) = holder(state, object, &claim) {
+            let rule = if claim.origin.declared() {
+                " (an externalIP or LoadBalancer IP never takes an address and port another Service holds)"
+            } else {
+                ""
+            };
             errors.push(InputError::field(
                 object,
                 claim.field,
                 Reason::Conflict,
-                format!("{} is already served by {}", claim.frontend, owner.service),
+                format!("{} is already served by {owner}{rule}", claim.frontend),
             ));
+            state.contested.insert(held);
             state.contested.insert(claim.frontend);
             contests.frontends.push(claim.frontend);
             continue;
@@ -214,11 +270,11 @@ fn add_service(
             ));
             backends.truncate(MAX_BACKENDS_PER_FRONTEND);
         }
-        if claim.frontend.scope == Scope::External {
+        if let (Scope::External, Some(local)) = (claim.frontend.scope, local.as_deref_mut()) {
             // kube-proxy's health check counts Ready local endpoints only:
             // a node left with terminating ones answers 503 and is drained,
             // while they still serve as the fallback.
-            local_endpoints.extend(
+            local.extend(
                 backends
                     .iter()
                     .filter(|b| b.local && is_ready(&candidates, b))
@@ -245,35 +301,73 @@ fn add_service(
             },
         );
     }
-    if let Some(port) = health_check_port {
-        let check = HealthCheck {
-            namespace: object.namespace.clone(),
-            name: object.name.clone(),
-            // A dual-stack pod has an endpoint per family; kube-proxy's
-            // per-family proxiers each count their own.
-            local_endpoints: local_endpoints
-                .iter()
-                .filter(|ip| ip.is_ipv4())
-                .count()
-                .max(local_endpoints.iter().filter(|ip| ip.is_ipv6()).count()),
-        };
-        if let Some(taken) = state.health_checks.get(&port) {
-            errors.push(InputError::field(
-                object,
-                "spec.healthCheckNodePort",
-                Reason::Conflict,
-                format!(
-                    "port {port} is already served for {}/{}",
-                    taken.namespace, taken.name
-                ),
-            ));
-            state.contested_ports.insert(port);
-            contests.ports.push(port);
-        } else {
-            state.health_checks.insert(port, check);
-        }
+}
+
+/// The frontend another Service holds that `claim` would take, and who
+/// holds it. A declared address is also kept off a port another Service
+/// holds in the other scope: an externalIP on a cluster IP would otherwise
+/// take that cluster IP's traffic from outside the node.
+fn holder(
+    state: &DesiredState,
+    object: &ObjectRef,
+    claim: &ServiceFrontend,
+) -> Option<(Frontend, ServicePortName)> {
+    if let Some(owner) = state.frontends.get(&claim.frontend) {
+        return Some((claim.frontend, owner.service.clone()));
     }
-    contests
+    if !claim.origin.declared() {
+        return None;
+    }
+    let twin = Frontend {
+        scope: match claim.frontend.scope {
+            Scope::Internal => Scope::External,
+            Scope::External => Scope::Internal,
+        },
+        ..claim.frontend
+    };
+    let owner = state.frontends.get(&twin)?;
+    (owner.service.namespace != object.namespace || owner.service.name != object.name)
+        .then(|| (twin, owner.service.clone()))
+}
+
+/// kube-proxy's health check node port of one Service, counting `local`.
+fn add_health_check(
+    state: &mut DesiredState,
+    service: &ParsedService,
+    local: &BTreeSet<IpAddr>,
+    errors: &mut Vec<InputError>,
+    contests: &mut Contests,
+) {
+    let Some(port) = service.health_check_port else {
+        return;
+    };
+    let object = &service.object;
+    let check = HealthCheck {
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+        // A dual-stack pod has an endpoint per family; kube-proxy's
+        // per-family proxiers each count their own.
+        local_endpoints: local
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .count()
+            .max(local.iter().filter(|ip| ip.is_ipv6()).count()),
+    };
+    if let Some(taken) = state.health_checks.get(&port) {
+        errors.push(InputError::field(
+            object,
+            "spec.healthCheckNodePort",
+            Reason::Conflict,
+            format!(
+                "port {port} is already served for {}/{}",
+                taken.namespace, taken.name
+            ),
+        ));
+        state.contested_ports.insert(port);
+        contests.ports.push(port);
+    } else {
+        state.health_checks.insert(port, check);
+    }
 }
 
 fn is_ready(candidates: &[Candidate], backend: &Endpoint) -> bool {
@@ -299,244 +393,4 @@ fn draining(candidates: &[Candidate], backends: &[Endpoint]) -> Vec<Endpoint> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::convert::fixtures::objects;
-
-    fn render(state: &DesiredState) -> Vec<String> {
-        state
-            .frontends
-            .iter()
-            .map(|(frontend, desired)| {
-                let backends: Vec<String> =
-                    desired.backends.iter().map(ToString::to_string).collect();
-                format!("{frontend} {} -> [{}]", desired.service, backends.join(" "))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn joins_services_and_slices() {
-        type Case<'a> = (
-            &'a str,
-            &'a [&'a str],
-            &'a [&'a str],
-            &'a [&'a str],
-            &'a [&'a str],
-        );
-        let cases: &[Case] = &[
-            (
-                "named target ports resolve through the slice port",
-                &[
-                    "metadata: {name: web}\nspec: {clusterIPs: [10.96.0.10, 'fd00::10'], ports: [{name: http, port: 80, targetPort: web}]}",
-                ],
-                &[
-                    "metadata: {name: web-4, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.1]}]",
-                    "metadata: {name: web-6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]",
-                ],
-                &[
-                    "10.96.0.10:80/TCP default/web:http -> [10.0.0.1:8080/TCP 10.0.0.2:8080/TCP]",
-                    "[fd00::10]:80/TCP default/web:http -> [[fd00::1]:8080/TCP]",
-                ],
-                &[],
-            ),
-            (
-                "no endpoints still yields the frontend, to be refused",
-                &["metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}"],
-                &[],
-                &["10.96.0.10:80/TCP default/web -> []"],
-                &[],
-            ),
-            (
-                "first Service by namespace/name keeps a contested frontend",
-                &[
-                    "metadata: {name: b}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
-                    "metadata: {name: a}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}, {port: 81, name: x}]}",
-                ],
-                &[],
-                &[
-                    "10.96.0.10:80/TCP default/a -> []",
-                    "10.96.0.10:81/TCP default/a:x -> []",
-                ],
-                &[
-                    "api: Service default/b: spec.ports[0]: 10.96.0.10:80/TCP is already served by default/a",
-                ],
-            ),
-            (
-                "slice errors surface once",
-                &[
-                    "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}, {port: 443}]}",
-                ],
-                &["metadata: {name: s}\naddressType: IPv4\nendpoints: []"],
-                &[
-                    "10.96.0.10:80/TCP default/web -> []",
-                    "10.96.0.10:443/TCP default/web -> []",
-                ],
-                &[
-                    "api: EndpointSlice default/s: metadata.labels: missing label kubernetes.io/service-name",
-                ],
-            ),
-        ];
-        for (name, services, slices, want, want_errors) in cases {
-            let (state, errors) = desired_state(
-                &objects::<Service>(services),
-                &objects::<EndpointSlice>(slices),
-                &NodeContext::default(),
-            );
-            assert_eq!(render(&state), *want, "{name}");
-            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            assert_eq!(errors, *want_errors, "{name}: errors");
-        }
-    }
-
-    #[test]
-    fn caps_backends_at_slot_count() {
-        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
-        let mut slice: EndpointSlice = serde_yaml::from_str(
-            "metadata: {name: big, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6",
-        )
-        .unwrap();
-        slice.ports = Some(vec![EndpointPort {
-            port: Some(80),
-            ..Default::default()
-        }]);
-        slice.endpoints = (0..70_000u32)
-            .map(|i| Endpoint {
-                addresses: vec![format!("fd00::{:x}:{:x}", i >> 16, i & 0xffff)],
-                ..Default::default()
-            })
-            .collect();
-        let services: Vec<Service> =
-            objects(&["metadata: {name: web}\nspec: {clusterIP: 'fd00::10', ports: [{port: 80}]}"]);
-        let (state, errors) = desired_state(&services, &[slice], &NodeContext::default());
-        let backends = &state.frontends.values().next().unwrap().backends;
-        assert_eq!(backends.len(), MAX_BACKENDS_PER_FRONTEND);
-        assert!(backends.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(backends[0].ip.to_string(), "fd00::");
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].reason(), "too_many_endpoints");
-    }
-
-    fn names(pairs: &[(&str, &str)]) -> BTreeSet<NamespacedName> {
-        pairs
-            .iter()
-            .map(|(ns, name)| NamespacedName::new(*ns, *name))
-            .collect()
-    }
-
-    const WEB: &str =
-        "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}";
-    const API: &str = "metadata: {name: api}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 443}]}";
-    const WEB_SLICE: &str = "metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}]";
-    const WEB_SLICE_MOVED: &str = "metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]";
-    const API_SLICE: &str = "metadata: {name: api-1, labels: {kubernetes.io/service-name: api}}\naddressType: IPv4\nports: [{port: 8443}]\nendpoints: [{addresses: [10.0.0.9]}]";
-
-    #[test]
-    fn an_update_lands_where_a_full_pass_does() {
-        struct Step<'a> {
-            name: &'a str,
-            services: &'a [&'a str],
-            slices: &'a [&'a str],
-            changed: &'a [(&'a str, &'a str)],
-        }
-        let node = NodeContext::default();
-        let steps: &[Step] = &[
-            Step {
-                name: "endpoints move",
-                services: &[WEB, API],
-                slices: &[WEB_SLICE_MOVED, API_SLICE],
-                changed: &[("default", "web")],
-            },
-            Step {
-                name: "a Service goes",
-                services: &[API],
-                slices: &[API_SLICE],
-                changed: &[("default", "web")],
-            },
-            Step {
-                name: "a Service comes",
-                services: &[WEB, API],
-                slices: &[WEB_SLICE, API_SLICE],
-                changed: &[("default", "web")],
-            },
-            Step {
-                name: "its slice goes",
-                services: &[WEB, API],
-                slices: &[API_SLICE],
-                changed: &[("default", "web")],
-            },
-        ];
-        let (mut state, _) = desired_state(
-            &objects::<Service>(&[WEB, API]),
-            &objects::<EndpointSlice>(&[WEB_SLICE, API_SLICE]),
-            &node,
-        );
-        for Step {
-            name,
-            services,
-            slices,
-            changed,
-        } in steps
-        {
-            let changed = names(changed);
-            let services: Vec<Service> = objects(services);
-            let slices: Vec<EndpointSlice> = objects(slices);
-            let (full, _) = desired_state(&services, &slices, &node);
-            let changed_services: Vec<Service> = services
-                .iter()
-                .filter(|s| {
-                    changed.contains(&NamespacedName::new(
-                        "default",
-                        s.metadata.name.clone().unwrap(),
-                    ))
-                })
-                .cloned()
-                .collect();
-            let (touched, _) =
-                update_services(&mut state, &changed, &changed_services, &slices, &node).unwrap();
-            assert_eq!(render(&state), render(&full), "{name}");
-            assert_eq!(state.health_checks, full.health_checks, "{name}");
-            assert_eq!(state.no_local, full.no_local, "{name}");
-            assert!(
-                touched
-                    .iter()
-                    .all(|f| !f.to_string().contains("10.96.0.11")),
-                "{name}: {touched:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_contested_frontend_needs_a_full_pass() {
-        let node = NodeContext::default();
-        let twin = "metadata: {name: twin}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}";
-        let (mut state, errors) = desired_state(
-            &objects::<Service>(&[WEB, twin]),
-            &[] as &[EndpointSlice],
-            &node,
-        );
-        assert_eq!(errors.len(), 1);
-        let changed = names(&[("default", "web")]);
-        let result = update_services(
-            &mut state,
-            &changed,
-            &objects::<Service>(&[WEB]),
-            &[] as &[EndpointSlice],
-            &node,
-        );
-        assert_eq!(result.err(), Some(NeedsFullPass));
-
-        // A new claim on a frontend someone else holds is one too.
-        let (mut state, _) =
-            desired_state(&objects::<Service>(&[WEB]), &[] as &[EndpointSlice], &node);
-        let changed = names(&[("default", "twin")]);
-        let result = update_services(
-            &mut state,
-            &changed,
-            &objects::<Service>(&[twin]),
-            &[] as &[EndpointSlice],
-            &node,
-        );
-        assert_eq!(result.err(), Some(NeedsFullPass));
-    }
-}
+mod tests;

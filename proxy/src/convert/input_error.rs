@@ -58,6 +58,9 @@ pub enum Reason {
     Unsupported,
     Duplicate,
     Conflict,
+    /// An address the node's policy does not serve (`--external-ip-ranges`,
+    /// the node's own addresses).
+    Refused,
     TooManyEndpoints,
     /// The maps have no room left for the object's entries.
     NoRoom,
@@ -74,6 +77,7 @@ impl Reason {
             Self::Unsupported => "unsupported",
             Self::Duplicate => "duplicate",
             Self::Conflict => "conflict",
+            Self::Refused => "refused",
             Self::TooManyEndpoints => "too_many_endpoints",
             Self::NoRoom => "no_room",
             Self::Unreadable => "unreadable",

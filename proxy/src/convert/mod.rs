@@ -2,6 +2,7 @@
 //! EndpointSlices to backends, topology and traffic policies, and the input
 //! errors met on the way. Pure: no I/O.
 
+pub mod claim;
 pub mod desired;
 pub mod endpoints;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use tracing::debug;
 
 use crate::{
     convert::{
+        claim::AddressOrigin,
         input_error::{InputError, ObjectRef, Reason},
         topology::TrafficPolicy,
     },
@@ -94,6 +95,9 @@ pub struct ServiceFrontend {
     pub flags: u16,
     /// `loadBalancerSourceRanges` of the frontend's family.
     pub source_ranges: Vec<Cidr>,
+    /// Who gave the Service this address, which decides who keeps it
+    /// when another Service claims it too.
+    pub origin: AddressOrigin,
 }
 
 /// A Service's ports, validated once and crossed with each cluster IP.
@@ -242,6 +246,7 @@ pub fn read_service(service: &Service) -> (Option<ParsedService>, Vec<InputError
         affinity_timeout,
         flags: 0,
         source_ranges: Vec::new(),
+        origin: AddressOrigin::Allocated,
     };
     let cluster: Vec<ServiceFrontend> = ips
         .iter()

@@ -21,6 +21,8 @@ pub struct NodeContext {
     /// The service CIDRs (`--service-cluster-ip-range` and ServiceCIDR
     /// objects).
     pub service_cidrs: Vec<crate::model::address::Cidr>,
+    /// Which `spec.externalIPs` are served.
+    pub external_ips: crate::convert::claim::ExternalIpPolicy,
 }
 
 /// One endpoint of one Service port, with what the rules look at.

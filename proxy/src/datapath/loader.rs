@@ -39,6 +39,8 @@ use tracing::{info, warn};
 use super::{
     DatapathError, feature_probe,
     map_resize::{self, MapResize},
+    pin_check, pin_dir,
+    pin_lock::PinLock,
     sock_storage,
 };
 use crate::{
@@ -95,11 +97,12 @@ pub const MAP_NAMES: [&str; 15] = [
 ];
 
 const LINKS_DIR: &str = "links";
-const BPF_FS_TYPE: &str = "bpf";
 
 /// The loaded programs of this agent start, and the generation its links
 /// are pinned under.
 pub struct Programs {
+    /// This agent is the pins' only writer while it runs.
+    _lock: PinLock,
     ebpf: Ebpf,
     generation: PathBuf,
     previous: Vec<PathBuf>,
@@ -177,16 +180,13 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
             missing,
         });
     }
-    prepare_pin_dir(pin_dir)?;
+    pin_dir::prepare(pin_dir)?;
+    let lock = PinLock::acquire(pin_dir)?;
     sock_storage::ensure_pinned(pin_dir)?;
     let previous = generations(pin_dir)?;
-    let mut resizes = Vec::new();
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
-    for (map, size) in requested.by_map() {
-        resizes.extend(map_resize::set_aside(pin_dir, map, size)?);
-        loader.map_max_entries(map, entries(size));
-    }
+    let resizes = check_pins(pin_dir, requested, &mut loader)?;
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|source| DatapathError::Load {
@@ -235,6 +235,7 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
         "map sizes"
     );
     Ok(Programs {
+        _lock: lock,
         ebpf,
         generation,
         previous,
@@ -245,6 +246,44 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
         capacity,
         conntrack,
     })
+}
+
+/// Checks every pinned map against this build's definition (see
+/// `pin_check`), sets aside those to be created at another size, and tells
+/// `loader` the sizes the flags ask.
+fn check_pins(
+    pin_dir: &Path,
+    requested: MapSizes,
+    loader: &mut EbpfLoader<'_>,
+) -> Result<Vec<MapResize>, DatapathError> {
+    let mut resizes = Vec::new();
+    for (map, built) in pin_check::built_shapes(EBPF_OBJECT)? {
+        let sized = requested
+            .by_map()
+            .into_iter()
+            .find(|(name, _)| *name == map);
+        let size = sized.map_or(built.max_entries, |(_, size)| entries(size));
+        let path = pin_dir.join(map);
+        if let Some(pinned) = pin_check::pinned_shape(&path)? {
+            pin_check::check_layout(&path, pinned, built)?;
+            if pinned.max_entries != size && sized.is_none() && !built.resizable() {
+                return Err(pin_check::PinCheckError::Layout {
+                    path,
+                    what: "max entries",
+                    pinned: pinned.max_entries,
+                    built: size,
+                }
+                .into());
+            }
+        }
+        if sized.is_some() || built.resizable() {
+            resizes.extend(map_resize::set_aside(pin_dir, map, size as usize)?);
+        }
+        if sized.is_some() {
+            loader.map_max_entries(map, size);
+        }
+    }
+    Ok(resizes)
 }
 
 /// When the kernel refuses the object's BTF, aya loads maps and programs
@@ -397,6 +436,16 @@ impl Programs {
                 warn!(%error, "finishing a resize; the next start retries");
             }
         }
+        // Maps of another layout version served only the programs just
+        // retired: unpinning drops the last reference.
+        for path in pin_check::other_versions(&self.pin_dir) {
+            match fs::remove_file(&path) {
+                Ok(()) => info!(pin = %path.display(), "removed a map of an older layout"),
+                Err(error) => {
+                    warn!(%error, pin = %path.display(), "removing a map of an older layout");
+                }
+            }
+        }
     }
 }
 
@@ -447,15 +496,18 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
     if !pin_dir.exists() {
         return Ok(());
     }
+    // Not from under a running agent, which would re-pin what it needs.
+    let _lock = PinLock::acquire(pin_dir)?;
     for generation in generations(pin_dir)? {
         detach_generation(&generation)?;
     }
     remove_dir(&pin_dir.join(LINKS_DIR))?;
-    for map in MAP_NAMES {
-        for path in [pin_dir.join(map), map_resize::aside_path(pin_dir, map)] {
-            if path.exists() {
-                fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
-            }
+    let this_build = MAP_NAMES
+        .iter()
+        .flat_map(|map| [pin_dir.join(map), map_resize::aside_path(pin_dir, map)]);
+    for path in this_build.chain(pin_check::other_versions(pin_dir)) {
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
         }
     }
     remove_dir(&pin_dir.join(map_resize::ASIDE_DIR))?;
@@ -519,65 +571,9 @@ fn generation_name() -> String {
     format!("{:020}", now.as_nanos())
 }
 
-fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
-    fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-        path: pin_dir.to_path_buf(),
-        source,
-    })?;
-    let canonical = pin_dir
-        .canonicalize()
-        .map_err(|source| DatapathError::PinDir {
-            path: pin_dir.to_path_buf(),
-            source,
-        })?;
-    match mount_fs_type(&canonical) {
-        Some(fs_type) if fs_type == BPF_FS_TYPE => Ok(()),
-        _ => Err(DatapathError::NotBpfFs {
-            path: pin_dir.to_path_buf(),
-        }),
-    }
-}
-
-/// The filesystem type of the mount holding `path`, from /proc/self/mounts:
-/// the longest mount point that is a prefix of the path.
-fn mount_fs_type(path: &Path) -> Option<String> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _device = fields.next()?;
-            let mount_point = unescape_mount_path(fields.next()?);
-            let fs_type = fields.next()?;
-            path.starts_with(&mount_point)
-                .then(|| (mount_point.len(), fs_type.to_owned()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, fs_type)| fs_type)
-}
-
-/// /proc/mounts escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(raw: &str) -> String {
-    raw.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_mount_points() {
-        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_path("/sys/fs/bpf"), "/sys/fs/bpf");
-    }
-
-    #[test]
-    fn finds_the_root_filesystem() {
-        assert!(mount_fs_type(Path::new("/")).is_some());
-    }
 
     #[test]
     fn generations_sort_by_time() {

@@ -19,6 +19,9 @@ pub mod flow_table;
 pub mod kernel_features;
 pub mod loader;
 pub mod map_resize;
+pub mod pin_check;
+pub mod pin_dir;
+pub mod pin_lock;
 pub mod pinned;
 pub mod sock_storage;
 
@@ -100,6 +103,28 @@ pub enum DatapathError {
     Resize {
         source: Box<map_resize::ResizeError>,
     },
+    #[error(transparent)]
+    PinCheck {
+        source: Box<pin_check::PinCheckError>,
+    },
+    #[error(transparent)]
+    Locked { source: Box<pin_lock::PinLockError> },
+}
+
+impl From<pin_check::PinCheckError> for DatapathError {
+    fn from(source: pin_check::PinCheckError) -> Self {
+        Self::PinCheck {
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<pin_lock::PinLockError> for DatapathError {
+    fn from(source: pin_lock::PinLockError) -> Self {
+        Self::Locked {
+            source: Box::new(source),
+        }
+    }
 }
 
 /// An error and its causes, each said once. aya's syscall errors print
@@ -156,6 +181,8 @@ impl DatapathError {
             | Self::KernelTooOld { .. } => "load",
             Self::NotPinned { .. } => "not_pinned",
             Self::Resize { .. } => "resize",
+            Self::PinCheck { .. } => "pin_layout",
+            Self::Locked { .. } => "locked",
         }
     }
 }

@@ -73,6 +73,18 @@ pub struct BadCidr {
 }
 
 impl Cidr {
+    /// The prefix holding `ip` alone.
+    pub const fn host(ip: IpAddr) -> Self {
+        let prefix_len = match ip {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        Self {
+            network: ip,
+            prefix_len,
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(network), IpAddr::V4(ip)) => mask_v4(ip, self.prefix_len) == network,

@@ -98,6 +98,18 @@ impl NodePortAddresses {
 }
 
 impl NetworkSnapshot {
+    /// Every address of every device, loopback included, sorted.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        let mut all: Vec<IpAddr> = self
+            .devices
+            .iter()
+            .flat_map(|device| device.addresses.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     /// The devices to attach to, in index order. Named devices that do not
     /// exist (yet) are skipped until they appear.
     pub fn selected(&self, selection: &DeviceSelection) -> Vec<&Device> {

@@ -123,9 +123,15 @@ impl PacketPath {
         &self.node_port_addresses
     }
 
+    /// Every address of the node's devices, loopback included.
+    pub fn node_addresses(&self) -> Vec<IpAddr> {
+        self.network.addresses()
+    }
+
     /// Re-reads the node's devices and addresses, attaches the programs to
     /// devices that are new, and updates the NAT source addresses. Returns
-    /// whether the NodePort addresses changed (the frontends must follow).
+    /// whether the node's addresses changed (the frontends on them must
+    /// follow).
     /// A device that cannot be attached is logged and retried next time;
     /// the others are served.
     pub async fn refresh(
@@ -161,7 +167,8 @@ impl PacketPath {
         programs.forget_devices_except(&present);
         let (ipv4, ipv6) = network.snat_addresses(&self.selection);
         self.flows.set_snat_addresses(ipv4, ipv6)?;
-        let changed = addresses != self.node_port_addresses;
+        let changed = addresses != self.node_port_addresses
+            || network.addresses() != self.network.addresses();
         if changed || network != self.network {
             info!(
                 devices = ?selected.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),

@@ -21,7 +21,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use tracing::debug;
 
@@ -129,28 +129,75 @@ pub fn parse_manifest(path: &Path, text: &str) -> (Vec<Object>, Vec<InputError>)
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, (first_line, document)) in documents(text).enumerate() {
         let document_error = |reason, detail: String| InputError::Document {
             origin: origin.clone(),
             document: index + 1,
             reason,
             detail,
         };
-        match Value::deserialize(document) {
+        match serde_yaml::from_str::<Value>(document) {
             Ok(value) => {
                 if let Err(error) = collect(value, &mut objects) {
                     errors.push(document_error(error.reason, error.detail));
                 }
             }
-            Err(error) => {
-                // A syntax error ends the YAML stream: nothing after it in
-                // this file can be trusted, so the file stops here.
-                errors.push(document_error(Reason::ParseError, one_line(&error)));
-                break;
-            }
+            // A syntax error costs its own document only: the next one
+            // starts at its `---`, which no broken document can hide.
+            Err(error) => errors.push(document_error(
+                Reason::ParseError,
+                syntax_error(&error, first_line),
+            )),
         }
     }
     (objects, errors)
+}
+
+/// Splits a YAML stream into its documents, each with the number of lines
+/// before it, without parsing: at each line that starts a document
+/// (`---` alone or followed by a space) and after each line that ends one
+/// (`...`). YAML forbids both markers at the start of a line inside any
+/// content, so the split is the stream's own. Empty documents (a stream
+/// that opens with `---`, a trailing marker) are left out.
+fn documents(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let marker = |line: &str, mark: &str| {
+        line.strip_prefix(mark)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+    };
+    let mut found = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches('\n');
+        if marker(bare, "---") {
+            found.push((start_line, &text[start..offset]));
+            // The marker's line may carry the document's first node.
+            (start, start_line) = (offset + 3, number);
+        } else if marker(bare, "...") {
+            found.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset + line.len(), number + 1);
+        }
+        offset += line.len();
+    }
+    found.push((start_line, &text[start..]));
+    found
+        .into_iter()
+        .filter(|(_, document)| !document.trim().is_empty())
+}
+
+/// serde_yaml's message, with its position counted from the file's start.
+fn syntax_error(error: &serde_yaml::Error, lines_before: usize) -> String {
+    let text = one_line(error);
+    match error.location() {
+        Some(at) => {
+            let message = text.split(" at line ").next().unwrap_or(&text);
+            format!(
+                "{message} at line {} column {}",
+                at.line() + lines_before,
+                at.column()
+            )
+        }
+        None => text,
+    }
 }
 
 struct DocumentError {

@@ -156,6 +156,7 @@ impl Datapath {
             zone: None,
             node_port_addresses: vec!["192.168.77.11".parse()?, "fd00:77::11".parse()?],
             service_cidrs: vec!["10.96.0.0/16".parse()?, "fd00:96::/112".parse()?],
+            ..NodeContext::default()
         };
         let (desired, errors) = desired_state(&services, &slices, &node);
         ensure!(errors.is_empty(), "input errors: {errors:?}");

@@ -14,6 +14,7 @@ use tracing::debug;
 use super::{ServiceFrontend, traffic_policy};
 use crate::{
     convert::{
+        claim::AddressOrigin,
         input_error::{InputError, ObjectRef, Reason},
         topology::TrafficPolicy,
     },
@@ -32,8 +33,9 @@ const IP_MODE_PROXY: &str = "Proxy";
 struct ExposedAddress {
     ip: IpAddr,
     field: String,
-    /// A LoadBalancer ingress IP, where source ranges apply.
-    load_balancer: bool,
+    /// An externalIP or a LoadBalancer ingress IP (where source ranges
+    /// apply).
+    origin: AddressOrigin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl Exposure {
                 addresses.push(ExposedAddress {
                     ip,
                     field,
-                    load_balancer: false,
+                    origin: AddressOrigin::ExternalIp,
                 });
             }
         }
@@ -97,7 +99,7 @@ impl Exposure {
                     addresses.push(ExposedAddress {
                         ip,
                         field,
-                        load_balancer: true,
+                        origin: AddressOrigin::LoadBalancer,
                     });
                 }
             }
@@ -134,7 +136,7 @@ impl Exposure {
                 address.ip,
                 base.frontend.port,
                 field,
-                address.load_balancer,
+                address.origin,
                 out,
             );
         }
@@ -142,7 +144,7 @@ impl Exposure {
         if let Some(node_port) = node_port.filter(|_| self.node_ports) {
             for &ip in node_port_addresses.iter().filter(served) {
                 let field = format!("{}.nodePort", base.field);
-                self.pair(base, ip, node_port, field, false, out);
+                self.pair(base, ip, node_port, field, AddressOrigin::Allocated, out);
             }
         }
     }
@@ -153,17 +155,18 @@ impl Exposure {
         ip: IpAddr,
         port: u16,
         field: String,
-        load_balancer: bool,
+        origin: AddressOrigin,
         out: &mut Vec<ServiceFrontend>,
     ) {
         let mut internal = base.clone();
         internal.frontend.ip = ip;
         internal.frontend.port = port;
         internal.field = field;
+        internal.origin = origin;
         internal.policy = TrafficPolicy::Cluster;
         // kube-proxy's firewall chain sees every source, so the ranges bind
         // the node's pods and processes (internal scope) as well.
-        if let (true, Some(ranges)) = (load_balancer, &self.source_ranges) {
+        if let (AddressOrigin::LoadBalancer, Some(ranges)) = (origin, &self.source_ranges) {
             internal.flags |= FRONTEND_SOURCE_RANGES;
             internal.source_ranges = ranges
                 .iter()

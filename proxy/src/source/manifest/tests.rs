@@ -101,6 +101,28 @@ fn document_table() {
             want_error: &["m/web.yaml: document 2:"],
         },
     ];
+    check_documents(cases);
+}
+
+/// A syntax error costs its own document; the next `---` starts afresh.
+#[test]
+fn a_broken_document_costs_only_itself() {
+    let cases: &[DocumentCase] = &[
+        DocumentCase {
+            text: &format!("{SERVICE}---\nmetadata: {{name: broken\n---\n{SLICE}...\n"),
+            want_kinds: &["Service", "EndpointSlice"],
+            want_error: &["m/web.yaml: document 2:", "at line 9 column"],
+        },
+        DocumentCase {
+            text: &format!("---\n{SERVICE}---\n---\n# nothing\n...\n{SLICE}"),
+            want_kinds: &["Service", "EndpointSlice"],
+            want_error: &[],
+        },
+    ];
+    check_documents(cases);
+}
+
+fn check_documents(cases: &[DocumentCase]) {
     for DocumentCase {
         text,
         want_kinds,
