@@ -41,11 +41,12 @@ use crate::{
         packet_path::{PacketPath, PacketPathConfig, PacketPathError},
         socket_reaper::SocketReaper,
     },
-    plan::capacity::{MapCapacity, fit},
+    plan::capacity::{MapCapacity, entries_of, fit},
     runner::SyncRunner,
     serve::{
         admin_server::{self, Endpoints},
         health::{ProxyHealth, node_eligible},
+        listener,
         metrics::Metrics,
         service_health_server::ServiceHealthServers,
     },
@@ -73,6 +74,7 @@ const NAMESPACE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1)
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let flags = CheckedFlags::check(&args)?;
+    listener::raise_open_file_limit();
     let node_name = node_name(&args);
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
@@ -140,6 +142,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         full_pending: true,
         sync_period: args.sync_period,
         capacity: programs.capacity(),
+        entry_budget: usize::try_from(args.service_entry_budget).unwrap_or(usize::MAX),
         refusing: false,
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
@@ -260,6 +263,8 @@ struct Agent {
     sockets: SocketReaper,
     /// What the service and backend maps hold at most.
     capacity: MapCapacity,
+    /// `--service-entry-budget`.
+    entry_budget: usize,
     /// The last full pass left Services out for want of room: until it
     /// stops, every pass is a full one, so they come in when room appears.
     refusing: bool,
@@ -356,13 +361,22 @@ impl Agent {
         }
         let desired = self.desired.as_mut()?;
         let loaded = self.source.services(&changes.services)?;
-        let Ok((scope, errors)) = update_services_from(
+        let updated = update_services_from(
             desired,
             &changes.services,
             &loaded.services,
             &loaded.slices,
             &self.node,
-        ) else {
+        );
+        // A changed Service over its budget is refused by a full pass.
+        let within_budget = changes
+            .services
+            .iter()
+            .all(|service| entries_of(desired, service) <= self.entry_budget);
+        let Ok((scope, errors)) = updated
+            .map_err(drop)
+            .and_then(|found| if within_budget { Ok(found) } else { Err(()) })
+        else {
             self.desired = None;
             return None;
         };
@@ -409,18 +423,28 @@ impl Agent {
         );
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);
-        let refusals: Vec<InputError> = fit(&mut desired, self.capacity, self.syncer.programmed())
-            .into_iter()
-            .map(|refusal| {
-                let service = &refusal.service;
-                InputError::field(
-                    &ObjectRef::new("Service", &service.namespace, &service.name),
-                    "spec",
-                    Reason::NoRoom,
-                    refusal.to_string(),
-                )
-            })
-            .collect();
+        let refusals: Vec<InputError> = fit(
+            &mut desired,
+            self.capacity,
+            self.entry_budget,
+            self.syncer.programmed(),
+        )
+        .into_iter()
+        .map(|refusal| {
+            let service = &refusal.service;
+            let reason = if refusal.over_budget.is_some() {
+                Reason::OverBudget
+            } else {
+                Reason::NoRoom
+            };
+            InputError::field(
+                &ObjectRef::new("Service", &service.namespace, &service.name),
+                "spec",
+                reason,
+                refusal.to_string(),
+            )
+        })
+        .collect();
         self.refusing = !refusals.is_empty();
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()

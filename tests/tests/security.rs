@@ -243,3 +243,39 @@ fn a_yaml_syntax_error_costs_only_its_own_document() {
         "{log}"
     );
 }
+
+#[test]
+fn one_service_cannot_take_more_than_its_budget_of_the_maps() {
+    let cluster = Cluster::up(&ClusterSpec::with_pods(3)).unwrap();
+    let pods: Vec<&Pod> = cluster.pods.iter().collect();
+    // web: two frontends (IPv4, IPv6) of one endpoint each, 4 entries.
+    write_web(&cluster, pods[..1].iter().copied());
+    let big = ServiceManifest::new("big", NAMESPACE)
+        .cluster_ip("10.96.5.3")
+        .cluster_ip("fd00:96::5:3")
+        .port(ServicePort::tcp("http", 80, 8080));
+    let [v4, v6] = cluster.endpoint_slices("big", NAMESPACE, &http_port(), pods.iter().copied());
+    cluster
+        .manifests()
+        .write("big.yaml", &[big.to_value(), v4.to_value(), v6.to_value()])
+        .unwrap();
+    let config = AgentConfig::for_cluster(&cluster).arg("--service-entry-budget=4");
+    let agent = Agent::start(config, &cluster.node.netns).unwrap();
+    assert_eq!(
+        answered(&cluster.client.tcp(vip4(80), 10).unwrap()),
+        names(&pods[..1])
+    );
+    assert!(programmed_backends(&agent, "10.96.5.3", 80, "TCP").is_none());
+    let log = agent.log();
+    assert!(
+        log.lines().any(|line| line.contains("Service default/big")
+            && line.contains("needs 8 service map entries")
+            && line.contains("--service-entry-budget")),
+        "{log}"
+    );
+    let metrics = get(&cluster.node.netns, 10249, "/metrics").1;
+    assert_eq!(
+        metric(&metrics, "switchyard_input_errors{reason=\"over_budget\"}"),
+        Some(1.0)
+    );
+}

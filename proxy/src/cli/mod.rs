@@ -12,6 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::node::nat_ports::NatPortRange;
 
+/// A quarter of the default service map: room for a Service of 5,000
+/// endpoints on two ports exposed on several node addresses, and never
+/// more than a quarter of the node's Services.
+pub const SERVICE_ENTRY_BUDGET: u32 = switchyard_abi::SERVICES_MAX_ENTRIES / 4;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
@@ -99,6 +104,11 @@ pub struct RunArgs {
     /// and protocol. Created and kept as the service map is.
     #[arg(long, value_name = "N", default_value_t = switchyard_abi::BACKENDS_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
     pub backend_map_entries: u32,
+    /// Service map entries one Service may take at most (its ports x
+    /// frontends x (1 + endpoints)), so that one Service cannot fill the
+    /// node's maps; a Service over it is left out whole and named.
+    #[arg(long, value_name = "N", default_value_t = SERVICE_ENTRY_BUDGET, value_parser = clap::value_parser!(u32).range(1..))]
+    pub service_entry_budget: u32,
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]

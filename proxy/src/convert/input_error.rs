@@ -64,6 +64,8 @@ pub enum Reason {
     TooManyEndpoints,
     /// The maps have no room left for the object's entries.
     NoRoom,
+    /// The object alone asks for more map entries than one may take.
+    OverBudget,
     Unreadable,
 }
 
@@ -80,6 +82,7 @@ impl Reason {
             Self::Refused => "refused",
             Self::TooManyEndpoints => "too_many_endpoints",
             Self::NoRoom => "no_room",
+            Self::OverBudget => "over_budget",
             Self::Unreadable => "unreadable",
         }
     }

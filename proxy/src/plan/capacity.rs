@@ -44,10 +44,21 @@ pub struct Refusal {
     pub left_entries: usize,
     pub left_backends: usize,
     pub capacity: MapCapacity,
+    /// `Some(budget)` when the Service alone asks for more than one
+    /// Service may take, whatever room is left.
+    pub over_budget: Option<usize>,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(budget) = self.over_budget {
+            return write!(
+                f,
+                "needs {} service map entries (ports x frontends x (1 + endpoints)), more than \
+                 the {budget} one Service may take (--service-entry-budget): not programmed",
+                self.needs_entries,
+            );
+        }
         write!(
             f,
             "needs {} service map entries and {} new backends; {} and {} are left of \
@@ -62,11 +73,14 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Leaves out of `desired` every Service that does not fit `capacity`;
-/// returns one refusal per Service left out.
+/// Leaves out of `desired` every Service that does not fit `capacity`, or
+/// alone needs more than `budget` service map entries (so that one
+/// Service cannot fill the node's maps); returns one refusal per Service
+/// left out.
 pub fn fit(
     desired: &mut DesiredState,
     capacity: MapCapacity,
+    budget: usize,
     programmed: &DatapathState,
 ) -> Vec<Refusal> {
     let mut order: Vec<(bool, NamespacedName)> = desired
@@ -85,18 +99,16 @@ pub fn fit(
     let mut refused = Vec::new();
     for (_, service) in order {
         let frontends = &desired.owners[&service];
-        let needs_entries: usize = frontends
-            .iter()
-            .filter_map(|frontend| desired.frontends.get(frontend))
-            .map(|spec| 1 + spec.backends.len())
-            .sum();
+        let needs_entries = entries_of(desired, &service);
         let new_backends: BTreeSet<Backend> = frontends
             .iter()
             .filter_map(|frontend| desired.frontends.get(frontend))
             .flat_map(|spec| spec.backends.iter().map(Backend::from))
             .filter(|backend| !backends.contains(backend))
             .collect();
-        if entries + needs_entries <= capacity.service_entries
+        let over_budget = (needs_entries > budget).then_some(budget);
+        if over_budget.is_none()
+            && entries + needs_entries <= capacity.service_entries
             && backends.len() + new_backends.len() <= capacity.backends
         {
             entries += needs_entries;
@@ -110,10 +122,24 @@ pub fn fit(
             left_entries: capacity.service_entries - entries,
             left_backends: capacity.backends - backends.len(),
             capacity,
+            over_budget,
         });
         leave_out(desired, &service);
     }
     refused
+}
+
+/// The service map entries `service` takes: a slot 0 per frontend and one
+/// slot per backend of each.
+pub fn entries_of(desired: &DesiredState, service: &NamespacedName) -> usize {
+    desired
+        .owners
+        .get(service)
+        .into_iter()
+        .flatten()
+        .filter_map(|frontend| desired.frontends.get(frontend))
+        .map(|spec| 1 + spec.backends.len())
+        .sum()
 }
 
 fn leave_out(desired: &mut DesiredState, service: &NamespacedName) {
@@ -182,7 +208,7 @@ mod tests {
             service_entries: 6,
             backends: 100,
         };
-        let refused = fit(&mut state, capacity, &DatapathState::default());
+        let refused = fit(&mut state, capacity, usize::MAX, &DatapathState::default());
         // a: 3 entries, b: 3 entries, c: 2 more would make 8.
         assert_eq!(served(&state), ["a", "b"]);
         assert_eq!(state.frontends.len(), 2);
@@ -200,14 +226,19 @@ mod tests {
             service_entries: 100,
             backends: 2,
         };
-        let refused = fit(&mut state.clone(), two, &DatapathState::default());
+        let refused = fit(
+            &mut state.clone(),
+            two,
+            usize::MAX,
+            &DatapathState::default(),
+        );
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].needs_backends, 1);
         let three = MapCapacity {
             service_entries: 100,
             backends: 3,
         };
-        assert!(fit(&mut state, three, &DatapathState::default()).is_empty());
+        assert!(fit(&mut state, three, usize::MAX, &DatapathState::default()).is_empty());
     }
 
     #[test]
@@ -225,8 +256,26 @@ mod tests {
             service_entries: 3,
             backends: 100,
         };
-        fit(&mut state, capacity, &programmed);
+        fit(&mut state, capacity, usize::MAX, &programmed);
         assert_eq!(served(&state), ["z"]);
+    }
+
+    #[test]
+    fn one_service_over_the_budget_is_refused_whatever_room_is_left() {
+        let mut state = catalog(&[("a", 1, &[1, 2]), ("big", 2, &[3, 4, 5, 6])]);
+        let refused = fit(
+            &mut state,
+            MapCapacity::default(),
+            4,
+            &DatapathState::default(),
+        );
+        assert_eq!(served(&state), ["a"]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            refused[0].to_string(),
+            "needs 5 service map entries (ports x frontends x (1 + endpoints)), more than the 4 \
+             one Service may take (--service-entry-budget): not programmed"
+        );
     }
 
     #[test]
@@ -237,7 +286,7 @@ mod tests {
             service_entries: 6,
             backends: 4,
         };
-        assert!(fit(&mut state, capacity, &DatapathState::default()).is_empty());
+        assert!(fit(&mut state, capacity, usize::MAX, &DatapathState::default()).is_empty());
         assert_eq!(state, before);
     }
 }

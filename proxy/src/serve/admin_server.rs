@@ -3,7 +3,6 @@
 //! `/livez` (health address, default 0.0.0.0:10256).
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::SystemTime,
@@ -14,23 +13,21 @@ use hyper::{
     Request, Response, StatusCode,
     body::{Bytes, Incoming},
     header,
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 use crate::{
     model::HealthCheck,
-    serve::{health::ProxyHealth, metrics::Metrics},
+    serve::{
+        health::ProxyHealth,
+        listener::{self, Limits},
+        metrics::Metrics,
+    },
 };
 
 /// What `/proxyMode` answers; kube-proxy answers "iptables", "ipvs" or
 /// "nftables" there.
 pub const PROXY_MODE: &str = "ebpf";
-
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("binding {address}: {source}")]
@@ -72,35 +69,13 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { address, source })
 }
 
-/// Serves until the task is dropped. A failed connection affects only
-/// itself.
+/// Serves `endpoints` until the task is dropped (see `listener` for the
+/// limits every listener applies).
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "accepting an HTTP connection");
-                continue;
-            }
-        };
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = endpoints.respond(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            // A client that connects and never sends a request is dropped
-            // rather than holding a task forever.
-            if let Err(error) = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "HTTP connection ended with an error");
-            }
-        });
-    }
+    listener::serve(listener, Limits::default(), move |request| {
+        endpoints.respond(request)
+    })
+    .await;
 }
 
 impl Endpoints {

@@ -3,5 +3,6 @@
 
 pub mod admin_server;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod service_health_server;
