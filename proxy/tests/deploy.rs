@@ -71,6 +71,21 @@ fn daemonset_runs_unprivileged_with_named_capabilities() {
     let security = &container()["securityContext"];
     assert_eq!(security["privileged"], false);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+}
+
+/// A pinned image tag, the release this file ships with; metrics on the
+/// node's loopback unless a flag widens them.
+#[test]
+fn daemonset_pins_its_image_and_keeps_metrics_on_loopback() {
+    let image = container()["image"].as_str().unwrap().to_owned();
+    assert!(
+        image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "{image}"
+    );
+    let args = container()["args"].to_string();
+    assert!(!args.contains("--metrics-bind-address"), "{args}");
 }
 
 /// Sockets of removed backends are destroyed, and namespaces' source
