@@ -14,6 +14,23 @@ use switchyard_tests::{
 
 const EXIT: Duration = Duration::from_secs(20);
 
+/// Writes `<name>.yaml`: `service` (named `name`) and its slices over `pods`.
+fn write_service<'a>(
+    cluster: &Cluster,
+    name: &str,
+    service: &ServiceManifest,
+    pods: impl IntoIterator<Item = &'a Pod> + Clone,
+) {
+    let [v4, v6] = cluster.endpoint_slices(name, NAMESPACE, &http_port(), pods);
+    cluster
+        .manifests()
+        .write(
+            &format!("{name}.yaml"),
+            &[service.to_value(), v4.to_value(), v6.to_value()],
+        )
+        .unwrap();
+}
+
 /// `thief` (its own ClusterIP 10.96.5.1, and `web`'s ClusterIP as an
 /// externalIP on the same port) sorts before `web`: the order that made
 /// the externalIP win before claims had ranks.
@@ -22,14 +39,7 @@ fn write_thief<'a>(cluster: &Cluster, pods: impl IntoIterator<Item = &'a Pod> + 
         .cluster_ip("10.96.5.1")
         .external_ip(VIP4)
         .port(ServicePort::tcp("http", 80, 8080));
-    let [v4, v6] = cluster.endpoint_slices("a-thief", NAMESPACE, &http_port(), pods);
-    cluster
-        .manifests()
-        .write(
-            "thief.yaml",
-            &[thief.to_value(), v4.to_value(), v6.to_value()],
-        )
-        .unwrap();
+    write_service(cluster, "a-thief", &thief, pods);
 }
 
 #[test]
@@ -76,19 +86,7 @@ fn external_ips_outside_the_allowed_ranges_are_not_served() {
         .external_ip("198.51.100.20")
         .external_ip("198.51.100.30")
         .port(ServicePort::tcp("http", 80, 8080));
-    let [v4, v6] = cluster.endpoint_slices(
-        "exposed",
-        NAMESPACE,
-        &http_port(),
-        pods[1..].iter().copied(),
-    );
-    cluster
-        .manifests()
-        .write(
-            "exposed.yaml",
-            &[exposed.to_value(), v4.to_value(), v6.to_value()],
-        )
-        .unwrap();
+    write_service(&cluster, "exposed", &exposed, pods[1..].iter().copied());
     let config = AgentConfig::for_cluster(&cluster).arg("--external-ip-ranges=198.51.100.20/32");
     let agent = Agent::start(config, &cluster.node.netns).unwrap();
     assert!(programmed_backends(&agent, "198.51.100.20", 80, "TCP").is_some());
@@ -254,11 +252,7 @@ fn one_service_cannot_take_more_than_its_budget_of_the_maps() {
         .cluster_ip("10.96.5.3")
         .cluster_ip("fd00:96::5:3")
         .port(ServicePort::tcp("http", 80, 8080));
-    let [v4, v6] = cluster.endpoint_slices("big", NAMESPACE, &http_port(), pods.iter().copied());
-    cluster
-        .manifests()
-        .write("big.yaml", &[big.to_value(), v4.to_value(), v6.to_value()])
-        .unwrap();
+    write_service(&cluster, "big", &big, pods.iter().copied());
     let config = AgentConfig::for_cluster(&cluster).arg("--service-entry-budget=4");
     let agent = Agent::start(config, &cluster.node.netns).unwrap();
     assert_eq!(
