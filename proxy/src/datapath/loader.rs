@@ -551,9 +551,16 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
     Ok(paths)
 }
 
+/// Removes an empty directory; one that is gone, or a mount point (the
+/// DaemonSet mounts the pin directory itself), is left as it is.
 fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
     match fs::remove_dir(dir) {
-        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+        Err(source)
+            if !matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy
+            ) =>
+        {
             Err(DatapathError::PinDir {
                 path: dir.to_path_buf(),
                 source,
