@@ -4,6 +4,8 @@
 //! document is reported with its file and position and the rest still loads.
 
 #[cfg(test)]
+mod mutation_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{
