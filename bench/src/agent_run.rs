@@ -108,6 +108,7 @@ pub(crate) fn config(rig: &Rig, agent_bin: &Path, log: PathBuf) -> AgentConfig {
             "127.0.0.1:0".into(),
         ],
         log,
+        capabilities: None,
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
+    capability::CapabilitySet,
     multinode::MultiNodeCluster,
     netns::NetNs,
     patience,
@@ -52,6 +53,9 @@ pub struct AgentConfig {
     pub extra_args: Vec<String>,
     /// stdout and stderr of every start, appended.
     pub log: PathBuf,
+    /// When set, the agent runs with exactly these capabilities, as in a
+    /// pod; otherwise with the test's own.
+    pub capabilities: Option<CapabilitySet>,
 }
 
 impl AgentConfig {
@@ -67,6 +71,7 @@ impl AgentConfig {
             node_name: cluster.node.name.clone(),
             extra_args: Vec::new(),
             log: cluster.scratch.join("agent.log"),
+            capabilities: None,
         }
     }
 
@@ -86,12 +91,19 @@ impl AgentConfig {
             node_name: node.name.clone(),
             extra_args: vec!["--devices".into(), "eth0".into()],
             log: cluster.scratch.join(format!("{}-agent.log", node.name)),
+            capabilities: None,
         }
     }
 
     /// Watch the API server behind `kubeconfig` (a [`crate::FakeApiServer`]).
     pub fn with_kubeconfig(mut self, kubeconfig: PathBuf) -> Self {
         self.kubeconfig = Some(kubeconfig);
+        self
+    }
+
+    /// Runs the agent with exactly `capabilities`.
+    pub fn confined_to(mut self, capabilities: CapabilitySet) -> Self {
+        self.capabilities = Some(capabilities);
         self
     }
 
@@ -172,7 +184,11 @@ impl<'a> Agent<'a> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.process = Some(Spawned::spawn(&mut cmd, self.netns, None)?);
+        process::prepare(&mut cmd, self.netns, None)?;
+        if let Some(capabilities) = c.capabilities {
+            capabilities.confine(&mut cmd);
+        }
+        self.process = Some(Spawned::start(&mut cmd)?);
         Ok(())
     }
 

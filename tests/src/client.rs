@@ -90,19 +90,47 @@ impl Client {
 pub struct Prober<'a> {
     pub netns: &'a NetNs,
     pub cgroup: Option<&'a Cgroup>,
+    /// Runs the probes as this user instead of root.
+    user: Option<u32>,
 }
 
 impl<'a> Prober<'a> {
     pub fn new(netns: &'a NetNs, cgroup: Option<&'a Cgroup>) -> Self {
-        Self { netns, cgroup }
+        Self {
+            netns,
+            cgroup,
+            user: None,
+        }
+    }
+
+    /// The same probes run as `uid` without capabilities, as a pod's
+    /// process of another user (the agent needs `SYS_PTRACE` to enter its
+    /// network namespace).
+    pub fn as_user(self, uid: u32) -> Self {
+        Self {
+            user: Some(uid),
+            ..self
+        }
     }
 
     /// `netprobe ARGS...` in the namespace (and cgroup), killed after
     /// `timeout`. The exit status is left to the caller.
     pub fn netprobe(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = Command::new(probe::binary()?);
-        cmd.args(args);
-        process::run_bounded(&mut cmd, self.netns, self.cgroup, timeout)
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        process::finish_bounded(self.spawn(&mut cmd)?, timeout)
+    }
+
+    /// Spawns `cmd` in the namespace and cgroup, as the probes' user.
+    fn spawn(&self, cmd: &mut Command) -> Result<Spawned> {
+        process::prepare(cmd, self.netns, self.cgroup)?;
+        if let Some(uid) = self.user {
+            process::run_as(cmd, uid);
+        }
+        Spawned::start(cmd)
     }
 
     /// `netprobe tcp`: one attempt per connection.
@@ -312,7 +340,7 @@ impl Background {
         cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::inherit());
-        let spawned = Spawned::spawn(&mut cmd, prober.netns, prober.cgroup)?;
+        let spawned = prober.spawn(&mut cmd)?;
         Ok(Self {
             spawned,
             out,

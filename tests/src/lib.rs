@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod bpffs;
+pub mod capability;
 pub mod cgroup;
 pub mod client;
 pub mod command;
@@ -33,6 +34,7 @@ pub mod wiring;
 pub use agent::{Agent, AgentConfig};
 pub use apiserver::FakeApiServer;
 pub use bpffs::BpfFs;
+pub use capability::CapabilitySet;
 pub use cgroup::Cgroup;
 pub use client::Prober;
 pub use manifest::{

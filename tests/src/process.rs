@@ -32,6 +32,11 @@ impl Spawned {
     /// so even its first connect() goes through the cgroup's hooks.
     pub fn spawn(cmd: &mut Command, netns: &NetNs, cgroup: Option<&Cgroup>) -> Result<Self> {
         prepare(cmd, netns, cgroup)?;
+        Self::start(cmd)
+    }
+
+    /// Spawns a command [`prepare`]d already (with more hooks after it).
+    pub fn start(cmd: &mut Command) -> Result<Self> {
         let label = command::describe(cmd);
         let child = cmd
             .spawn()
@@ -141,7 +146,31 @@ pub fn run_bounded(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut spawned = Spawned::spawn(cmd, netns, cgroup)?;
+    finish_bounded(Spawned::spawn(cmd, netns, cgroup)?, timeout)
+}
+
+/// Makes a [`prepare`]d command run as `uid` (group `uid`, no
+/// supplementary groups), as a pod's process of another user does: the
+/// switch comes after entering the namespace and cgroup, which need root,
+/// and drops every capability.
+pub fn run_as(cmd: &mut Command, uid: u32) {
+    // SAFETY: setgroups/setgid/setuid are async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits (bounded) for a child spawned with piped stdout and stderr and
+/// collects both. Does not look at the exit status.
+pub fn finish_bounded(mut spawned: Spawned, timeout: Duration) -> Result<Output> {
     // Readers on threads, or a child filling one pipe while we wait on the
     // other would deadlock.
     let mut out = spawned.child.stdout.take().context("stdout")?;

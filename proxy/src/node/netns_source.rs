@@ -32,7 +32,7 @@ use tracing::debug;
 
 use crate::{
     datapath::{DatapathError, pinned::open_pinned},
-    node::hooked_namespaces,
+    node::hooked_namespaces::{self, Denied},
 };
 
 /// Where unbound sockets of a namespace are asked to go, to learn their
@@ -64,7 +64,7 @@ impl NetnsSources {
     /// Writes the namespaces that appeared and forgets those that went.
     /// Returns how many namespaces are known.
     pub fn refresh(&mut self) -> usize {
-        let mut handles = hooked_namespaces::namespaces(&self.cgroup);
+        let mut handles = hooked_namespaces::namespaces(&self.cgroup).handles;
         if let Ok(own) = File::open("/proc/self/ns/net") {
             handles.push(own);
         }
@@ -89,6 +89,7 @@ impl NetnsSources {
                     }
                     present.insert(id, cookie);
                 }
+                Err(error) if Denied::is_denial(&error) => Denied::Enter.report(&error),
                 Err(error) => debug!(%error, "cannot learn a namespace's source"),
             }
         }

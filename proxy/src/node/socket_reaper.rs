@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::{
     model::Protocol,
     node::{
-        hooked_namespaces::namespaces,
+        hooked_namespaces::{Denied, namespaces},
         sock_diag::{DiagSocket, SockDiag, Wanted},
     },
     plan::stale_backends::StaleBackend,
@@ -99,7 +99,11 @@ impl SocketReaper {
             udp_peers: &udp_peers,
         };
         let wanted: BTreeSet<Protocol> = stale.iter().map(|s| s.protocol).collect();
-        for namespace in namespaces(&self.cgroup) {
+        let hooked = namespaces(&self.cgroup);
+        if hooked.denied > 0 {
+            *tally.entry(("any", "namespace_denied".into())).or_default() += hooked.denied;
+        }
+        for namespace in hooked.handles {
             let result = std::thread::scope(|scope| {
                 scope
                     .spawn(|| {
@@ -119,6 +123,10 @@ impl SocketReaper {
                     for (key, count) in found {
                         *tally.entry(key).or_default() += count;
                     }
+                }
+                Ok(Err(error)) if Denied::is_denial(&error) => {
+                    Denied::Enter.report(&error);
+                    *tally.entry(("any", "namespace_denied".into())).or_default() += 1;
                 }
                 Ok(Err(error)) => {
                     debug!(%error, "cannot list a namespace's sockets");
