@@ -8,7 +8,7 @@
 //! the calling thread, so a test can narrow its own thread without touching
 //! the other tests the harness runs beside it.
 
-use std::{fmt, io, os::unix::process::CommandExt, path::Path, process::Command};
+use std::{fmt, io, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -78,16 +78,14 @@ impl CapabilitySet {
     }
 
     /// What `deploy/daemonset.yaml` adds for the agent's container (it
-    /// drops every other).
+    /// drops every other). The file is compiled in: the VMs have no tree.
     pub fn daemonset() -> Result<Self> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let daemonset: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        const DAEMONSET: &str = include_str!("../../deploy/daemonset.yaml");
+        let daemonset: serde_yaml::Value = serde_yaml::from_str(DAEMONSET)?;
         let added = &daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
             ["add"];
         let Some(added) = added.as_sequence() else {
-            bail!("{}: no capabilities.add list", path.display());
+            bail!("deploy/daemonset.yaml: no capabilities.add list");
         };
         let names: Vec<&str> = added.iter().filter_map(serde_yaml::Value::as_str).collect();
         Self::named(&names)

@@ -26,6 +26,7 @@ pub mod packet;
 pub mod patience;
 pub mod probe;
 pub mod process;
+pub mod rng;
 pub mod scratch;
 pub mod stack_depth;
 pub mod topology;

@@ -103,6 +103,11 @@ impl Frame {
         l4.extend_from_slice(&self.payload);
         let checksum_at = if self.proto == TCP { 16 } else { 6 };
         let mut checksum = transport_checksum(self.src.ip(), self.dst.ip(), self.proto, &l4);
+        if self.proto == UDP && checksum == 0 {
+            // RFC 768: a computed zero is sent as all ones (zero means
+            // none over IPv4 and is invalid over IPv6).
+            checksum = 0xffff;
+        }
         if self.corrupt_checksum {
             checksum = checksum.wrapping_add(1);
         }
@@ -245,7 +250,11 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
                 "bad IPv4 header checksum"
             );
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            ensure!(total <= ip.len(), "IPv4 total length {total} beyond frame");
+            ensure!(
+                (20..=ip.len()).contains(&total),
+                "IPv4 total length {total} for {} bytes",
+                ip.len()
+            );
             let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
             let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
             (src, dst, ip[9], &ip[20..total], ip[8])
@@ -279,6 +288,12 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
     };
     match proto {
         TCP | UDP => {
+            let header = if proto == TCP { 20 } else { 8 };
+            ensure!(
+                l4.len() >= header,
+                "{} bytes of a protocol {proto} header",
+                l4.len()
+            );
             seen.src.set_port(port(0));
             seen.dst.set_port(port(2));
             if proto == TCP {
@@ -295,36 +310,41 @@ pub fn parse(frame: &[u8]) -> Result<Seen> {
                 0
             };
             seen.checksum_ok = fold(sum(pseudo, l4)) == 0;
-            let quoted = &l4[8..];
-            let (qsrc, qdst, qports) = if proto == 1 {
-                let ihl = usize::from(quoted[0] & 0x0f) * 4;
-                (
-                    IpAddr::V4(Ipv4Addr::new(
-                        quoted[12], quoted[13], quoted[14], quoted[15],
-                    )),
-                    IpAddr::V4(Ipv4Addr::new(
-                        quoted[16], quoted[17], quoted[18], quoted[19],
-                    )),
-                    &quoted[ihl..],
-                )
-            } else {
-                (
-                    IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[8..24])?)),
-                    IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[24..40])?)),
-                    &quoted[40..],
-                )
-            };
-            let qport = |at: usize| u16::from_be_bytes([qports[at], qports[at + 1]]);
-            seen.icmp = Some((
-                l4[0],
-                l4[1],
-                SocketAddr::new(qsrc, qport(0)),
-                SocketAddr::new(qdst, qport(2)),
-            ));
+            let (quoted_src, quoted_dst) = quoted(proto, l4)?;
+            seen.icmp = Some((l4[0], l4[1], quoted_src, quoted_dst));
         }
         other => bail!("protocol {other}"),
     }
     Ok(seen)
+}
+
+/// The source and destination of the packet an ICMP (`proto` 1) or
+/// ICMPv6 (58) error `l4` quotes.
+fn quoted(proto: u8, l4: &[u8]) -> Result<(SocketAddr, SocketAddr)> {
+    let quoted_ip = if proto == 1 { 20 } else { 40 };
+    ensure!(l4.len() >= 8 + quoted_ip + 4, "short ICMP error");
+    let quoted = &l4[8..];
+    let (src, dst, ports) = if proto == 1 {
+        let ihl = usize::from(quoted[0] & 0x0f) * 4;
+        let v4 = |at: usize| {
+            IpAddr::V4(Ipv4Addr::new(
+                quoted[at],
+                quoted[at + 1],
+                quoted[at + 2],
+                quoted[at + 3],
+            ))
+        };
+        (v4(12), v4(16), quoted.get(ihl..).unwrap_or_default())
+    } else {
+        (
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[8..24])?)),
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[24..40])?)),
+            &quoted[40..],
+        )
+    };
+    ensure!(ports.len() >= 4, "ICMP error quoting no ports");
+    let port = |at: usize| u16::from_be_bytes([ports[at], ports[at + 1]]);
+    Ok((SocketAddr::new(src, port(0)), SocketAddr::new(dst, port(2))))
 }
 
 /// One fragment as the program left it.
@@ -353,7 +373,11 @@ pub fn parse_piece(frame: &[u8]) -> Result<SeenPiece> {
                     "bad IPv4 header checksum"
                 );
                 let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                ensure!(total <= ip.len(), "IPv4 total length {total} beyond frame");
+                ensure!(
+                    (20..=ip.len()).contains(&total),
+                    "IPv4 total length {total} for {} bytes",
+                    ip.len()
+                );
                 let flags = u16::from_be_bytes([ip[6], ip[7]]);
                 let piece = Piece {
                     id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),

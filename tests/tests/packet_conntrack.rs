@@ -17,11 +17,11 @@ use support::packet_lab::{
 };
 use switchyard::node::conntrack::Connection;
 use switchyard_abi::{
-    COUNTER_DROP_SNAT_PORTS, COUNTER_HALF_LOST, COUNTER_HALF_REBUILT, COUNTER_ICMP_TRANSLATED,
-    COUNTER_PASS_NOT_SYN, COUNTER_SNAT_PORT_REUSED, ConnState, NODE_CLUSTER_IP_FROM_OUTSIDE,
-    NodeConfig, PortRange,
+    COUNTER_DROP_CONNTRACK, COUNTER_DROP_SNAT_PORTS, COUNTER_HALF_LOST, COUNTER_HALF_REBUILT,
+    COUNTER_ICMP_TRANSLATED, COUNTER_PASS_NOT_SYN, COUNTER_SNAT_PORT_REUSED, ConnState,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig, PortRange,
 };
-use switchyard_tests::packet::{self, ACK, FIN, Frame, RST, SYN, Seen, TCP};
+use switchyard_tests::packet::{self, ACK, FIN, Frame, RST, SYN, Seen, TCP, UDP};
 
 /// The NodePort of `np-cluster`, whose only endpoint is on node-2: every
 /// connection is NATed to the node.
@@ -378,6 +378,43 @@ fn packet_too_big_about_a_reply_reaches_the_backend_over_ipv6() -> Result<()> {
             datapath.run_bytes("tc_ingress", &stranger)?,
             (NEXT, stranger.clone()),
             "an error about no connection of ours goes on untouched"
+        );
+        Ok(())
+    })
+}
+
+/// Two frontends of one local backend, reached from the same client
+/// address and port without NAT (`np-local`'s ClusterIP from outside, when
+/// it picks the local pod, and its Local NodePort): both would have the
+/// same reply tuple. The first keeps it; the second is dropped
+/// (`conntrack_insert`) rather than taking the first's replies, which
+/// would then leave from the wrong frontend. Found by `packet_fuzz`.
+#[test]
+fn a_connection_never_takes_another_ones_reply_tuple() -> Result<()> {
+    in_lab(|datapath| {
+        let local = addr("10.244.1.10:5353");
+        let cluster_ip = addr("10.96.0.11:53");
+        // The ClusterIP picks either endpoint; find a client port it sent
+        // to the local one (one in two, so 64 ports make it certain).
+        let client = (40_100..40_164)
+            .map(|port| SocketAddr::new("192.168.77.2".parse().unwrap(), port))
+            .find(|client| {
+                let (_, out) = datapath
+                    .run("tc_ingress", &Frame::new(UDP, *client, cluster_ip))
+                    .unwrap();
+                packet::parse(&out).is_ok_and(|seen| seen.dst == local && seen.src == *client)
+            })
+            .expect("the ClusterIP picks the local pod for some client port");
+        let dropped = counter(datapath, COUNTER_DROP_CONNTRACK)?;
+        let node_port = Frame::new(UDP, client, addr("192.168.77.11:30081"));
+        assert_eq!(datapath.run("tc_ingress", &node_port)?.0, SHOT);
+        assert_eq!(counter(datapath, COUNTER_DROP_CONNTRACK)?, dropped + 1);
+        let answer = Frame::new(UDP, local, client);
+        let (_, out) = datapath.run("tc_egress", &answer)?;
+        let seen = packet::parse(&out)?;
+        ensure!(
+            (seen.src, seen.dst) == (cluster_ip, client),
+            "the first connection keeps its replies: {seen:?}"
         );
         Ok(())
     })

@@ -7,7 +7,9 @@
 //! gets a backend, two conntrack entries and its first translation.
 //! Egress: replies from local backends get the frontend back as source.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext,
+};
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
     COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
@@ -311,9 +313,46 @@ fn record_reply(packet: &Packet, backend: &Backend) -> bool {
         ..Flow::default()
     };
     let key = packet.key();
-    CONNTRACK
-        .insert(forward.partner(&key), Flow::reply_of(&key, false, now), 0)
+    let reply_key = forward.partner(&key);
+    let reply = Flow::reply_of(&key, false, now);
+    if CONNTRACK
+        .insert(&reply_key, &reply, u64::from(BPF_NOEXIST))
         .is_ok()
+    {
+        return true;
+    }
+    // The reply tuple is taken: the same client address and port reached
+    // this backend through another frontend. Replacing a live connection's
+    // entry would send its replies from the wrong frontend, so the new
+    // connection is refused (netfilter drops such a clash too); an entry
+    // of this very connection, or of one that finished, is replaced.
+    if taken(&reply_key, &key) {
+        return false;
+    }
+    CONNTRACK.insert(&reply_key, &reply, 0).is_ok()
+}
+
+/// Whether the reply entry at `reply_key` belongs to a live connection
+/// other than the one `key` opens: one whose forward entry exists, pairs
+/// with it, and saw no FIN or RST either way. Entries are read in place
+/// (the 6.1 verifier's 512 bytes of stack along the call chain).
+#[inline(never)]
+fn taken(reply_key: &FlowKey, key: &FlowKey) -> bool {
+    let Some(reply) = CONNTRACK.get_ptr(reply_key) else {
+        return false;
+    };
+    // SAFETY: valid for this run; read in place, never kept.
+    let reply = unsafe { &*reply };
+    let owner = reply.partner(reply_key);
+    if reply.kind != FLOW_REPLY || owner == *key || reply.fin != 0 || reply.rst != 0 {
+        return false;
+    }
+    let Some(forward) = CONNTRACK.get_ptr(&owner) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let forward = unsafe { &*forward };
+    reply.pairs_with(reply_key, forward, &owner) && forward.fin == 0 && forward.rst == 0
 }
 
 /// Client -> backend. A connection NATed to this node is sent straight out

@@ -22,6 +22,7 @@ use switchyard::{
         loader::{self, MapSizes},
         pinned::PinnedMaps,
     },
+    model::DesiredState,
     node::nat_ports::nat_ports,
     plan::{datapath_state::DatapathState, plan},
 };
@@ -141,6 +142,8 @@ pub fn in_lab(test: impl FnOnce(&mut Datapath) -> Result<()> + Send) -> Result<(
 /// The loaded programs with maps filled as the agent of node-1 would.
 pub struct Datapath {
     pub programs: loader::Programs,
+    /// What the maps were filled from.
+    pub desired: DesiredState,
     pub flows: FlowTable,
     pub eth0: u32,
 }
@@ -177,6 +180,7 @@ impl Datapath {
         ensure!(eth0 != 0, "eth0 has no index");
         Ok(Self {
             programs,
+            desired,
             flows,
             eth0,
         })
