@@ -3,6 +3,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod layering;
 mod lint;
 mod setup;
@@ -55,6 +56,10 @@ enum Task {
     },
     /// The integration tests inside QEMU VMs on Debian's kernels (root).
     Vm(vm::VmArgs),
+    /// Long fuzz runs: coverage-guided over manifests (installs
+    /// cargo-fuzz), seeded mutations, random packets through the tc
+    /// programs (root).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -69,5 +74,6 @@ fn main() -> Result<()> {
         Task::Lint => lint::run(),
         Task::Bench { full, extra } => bench::run(full, &extra),
         Task::Vm(args) => vm::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }

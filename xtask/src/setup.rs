@@ -122,6 +122,20 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Installs the cargo subcommand `krate` at `version` unless `cargo
+/// PROBE...` already reports that version (tools only some tasks need, such
+/// as cargo-fuzz for `cargo xtask fuzz`).
+pub fn cargo_tool(krate: &str, version: &str, probe_args: &[&str]) -> Result<()> {
+    let label = format!("{krate} {version}");
+    if probe("cargo", probe_args).is_some_and(|found| found.contains(version)) {
+        step(&label, "ok (already present)");
+        return Ok(());
+    }
+    cargo::run(Command::new("cargo").args(["install", krate, "--version", version, "--locked"]))?;
+    step(&label, "installed");
+    Ok(())
+}
+
 /// Points `link` at `target`; returns whether it had to change anything.
 fn ensure_symlink(link: &Path, target: &Path) -> Result<bool> {
     if std::fs::read_link(link).is_ok_and(|t| t == target) {

@@ -15,8 +15,27 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Api => f.write_str("api"),
-            Self::File { path } => write!(f, "{}", path.display()),
+            Self::File { path } => write!(f, "{}", OneLine(&path.display().to_string())),
         }
+    }
+}
+
+/// Text from the input, shown on one line whatever it holds: control
+/// characters (a newline in a name or a file name, an escape sequence) and
+/// Unicode's line separators are escaped, so an error stays one line and a
+/// crafted name cannot forge log lines of its own.
+pub struct OneLine<'a>(pub &'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -40,10 +59,11 @@ impl ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, name) = (OneLine(&self.kind), OneLine(&self.name));
         if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
+            write!(f, "{kind} {name}")
         } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+            write!(f, "{kind} {}/{name}", OneLine(&self.namespace))
         }
     }
 }
@@ -91,7 +111,7 @@ impl Reason {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     /// A problem with one field of one identified object.
-    #[error("{origin}: {object}: {field}: {detail}")]
+    #[error("{origin}: {object}: {}: {}", OneLine(.field), OneLine(.detail))]
     Field {
         origin: Origin,
         object: ObjectRef,
@@ -101,7 +121,7 @@ pub enum InputError {
         detail: String,
     },
     /// A document that could not be read as an object at all.
-    #[error("{origin}: document {document}: {detail}")]
+    #[error("{origin}: document {document}: {}", OneLine(.detail))]
     Document {
         origin: Origin,
         /// 1-based position in its file, as an editor would count it.
@@ -110,7 +130,7 @@ pub enum InputError {
         detail: String,
     },
     /// A file or directory that could not be read.
-    #[error("{origin}: {detail}")]
+    #[error("{origin}: {}", OneLine(.detail))]
     Unreadable { origin: Origin, detail: String },
 }
 
@@ -170,6 +190,22 @@ impl InputError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz`: a namespace holding newlines (a YAML
+    /// flow scalar over several lines) made a three-line error.
+    #[test]
+    fn input_text_never_breaks_the_line() {
+        let object = ObjectRef::new("Service", "por\n\ntystem", "dns\u{1b}[2J");
+        let file = Origin::File {
+            path: "a\nb.yaml".into(),
+        };
+        let error = InputError::field(&object, "spec.x\r", Reason::ParseError, "bad \"\u{2028}\"")
+            .with_origin(file);
+        assert_eq!(
+            error.to_string(),
+            r#"a\nb.yaml: Service por\n\ntystem/dns\u{1b}[2J: spec.x\r: bad "\u{2028}""#
+        );
+    }
 
     #[test]
     fn renders_one_line_naming_where_what_and_field() {

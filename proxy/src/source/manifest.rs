@@ -3,6 +3,8 @@
 //! and JSON are accepted; kinds the proxy does not use are ignored; a bad
 //! document is reported with its file and position and the rest still loads.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod invariants;
 #[cfg(test)]
 mod mutation_tests;
 #[cfg(test)]

@@ -1,17 +1,23 @@
-//! Bounded mutation runs over manifest parsing and conversion: whatever
-//! bytes a file holds, nothing panics and every problem is one line that
-//! names its document, or its object and field. Deterministic (a fixed
-//! seed), so a failure replays; `SY_MUTATIONS` runs longer.
+//! Bounded mutation runs over manifest parsing and conversion, from the
+//! fuzz seeds (`fuzz/seeds/manifest`), through the invariants the fuzz
+//! target checks: whatever bytes a file holds, nothing panics and every
+//! problem is one line naming its document, or its object and field.
+//! Deterministic (a fixed seed), so a failure replays; `SY_MUTATIONS` runs
+//! longer. Every seed and every input the fuzzer ever broke the code with
+//! (`fuzz/regressions/manifest`) is replayed as it is, too.
 
-use std::path::Path;
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::Path,
+};
 
-use super::*;
-use crate::convert::{desired::desired_state, topology::NodeContext};
+use super::invariants::{Met, check_manifest};
 
 const SEEDS: &[&str] = &[
-    "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  type: LoadBalancer\n  clusterIPs: [10.96.0.10, 'fd00::10']\n  externalIPs: [198.51.100.1]\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  sessionAffinity: ClientIP\n  ports: [{name: http, port: 80, targetPort: web, nodePort: 30080, protocol: TCP}]\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.9}]}}\n",
-    "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: true}, nodeName: a, zone: z1, hints: {forZones: [{name: z1}]}}]\n",
-    "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {clusterIP: 10.96.0.11, ports: [{port: 53, protocol: UDP}]}\n",
+    include_str!("../../../../fuzz/seeds/manifest/load_balancer.yaml"),
+    include_str!("../../../../fuzz/seeds/manifest/endpoint_slice.yaml"),
+    include_str!("../../../../fuzz/seeds/manifest/list.yaml"),
+    include_str!("../../../../fuzz/seeds/manifest/node_and_cidr.yaml"),
 ];
 
 /// xorshift64*: enough randomness for mutations, no dependency.
@@ -33,7 +39,7 @@ impl Rng {
 /// Bytes YAML gives meaning to, and ones that make numbers and IPs odd.
 const INTERESTING: &[u8] = b"-:{}[],'\"\n #&*!|>%@`0123456789.x:/";
 
-fn mutate(rng: &mut Rng, text: &str) -> String {
+fn mutate(rng: &mut Rng, text: &str) -> Vec<u8> {
     let mut bytes = text.as_bytes().to_vec();
     for _ in 0..=rng.below(4) {
         let at = rng.below(bytes.len());
@@ -54,7 +60,17 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    bytes
+}
+
+/// [`check_manifest`], with the input in the failure.
+fn checked(what: &str, bytes: &[u8]) -> Met {
+    catch_unwind(AssertUnwindSafe(|| check_manifest(bytes))).unwrap_or_else(|_| {
+        panic!(
+            "{what} broke an invariant:\n{}",
+            String::from_utf8_lossy(bytes)
+        )
+    })
 }
 
 #[test]
@@ -64,53 +80,33 @@ fn mutated_manifests_never_panic_and_every_error_is_one_named_line() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_500);
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let node = NodeContext {
-        node_port_addresses: vec!["192.168.1.5".parse().unwrap()],
-        ..NodeContext::default()
-    };
-    // What the runs met, so a mutator that only ever breaks (or never
-    // breaks) the input is noticed.
-    let (mut parsed, mut document_errors, mut field_errors) = (0, 0, 0);
+    let mut total = Met::default();
+    let seed = SEEDS.join("---\n");
     for run in 0..runs {
-        let seed = SEEDS.join("---\n");
-        let text = mutate(&mut rng, &seed);
-        let (objects, mut errors) = parse_manifest(Path::new("m.yaml"), &text);
-        let services: Vec<Service> = objects
-            .iter()
-            .filter_map(|object| match object {
-                Object::Service(service) => Some((**service).clone()),
-                _ => None,
-            })
-            .collect();
-        let slices: Vec<EndpointSlice> = objects
-            .iter()
-            .filter_map(|object| match object {
-                Object::EndpointSlice(slice) => Some((**slice).clone()),
-                _ => None,
-            })
-            .collect();
-        parsed += services.len() + slices.len();
-        let (_, conversion) = desired_state(&services, &slices, &node);
-        errors.extend(conversion);
-        for error in &errors {
-            let line = error.to_string();
-            assert!(!line.contains('\n'), "run {run}: {line:?}\n{text}");
-            let named = match error {
-                InputError::Document { .. } => {
-                    document_errors += 1;
-                    line.starts_with("m.yaml: document ")
-                }
-                InputError::Field { object, field, .. } => {
-                    field_errors += 1;
-                    !object.name.is_empty() && !field.is_empty()
-                }
-                InputError::Unreadable { .. } => false,
-            };
-            assert!(named, "run {run}: {line:?}\n{text}");
-        }
+        let met = checked(&format!("run {run}"), &mutate(&mut rng, &seed));
+        total.objects += met.objects;
+        total.document_errors += met.document_errors;
+        total.field_errors += met.field_errors;
     }
     assert!(
-        parsed > runs && document_errors > runs / 20 && field_errors > runs / 20,
-        "{parsed} objects, {document_errors} document and {field_errors} field errors in {runs} runs"
+        total.objects > runs && total.document_errors > runs / 20 && total.field_errors > runs / 20,
+        "{total:?} in {runs} runs"
     );
+}
+
+#[test]
+fn every_seed_and_regression_of_the_fuzzer_replays_cleanly() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut replayed = 0;
+    for dir in ["seeds/manifest", "regressions/manifest"] {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            checked(&path.display().to_string(), &std::fs::read(&path).unwrap());
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= SEEDS.len(), "only {replayed} inputs replayed");
 }
