@@ -8,13 +8,9 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::core::v1::Node;
 use switchyard_abi::{BACKENDS_MAP, SERVICES_MAP};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{Instant, sleep_until},
-};
-use tracing::{debug, error, info, warn};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
 
 use crate::{
     cli::{
@@ -26,33 +22,34 @@ use crate::{
         desired::{desired_state_from, update_services_from},
         input_error::{InputError, ObjectRef, Reason},
         service_cidr::service_cidrs,
-        topology::{NodeContext, ZONE_LABEL},
+        topology::NodeContext,
     },
-    datapath::{
-        DatapathError,
-        loader::{self, MapSizes},
-        pinned::PinnedMaps,
-    },
+    datapath::{DatapathError, loader, pinned::PinnedMaps},
     model::{DesiredState, address::Cidr},
     node::{
-        cpu_set,
         netns_source::NetnsSources,
-        node_network::{self, DeviceSelection},
-        packet_path::{PacketPath, PacketPathConfig, PacketPathError},
+        node_network,
+        packet_path::{PacketPath, PacketPathError},
         socket_reaper::SocketReaper,
     },
     plan::capacity::{MapCapacity, entries_of, fit},
     runner::SyncRunner,
     serve::{
-        admin_server::{self, Endpoints},
         health::{ProxyHealth, node_eligible},
         listener,
-        metrics::Metrics,
+        metrics::{Metrics, kube_proxy::Pass},
         service_health_server::ServiceHealthServers,
     },
-    source::{Source, SourceError, change_set::ChangeSet},
+    source::{
+        Source, SourceError,
+        change_set::{ChangeSet, ChangeTrigger, MAX_TRIGGERS},
+    },
     sync::{SyncReport, Syncer},
 };
+
+mod startup;
+
+use startup::{node_name, packet_path_config, requested_sizes, serve_http, stop_signals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -76,10 +73,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let flags = CheckedFlags::check(&args)?;
     listener::raise_open_file_limit();
     let node_name = node_name(&args);
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
+    let (mut interrupt, mut terminate) = stop_signals()?;
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Mutex::new(ProxyHealth::new(args.sync_period)));
@@ -132,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         health_checks: ServiceHealthServers::new(Vec::new(), Arc::clone(&health)),
         sockets,
         reported: BTreeMap::new(),
-        queued_since: None,
+        triggers: Vec::new(),
         desired: None,
         node: NodeContext::default(),
         service_cidrs: flags.service_cidrs,
@@ -144,6 +138,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         capacity: programs.capacity(),
         entry_budget: usize::try_from(args.service_entry_budget).unwrap_or(usize::MAX),
         refusing: false,
+        drift: DriftWatch::new(),
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {
@@ -180,59 +175,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The map sizes `--service-map-entries`, `--backend-map-entries` and the
-/// conntrack flags ask.
-fn requested_sizes(args: &RunArgs) -> MapSizes {
-    let entries = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-    MapSizes {
-        capacity: MapCapacity {
-            service_entries: entries(args.service_map_entries),
-            backends: entries(args.backend_map_entries),
-        },
-        conntrack: args.conntrack.entries(cpu_set::allowed_cpus()),
-    }
-}
-
-fn packet_path_config(
-    args: &RunArgs,
-    flags: &CheckedFlags,
-    conntrack_capacity: usize,
-) -> PacketPathConfig {
-    PacketPathConfig {
-        devices: DeviceSelection::from_flag(&args.devices),
-        node_port_addresses: flags.node_port_addresses.clone(),
-        timeouts: args.conntrack.timeouts(),
-        nat_port_range: args.nat_port_range,
-        cluster_cidrs: flags.cluster_cidrs.clone(),
-        cluster_ip_from_outside: args.cluster_ip_from_outside,
-        conntrack_capacity,
-    }
-}
-
-/// kube-proxy logs a bind failure and keeps proxying; so do we: the
-/// datapath matters more than its observability.
-async fn serve_http(args: &RunArgs, metrics: &Arc<Metrics>, health: &Arc<Mutex<ProxyHealth>>) {
-    let servers = [
-        (
-            args.metrics_bind_address,
-            Endpoints::Metrics(Arc::clone(metrics)),
-        ),
-        (
-            args.healthz_bind_address,
-            Endpoints::Health(Arc::clone(health)),
-        ),
-    ];
-    for (address, endpoints) in servers {
-        match admin_server::bind(address).await {
-            Ok(listener) => {
-                info!(%address, "serving HTTP");
-                tokio::spawn(admin_server::serve(listener, endpoints));
-            }
-            Err(bind_error) => error!(error = %bind_error, "HTTP endpoint not served"),
-        }
-    }
-}
-
 struct Agent {
     node_name: String,
     source: Source,
@@ -243,8 +185,8 @@ struct Agent {
     health_checks: ServiceHealthServers,
     /// Input problems of the last pass, by their log line.
     reported: BTreeMap<String, InputError>,
-    /// When the oldest change not yet applied arrived.
-    queued_since: Option<(Instant, SystemTime)>,
+    /// Trigger times of the EndpointSlice changes not yet programmed.
+    triggers: Vec<ChangeTrigger>,
     /// What the last pass programmed, and the node it was computed for:
     /// the base a pass over a few changed Services patches.
     desired: Option<DesiredState>,
@@ -268,6 +210,23 @@ struct Agent {
     /// The last full pass left Services out for want of room: until it
     /// stops, every pass is a full one, so they come in when room appears.
     refusing: bool,
+    drift: DriftWatch,
+}
+
+/// When the maps were last read back and compared (once a sync period),
+/// and whether they had drifted then.
+struct DriftWatch {
+    checked: Instant,
+    drifting: bool,
+}
+
+impl DriftWatch {
+    fn new() -> Self {
+        Self {
+            checked: Instant::now(),
+            drifting: false,
+        }
+    }
 }
 
 impl Agent {
@@ -281,22 +240,35 @@ impl Agent {
 
     fn queued(&mut self) {
         let now = SystemTime::now();
-        self.queued_since.get_or_insert((Instant::now(), now));
         self.health().queued_update(now);
-        self.metrics.observe_queued(now);
+        self.metrics.kube_proxy.observe_queued(now);
+        self.metrics
+            .kube_proxy
+            .set_pending(self.source.pending_changes());
     }
 
     async fn sync(&mut self) {
         let started = Instant::now();
-        let changes = self.source.take_changes();
-        self.metrics.count_changes(changes.received);
+        let mut changes = self.source.take_changes();
+        self.metrics.kube_proxy.count_changes(changes.received);
+        self.metrics
+            .kube_proxy
+            .set_pending(self.source.pending_changes());
+        // Kept until a pass completes (one that leaves work undone has not
+        // programmed them), as many as one pass's worth.
+        let room = MAX_TRIGGERS.saturating_sub(self.triggers.len());
+        self.triggers
+            .extend(std::mem::take(&mut changes.triggers).into_iter().take(room));
+        if self.drift.checked.elapsed() >= self.sync_period && self.drifted() {
+            self.full_pending = true;
+        }
         if changes.is_empty() && !self.full_pending && self.desired.is_some() {
             self.unchanged_pass(started).await;
             return;
         }
         let (report, pass) = match self.changed_pass(&changes) {
-            Some(report) => (report, "changed"),
-            None => (self.full_pass(), "full"),
+            Some(report) => (report, Pass::Partial),
+            None => (self.full_pass(), Pass::Full),
         };
         let written = started.elapsed();
         for (_, failure) in &report.failed {
@@ -309,10 +281,14 @@ impl Agent {
         self.full_pending |= !complete;
         let desired = self.desired.take().unwrap_or_default();
         self.sync_health_checks(&desired).await;
-        self.observe(&desired, started, complete);
+        self.observe(&desired, started, pass, complete);
         self.desired = Some(desired);
         info!(
-            pass,
+            pass = if pass == Pass::Full {
+                "full"
+            } else {
+                "changed"
+            },
             frontends = self.syncer.programmed().frontends.len(),
             backends = self.syncer.programmed().backends.len(),
             applied = report.applied,
@@ -335,10 +311,38 @@ impl Agent {
         let desired = self.desired.take().unwrap_or_default();
         // A health check port that could not be bound is tried again.
         self.sync_health_checks(&desired).await;
-        self.observe(&desired, started, true);
+        self.observe(&desired, started, Pass::Partial, true);
         self.desired = Some(desired);
         self.last_full = Some(Instant::now());
         debug!(pass = "unchanged", "nothing to program");
+    }
+
+    /// Reads the maps back; when they differ from what was programmed,
+    /// says so once per episode, counts it, and asks for the full pass
+    /// that repairs them.
+    fn drifted(&mut self) -> bool {
+        self.drift.checked = Instant::now();
+        let drift = match self.syncer.check_drift() {
+            Ok(drift) => drift,
+            Err(error) => {
+                warn!(%error, "reading the maps back to check them");
+                return false;
+            }
+        };
+        self.metrics.set_drift(&drift);
+        if !drift.is_empty() && !self.drift.drifting {
+            let maps: Vec<String> = drift
+                .maps()
+                .map(|(map, entries)| format!("{map}: {entries}"))
+                .collect();
+            warn!(
+                drifted = maps.join(", "),
+                "map entries differ from what was programmed (changed behind the agent's \
+                 back): repairing"
+            );
+        }
+        self.drift.drifting = !drift.is_empty();
+        self.drift.drifting
     }
 
     async fn sync_health_checks(&mut self, desired: &DesiredState) {
@@ -411,7 +415,7 @@ impl Agent {
         self.node_eligible = own_node.is_none_or(node_eligible);
         let (service_cidrs, cidr_errors) =
             service_cidrs(&self.service_cidrs, &loaded.service_cidrs);
-        self.node = node_context(
+        self.node = NodeContext::new(
             &self.node_name,
             own_node,
             self.packet_path.node_port_addresses(),
@@ -421,6 +425,7 @@ impl Agent {
                 node_addresses: self.packet_path.node_addresses(),
             },
         );
+        self.metrics.kube_proxy.set_families(&self.node.families());
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);
         let refusals: Vec<InputError> = fit(
@@ -473,14 +478,13 @@ impl Agent {
         report
     }
 
-    fn observe(&mut self, desired: &DesiredState, started: Instant, complete: bool) {
+    fn observe(&mut self, desired: &DesiredState, started: Instant, pass: Pass, complete: bool) {
         let now = SystemTime::now();
+        let kube_proxy = &self.metrics.kube_proxy;
+        kube_proxy.observe_sync(pass, started.elapsed(), complete.then_some(now));
         if complete {
-            let queued_for = self.queued_since.take().map(|(at, _)| at.elapsed());
-            self.metrics
-                .observe_sync(started.elapsed(), now, queued_for);
-        } else {
-            self.metrics.observe_incomplete_sync(started.elapsed());
+            kube_proxy.observe_programmed(&self.triggers, now);
+            self.triggers.clear();
         }
         let programmed = self.syncer.programmed();
         self.metrics.set_programmed(
@@ -499,8 +503,9 @@ impl Agent {
             programmed.backends.len(),
             self.capacity.backends,
         );
-        self.metrics
-            .set_no_local_endpoints("internal", desired.no_local.len());
+        for (family, services) in desired.no_local_by_family() {
+            kube_proxy.set_no_local_endpoints(family, "internal", services);
+        }
         let mut health = self.health();
         // As kube-proxy: a pass that left changes unapplied (a full map, say)
         // is not an update, so a problem that persists turns /healthz 503.
@@ -510,32 +515,4 @@ impl Agent {
         // A node not (yet) known is eligible, as in kube-proxy.
         health.set_node_eligible(self.node_eligible);
     }
-}
-
-/// This node's name, its zone when its Node object is known, the
-/// addresses its NodePorts answer on, the service CIDRs and which
-/// externalIPs it serves.
-fn node_context(
-    name: &str,
-    node: Option<&Node>,
-    node_port_addresses: &[std::net::IpAddr],
-    service_cidrs: &[Cidr],
-    external_ips: ExternalIpPolicy,
-) -> NodeContext {
-    let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
-    NodeContext {
-        name: name.to_owned(),
-        zone,
-        node_port_addresses: node_port_addresses.to_vec(),
-        service_cidrs: service_cidrs.to_vec(),
-        external_ips,
-    }
-}
-
-fn node_name(args: &RunArgs) -> String {
-    args.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_owned())
-            .unwrap_or_default()
-    })
 }

@@ -18,6 +18,7 @@ use crate::{
     model::{DesiredState, Frontend},
     plan::{
         datapath_state::DatapathState,
+        drift::Drift,
         map_op::MapOp,
         plan, plan_frontends,
         stale_backends::{Departures, StaleBackend},
@@ -130,6 +131,18 @@ impl<W: MapWriter + MapReader> Syncer<W> {
         report
     }
 
+    /// Reads the maps back and compares them with the mirror. When they
+    /// differ, the mirror becomes what the maps hold, so the next pass
+    /// repairs every drifted entry (see `plan::drift`).
+    pub fn check_drift(&mut self) -> Result<Drift, DatapathError> {
+        let actual = self.writer.read_state()?;
+        let drift = Drift::between(&self.programmed, &actual);
+        if !drift.is_empty() {
+            self.programmed = actual;
+        }
+        Ok(drift)
+    }
+
     /// The mirror ran ahead of the maps: read them back.
     fn reread(&mut self) -> Result<(), DatapathError> {
         self.programmed = self.writer.read_state()?;
@@ -149,6 +162,28 @@ mod tests {
             .map(|&(vip, octets)| (vip, 80, octets))
             .collect();
         fixtures::desired(&spec)
+    }
+
+    #[test]
+    fn drift_is_found_and_the_next_pass_repairs_it() {
+        let mut syncer = Syncer::adopt(FakeMaps::default()).unwrap();
+        let want = desired(&[("10.96.0.10", &[1, 2])]);
+        syncer.sync(&want);
+        assert!(syncer.check_drift().unwrap().is_empty());
+        // Behind the agent's back: a backend's port rewritten.
+        let backend = syncer.writer.state.backends.values_mut().next().unwrap();
+        backend.port = backend.port.wrapping_add(1);
+        let drift = syncer.check_drift().unwrap();
+        assert_eq!(
+            drift.maps().collect::<Vec<_>>(),
+            [(switchyard_abi::BACKENDS_MAP, 1)]
+        );
+        let repair = syncer.sync(&want);
+        // The right backend under a new id, the slot moved to it, the
+        // stray entry removed: make-before-break, as any change.
+        assert_eq!(repair.applied, 3);
+        assert!(syncer.check_drift().unwrap().is_empty());
+        assert_eq!(syncer.programmed(), &syncer.writer().state);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::Endpoint;
+use crate::model::{Endpoint, address::IpFamily};
 
 /// The label kube-proxy reads the node's zone from.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -23,6 +23,39 @@ pub struct NodeContext {
     pub service_cidrs: Vec<crate::model::address::Cidr>,
     /// Which `spec.externalIPs` are served.
     pub external_ips: crate::convert::claim::ExternalIpPolicy,
+}
+
+impl NodeContext {
+    /// This node's name, its zone when its Node object is known, the
+    /// addresses its NodePorts answer on, the service CIDRs and which
+    /// externalIPs it serves.
+    pub fn new(
+        name: &str,
+        node: Option<&k8s_openapi::api::core::v1::Node>,
+        node_port_addresses: &[std::net::IpAddr],
+        service_cidrs: &[crate::model::address::Cidr],
+        external_ips: crate::convert::claim::ExternalIpPolicy,
+    ) -> Self {
+        let zone = node.and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        Self {
+            name: name.to_owned(),
+            zone,
+            node_port_addresses: node_port_addresses.to_vec(),
+            service_cidrs: service_cidrs.to_vec(),
+            external_ips,
+        }
+    }
+
+    /// The address families the node serves, by its NodePort addresses
+    /// (none known: empty).
+    pub fn families(&self) -> Vec<IpFamily> {
+        let families: BTreeSet<IpFamily> = self
+            .node_port_addresses
+            .iter()
+            .map(|ip| IpFamily::of(*ip))
+            .collect();
+        families.into_iter().collect()
+    }
 }
 
 /// One endpoint of one Service port, with what the rules look at.

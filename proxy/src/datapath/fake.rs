@@ -38,6 +38,7 @@ impl MapWriter for FakeMaps {
 
 impl MapReader for FakeMaps {
     fn read_state(&self) -> Result<DatapathState, DatapathError> {
-        Ok(self.state.clone())
+        // Derived afresh, as reading real maps derives it.
+        Ok(self.state.clone().reindexed())
     }
 }

@@ -282,11 +282,16 @@ impl MapWriter for PinnedMaps {
 
 impl MapReader for PinnedMaps {
     fn read_state(&self) -> Result<DatapathState, DatapathError> {
-        // An entry deleted while we iterate is simply not seen; the next
-        // sync works from whatever this read returns.
-        let services: Vec<(ServiceKey, ServiceValue)> =
-            self.services.iter().filter_map(Result::ok).collect();
-        let backends: Vec<(u32, Backend)> = self.backends.iter().filter_map(Result::ok).collect();
+        // An entry deleted while we read is simply not seen; the next
+        // sync works from whatever this read returns. In batches: the
+        // agent reads the maps back every sync period (drift), and at 50k
+        // Services one entry at a time would cost a million syscalls.
+        let services = read_batched(&self.batch_fds.services, || {
+            self.services.iter().filter_map(Result::ok).collect()
+        });
+        let backends = read_batched(&self.batch_fds.backends, || {
+            self.backends.iter().filter_map(Result::ok).collect()
+        });
         let ranges: Vec<RangeKey> = self
             .source_ranges
             .keys()
@@ -299,5 +304,21 @@ impl MapReader for PinnedMaps {
         let mut state = DatapathState::from_entries(services, backends, ranges);
         state.service_addresses = self.read_addresses().collect();
         Ok(state)
+    }
+}
+
+/// Every entry of a hash map in batches, or by `one_by_one` where the
+/// kernel has no batched lookups or a batch fails part way.
+fn read_batched<K: Copy + Default, V: Copy + Default>(
+    map: &MapData,
+    one_by_one: impl FnOnce() -> Vec<(K, V)>,
+) -> Vec<(K, V)> {
+    let mut entries = Vec::new();
+    let read = batch::read_all_typed(map.fd().as_fd(), |keys: &[K], values: &[V]| {
+        entries.extend(keys.iter().copied().zip(values.iter().copied()));
+    });
+    match read {
+        Ok(()) => entries,
+        Err(_) => one_by_one(),
     }
 }

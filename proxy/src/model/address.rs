@@ -58,6 +58,38 @@ fn parse_v6_sloppy(text: &str) -> Option<Ipv6Addr> {
     format!("{head}:{v4}").parse().ok()
 }
 
+/// An address family, as Kubernetes names it (`IPv4`, `IPv6`: an
+/// EndpointSlice's `addressType`, kube-proxy's `ip_family` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub const BOTH: [Self; 2] = [Self::V4, Self::V6];
+
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    /// `IPv4` or `IPv6`, or `None` for another address type (`FQDN`).
+    pub fn from_address_type(address_type: &str) -> Option<Self> {
+        match address_type {
+            "IPv4" => Some(Self::V4),
+            "IPv6" => Some(Self::V6),
+            _ => None,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
+
 /// An address prefix: `10.0.0.0/8`, `fd00::/64`. Host bits are cleared, so
 /// `10.1.2.3/8` and `10.0.0.0/8` are the same prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -265,6 +265,30 @@ pub struct DesiredState {
     pub service_cidrs: std::collections::BTreeSet<Cidr>,
 }
 
+impl DesiredState {
+    /// Service ports with `internalTrafficPolicy: Local` and no endpoint
+    /// here, by the families of their cluster IPs: kube-proxy's
+    /// `no_local_endpoints` gauge, which each family's proxier counts.
+    pub fn no_local_by_family(&self) -> BTreeMap<address::IpFamily, usize> {
+        let mut counted = std::collections::BTreeSet::new();
+        if !self.no_local.is_empty() {
+            for (frontend, desired) in &self.frontends {
+                if frontend.scope == Scope::Internal && self.no_local.contains(&desired.service) {
+                    counted.insert((address::IpFamily::of(frontend.ip), &desired.service));
+                }
+            }
+        }
+        let mut by_family: BTreeMap<_, usize> = address::IpFamily::BOTH
+            .into_iter()
+            .map(|family| (family, 0))
+            .collect();
+        for (family, _) in counted {
+            *by_family.entry(family).or_default() += 1;
+        }
+        by_family
+    }
+}
+
 /// What kube-proxy's health check node port of one
 /// `externalTrafficPolicy: Local` Service answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -121,6 +121,24 @@ impl DatapathState {
         state
     }
 
+    /// The same entries with the lookups derived from them again, as a
+    /// fresh read of the maps would give (for a state whose public fields
+    /// were changed directly, as a test's "someone else wrote the map").
+    #[must_use]
+    pub fn reindexed(mut self) -> Self {
+        self.index = BackendIndex::default();
+        for (&id, &backend) in &self.backends {
+            self.index.ids.entry(backend).or_insert(id);
+            self.index.taken(id);
+        }
+        for frontend in self.frontends.values() {
+            for id in frontend.slots.values() {
+                *self.index.slot_refs.entry(*id).or_default() += 1;
+            }
+        }
+        self
+    }
+
     /// The id already holding `backend`, if any.
     pub fn backend_id(&self, backend: &Backend) -> Option<u32> {
         self.index.ids.get(backend).copied()

@@ -16,6 +16,7 @@
 
 pub mod capacity;
 pub mod datapath_state;
+pub mod drift;
 pub mod map_op;
 pub mod service_address;
 pub mod stale_backends;

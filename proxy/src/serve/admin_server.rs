@@ -21,7 +21,7 @@ use crate::{
     serve::{
         health::ProxyHealth,
         listener::{self, Limits},
-        metrics::Metrics,
+        metrics::{Metrics, kube_proxy::HealthEndpoint},
     },
 };
 
@@ -40,7 +40,11 @@ pub struct BindError {
 #[derive(Clone)]
 pub enum Endpoints {
     Metrics(Arc<Metrics>),
-    Health(Arc<Mutex<ProxyHealth>>),
+    /// `/healthz` and `/livez`, each answer counted in `metrics`.
+    Health {
+        health: Arc<Mutex<ProxyHealth>>,
+        metrics: Arc<Metrics>,
+    },
     /// A health check node port: every path answers for one Service.
     ServiceHealth {
         check: Arc<Mutex<HealthCheck>>,
@@ -95,7 +99,7 @@ impl Endpoints {
                 "text/plain; charset=utf-8",
                 PROXY_MODE.into(),
             ),
-            (Self::Health(health), "/healthz" | "/livez") => {
+            (Self::Health { health, metrics }, "/healthz" | "/livez") => {
                 let now = SystemTime::now();
                 let answer = {
                     // A poisoned lock only means a panic elsewhere mid-update;
@@ -109,6 +113,12 @@ impl Endpoints {
                         health.livez(now)
                     }
                 };
+                let endpoint = if path == "/healthz" {
+                    HealthEndpoint::Healthz
+                } else {
+                    HealthEndpoint::Livez
+                };
+                metrics.kube_proxy.count_health(endpoint, answer.status);
                 let status =
                     StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 reply(status, "application/json", answer.body)
@@ -253,7 +263,12 @@ mod tests {
     #[tokio::test]
     async fn health_listener_follows_the_health_rules() {
         let health = Arc::new(Mutex::new(ProxyHealth::new(Duration::from_secs(30))));
-        let address = start(Endpoints::Health(Arc::clone(&health))).await;
+        let metrics = Arc::new(Metrics::new());
+        let address = start(Endpoints::Health {
+            health: Arc::clone(&health),
+            metrics: Arc::clone(&metrics),
+        })
+        .await;
         let healthy = get(address, "/healthz").await;
         assert!(healthy.starts_with("HTTP/1.1 200 OK"), "{healthy}");
         let lower = healthy.to_ascii_lowercase();
@@ -269,5 +284,15 @@ mod tests {
         let long_ago = SystemTime::now() - Duration::from_mins(2);
         health.lock().unwrap().queued_update(long_ago);
         assert!(get(address, "/livez").await.starts_with("HTTP/1.1 503"));
+        // Each answer counted by code, as kube-proxy counts them.
+        let text = metrics.render();
+        for line in [
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"503\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

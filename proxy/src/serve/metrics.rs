@@ -3,27 +3,25 @@
 //! Labels only ever hold bounded values (map names, reason labels, traffic
 //! policies), never a service name or an address.
 
-use std::time::{Duration, SystemTime};
+pub mod kube_proxy;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    process_collector::ProcessCollector,
 };
 
 use crate::{
-    convert::input_error::InputError, datapath::kernel_features::KernelFeatures,
-    source::change_set::ReceivedChanges,
+    convert::input_error::InputError,
+    datapath::kernel_features::KernelFeatures,
+    plan::drift::{CHECKED_MAPS, Drift},
+    serve::metrics::kube_proxy::KubeProxyMetrics,
 };
 
 pub struct Metrics {
     registry: Registry,
-    sync_duration: Histogram,
-    last_sync: Gauge,
-    last_queued: Gauge,
-    network_programming: Histogram,
-    no_local_endpoints: IntGaugeVec,
-    service_changes: IntCounter,
-    endpoint_changes: IntCounter,
+    names: std::collections::BTreeSet<String>,
+    /// kube-proxy's own series.
+    pub kube_proxy: KubeProxyMetrics,
     frontends: IntGauge,
     backends: IntGauge,
     map_entries: IntGaugeVec,
@@ -43,28 +41,34 @@ pub struct Metrics {
     node_port_addresses: IntGauge,
     health_check_failures: IntCounter,
     kernel_features: IntGaugeVec,
+    drift: IntGaugeVec,
+    drift_seen: IntCounterVec,
 }
 
-/// Sync work ranges from microseconds (nothing changed) to seconds.
-const SYNC_BUCKETS: [f64; 12] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+/// The registry being filled, and the name of every metric put in it: a
+/// labelled family without series yet is missing from the registry's
+/// output, not from here (the deploy files' queries are checked against
+/// these names).
+struct Catalog {
+    registry: Registry,
+    names: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
 
-/// Adds `metric` to `registry` and hands it back for updating.
-fn registered<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> M {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are constant and unique");
+/// Adds `metric` to `catalog` and hands it back for updating.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(catalog: &Catalog, metric: M) -> M {
+    add(catalog, Box::new(metric.clone()));
     metric
 }
 
-fn seconds_since_epoch(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+fn add(catalog: &Catalog, collector: Box<dyn prometheus::core::Collector>) {
+    catalog
+        .names
+        .borrow_mut()
+        .extend(collector.desc().iter().map(|desc| desc.fq_name.clone()));
+    catalog
+        .registry
+        .register(collector)
+        .expect("metric names are constant and unique");
 }
 
 impl Metrics {
@@ -79,42 +83,18 @@ impl Metrics {
         reason = "one registration per metric, in the order /metrics lists them"
     )]
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let histogram = |name: &str, help: &str| {
-            let metric =
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(SYNC_BUCKETS.to_vec()))
-                    .expect("valid histogram");
-            registered(&registry, metric)
+        let registry = Catalog {
+            registry: Registry::new(),
+            names: std::cell::RefCell::default(),
         };
-        let sync_duration = histogram(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-        );
-        let network_programming = histogram(
-            "kubeproxy_network_programming_duration_seconds",
-            "In-cluster network programming latency in seconds",
-        );
-        let gauge = |name: &str, help: &str| {
-            let metric = Gauge::new(name, help).expect("valid gauge");
-            registered(&registry, metric)
-        };
-        let last_sync = gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-        );
-        let last_queued = gauge(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-        );
+        let kube_proxy = KubeProxyMetrics::new(&registry);
+        // process_cpu_seconds_total, process_resident_memory_bytes and the
+        // rest, as every Prometheus client on Linux exports them.
+        add(&registry, Box::new(ProcessCollector::for_self()));
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
             registered(&registry, metric)
         };
-        let no_local_endpoints = int_gauge_vec(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-            "Number of services with a Local traffic policy and no endpoints",
-            &["traffic_policy"],
-        );
         let map_entries = int_gauge_vec(
             "switchyard_map_entries",
             "Entries the agent has programmed in each BPF map",
@@ -164,18 +144,25 @@ impl Metrics {
             "Invalid objects or fields seen, counted when each first appears",
             &["reason"],
         );
+        let drift = int_gauge_vec(
+            "switchyard_datapath_drift_entries",
+            "Map entries that differed from what the agent programmed at the last read-back \
+             (repaired by the pass that follows)",
+            &["map"],
+        );
+        let drift_seen = counter_vec(
+            "switchyard_datapath_drift_entries_total",
+            "Map entries found differing from what the agent programmed, and repaired",
+            &["map"],
+        );
+        for map in CHECKED_MAPS {
+            drift.with_label_values(&[map]).set(0);
+            drift_seen.with_label_values(&[map]).inc_by(0);
+        }
         let counter = |name: &str, help: &str| {
             let metric = IntCounter::new(name, help).expect("valid counter");
             registered(&registry, metric)
         };
-        let service_changes = counter(
-            "kubeproxy_sync_proxy_rules_service_changes_total",
-            "Cumulative proxy rules Service changes",
-        );
-        let endpoint_changes = counter(
-            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "Cumulative proxy rules EndpointSlice changes",
-        );
         let packets = counter_vec(
             "switchyard_packets_total",
             "Packets the per-packet path handled, by verdict and reason (drops and rejects by why)",
@@ -210,18 +197,10 @@ impl Metrics {
             "switchyard_health_check_server_failures_total",
             "Health check node ports that could not be served",
         );
-        for policy in ["internal", "external"] {
-            no_local_endpoints.with_label_values(&[policy]).set(0);
-        }
         Self {
-            registry,
-            sync_duration,
-            last_sync,
-            last_queued,
-            network_programming,
-            no_local_endpoints,
-            service_changes,
-            endpoint_changes,
+            names: registry.names.take(),
+            registry: registry.registry,
+            kube_proxy,
             frontends,
             backends,
             map_entries,
@@ -240,6 +219,19 @@ impl Metrics {
             node_port_addresses,
             health_check_failures,
             kernel_features,
+            drift,
+            drift_seen,
+        }
+    }
+
+    /// What the last read-back of the maps found (see `plan::drift`).
+    pub fn set_drift(&self, drift: &Drift) {
+        for map in CHECKED_MAPS {
+            let entries = u64::try_from(drift.entries(map)).unwrap_or(u64::MAX);
+            self.drift
+                .with_label_values(&[map])
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            self.drift_seen.with_label_values(&[map]).inc_by(entries);
         }
     }
 
@@ -305,31 +297,6 @@ impl Metrics {
         self.health_check_failures.inc();
     }
 
-    /// A sync finished at `at` after `took`; `queued_for` is how long the
-    /// oldest change it applied had waited (network programming latency).
-    pub fn observe_sync(&self, took: Duration, at: SystemTime, queued_for: Option<Duration>) {
-        self.sync_duration.observe(took.as_secs_f64());
-        self.last_sync.set(seconds_since_epoch(at));
-        if let Some(waited) = queued_for {
-            self.network_programming.observe(waited.as_secs_f64());
-        }
-    }
-
-    /// A sync that left some changes unapplied: its cost counts, but it is
-    /// not a completed sync.
-    pub fn observe_incomplete_sync(&self, took: Duration) {
-        self.sync_duration.observe(took.as_secs_f64());
-    }
-
-    pub fn observe_queued(&self, at: SystemTime) {
-        self.last_queued.set(seconds_since_epoch(at));
-    }
-
-    pub fn count_changes(&self, received: ReceivedChanges) {
-        self.service_changes.inc_by(received.services);
-        self.endpoint_changes.inc_by(received.endpoint_slices);
-    }
-
     pub fn set_programmed(&self, frontends: usize, backends: usize) {
         self.frontends
             .set(i64::try_from(frontends).unwrap_or(i64::MAX));
@@ -357,13 +324,6 @@ impl Metrics {
         self.map_failures.with_label_values(&[map, reason]).inc();
     }
 
-    pub fn set_no_local_endpoints(&self, traffic_policy: &str, services: usize) {
-        let services = i64::try_from(services).unwrap_or(i64::MAX);
-        self.no_local_endpoints
-            .with_label_values(&[traffic_policy])
-            .set(services);
-    }
-
     /// `current` are all problems of this sync, `new` those not seen in the
     /// previous one.
     pub fn set_input_errors<'a>(
@@ -380,6 +340,12 @@ impl Metrics {
                 .with_label_values(&[error.reason()])
                 .inc();
         }
+    }
+
+    /// Every metric's name (a histogram's without `_bucket`, `_sum` and
+    /// `_count`), series or not.
+    pub fn names(&self) -> &std::collections::BTreeSet<String> {
+        &self.names
     }
 
     /// The text exposition format.
@@ -399,17 +365,38 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
-    use crate::convert::input_error::{ObjectRef, Reason};
+    use crate::{
+        convert::input_error::{ObjectRef, Reason},
+        model::address::IpFamily,
+        serve::metrics::kube_proxy::{HealthEndpoint, Pass},
+        source::change_set::ChangeTrigger,
+    };
 
     #[test]
     fn renders_kube_proxy_and_switchyard_names_with_bounded_labels() {
         let metrics = Metrics::new();
-        metrics.observe_sync(
+        metrics.kube_proxy.set_families(&[IpFamily::V4]);
+        metrics.kube_proxy.observe_sync(
+            Pass::Full,
             Duration::from_millis(3),
-            SystemTime::UNIX_EPOCH,
-            Some(Duration::from_millis(40)),
+            Some(SystemTime::UNIX_EPOCH),
         );
+        let trigger = ChangeTrigger {
+            family: IpFamily::V6,
+            at: SystemTime::UNIX_EPOCH,
+        };
+        metrics
+            .kube_proxy
+            .observe_programmed(&[trigger], SystemTime::UNIX_EPOCH + Duration::from_secs(2));
+        metrics
+            .kube_proxy
+            .count_health(HealthEndpoint::Healthz, 503);
+        metrics
+            .kube_proxy
+            .set_no_local_endpoints(IpFamily::V4, "internal", 0);
         metrics.set_programmed(3, 7);
         metrics.set_map_usage("SY_SERVICES_V1", 10, 262_144);
         metrics.record_map_failure("SY_BACKENDS_V1", "map_full");
@@ -438,10 +425,15 @@ mod tests {
             "switchyard_conntrack_collected_total 2",
             "switchyard_kernel_feature{feature=\"tcx\"} 0",
             "switchyard_kernel_feature{feature=\"bpf_set_retval\"} 1",
-            "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
-            "kubeproxy_network_programming_duration_seconds_count 1",
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 0",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0",
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv6\",le=\"2\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv6\",le=\"1\"} 0",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"} 0",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "process_resident_memory_bytes",
+            "switchyard_datapath_drift_entries{map=\"SY_BACKENDS_V1\"} 0",
             "switchyard_frontends_programmed 3",
             "switchyard_backends_programmed 7",
             "switchyard_map_entries{map=\"SY_SERVICES_V1\"} 10",

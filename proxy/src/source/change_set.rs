@@ -3,12 +3,26 @@
 //! just those; anything it cannot pin down to Services (a relist, the Node,
 //! a manifests folder, too many at once) asks for a full pass.
 
-use std::{collections::BTreeSet, sync::Mutex};
+use std::{collections::BTreeSet, sync::Mutex, time::SystemTime};
 
-use crate::model::name::NamespacedName;
+use crate::model::{address::IpFamily, name::NamespacedName};
 
 /// Beyond this many changed Services a full pass is cheaper than tracking.
 const MAX_TRACKED: usize = 1_024;
+/// Trigger times kept between passes; a burst beyond them is measured by
+/// the ones kept.
+pub const MAX_TRIGGERS: usize = 4_096;
+
+/// When the change an EndpointSlice carries was triggered: its
+/// `endpoints.kubernetes.io/last-change-trigger-time`, set by the
+/// EndpointSlice controller when a Pod or Service changed. kube-proxy's
+/// network programming latency runs from it to the pass that programmed
+/// the slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeTrigger {
+    pub family: IpFamily,
+    pub at: SystemTime,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
@@ -18,6 +32,8 @@ pub struct ChangeSet {
     /// Watch events received, kept even when the set says `everything`:
     /// kube-proxy's `sync_proxy_rules_*_changes_total` count these.
     pub received: ReceivedChanges,
+    /// The trigger times of the EndpointSlices received.
+    pub triggers: Vec<ChangeTrigger>,
 }
 
 /// How many Service and EndpointSlice changes the watchers delivered.
@@ -74,9 +90,22 @@ impl PendingChanges {
         self.lock().received.services += 1;
     }
 
-    /// One EndpointSlice added, updated or deleted.
-    pub fn received_endpoint_slice(&self) {
-        self.lock().received.endpoint_slices += 1;
+    /// One EndpointSlice added, updated or deleted, with its trigger time
+    /// when it has one.
+    pub fn received_endpoint_slice(&self, trigger: Option<ChangeTrigger>) {
+        let mut set = self.lock();
+        set.received.endpoint_slices += 1;
+        if let Some(trigger) = trigger
+            && set.triggers.len() < MAX_TRIGGERS
+        {
+            set.triggers.push(trigger);
+        }
+    }
+
+    /// Changes received and not yet taken, for kube-proxy's `*_pending`
+    /// gauges.
+    pub fn pending(&self) -> ReceivedChanges {
+        self.lock().received
     }
 
     /// What changed since the last take, leaving nothing pending.
@@ -118,11 +147,17 @@ mod tests {
     fn counts_what_was_received_even_when_everything_changed() {
         let pending = PendingChanges::default();
         pending.received_service();
-        pending.received_endpoint_slice();
-        pending.received_endpoint_slice();
+        let trigger = ChangeTrigger {
+            family: IpFamily::V6,
+            at: SystemTime::UNIX_EPOCH,
+        };
+        pending.received_endpoint_slice(Some(trigger));
+        pending.received_endpoint_slice(None);
+        assert_eq!(pending.pending().endpoint_slices, 2);
         pending.everything();
         let taken = pending.take();
         assert!(taken.everything);
+        assert_eq!(taken.triggers, [trigger]);
         assert_eq!(
             taken.received,
             ReceivedChanges {

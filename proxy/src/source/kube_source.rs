@@ -40,9 +40,9 @@ use crate::{
         endpoints::{ParsedSlice, SERVICE_NAME_LABEL, read_slice},
         service::{ParsedService, namespace_of, read_service},
     },
-    model::name::NamespacedName,
+    model::{address::IpFamily, name::NamespacedName},
     source::{
-        change_set::{ChangeSet, PendingChanges},
+        change_set::{ChangeSet, ChangeTrigger, PendingChanges, ReceivedChanges},
         manifest::Manifests,
         read_store::{ReadStore, Reader},
         trim,
@@ -176,7 +176,7 @@ impl KubeSource {
             read_slice,
             move |slice: &EndpointSlice, deleted: bool, pending: &PendingChanges| {
                 let (namespace, name) = namespaced_name(&slice.metadata);
-                pending.received_endpoint_slice();
+                pending.received_endpoint_slice(change_trigger(slice));
                 let service = slice
                     .metadata
                     .labels
@@ -238,6 +238,10 @@ impl KubeSource {
     /// What changed since the last call.
     pub fn take_changes(&self) -> ChangeSet {
         self.pending.take()
+    }
+
+    pub fn pending_changes(&self) -> ReceivedChanges {
+        self.pending.pending()
     }
 
     /// The named Services that still exist, and every EndpointSlice of
@@ -456,6 +460,17 @@ where
         },
     );
     store
+}
+
+/// The EndpointSlice controller's record of when the change this slice
+/// carries was triggered (RFC 3339), with the slice's address family.
+fn change_trigger(slice: &EndpointSlice) -> Option<ChangeTrigger> {
+    const ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+    let text = slice.metadata.annotations.as_ref()?.get(ANNOTATION)?;
+    Some(ChangeTrigger {
+        family: IpFamily::from_address_type(&slice.address_type)?,
+        at: humantime::parse_rfc3339_weak(text).ok()?,
+    })
 }
 
 #[cfg(test)]

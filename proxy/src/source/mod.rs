@@ -16,7 +16,7 @@ use std::{collections::BTreeSet, path::PathBuf};
 use crate::{
     model::name::NamespacedName,
     source::{
-        change_set::ChangeSet,
+        change_set::{ChangeSet, ReceivedChanges},
         folder_stamp::FolderStamp,
         kube_source::{KubeSource, KubeSourceError},
         manifest::{Manifests, load_dir},
@@ -85,6 +85,15 @@ impl Source {
     /// What changed since the last call. A manifests folder is re-read
     /// whole, so it reports everything, or nothing while its stamp is the
     /// one taken before the last read.
+    /// Changes received and not yet taken (the manifests folder counts
+    /// none: it is read whole).
+    pub fn pending_changes(&self) -> ReceivedChanges {
+        match self {
+            Self::Manifests { .. } => ReceivedChanges::default(),
+            Self::Cluster(source) => source.pending_changes(),
+        }
+    }
+
     pub fn take_changes(&self) -> ChangeSet {
         match self {
             Self::Manifests { dir, read, .. } => {
