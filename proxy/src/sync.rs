@@ -135,10 +135,9 @@ impl<W: MapWriter + MapReader> Syncer<W> {
     /// differ, the mirror becomes what the maps hold, so the next pass
     /// repairs every drifted entry (see `plan::drift`).
     pub fn check_drift(&mut self) -> Result<Drift, DatapathError> {
-        let actual = self.writer.read_state()?;
-        let drift = Drift::between(&self.programmed, &actual);
+        let drift = self.writer.drift_against(&self.programmed)?;
         if !drift.is_empty() {
-            self.programmed = actual;
+            self.programmed = self.writer.read_state()?;
         }
         Ok(drift)
     }

@@ -27,7 +27,7 @@ pub mod sock_storage;
 
 use std::path::PathBuf;
 
-use crate::plan::{datapath_state::DatapathState, map_op::MapOp};
+use crate::plan::{datapath_state::DatapathState, drift::Drift, map_op::MapOp};
 
 /// Applies map operations in the order given.
 pub trait MapWriter {
@@ -55,6 +55,13 @@ pub struct Stopped {
 /// Reads back what the maps hold.
 pub trait MapReader {
     fn read_state(&self) -> Result<DatapathState, DatapathError>;
+
+    /// How the maps differ from `mirror` (see `plan::drift`). A reader
+    /// that can count entry by entry as it reads does so without building
+    /// a second state.
+    fn drift_against(&self, mirror: &DatapathState) -> Result<Drift, DatapathError> {
+        Ok(Drift::between(mirror, &self.read_state()?))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

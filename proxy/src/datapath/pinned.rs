@@ -22,6 +22,7 @@ use crate::{
     model::address::Cidr,
     plan::{
         datapath_state::DatapathState,
+        drift::{Drift, DriftCount},
         map_op::{MapOp, RangeKey, ServiceAddress},
     },
 };
@@ -146,12 +147,22 @@ impl PinnedMaps {
         }
     }
 
-    fn read_addresses(&self) -> impl Iterator<Item = ServiceAddress> + '_ {
-        let cluster_ips = self
-            .cluster_ips
+    fn read_ranges(&self) -> impl Iterator<Item = RangeKey> + '_ {
+        self.source_ranges
             .keys()
             .filter_map(Result::ok)
-            .map(|addr| ServiceAddress::ClusterIp(addr.into()));
+            .map(|key| RangeKey {
+                prefix_len: key.prefix_len(),
+                range: key.data(),
+            })
+    }
+
+    /// Allocated ClusterIPs (one per Service: read in batches) and service
+    /// CIDRs.
+    fn read_addresses(&self) -> std::collections::BTreeSet<ServiceAddress> {
+        let cluster_ips = read_batched(&self.batch_fds.cluster_ips, || {
+            self.cluster_ips.iter().filter_map(Result::ok).collect()
+        });
         let cidrs = self.service_cidrs.keys().filter_map(Result::ok).map(|key| {
             let network = std::net::IpAddr::from(key.data());
             let family_bits = if network.is_ipv4() { 96 } else { 0 };
@@ -161,7 +172,11 @@ impl PinnedMaps {
                     .unwrap_or(u8::MAX),
             })
         });
-        cluster_ips.chain(cidrs)
+        cluster_ips
+            .into_iter()
+            .map(|(addr, _): (Addr, u8)| ServiceAddress::ClusterIp(addr.into()))
+            .chain(cidrs)
+            .collect()
     }
 }
 
@@ -292,18 +307,39 @@ impl MapReader for PinnedMaps {
         let backends = read_batched(&self.batch_fds.backends, || {
             self.backends.iter().filter_map(Result::ok).collect()
         });
-        let ranges: Vec<RangeKey> = self
-            .source_ranges
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| RangeKey {
-                prefix_len: key.prefix_len(),
-                range: key.data(),
-            })
-            .collect();
-        let mut state = DatapathState::from_entries(services, backends, ranges);
-        state.service_addresses = self.read_addresses().collect();
+        let mut state = DatapathState::from_entries(services, backends, self.read_ranges());
+        state.service_addresses = self.read_addresses();
         Ok(state)
+    }
+
+    /// Counts as the big maps are read, in batches: no second copy of the
+    /// state is built (the read-back runs every sync period).
+    fn drift_against(&self, mirror: &DatapathState) -> Result<Drift, DatapathError> {
+        let mut count = DriftCount::new(mirror);
+        let services = batch::read_all_typed(
+            self.batch_fds.services.fd().as_fd(),
+            |keys: &[ServiceKey], values: &[ServiceValue]| {
+                for (key, value) in keys.iter().zip(values) {
+                    count.service_entry(key, value);
+                }
+            },
+        );
+        let backends = services.and_then(|()| {
+            batch::read_all_typed(
+                self.batch_fds.backends.fd().as_fd(),
+                |ids: &[u32], backends: &[Backend]| {
+                    for (id, backend) in ids.iter().zip(backends) {
+                        count.backend(*id, backend);
+                    }
+                },
+            )
+        });
+        if backends.is_err() {
+            // No batched lookups here, or a batch failed part way: the
+            // slow, complete way.
+            return Ok(Drift::between(mirror, &self.read_state()?));
+        }
+        Ok(count.finish(&self.read_ranges().collect(), &self.read_addresses()))
     }
 }
 

@@ -8,12 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use switchyard_abi::{
-    BACKENDS_MAP, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP, SOURCE_RANGES_MAP,
+    BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP, SOURCE_RANGES_MAP,
+    ServiceKey, ServiceValue,
 };
 
 use crate::plan::{
     datapath_state::{DatapathState, ProgrammedFrontend},
-    map_op::ServiceAddress,
+    map_op::{RangeKey, ServiceAddress},
 };
 
 /// The maps a read-back compares.
@@ -92,6 +93,92 @@ impl Drift {
     }
 }
 
+/// Drift counted entry by entry as the big maps are read (in batches),
+/// against the mirror, without building a second copy of the state: what
+/// keeps a read-back every sync period cheap at 50k Services. The small
+/// maps are compared whole at the end.
+pub struct DriftCount<'a> {
+    mirror: &'a DatapathState,
+    drift: Drift,
+    services_seen: usize,
+    backends_seen: usize,
+}
+
+impl<'a> DriftCount<'a> {
+    pub fn new(mirror: &'a DatapathState) -> Self {
+        Self {
+            mirror,
+            drift: Drift::default(),
+            services_seen: 0,
+            backends_seen: 0,
+        }
+    }
+
+    /// One entry of the service map as the kernel holds it.
+    pub fn service_entry(&mut self, key: &ServiceKey, value: &ServiceValue) {
+        let frontend = self.mirror.frontends.get(&key.with_slot(0));
+        let (mirrored, matches) = if key.slot == 0 {
+            let want = head(frontend);
+            let have = (value.count, value.affinity_timeout, value.flags);
+            (want.is_some(), want == Some(have))
+        } else {
+            let want = frontend.and_then(|f| f.slots.get(&key.slot));
+            (want.is_some(), want == Some(&value.backend_id))
+        };
+        // A mirrored key is seen either way; a wrong value is one drifted
+        // entry, as is a key the mirror does not have.
+        self.services_seen += usize::from(mirrored);
+        if !matches {
+            self.drift.add(SERVICES_MAP, 1);
+        }
+    }
+
+    /// One entry of the backend map as the kernel holds it.
+    pub fn backend(&mut self, id: u32, backend: &Backend) {
+        let want = self.mirror.backends.get(&id);
+        self.backends_seen += usize::from(want.is_some());
+        if want != Some(backend) {
+            self.drift.add(BACKENDS_MAP, 1);
+        }
+    }
+
+    /// The drift, once every entry of the big maps was seen and given
+    /// the small maps as they are: mirrored keys never seen are gone from
+    /// the maps.
+    pub fn finish(
+        mut self,
+        source_ranges: &BTreeSet<RangeKey>,
+        service_addresses: &BTreeSet<ServiceAddress>,
+    ) -> Drift {
+        let mirrored: usize = self
+            .mirror
+            .frontends
+            .values()
+            .map(|f| usize::from(f.count.is_some()) + f.slots.len())
+            .sum();
+        self.drift
+            .add(SERVICES_MAP, mirrored.saturating_sub(self.services_seen));
+        self.drift.add(
+            BACKENDS_MAP,
+            self.mirror
+                .backends
+                .len()
+                .saturating_sub(self.backends_seen),
+        );
+        let (mut want, mut have) = (DatapathState::default(), DatapathState::default());
+        want.source_ranges.clone_from(&self.mirror.source_ranges);
+        want.service_addresses
+            .clone_from(&self.mirror.service_addresses);
+        have.source_ranges.clone_from(source_ranges);
+        have.service_addresses.clone_from(service_addresses);
+        let rest = Drift::between(&want, &have);
+        for (map, entries) in rest.maps() {
+            self.drift.add(map, entries);
+        }
+        self.drift
+    }
+}
+
 /// Slot 0 of a frontend as the kernel reads it: count, affinity, flags.
 fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16)> {
     frontend.and_then(|f| f.count.map(|count| (count, f.affinity_timeout, f.flags)))
@@ -152,5 +239,33 @@ mod tests {
             [(BACKENDS_MAP, 2), (SERVICES_MAP, 2)]
         );
         assert_eq!(Drift::between(&have, &want), drift, "symmetric");
+        assert_eq!(
+            counted(&want, &have),
+            drift,
+            "counted entry by entry, the same"
+        );
+        assert!(counted(&want, &want).is_empty());
+    }
+
+    /// [`DriftCount`] fed `have` as the kernel would hand its entries.
+    fn counted(want: &DatapathState, have: &DatapathState) -> Drift {
+        let mut count = DriftCount::new(want);
+        for (key, frontend) in &have.frontends {
+            if let Some(n) = frontend.count {
+                let value = ServiceValue::frontend(n, frontend.flags, frontend.affinity_timeout);
+                count.service_entry(key, &value);
+            }
+            for (&slot, &backend_id) in &frontend.slots {
+                let value = ServiceValue {
+                    backend_id,
+                    ..ServiceValue::default()
+                };
+                count.service_entry(&key.with_slot(slot), &value);
+            }
+        }
+        for (&id, backend) in &have.backends {
+            count.backend(id, backend);
+        }
+        count.finish(&have.source_ranges, &have.service_addresses)
     }
 }
