@@ -284,11 +284,7 @@ impl Agent {
         self.observe(&desired, started, pass, complete);
         self.desired = Some(desired);
         info!(
-            pass = if pass == Pass::Full {
-                "full"
-            } else {
-                "changed"
-            },
+            pass = pass.label(),
             frontends = self.syncer.programmed().frontends.len(),
             backends = self.syncer.programmed().backends.len(),
             applied = report.applied,
@@ -491,13 +487,11 @@ impl Agent {
             programmed.active_frontends().count(),
             programmed.backends.len(),
         );
-        let service_entries = programmed
-            .frontends
-            .values()
-            .map(|frontend| usize::from(frontend.count.is_some()) + frontend.slots.len())
-            .sum();
-        self.metrics
-            .set_map_usage(SERVICES_MAP, service_entries, self.capacity.service_entries);
+        self.metrics.set_map_usage(
+            SERVICES_MAP,
+            programmed.service_entries(),
+            self.capacity.service_entries,
+        );
         self.metrics.set_map_usage(
             BACKENDS_MAP,
             programmed.backends.len(),

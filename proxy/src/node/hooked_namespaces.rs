@@ -4,9 +4,9 @@
 //! Reaching them takes two capabilities: `SYS_PTRACE` to open the
 //! namespace of a process of another user or holding a capability the
 //! agent lacks (a default container holds several), `SYS_ADMIN` to enter
-//! one. An
-//! agent without them still balances every connection (that is the hooks'
-//! work); what it loses is said once, in one line naming the capability.
+//! one. An agent without them still balances every connection (that is
+//! the hooks' work); what it loses is said once, in one line naming the
+//! capability.
 
 use std::{
     collections::BTreeSet,
@@ -30,7 +30,8 @@ pub struct Hooked {
 /// What was out of reach, for the one line that says so.
 #[derive(Clone, Copy)]
 pub enum Denied {
-    /// `/proc/PID/ns/net` of another user's process.
+    /// `/proc/PID/ns/net` of another user's process, or of one holding a
+    /// capability the agent lacks.
     Open,
     /// `setns` into a namespace.
     Enter,

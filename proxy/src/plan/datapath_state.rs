@@ -139,6 +139,14 @@ impl DatapathState {
         self
     }
 
+    /// Entries of the service map: each frontend's slot 0 and its slots.
+    pub fn service_entries(&self) -> usize {
+        self.frontends
+            .values()
+            .map(|frontend| usize::from(frontend.count.is_some()) + frontend.slots.len())
+            .sum()
+    }
+
     /// The id already holding `backend`, if any.
     pub fn backend_id(&self, backend: &Backend) -> Option<u32> {
         self.index.ids.get(backend).copied()

@@ -52,24 +52,35 @@ impl Drift {
             BACKENDS_MAP,
             differing(&programmed.backends, &actual.backends),
         );
-        drift.add(
+        drift.add_small_maps(programmed, &actual.source_ranges, &actual.service_addresses);
+        drift
+    }
+
+    /// The source ranges and service addresses `programmed` holds against
+    /// the maps' (small maps, compared whole).
+    fn add_small_maps(
+        &mut self,
+        programmed: &DatapathState,
+        source_ranges: &BTreeSet<RangeKey>,
+        service_addresses: &BTreeSet<ServiceAddress>,
+    ) {
+        self.add(
             SOURCE_RANGES_MAP,
             programmed
                 .source_ranges
-                .symmetric_difference(&actual.source_ranges)
+                .symmetric_difference(source_ranges)
                 .count(),
         );
         for address in programmed
             .service_addresses
-            .symmetric_difference(&actual.service_addresses)
+            .symmetric_difference(service_addresses)
         {
             let map = match address {
                 ServiceAddress::ClusterIp(_) => CLUSTER_IPS_MAP,
                 ServiceAddress::Cidr(_) => SERVICE_CIDRS_MAP,
             };
-            drift.add(map, 1);
+            self.add(map, 1);
         }
-        drift
     }
 
     fn add(&mut self, map: &'static str, entries: usize) {
@@ -150,31 +161,17 @@ impl<'a> DriftCount<'a> {
         source_ranges: &BTreeSet<RangeKey>,
         service_addresses: &BTreeSet<ServiceAddress>,
     ) -> Drift {
-        let mirrored: usize = self
-            .mirror
-            .frontends
-            .values()
-            .map(|f| usize::from(f.count.is_some()) + f.slots.len())
-            .sum();
-        self.drift
-            .add(SERVICES_MAP, mirrored.saturating_sub(self.services_seen));
+        let mirror = self.mirror;
+        self.drift.add(
+            SERVICES_MAP,
+            mirror.service_entries().saturating_sub(self.services_seen),
+        );
         self.drift.add(
             BACKENDS_MAP,
-            self.mirror
-                .backends
-                .len()
-                .saturating_sub(self.backends_seen),
+            mirror.backends.len().saturating_sub(self.backends_seen),
         );
-        let (mut want, mut have) = (DatapathState::default(), DatapathState::default());
-        want.source_ranges.clone_from(&self.mirror.source_ranges);
-        want.service_addresses
-            .clone_from(&self.mirror.service_addresses);
-        have.source_ranges.clone_from(source_ranges);
-        have.service_addresses.clone_from(service_addresses);
-        let rest = Drift::between(&want, &have);
-        for (map, entries) in rest.maps() {
-            self.drift.add(map, entries);
-        }
+        self.drift
+            .add_small_maps(mirror, source_ranges, service_addresses);
         self.drift
     }
 }

@@ -36,6 +36,28 @@ fn programming_buckets() -> Vec<f64> {
     quarter.chain(seconds).chain(fives).chain(halves).collect()
 }
 
+/// kube-proxy's gauge of Local-policy service ports without a local
+/// endpoint, present from the start at 0, as kube-proxy's is.
+fn no_local_endpoints(registry: &Catalog) -> IntGaugeVec {
+    let gauge = registered(
+        registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Number of services with a Local traffic policy and no endpoints",
+            ),
+            &["ip_family", "traffic_policy"],
+        )
+        .expect("valid gauge"),
+    );
+    for family in IpFamily::BOTH {
+        for policy in ["internal", "external"] {
+            gauge.with_label_values(&[family.label(), policy]).set(0);
+        }
+    }
+    gauge
+}
+
 /// Which kind of pass a sync was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -43,6 +65,16 @@ pub enum Pass {
     Full,
     /// Only changed Services, or nothing changed.
     Partial,
+}
+
+impl Pass {
+    /// How the log line of a pass names it.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Partial => "changed",
+        }
+    }
 }
 
 /// kube-proxy's health endpoints, each counted by status code.
@@ -106,17 +138,7 @@ impl KubeProxyMetrics {
                 IntCounterVec::new(Opts::new(name, help), &["code"]).expect("valid counter"),
             )
         };
-        let no_local_endpoints = registered(
-            registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-                    "Number of services with a Local traffic policy and no endpoints",
-                ),
-                &["ip_family", "traffic_policy"],
-            )
-            .expect("valid gauge"),
-        );
+        let no_local_endpoints = no_local_endpoints(registry);
         Self {
             sync: histogram(
                 "kubeproxy_sync_proxy_rules_duration_seconds",
