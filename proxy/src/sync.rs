@@ -178,9 +178,10 @@ mod tests {
             [(switchyard_abi::BACKENDS_MAP, 1)]
         );
         let repair = syncer.sync(&want);
-        // The right backend under a new id, the slot moved to it, the
-        // stray entry removed: make-before-break, as any change.
-        assert_eq!(repair.applied, 3);
+        // The right backend under a new id, a counter entry for the pair
+        // zeroed, the slot moved to it, the stray entry removed:
+        // make-before-break, as any change.
+        assert_eq!(repair.applied, 4);
         assert!(syncer.check_drift().unwrap().is_empty());
         assert_eq!(syncer.programmed(), &syncer.writer().state);
     }

@@ -9,7 +9,7 @@
 
 use crate::Addr;
 
-pub const CONNTRACK_MAP: &str = "SY_CT_V1";
+pub const CONNTRACK_MAP: &str = "SY_CT_V2";
 pub const NODE_MAP: &str = "SY_NODE_V1";
 pub const SOURCE_RANGES_MAP: &str = "SY_SRC_RANGES_V1";
 pub const COUNTERS_MAP: &str = "SY_COUNTERS_V1";
@@ -152,6 +152,11 @@ pub struct Flow {
     /// is acknowledged.
     pub peer_fin_acked: u8,
     pub pad: u8,
+    /// The connection's Service port and (Service port, backend) counter
+    /// entries, on both of its entries: its packets and bytes are counted
+    /// there (see `stats`).
+    pub service_counter: u32,
+    pub backend_counter: u32,
 }
 
 impl Flow {
@@ -159,12 +164,14 @@ impl Flow {
     /// `forward` (client -> frontend): it restores the frontend as source,
     /// and the client as destination when the client was NATed to this
     /// node (`snat`).
-    pub fn reply_of(forward: &FlowKey, snat: bool, now_ns: u64) -> Self {
+    pub fn reply_of(forward: &FlowKey, snat: bool, now_ns: u64, counters: [u32; 2]) -> Self {
         let mut reply = Self {
             last_seen_ns: now_ns,
             addr: forward.dst,
             port: forward.dport,
             kind: FLOW_REPLY,
+            service_counter: counters[0],
+            backend_counter: counters[1],
             ..Self::default()
         };
         if snat {
@@ -308,7 +315,7 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Flow>() == 56);
+const _: () = assert!(core::mem::size_of::<Flow>() == 64);
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 36);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12);
 

@@ -12,6 +12,7 @@ pub mod flow;
 pub mod flow_state;
 pub mod fragment;
 pub mod maps;
+pub mod stats;
 pub mod verdict;
 
 pub use addr::Addr;
@@ -19,4 +20,5 @@ pub use flow::*;
 pub use flow_state::*;
 pub use fragment::*;
 pub use maps::*;
+pub use stats::*;
 pub use verdict::*;

@@ -11,7 +11,7 @@ use crate::Addr;
 /// Pinned map names. The `_V1` suffix is the layout version: a changed layout
 /// gets a new name, because the kernel refuses to reuse a pinned map whose
 /// key or value size differs, and an agent upgrade must not trip on that.
-pub const SERVICES_MAP: &str = "SY_SERVICES_V1";
+pub const SERVICES_MAP: &str = "SY_SERVICES_V2";
 pub const BACKENDS_MAP: &str = "SY_BACKENDS_V1";
 pub const SOCK_STATE_MAP: &str = "SY_SOCK_STATE_V1";
 pub const UDP_PEERS_MAP: &str = "SY_UDP_PEERS_V1";
@@ -139,24 +139,30 @@ pub struct ServiceValue {
     pub flags: u16,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
     pub affinity_timeout: u32,
+    /// Slot 0: the Service port's entry of the service counters; a slot:
+    /// the (Service port, backend) pair's entry of the backend counters
+    /// (see `stats`; [`crate::COUNTER_NONE`] counts nothing).
+    pub counter: u32,
 }
 
 impl ServiceValue {
-    pub const fn frontend(count: u16, flags: u16, affinity_timeout: u32) -> Self {
+    pub const fn frontend(count: u16, flags: u16, affinity_timeout: u32, counter: u32) -> Self {
         Self {
             backend_id: 0,
             count,
             flags,
             affinity_timeout,
+            counter,
         }
     }
 
-    pub const fn slot(backend_id: u32) -> Self {
+    pub const fn slot(backend_id: u32, counter: u32) -> Self {
         Self {
             backend_id,
             count: 0,
             flags: 0,
             affinity_timeout: 0,
+            counter,
         }
     }
 }
@@ -333,7 +339,7 @@ pub struct NetnsSource {
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsSource>() == 32);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);

@@ -36,6 +36,7 @@ mod snat;
 mod sock;
 mod sock_state;
 mod source_range;
+mod stats;
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier},

@@ -15,15 +15,16 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use switchyard_abi::{
-    AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    CLUSTER_CIDRS_MAX_ENTRIES, CLUSTER_IPS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTERS_LEN,
+    AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKEND_STATS_SERIES,
+    BACKENDS_MAX_ENTRIES, Backend, BackendCounts, CLUSTER_CIDRS_MAX_ENTRIES,
+    CLUSTER_IPS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTER_FIRST_OWN, COUNTERS_LEN,
     FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, NETNS_SOURCES_MAX_ENTRIES,
-    NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES, ServiceKey, ServiceValue, SockPeer, SockState, SourceRange,
-    UDP_PEERS_MAX_ENTRIES,
+    NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_STATS_SERIES,
+    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceCounts, ServiceKey, ServiceName,
+    ServiceValue, SockPeer, SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
 };
 
-#[map(name = "SY_SERVICES_V1")]
+#[map(name = "SY_SERVICES_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(SERVICES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
@@ -85,7 +86,7 @@ pub static UDP_PEERS: HashMap<u64, SockPeer> = HashMap::pinned(UDP_PEERS_MAX_ENT
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
 
-#[map(name = "SY_CT_V1")]
+#[map(name = "SY_CT_V2")]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
 #[map(name = "SY_FRAGMENTS_V1")]
@@ -121,6 +122,21 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
 
 #[map(name = "SY_COUNTERS_V1")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+// Fixed sizes: per-CPU arrays are allocated whole, and flags only lower
+// the caps the agent hands entries out within.
+#[map(name = "SY_SVC_STATS_V1")]
+pub static SERVICE_STATS: PerCpuArray<ServiceCounts> =
+    PerCpuArray::pinned(SERVICE_STATS_SERIES + COUNTER_FIRST_OWN, 0);
+
+#[map(name = "SY_BE_STATS_V1")]
+pub static BACKEND_STATS: PerCpuArray<BackendCounts> =
+    PerCpuArray::pinned(BACKEND_STATS_SERIES + COUNTER_FIRST_OWN, 0);
+
+/// Written by the agent, read by the CLI; no program reads it.
+#[map(name = "SY_SVC_NAMES_V1")]
+pub static SERVICE_NAMES: HashMap<ServiceKey, ServiceName> =
+    HashMap::pinned(SERVICES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 pub const REJECT_SCRATCH_LEN: usize = 128;
 

@@ -11,14 +11,16 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext,
 };
 use switchyard_abi::{
-    Addr, BACKEND_LOCAL, Backend, COUNTER_BACKEND_REPLACED, COUNTER_DROP_CONNTRACK,
-    COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
-    COUNTER_DROP_SOURCE_RANGE, COUNTER_DROP_UNALLOCATED, COUNTER_PASS_NOT_SYN,
+    Addr, BACKEND_LOCAL, BACKEND_PACKET_CONNECTIONS, Backend, COUNTER_BACKEND_REPLACED,
+    COUNTER_DROP_CONNTRACK, COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
+    COUNTER_DROP_SOURCE_RANGE, COUNTER_DROP_UNALLOCATED, COUNTER_NONE, COUNTER_PASS_NOT_SYN,
     COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
     COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_CLUSTER_IP,
     FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
-    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
-    ServiceValue, client_of_addr,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SERVICE_DROPPED_CONNTRACK, SERVICE_DROPPED_NO_LOCAL, SERVICE_DROPPED_SNAT_PORTS,
+    SERVICE_DROPPED_SOURCE_RANGE, SERVICE_PACKET_CONNECTIONS, SERVICE_REFUSED_NO_ENDPOINTS,
+    ServiceKey, ServiceValue, client_of_addr,
 };
 
 use crate::{
@@ -27,10 +29,10 @@ use crate::{
     packet::{self, End, Packet},
     progress,
     reject::reject,
-    select::{Selection, select},
+    select::{Chosen, Selection, select},
     service_cidr::{AddressUse, address_use},
     snat::claim_snat_port,
-    source_range,
+    source_range, stats,
 };
 
 const SHOT: i32 = switchyard_abi::TC_SHOT;
@@ -47,27 +49,37 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     }
     match choose(&packet) {
         Choice::Verdict(verdict) => verdict,
-        Choice::Refuse(reason) => {
+        Choice::Refuse(reason, counter) => {
             count(reason);
+            stats::service(counter, SERVICE_REFUSED_NO_ENDPOINTS, 1);
             reject(ctx, &packet)
         }
-        Choice::Backend { backend, id, snat } => {
-            let nat = if snat {
-                let Some(nat) = claim_snat_port(&packet, &backend) else {
-                    count(COUNTER_DROP_SNAT_PORTS);
-                    return SHOT;
-                };
-                Some(nat)
-            } else {
-                if !record_reply(&packet, &backend) {
-                    count(COUNTER_DROP_CONNTRACK);
-                    return SHOT;
-                }
-                None
-            };
-            start(ctx, &packet, &backend, id, nat)
-        }
+        Choice::Backend { chosen, snat } => open(ctx, &packet, &chosen, snat),
     }
+}
+
+/// A new connection to the chosen backend: its reply entry (claiming a NAT
+/// port when `snat`), then its forward entry and first packet. Its own
+/// frame, so `ingress`'s stays small for the chains below it.
+#[inline(never)]
+fn open(ctx: &TcContext, packet: &Packet, chosen: &Chosen, snat: bool) -> i32 {
+    let counters = [chosen.service_counter, chosen.backend_counter];
+    let nat = if snat {
+        let Some(nat) = claim_snat_port(packet, &chosen.backend, counters) else {
+            count(COUNTER_DROP_SNAT_PORTS);
+            stats::service(chosen.service_counter, SERVICE_DROPPED_SNAT_PORTS, 1);
+            return SHOT;
+        };
+        Some(nat)
+    } else {
+        if !record_reply(packet, &chosen.backend, counters) {
+            count(COUNTER_DROP_CONNTRACK);
+            stats::service(chosen.service_counter, SERVICE_DROPPED_CONNTRACK, 1);
+            return SHOT;
+        }
+        None
+    };
+    start(ctx, packet, chosen, nat)
 }
 
 /// A packet of a connection conntrack knows, translated as recorded.
@@ -155,11 +167,11 @@ fn still_valid(packet: &Packet, flow: &Flow) -> bool {
 enum Choice {
     Verdict(i32),
     /// Refused, counted under this `COUNTER_*`: the frontend has no
-    /// endpoints, or a ClusterIP's port is served by no Service.
-    Refuse(u32),
+    /// endpoints (and counts it in this Service port entry), or a
+    /// ClusterIP's port is served by no Service.
+    Refuse(u32, u32),
     Backend {
-        backend: Backend,
-        id: u32,
+        chosen: Chosen,
         /// NAT the source to this node.
         snat: bool,
     },
@@ -187,25 +199,27 @@ fn choose(packet: &Packet) -> Choice {
     if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_range::allows(&frontend, &packet.src)
     {
         count(COUNTER_DROP_SOURCE_RANGE);
+        stats::service(settings.counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
         return Choice::Verdict(SHOT);
     }
     match select(&frontend, client_of_addr(&packet.src)) {
         Selection::NotAService => Choice::Verdict(packet::NEXT),
-        Selection::NoBackends(_) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
+        Selection::NoBackends(_, counter) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
             count(COUNTER_DROP_NO_LOCAL);
+            stats::service(counter, SERVICE_DROPPED_NO_LOCAL, 1);
             Choice::Verdict(SHOT)
         }
-        Selection::NoBackends(_) => Choice::Refuse(COUNTER_REJECT_NO_ENDPOINTS),
+        Selection::NoBackends(_, counter) => Choice::Refuse(COUNTER_REJECT_NO_ENDPOINTS, counter),
         // The agent never pairs families; this guards hand-edited maps.
-        Selection::Backend(backend, ..) if backend.addr.is_v4() == packet.v6 => {
+        Selection::Backend(chosen) if chosen.backend.addr.is_v4() == packet.v6 => {
             Choice::Verdict(packet::NEXT)
         }
-        Selection::Backend(backend, id, ..) => {
-            let remote = backend.flags & BACKEND_LOCAL == 0;
+        Selection::Backend(chosen) => {
+            let remote = chosen.backend.flags & BACKEND_LOCAL == 0;
             let snat = remote
                 && (settings.flags & FRONTEND_SNAT_REMOTE != 0
                     || settings.flags & FRONTEND_CLUSTER_IP != 0 && !in_cluster(&packet.src));
-            Choice::Backend { backend, id, snat }
+            Choice::Backend { chosen, snat }
         }
     }
 }
@@ -220,7 +234,7 @@ fn unserved(packet: &Packet) -> Choice {
     match address_use(&packet.dst) {
         AddressUse::ClusterIp if packet.later_fragment => Choice::Verdict(SHOT),
         AddressUse::ClusterIp if packet.proto == PROTO_UDP || packet.is_bare_syn() => {
-            Choice::Refuse(COUNTER_REJECT_CLUSTER_IP_PORT)
+            Choice::Refuse(COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_NONE)
         }
         // Not ours; or, to a ClusterIP, not a connection's start: only those
         // are refused, as for frontends, the rest is the stack's to judge
@@ -266,22 +280,18 @@ fn in_cluster(src: &Addr) -> bool {
 /// its reply entry is already made (`record_reply`, or `claim_snat_port`
 /// with `nat`: this node's address and port, and the source is NATed).
 #[inline(never)]
-fn start(
-    ctx: &TcContext,
-    packet: &Packet,
-    backend: &Backend,
-    id: u32,
-    nat: Option<(Addr, u16)>,
-) -> i32 {
+fn start(ctx: &TcContext, packet: &Packet, chosen: &Chosen, nat: Option<(Addr, u16)>) -> i32 {
     let key = packet.key();
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flow = Flow {
         last_seen_ns: now,
-        addr: backend.addr,
-        port: backend.port,
-        backend_id: id,
+        addr: chosen.backend.addr,
+        port: chosen.backend.port,
+        backend_id: chosen.id,
         kind: FLOW_FORWARD,
+        service_counter: chosen.service_counter,
+        backend_counter: chosen.backend_counter,
         ..Flow::default()
     };
     if let Some((addr, port)) = nat {
@@ -289,11 +299,14 @@ fn start(
         flow.snat_addr = addr;
         flow.snat_port = port;
     }
-    if CONNTRACK.insert(key, flow, 0).is_err() {
+    if CONNTRACK.insert(&key, &flow, 0).is_err() {
         count(COUNTER_DROP_CONNTRACK);
+        stats::service(chosen.service_counter, SERVICE_DROPPED_CONNTRACK, 1);
         return SHOT;
     }
     count(COUNTER_TRANSLATED_NEW);
+    stats::service(chosen.service_counter, SERVICE_PACKET_CONNECTIONS, 1);
+    stats::backend(chosen.backend_counter, BACKEND_PACKET_CONNECTIONS, 1);
     forward(ctx, packet, &flow)
 }
 
@@ -303,7 +316,7 @@ fn start(
 /// bytes at most): below `start` this came to 544 bytes, which the 6.1
 /// verifier refused (6.12 and 6.18 accepted the same object).
 #[inline(never)]
-fn record_reply(packet: &Packet, backend: &Backend) -> bool {
+fn record_reply(packet: &Packet, backend: &Backend, counters: [u32; 2]) -> bool {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let forward = Flow {
@@ -314,7 +327,7 @@ fn record_reply(packet: &Packet, backend: &Backend) -> bool {
     };
     let key = packet.key();
     let reply_key = forward.partner(&key);
-    let reply = Flow::reply_of(&key, false, now);
+    let reply = Flow::reply_of(&key, false, now, counters);
     if CONNTRACK
         .insert(&reply_key, &reply, u64::from(BPF_NOEXIST))
         .is_ok()
@@ -363,6 +376,7 @@ fn taken(reply_key: &FlowKey, key: &FlowKey) -> bool {
 /// netfilter's conntrack sees it start and the backend's answers are no
 /// INVALID packets to a node that drops those (see docs/design.md).
 fn forward(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
+    stats::packet(flow, ctx.len());
     if flow.snat == 0 {
         if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none() {
             return SHOT;
@@ -385,6 +399,7 @@ fn forward(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
 /// Backend -> client, from the frontend. At ingress (a reply to a NATed
 /// source) it is routed on; at egress it is already leaving.
 fn reply(ctx: &TcContext, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32 {
+    stats::packet(flow, ctx.len());
     if packet::rewrite(ctx, packet, End::Source, &flow.addr, flow.port).is_none() {
         return SHOT;
     }

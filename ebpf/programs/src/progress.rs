@@ -86,7 +86,12 @@ fn paired(flow: &Flow, key: &FlowKey, now: u64) -> bool {
 /// TCP facts mirrored.
 fn rebuilt_partner(flow: &Flow, key: &FlowKey, now: u64) -> Flow {
     let mut partner = if flow.kind == FLOW_FORWARD {
-        Flow::reply_of(key, flow.snat != 0, now)
+        Flow::reply_of(
+            key,
+            flow.snat != 0,
+            now,
+            [flow.service_counter, flow.backend_counter],
+        )
     } else {
         // The forward entry sends the client to this backend, from this
         // node's address and port when NATed. Its backend id is unknown:
@@ -99,6 +104,8 @@ fn rebuilt_partner(flow: &Flow, key: &FlowKey, now: u64) -> Flow {
             snat_port: key.dport,
             kind: FLOW_FORWARD,
             snat: flow.snat,
+            service_counter: flow.service_counter,
+            backend_counter: flow.backend_counter,
             ..Flow::default()
         }
     };

@@ -11,12 +11,25 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 pub enum Selection {
     /// Not a frontend we serve: leave the socket call alone.
     NotAService,
-    /// A frontend with no usable backend, and its flags (whether to drop
-    /// or refuse the caller).
-    NoBackends(u16),
-    /// The backend, its id, the slot that named it, and the frontend's
-    /// flags.
-    Backend(Backend, u32, u16, u16),
+    /// A frontend with no usable backend: its flags (whether to drop or
+    /// refuse the caller) and its Service port's counter entry.
+    NoBackends(u16, u32),
+    Backend(Chosen),
+}
+
+/// A backend picked for a new connection.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    pub backend: Backend,
+    pub id: u32,
+    /// The frontend's slot that named it.
+    pub slot: u16,
+    /// The frontend's `FRONTEND_*` flags.
+    pub flags: u16,
+    /// The Service port's and the (Service port, backend) pair's counter
+    /// entries.
+    pub service_counter: u32,
+    pub backend_counter: u32,
 }
 
 /// `client` identifies the caller for session affinity: its netns cookie,
@@ -31,10 +44,10 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         return Selection::NotAService;
     };
     if front.count == 0 {
-        return Selection::NoBackends(front.flags);
+        return Selection::NoBackends(front.flags, front.counter);
     }
     if front.affinity_timeout == 0 {
-        return backend_in_slot(frontend, random_slot(&front), front.flags);
+        return backend_in_slot(frontend, random_slot(&front), &front);
     }
     let key = AffinityKey::new(client, frontend);
     // SAFETY: a helper with no arguments.
@@ -51,7 +64,7 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         }
         _ => random_slot(&front),
     };
-    let selection = backend_in_slot(frontend, slot, front.flags);
+    let selection = backend_in_slot(frontend, slot, &front);
     if let Selection::Backend(..) = selection
         && let Some(entry) = unsafe { SERVICES.get(frontend.with_slot(slot)) }
     {
@@ -92,14 +105,21 @@ fn slot_names(frontend: &ServiceKey, slot: u16, backend_id: u32) -> bool {
         .is_some_and(|entry| entry.backend_id == backend_id)
 }
 
-fn backend_in_slot(frontend: &ServiceKey, slot: u16, flags: u16) -> Selection {
+fn backend_in_slot(frontend: &ServiceKey, slot: u16, front: &ServiceValue) -> Selection {
     // The agent writes slots before raising the count, so a missing slot
     // means the maps were edited by hand: fail open rather than refuse.
     let Some(entry) = (unsafe { SERVICES.get(frontend.with_slot(slot)) }) else {
         return Selection::NotAService;
     };
     match unsafe { BACKENDS.get(entry.backend_id) } {
-        Some(backend) => Selection::Backend(*backend, entry.backend_id, slot, flags),
+        Some(backend) => Selection::Backend(Chosen {
+            backend: *backend,
+            id: entry.backend_id,
+            slot,
+            flags: front.flags,
+            service_counter: front.counter,
+            backend_counter: entry.counter,
+        }),
         None => Selection::NotAService,
     }
 }

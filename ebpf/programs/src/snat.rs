@@ -29,7 +29,11 @@ const _: () = assert!(
 /// inserting its reply entry. Random ports are probed; the first free one
 /// wins, else the first whose connection is over is taken over.
 #[inline(never)]
-pub fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)> {
+pub fn claim_snat_port(
+    packet: &Packet,
+    backend: &Backend,
+    counters: [u32; 2],
+) -> Option<(Addr, u16)> {
     let family = if packet.v6 {
         NODE_SNAT_IPV6
     } else {
@@ -43,7 +47,7 @@ pub fn claim_snat_port(packet: &Packet, backend: &Backend) -> Option<(Addr, u16)
     }
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let answer = Flow::reply_of(&packet.key(), true, now);
+    let answer = Flow::reply_of(&packet.key(), true, now, counters);
     // Network byte order; 0 is no port (never a NAT port).
     let mut spent: u16 = 0;
     let mut key = FlowKey::new(backend.addr, addr, backend.port, 0, packet.proto);

@@ -15,13 +15,17 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use switchyard_abi::{Addr, Backend, FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES, ServiceKey};
+use switchyard_abi::{
+    Addr, BACKEND_SOCKET_CONNECTIONS, Backend, FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES,
+    SERVICE_DROPPED_NO_LOCAL, SERVICE_DROPPED_SOURCE_RANGE, SERVICE_REFUSED_NO_ENDPOINTS,
+    SERVICE_SOCKET_CONNECTIONS, ServiceKey,
+};
 
 use crate::{
     maps::NETNS_SOURCES,
     select::{Selection, select},
     service_cidr::{AddressUse, address_use},
-    sock_state, source_range,
+    sock_state, source_range, stats,
 };
 
 /// Let the socket call proceed.
@@ -123,21 +127,39 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
             AddressUse::ClusterIp => Route::Refuse,
             AddressUse::Unallocated => Route::Drop,
         },
-        Selection::NoBackends(flags) if flags & FRONTEND_DROP_NO_LOCAL != 0 => Route::Drop,
-        Selection::NoBackends(flags) => match admission(ctx, frontend, flags) {
-            Admission::Allowed => Route::Refuse,
-            Admission::Denied => Route::Drop,
+        Selection::NoBackends(flags, counter) if flags & FRONTEND_DROP_NO_LOCAL != 0 => {
+            stats::service(counter, SERVICE_DROPPED_NO_LOCAL, 1);
+            Route::Drop
+        }
+        Selection::NoBackends(flags, counter) => match admission(ctx, frontend, flags) {
+            Admission::Allowed => {
+                stats::service(counter, SERVICE_REFUSED_NO_ENDPOINTS, 1);
+                Route::Refuse
+            }
+            Admission::Denied => {
+                stats::service(counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
+                Route::Drop
+            }
             Admission::Unknown => Route::Proceed,
         },
-        Selection::Backend(backend, id, slot, flags) => match admission(ctx, frontend, flags) {
+        Selection::Backend(chosen) => match admission(ctx, frontend, chosen.flags) {
             Admission::Allowed => {
-                let chosen = sock_state::Selected { backend, id, slot };
-                sock_state::remember(ctx, call, frontend, &chosen);
-                Route::To(backend)
+                stats::service(chosen.service_counter, SERVICE_SOCKET_CONNECTIONS, 1);
+                stats::backend(chosen.backend_counter, BACKEND_SOCKET_CONNECTIONS, 1);
+                let selected = sock_state::Selected {
+                    backend: chosen.backend,
+                    id: chosen.id,
+                    slot: chosen.slot,
+                };
+                sock_state::remember(ctx, call, frontend, &selected);
+                Route::To(chosen.backend)
             }
             // kube-proxy's firewall chain drops a source outside the
             // ranges before any DNAT.
-            Admission::Denied => Route::Drop,
+            Admission::Denied => {
+                stats::service(chosen.service_counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
+                Route::Drop
+            }
             // The socket's namespace is not known (yet): left untranslated
             // for the load balancer itself to judge, never let past the
             // ranges here.

@@ -48,6 +48,7 @@ pub fn desired_state_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
     let mut errors = Vec::new();
     let mut state = DesiredState {
         service_cidrs: node.service_cidrs.iter().copied().collect(),
+        counters: node.counters.clone(),
         ..DesiredState::default()
     };
     // Sorted so that which of two Services claiming one frontend wins does

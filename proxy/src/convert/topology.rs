@@ -23,6 +23,8 @@ pub struct NodeContext {
     pub service_cidrs: Vec<crate::model::address::Cidr>,
     /// Which `spec.externalIPs` are served.
     pub external_ips: crate::convert::claim::ExternalIpPolicy,
+    /// Which Service ports get traffic counters of their own.
+    pub counters: crate::model::counter_policy::CounterPolicy,
 }
 
 impl NodeContext {
@@ -43,7 +45,14 @@ impl NodeContext {
             node_port_addresses: node_port_addresses.to_vec(),
             service_cidrs: service_cidrs.to_vec(),
             external_ips,
+            counters: crate::model::counter_policy::CounterPolicy::default(),
         }
+    }
+
+    #[must_use]
+    pub fn with_counters(mut self, counters: crate::model::counter_policy::CounterPolicy) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// The address families the node serves, by its NodePort addresses

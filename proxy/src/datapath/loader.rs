@@ -30,9 +30,10 @@ use aya::{
     },
 };
 use switchyard_abi::{
-    AFFINITY_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP,
-    CONNTRACK_MAX_ENTRIES, COUNTERS_MAP, FRAGMENTS_MAP, NETNS_SOURCES_MAP, NODE_CONFIG_MAP,
-    NODE_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP, SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
+    AFFINITY_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP,
+    CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTERS_MAP, FRAGMENTS_MAP, NETNS_SOURCES_MAP,
+    NODE_CONFIG_MAP, NODE_MAP, SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICE_STATS_MAP,
+    SERVICES_MAP, SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
 };
 use tracing::{info, warn};
 
@@ -78,7 +79,7 @@ pub const PACKET_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("tc_egress", TcAttachType::Egress),
 ];
 
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 18] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     CLUSTER_IPS_MAP,
@@ -94,6 +95,9 @@ pub const MAP_NAMES: [&str; 15] = [
     CLUSTER_CIDRS_MAP,
     SOURCE_RANGES_MAP,
     COUNTERS_MAP,
+    SERVICE_STATS_MAP,
+    BACKEND_STATS_MAP,
+    SERVICE_NAMES_MAP,
 ];
 
 const LINKS_DIR: &str = "links";
@@ -140,9 +144,12 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    fn by_map(self) -> [(&'static str, usize); 3] {
+    fn by_map(self) -> [(&'static str, usize); 4] {
         [
             (SERVICES_MAP, self.capacity.service_entries),
+            // A name per frontend, which the service map holds at least one
+            // entry for.
+            (SERVICE_NAMES_MAP, self.capacity.service_entries),
             (BACKENDS_MAP, self.capacity.backends),
             (CONNTRACK_MAP, self.conntrack),
         ]

@@ -5,12 +5,13 @@
 use std::{os::fd::AsFd, path::Path};
 
 use aya::{
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     sys::SyscallError,
 };
 use switchyard_abi::{
-    Addr, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
-    SOURCE_RANGES_MAP, ServiceKey, ServiceValue, SourceRange,
+    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendCounts, CLUSTER_IPS_MAP,
+    SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SOURCE_RANGES_MAP,
+    ServiceCounts, ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
 use super::{
@@ -19,11 +20,11 @@ use super::{
     flow_table::cidr_key,
 };
 use crate::{
-    model::address::Cidr,
+    model::{ServicePortName, address::Cidr},
     plan::{
         datapath_state::DatapathState,
         drift::{Drift, DriftCount},
-        map_op::{MapOp, RangeKey, ServiceAddress},
+        map_op::{Counter, MapOp, RangeKey, ServiceAddress},
     },
 };
 
@@ -33,6 +34,9 @@ pub struct PinnedMaps {
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     cluster_ips: HashMap<MapData, Addr, u8>,
     service_cidrs: LpmTrie<MapData, Addr, u8>,
+    names: HashMap<MapData, ServiceKey, ServiceName>,
+    service_stats: PerCpuArray<MapData, ServiceCounts>,
+    backend_stats: PerCpuArray<MapData, BackendCounts>,
     /// The same maps again, for batched updates (aya's typed views do not
     /// lend their fds).
     batch_fds: BatchFds,
@@ -44,6 +48,7 @@ struct BatchFds {
     services: MapData,
     backends: MapData,
     cluster_ips: MapData,
+    names: MapData,
 }
 
 /// A run of operations one batched update can write.
@@ -52,6 +57,7 @@ enum Run {
     Backends,
     Services,
     ClusterIps,
+    Names,
 }
 
 impl Run {
@@ -62,6 +68,7 @@ impl Run {
             MapOp::PutServiceAddress {
                 address: ServiceAddress::ClusterIp(_),
             } => Some(Self::ClusterIps),
+            MapOp::PutName { .. } => Some(Self::Names),
             _ => None,
         }
     }
@@ -78,10 +85,14 @@ impl PinnedMaps {
             source_ranges: open_pinned(pin_dir, SOURCE_RANGES_MAP)?,
             cluster_ips: open_pinned(pin_dir, CLUSTER_IPS_MAP)?,
             service_cidrs: open_pinned(pin_dir, SERVICE_CIDRS_MAP)?,
+            names: open_pinned(pin_dir, SERVICE_NAMES_MAP)?,
+            service_stats: open_pinned(pin_dir, SERVICE_STATS_MAP)?,
+            backend_stats: open_pinned(pin_dir, BACKEND_STATS_MAP)?,
             batch_fds: BatchFds {
                 services: data(SERVICES_MAP)?,
                 backends: data(BACKENDS_MAP)?,
                 cluster_ips: data(CLUSTER_IPS_MAP)?,
+                names: data(SERVICE_NAMES_MAP)?,
             },
             batching: true,
         })
@@ -118,7 +129,39 @@ impl PinnedMaps {
                 let ones = vec![1u8; addrs.len()];
                 batch::update(self.batch_fds.cluster_ips.fd().as_fd(), &addrs, &ones)
             }
+            Run::Names => {
+                let (keys, names): (Vec<ServiceKey>, Vec<ServiceName>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutName { key, name } => Some((*key, name_entry(name))),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(self.batch_fds.names.fd().as_fd(), &keys, &names)
+            }
         }
+    }
+
+    /// Zeroes every CPU's copy of a counter entry.
+    fn reset(&mut self, counter: Counter) -> Result<(), DatapathError> {
+        match counter {
+            Counter::Service(index) => per_cpu_zeros()
+                .and_then(|zeros| self.service_stats.set(index, zeros, 0))
+                .map_err(|source| DatapathError::map(SERVICE_STATS_MAP, source)),
+            Counter::Backend(index) => per_cpu_zeros()
+                .and_then(|zeros| self.backend_stats.set(index, zeros, 0))
+                .map_err(|source| DatapathError::map(BACKEND_STATS_MAP, source)),
+        }
+    }
+
+    /// Every frontend's Service port name.
+    fn read_names(&self) -> Vec<(ServiceKey, ServicePortName)> {
+        read_batched(&self.batch_fds.names, || {
+            self.names.iter().filter_map(Result::ok).collect()
+        })
+        .into_iter()
+        .map(|(key, name): (ServiceKey, ServiceName)| (key, port_name(&name)))
+        .collect()
     }
 
     fn put_address(&mut self, address: &ServiceAddress) -> Result<(), DatapathError> {
@@ -210,17 +253,43 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 /// The service-map entry a slot or frontend operation writes.
 fn service_entry(op: &MapOp) -> Option<(ServiceKey, ServiceValue)> {
     match op {
-        MapOp::PutSlot { key, backend_id } => Some((*key, ServiceValue::slot(*backend_id))),
+        MapOp::PutSlot {
+            key,
+            backend_id,
+            counter,
+        } => Some((*key, ServiceValue::slot(*backend_id, *counter))),
         MapOp::PutFrontend {
             key,
             count,
             flags,
             affinity_timeout,
+            counter,
         } => Some((
             *key,
-            ServiceValue::frontend(*count, *flags, *affinity_timeout),
+            ServiceValue::frontend(*count, *flags, *affinity_timeout, *counter),
         )),
         _ => None,
+    }
+}
+
+/// A zero for each possible CPU, as a per-CPU map takes a value.
+fn per_cpu_zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>, MapError> {
+    let syscall = |call, io_error| MapError::SyscallError(SyscallError { call, io_error });
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| syscall("nr_cpus", error))?;
+    PerCpuValues::try_from(vec![T::default(); cpus])
+        .map_err(|error| syscall("per-cpu value", error))
+}
+
+pub fn name_entry(name: &ServicePortName) -> ServiceName {
+    ServiceName::new(&name.namespace, &name.name, &name.port)
+}
+
+pub fn port_name(name: &ServiceName) -> ServicePortName {
+    let (namespace, name, port) = name.parts();
+    ServicePortName {
+        namespace,
+        name,
+        port,
     }
 }
 
@@ -291,6 +360,13 @@ impl MapWriter for PinnedMaps {
             }
             MapOp::PutServiceAddress { address } => self.put_address(address),
             MapOp::DeleteServiceAddress { address } => self.delete_address(address),
+            MapOp::PutName { key, name } => self
+                .names
+                .insert(key, name_entry(name), 0)
+                .map_err(|source| DatapathError::map(SERVICE_NAMES_MAP, source)),
+            MapOp::DeleteName { key } => ignore_missing(self.names.remove(key))
+                .map_err(|source| DatapathError::map(SERVICE_NAMES_MAP, source)),
+            MapOp::ResetCounter { counter } => self.reset(*counter),
         }
     }
 }
@@ -307,7 +383,8 @@ impl MapReader for PinnedMaps {
         let backends = read_batched(&self.batch_fds.backends, || {
             self.backends.iter().filter_map(Result::ok).collect()
         });
-        let mut state = DatapathState::from_entries(services, backends, self.read_ranges());
+        let mut state =
+            DatapathState::from_entries(services, backends, self.read_ranges(), self.read_names());
         state.service_addresses = self.read_addresses();
         Ok(state)
     }

@@ -34,7 +34,12 @@ pub fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
         state.frontends.insert(
             frontend(vip, *port),
             DesiredFrontend {
-                service: ServicePortName::default(),
+                // A Service of its own per frontend, as a ClusterIP is.
+                service: ServicePortName {
+                    namespace: "default".into(),
+                    name: format!("svc-{}-{port}", vip.replace([':', '.'], "-")),
+                    port: String::new(),
+                },
                 backends,
                 draining: Vec::new(),
                 affinity_timeout: 0,

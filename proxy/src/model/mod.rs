@@ -2,6 +2,7 @@
 //! Kubernetes objects it came from and the map layout it goes to.
 
 pub mod address;
+pub mod counter_policy;
 #[cfg(test)]
 pub mod fixtures;
 pub mod name;
@@ -263,6 +264,8 @@ pub struct DesiredState {
     /// The service CIDRs: addresses in them that no Service holds are
     /// dropped (kube-proxy's "unallocated ClusterIPs").
     pub service_cidrs: std::collections::BTreeSet<Cidr>,
+    /// Which Service ports the kernel counts on their own.
+    pub counters: counter_policy::CounterPolicy,
 }
 
 impl DesiredState {

@@ -5,7 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use switchyard_abi::{Backend, ServiceKey, ServiceValue};
 
-use crate::plan::map_op::{MapOp, RangeKey, ServiceAddress};
+use crate::{
+    model::ServicePortName,
+    plan::{
+        counter_refs::CounterRefs,
+        map_op::{Counter, MapOp, RangeKey, ServiceAddress},
+    },
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct DatapathState {
@@ -19,6 +25,8 @@ pub struct DatapathState {
     /// Derived from the above and kept up to date by [`Self::apply`], so a
     /// plan touching one frontend costs as much at 50k Services as at 1.
     index: BackendIndex,
+    /// Derived like `index`: the counter entries in use.
+    counters: CounterRefs,
 }
 
 /// Lookups a plan needs without walking every backend or slot.
@@ -74,6 +82,12 @@ pub struct ProgrammedFrontend {
     /// Slot number (>= 1) -> backend id, including slots beyond `count`,
     /// which the kernel never reads.
     pub slots: BTreeMap<u16, u32>,
+    /// Slot 0's Service port counter entry.
+    pub counter: u32,
+    /// Slot number -> the (Service port, backend) pair's counter entry.
+    pub slot_counters: BTreeMap<u16, u32>,
+    /// The Service port it serves, as the names map holds it.
+    pub name: Option<ServicePortName>,
 }
 
 impl ProgrammedFrontend {
@@ -83,7 +97,7 @@ impl ProgrammedFrontend {
     }
 
     fn is_empty(&self) -> bool {
-        self.count.is_none() && self.slots.is_empty()
+        self.count.is_none() && self.slots.is_empty() && self.name.is_none()
     }
 }
 
@@ -93,6 +107,7 @@ impl DatapathState {
         services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
         backends: impl IntoIterator<Item = (u32, Backend)>,
         source_ranges: impl IntoIterator<Item = RangeKey>,
+        names: impl IntoIterator<Item = (ServiceKey, ServicePortName)>,
     ) -> Self {
         let mut state = Self {
             frontends: BTreeMap::new(),
@@ -100,7 +115,11 @@ impl DatapathState {
             source_ranges: source_ranges.into_iter().collect(),
             service_addresses: BTreeSet::new(),
             index: BackendIndex::default(),
+            counters: CounterRefs::default(),
         };
+        for (key, name) in names {
+            state.frontends.entry(key.with_slot(0)).or_default().name = Some(name);
+        }
         // Ascending ids: a duplicate (only after a hand edit) maps to the
         // lowest, and the others are dropped as unreferenced.
         for (&id, &backend) in &state.backends {
@@ -113,8 +132,12 @@ impl DatapathState {
                 frontend.count = Some(value.count);
                 frontend.affinity_timeout = value.affinity_timeout;
                 frontend.flags = value.flags;
+                frontend.counter = value.counter;
+                state.counters.add(Counter::Service(value.counter));
             } else {
                 frontend.slots.insert(key.slot, value.backend_id);
+                frontend.slot_counters.insert(key.slot, value.counter);
+                state.counters.add(Counter::Backend(value.counter));
                 *state.index.slot_refs.entry(value.backend_id).or_default() += 1;
             }
         }
@@ -127,6 +150,7 @@ impl DatapathState {
     #[must_use]
     pub fn reindexed(mut self) -> Self {
         self.index = BackendIndex::default();
+        self.counters = CounterRefs::default();
         for (&id, &backend) in &self.backends {
             self.index.ids.entry(backend).or_insert(id);
             self.index.taken(id);
@@ -134,6 +158,12 @@ impl DatapathState {
         for frontend in self.frontends.values() {
             for id in frontend.slots.values() {
                 *self.index.slot_refs.entry(*id).or_default() += 1;
+            }
+            if frontend.count.is_some() {
+                self.counters.add(Counter::Service(frontend.counter));
+            }
+            for &counter in frontend.slot_counters.values() {
+                self.counters.add(Counter::Backend(counter));
             }
         }
         self
@@ -145,6 +175,11 @@ impl DatapathState {
             .values()
             .map(|frontend| usize::from(frontend.count.is_some()) + frontend.slots.len())
             .sum()
+    }
+
+    /// Whether a map entry names this counter entry.
+    pub fn counter_in_use(&self, counter: Counter) -> bool {
+        self.counters.in_use(counter)
     }
 
     /// The id already holding `backend`, if any.
@@ -185,22 +220,46 @@ impl DatapathState {
                 *holder = (*holder).min(id);
                 self.index.taken(id);
             }
-            MapOp::PutSlot { key, backend_id } => {
-                let previous = self.frontend_mut(&key).slots.insert(key.slot, backend_id);
+            MapOp::PutSlot {
+                key,
+                backend_id,
+                counter,
+            } => {
+                let frontend = self.frontend_mut(&key);
+                let previous = frontend.slots.insert(key.slot, backend_id);
+                let previous_counter = frontend.slot_counters.insert(key.slot, counter);
                 self.unref_slot(previous);
                 *self.index.slot_refs.entry(backend_id).or_default() += 1;
+                if let Some(previous) = previous_counter {
+                    self.counters.remove(Counter::Backend(previous));
+                }
+                self.counters.add(Counter::Backend(counter));
             }
             MapOp::PutFrontend {
                 key,
                 count,
                 flags,
                 affinity_timeout,
+                counter,
             } => {
                 let frontend = self.frontend_mut(&key);
+                let previous = frontend.count.map(|_| frontend.counter);
                 frontend.count = Some(count);
                 frontend.flags = flags;
                 frontend.affinity_timeout = affinity_timeout;
+                frontend.counter = counter;
+                if let Some(previous) = previous {
+                    self.counters.remove(Counter::Service(previous));
+                }
+                self.counters.add(Counter::Service(counter));
             }
+            MapOp::PutName { key, ref name } => {
+                self.frontend_mut(&key).name = Some(name.clone());
+            }
+            MapOp::DeleteName { key } => {
+                self.edit_existing(&key, |frontend| frontend.name = None);
+            }
+            MapOp::ResetCounter { .. } => {}
             MapOp::PutSourceRange { range } => {
                 self.source_ranges.insert(range);
             }
@@ -215,17 +274,29 @@ impl DatapathState {
             }
             MapOp::DeleteSlot { key } => {
                 let mut removed = None;
+                let mut removed_counter = None;
                 self.edit_existing(&key, |frontend| {
                     removed = frontend.slots.remove(&key.slot);
+                    removed_counter = frontend.slot_counters.remove(&key.slot);
                 });
                 self.unref_slot(removed);
+                if let Some(counter) = removed_counter {
+                    self.counters.remove(Counter::Backend(counter));
+                }
             }
             MapOp::DeleteFrontend { key } => {
+                let mut removed_counter = None;
                 self.edit_existing(&key, |frontend| {
-                    frontend.count = None;
+                    if frontend.count.take().is_some() {
+                        removed_counter = Some(frontend.counter);
+                    }
                     frontend.affinity_timeout = 0;
                     frontend.flags = 0;
+                    frontend.counter = 0;
                 });
+                if let Some(counter) = removed_counter {
+                    self.counters.remove(Counter::Service(counter));
+                }
             }
             MapOp::DeleteBackend { id } => {
                 if let Some(removed) = self.backends.remove(&id) {
@@ -266,7 +337,10 @@ impl DatapathState {
             | MapOp::PutSourceRange { .. }
             | MapOp::DeleteSourceRange { .. }
             | MapOp::PutServiceAddress { .. }
-            | MapOp::DeleteServiceAddress { .. } => true,
+            | MapOp::DeleteServiceAddress { .. }
+            | MapOp::PutName { .. }
+            | MapOp::DeleteName { .. }
+            | MapOp::ResetCounter { .. } => true,
             MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
             MapOp::PutFrontend { key, count, .. } => {
                 let slots = self.frontends.get(&key.with_slot(0)).map(|f| &f.slots);

@@ -44,8 +44,7 @@ impl Drift {
             let (want, have) = (programmed.frontends.get(key), actual.frontends.get(key));
             drift.add(
                 SERVICES_MAP,
-                usize::from(head(want) != head(have))
-                    + differing(slots(want, &no_slots), slots(have, &no_slots)),
+                usize::from(head(want) != head(have)) + differing_slots(want, have, &no_slots),
             );
         }
         drift.add(
@@ -130,11 +129,20 @@ impl<'a> DriftCount<'a> {
         let frontend = self.mirror.frontends.get(&key.with_slot(0));
         let (mirrored, matches) = if key.slot == 0 {
             let want = head(frontend);
-            let have = (value.count, value.affinity_timeout, value.flags);
+            let have = (
+                value.count,
+                value.affinity_timeout,
+                value.flags,
+                value.counter,
+            );
             (want.is_some(), want == Some(have))
         } else {
-            let want = frontend.and_then(|f| f.slots.get(&key.slot));
-            (want.is_some(), want == Some(&value.backend_id))
+            let want = frontend
+                .and_then(|f| Some((*f.slots.get(&key.slot)?, f.slot_counters.get(&key.slot)?)));
+            (
+                want.is_some(),
+                want == Some((value.backend_id, &value.counter)),
+            )
         };
         // A mirrored key is seen either way; a wrong value is one drifted
         // entry, as is a key the mirror does not have.
@@ -176,9 +184,38 @@ impl<'a> DriftCount<'a> {
     }
 }
 
-/// Slot 0 of a frontend as the kernel reads it: count, affinity, flags.
-fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16)> {
-    frontend.and_then(|f| f.count.map(|count| (count, f.affinity_timeout, f.flags)))
+/// Slot 0 of a frontend as the kernel reads it: count, affinity, flags,
+/// counter entry.
+fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16, u32)> {
+    frontend.and_then(|f| {
+        f.count
+            .map(|count| (count, f.affinity_timeout, f.flags, f.counter))
+    })
+}
+
+/// Slots on one side only, or naming another backend or counter entry.
+fn differing_slots(
+    want: Option<&ProgrammedFrontend>,
+    have: Option<&ProgrammedFrontend>,
+    none: &BTreeMap<u16, u32>,
+) -> usize {
+    let (want_slots, have_slots) = (slots(want, none), slots(have, none));
+    let want_counters = want.map_or(none, |f| &f.slot_counters);
+    let have_counters = have.map_or(none, |f| &f.slot_counters);
+    let entry = |slots: &BTreeMap<u16, u32>, counters: &BTreeMap<u16, u32>, slot: &u16| {
+        (slots.get(slot).copied(), counters.get(slot).copied())
+    };
+    want_slots
+        .keys()
+        .chain(
+            have_slots
+                .keys()
+                .filter(|slot| !want_slots.contains_key(slot)),
+        )
+        .filter(|slot| {
+            entry(want_slots, want_counters, slot) != entry(have_slots, have_counters, slot)
+        })
+        .count()
 }
 
 fn slots<'a>(
@@ -227,6 +264,7 @@ mod tests {
         backend.port = backend.port.wrapping_add(1);
         let (_, frontend) = have.frontends.iter_mut().next().unwrap();
         frontend.slots.pop_last();
+        frontend.slot_counters.pop_last();
         frontend.count = frontend.count.map(|count| count + 5);
         let extra = *have.backends.get(&id).unwrap();
         have.backends.insert(999, extra);
@@ -249,14 +287,16 @@ mod tests {
         let mut count = DriftCount::new(want);
         for (key, frontend) in &have.frontends {
             if let Some(n) = frontend.count {
-                let value = ServiceValue::frontend(n, frontend.flags, frontend.affinity_timeout);
+                let value = ServiceValue::frontend(
+                    n,
+                    frontend.flags,
+                    frontend.affinity_timeout,
+                    frontend.counter,
+                );
                 count.service_entry(key, &value);
             }
             for (&slot, &backend_id) in &frontend.slots {
-                let value = ServiceValue {
-                    backend_id,
-                    ..ServiceValue::default()
-                };
+                let value = ServiceValue::slot(backend_id, frontend.slot_counters[&slot]);
                 count.service_entry(&key.with_slot(slot), &value);
             }
         }

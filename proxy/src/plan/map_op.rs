@@ -5,11 +5,12 @@
 use std::net::IpAddr;
 
 use switchyard_abi::{
-    Addr, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP,
-    SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, ServiceKey, SourceRange,
+    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP,
+    SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
+    SOURCE_RANGES_MAP, ServiceKey, SourceRange,
 };
 
-use crate::model::address::Cidr;
+use crate::model::{ServicePortName, address::Cidr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
@@ -17,17 +18,33 @@ pub enum MapOp {
         id: u32,
         backend: Backend,
     },
-    /// `key.slot >= 1`.
+    /// `key.slot >= 1`; `counter` is the (Service port, backend) pair's
+    /// entry of the backend counters.
     PutSlot {
         key: ServiceKey,
         backend_id: u32,
+        counter: u32,
     },
-    /// `key.slot == 0`.
+    /// `key.slot == 0`; `counter` is the Service port's entry of the
+    /// service counters.
     PutFrontend {
         key: ServiceKey,
         count: u16,
         flags: u16,
         affinity_timeout: u32,
+        counter: u32,
+    },
+    /// The Service port a frontend (slot-0 key) serves, for the CLI.
+    PutName {
+        key: ServiceKey,
+        name: ServicePortName,
+    },
+    DeleteName {
+        key: ServiceKey,
+    },
+    /// A counter entry handed to a new owner starts from zero.
+    ResetCounter {
+        counter: Counter,
     },
     PutSourceRange {
         range: RangeKey,
@@ -63,6 +80,13 @@ impl MapOp {
             | Self::DeleteSlot { .. }
             | Self::DeleteFrontend { .. } => SERVICES_MAP,
             Self::PutSourceRange { .. } | Self::DeleteSourceRange { .. } => SOURCE_RANGES_MAP,
+            Self::PutName { .. } | Self::DeleteName { .. } => SERVICE_NAMES_MAP,
+            Self::ResetCounter {
+                counter: Counter::Service(_),
+            } => SERVICE_STATS_MAP,
+            Self::ResetCounter {
+                counter: Counter::Backend(_),
+            } => BACKEND_STATS_MAP,
             Self::PutServiceAddress { address } | Self::DeleteServiceAddress { address } => {
                 match address {
                     ServiceAddress::ClusterIp(_) => CLUSTER_IPS_MAP,
@@ -81,8 +105,18 @@ impl MapOp {
                 | Self::PutFrontend { .. }
                 | Self::PutSourceRange { .. }
                 | Self::PutServiceAddress { .. }
+                | Self::PutName { .. }
+                | Self::ResetCounter { .. }
         )
     }
+}
+
+/// One counter entry: of a Service port, or of a (Service port, backend)
+/// pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    Service(u32),
+    Backend(u32),
 }
 
 /// An entry of kube-proxy's `cluster-ips-check`: an allocated ClusterIP

@@ -15,6 +15,8 @@
 //! lives outside the maps and a restarted agent plans exactly like the old one.
 
 pub mod capacity;
+pub mod counter_ids;
+pub mod counter_refs;
 pub mod datapath_state;
 pub mod drift;
 pub mod map_op;
@@ -31,6 +33,7 @@ use switchyard_abi::{Backend, ServiceKey};
 use crate::{
     model::{DesiredFrontend, DesiredState, Frontend},
     plan::{
+        counter_ids::CounterIds,
         datapath_state::{DatapathState, ProgrammedFrontend},
         map_op::{MapOp, RangeKey},
     },
@@ -38,6 +41,12 @@ use crate::{
 
 pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     let mut ids = BackendIds::new(current);
+    let mut counters = CounterIds::new(current, &desired.counters);
+    for (frontend, want) in &desired.frontends {
+        if let Some(existing) = current.frontends.get(&frontend.key()) {
+            counters.keep(&want.service, existing);
+        }
+    }
     let mut frontend_ops = Vec::new();
     let mut wanted_keys = BTreeSet::new();
     let mut wanted_ranges = BTreeSet::new();
@@ -49,7 +58,10 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
             key,
             want,
             existing,
-            &mut ids,
+            &mut Allocators {
+                ids: &mut ids,
+                counters: &mut counters,
+            },
             &mut wanted_ranges,
             &mut frontend_ops,
         );
@@ -62,7 +74,8 @@ pub fn plan(current: &DatapathState, desired: &DesiredState) -> Vec<MapOp> {
     // Ranges go in before the frontend that checks them and out after it
     // stopped, like backends.
     let addresses = service_address::plan_all(current, desired);
-    let mut ops = ids.new_backends;
+    let mut ops = counters.resets;
+    ops.extend(ids.new_backends);
     ops.extend(addresses.puts);
     ops.extend(
         wanted_ranges
@@ -98,6 +111,15 @@ pub fn plan_frontends(
     scope: &BTreeSet<Frontend>,
 ) -> Vec<MapOp> {
     let mut ids = BackendIds::new(current);
+    let mut counters = CounterIds::new(current, &desired.counters);
+    for frontend in scope {
+        if let (Some(want), Some(existing)) = (
+            desired.frontends.get(frontend),
+            current.frontends.get(&frontend.key()),
+        ) {
+            counters.keep(&want.service, existing);
+        }
+    }
     let mut frontend_ops = Vec::new();
     let mut wanted_ranges = BTreeSet::new();
     let mut scoped_keys = BTreeSet::new();
@@ -116,7 +138,10 @@ pub fn plan_frontends(
                 key,
                 want,
                 existing,
-                &mut ids,
+                &mut Allocators {
+                    ids: &mut ids,
+                    counters: &mut counters,
+                },
                 &mut wanted_ranges,
                 &mut frontend_ops,
             ),
@@ -134,7 +159,8 @@ pub fn plan_frontends(
         .copied()
         .collect();
     let addresses = service_address::plan_scoped(current, desired, scope);
-    let mut ops = ids.new_backends;
+    let mut ops = counters.resets;
+    ops.extend(ids.new_backends);
     ops.extend(addresses.puts);
     ops.extend(
         wanted_ranges
@@ -158,13 +184,20 @@ pub fn plan_frontends(
     ops
 }
 
+/// Where a plan takes backend ids and counter entries from.
+struct Allocators<'p, 'a> {
+    ids: &'p mut BackendIds<'a>,
+    counters: &'p mut CounterIds<'a>,
+}
+
 /// The operations that make one frontend what `want` says, its backends'
-/// ids (new ones allocated in `ids`) and its source ranges noted.
-fn plan_wanted(
+/// ids and counter entries (new ones allocated) and its source ranges
+/// noted.
+fn plan_wanted<'a>(
     key: ServiceKey,
-    want: &DesiredFrontend,
+    want: &'a DesiredFrontend,
     existing: Option<&ProgrammedFrontend>,
-    ids: &mut BackendIds<'_>,
+    allocators: &mut Allocators<'_, 'a>,
     wanted_ranges: &mut BTreeSet<RangeKey>,
     ops: &mut Vec<MapOp>,
 ) {
@@ -177,14 +210,21 @@ fn plan_wanted(
         .backends
         .iter()
         .take(usize::from(u16::MAX))
-        .map(|endpoint| ids.id_for(Backend::from(endpoint)))
+        .map(|endpoint| allocators.ids.id_for(Backend::from(endpoint)))
         .collect();
+    if existing.and_then(|existing| existing.name.as_ref()) != Some(&want.service) {
+        ops.push(MapOp::PutName {
+            key,
+            name: want.service.clone(),
+        });
+    }
     let target = Target {
         backend_ids: &wanted,
         flags: want.flags,
         affinity_timeout: want.affinity_timeout,
+        counter: allocators.counters.service(&want.service),
     };
-    update_frontend(key, existing, &target, ops);
+    update_frontend(key, existing, &target, allocators.counters, ops);
 }
 
 /// What one frontend should become.
@@ -192,12 +232,15 @@ struct Target<'a> {
     backend_ids: &'a [u32],
     flags: u16,
     affinity_timeout: u32,
+    /// The Service port's counter entry.
+    counter: u32,
 }
 
 fn update_frontend(
     key: ServiceKey,
     existing: Option<&ProgrammedFrontend>,
     target: &Target<'_>,
+    counters: &mut CounterIds<'_>,
     ops: &mut Vec<MapOp>,
 ) {
     let empty = ProgrammedFrontend::default();
@@ -205,10 +248,14 @@ fn update_frontend(
     let old: Vec<Option<u32>> = existing.active_slots().collect();
     let slots = assign_slots(&old, target.backend_ids);
     for (slot, &backend_id) in (1..).zip(&slots) {
-        if existing.slots.get(&slot) != Some(&backend_id) {
+        let counter = counters.backend(target.counter, backend_id);
+        if existing.slots.get(&slot) != Some(&backend_id)
+            || existing.slot_counters.get(&slot) != Some(&counter)
+        {
             ops.push(MapOp::PutSlot {
                 key: key.with_slot(slot),
                 backend_id,
+                counter,
             });
         }
     }
@@ -217,12 +264,14 @@ fn update_frontend(
     if existing.count != Some(count)
         || existing.affinity_timeout != target.affinity_timeout
         || existing.flags != target.flags
+        || existing.counter != target.counter
     {
         ops.push(MapOp::PutFrontend {
             key,
             count,
             flags: target.flags,
             affinity_timeout: target.affinity_timeout,
+            counter: target.counter,
         });
     }
     ops.extend(
@@ -243,6 +292,9 @@ fn remove_frontend(key: ServiceKey, existing: &ProgrammedFrontend, ops: &mut Vec
     ops.extend(existing.slots.keys().map(|&slot| MapOp::DeleteSlot {
         key: key.with_slot(slot),
     }));
+    if existing.name.is_some() {
+        ops.push(MapOp::DeleteName { key });
+    }
 }
 
 /// Slot contents (index 0 is slot 1) for `wanted`, moving as few entries as

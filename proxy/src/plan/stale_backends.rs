@@ -35,7 +35,9 @@ impl Departures {
     /// backend by itself.
     pub fn note(&mut self, programmed: &DatapathState, op: &MapOp) {
         let (key, replacement) = match *op {
-            MapOp::PutSlot { key, backend_id } => (key, Some(backend_id)),
+            MapOp::PutSlot {
+                key, backend_id, ..
+            } => (key, Some(backend_id)),
             MapOp::DeleteSlot { key } => (key, None),
             _ => return,
         };

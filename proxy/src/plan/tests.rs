@@ -137,9 +137,10 @@ fn every_transition_is_make_before_break_and_converges() {
             &plan_frontends(&start_of(before), &desired(after), &scope),
         );
         assert_serves(&scoped, &desired(after));
+        let left = plan(&scoped, &desired(after));
         assert!(
-            plan(&scoped, &desired(after)).is_empty(),
-            "{name}: the scoped plan left work for a full one"
+            left.is_empty(),
+            "{name}: the scoped plan left work for a full one: {left:?}"
         );
     }
 }
@@ -181,16 +182,22 @@ fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
         &plan(&DatapathState::default(), &want),
     );
     let mut entries = Vec::new();
+    let mut names = Vec::new();
     for (key, frontend) in &programmed.frontends {
         entries.push((
             *key,
-            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0, 0),
+            switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0, 0, frontend.counter),
         ));
         for (&slot, &id) in &frontend.slots {
-            entries.push((key.with_slot(slot), switchyard_abi::ServiceValue::slot(id)));
+            let counter = frontend.slot_counters[&slot];
+            entries.push((
+                key.with_slot(slot),
+                switchyard_abi::ServiceValue::slot(id, counter),
+            ));
         }
+        names.push((*key, frontend.name.clone().unwrap()));
     }
-    let read_back = DatapathState::from_entries(entries, programmed.backends.clone(), []);
+    let read_back = DatapathState::from_entries(entries, programmed.backends.clone(), [], names);
     assert_eq!(read_back, programmed);
     assert_eq!(plan(&read_back, &want), []);
 }
@@ -216,13 +223,15 @@ fn removing_one_backend_moves_at_most_one_slot() {
         [
             MapOp::PutSlot {
                 key: key.with_slot(2),
-                backend_id: last
+                backend_id: last,
+                counter: state.frontends[&key].slot_counters[&4],
             },
             MapOp::PutFrontend {
                 key,
                 count: 3,
                 flags: 0,
-                affinity_timeout: 0
+                affinity_timeout: 0,
+                counter: state.frontends[&key].counter,
             },
             MapOp::DeleteSlot {
                 key: key.with_slot(4)
@@ -339,8 +348,16 @@ fn failed_backend_writes_hold_back_the_slots_that_need_them() {
     let state = DatapathState::default();
     let ops = plan(&state, &desired(&[("10.96.0.10", 80, &[1])]));
     // Skip the PutBackend as if the map were full: the slot must not pass.
-    assert!(matches!(ops[0], MapOp::PutBackend { .. }));
-    assert!(!state.admits(&ops[1]));
+    let put = ops
+        .iter()
+        .position(|op| matches!(op, MapOp::PutBackend { .. }))
+        .unwrap();
+    let slot = ops
+        .iter()
+        .position(|op| matches!(op, MapOp::PutSlot { .. }))
+        .unwrap();
+    assert!(put < slot);
+    assert!(!state.admits(&ops[slot]));
 }
 
 #[test]
@@ -364,6 +381,7 @@ fn switching_session_affinity_rewrites_only_slot_zero() {
                 count: 2,
                 flags: 0,
                 affinity_timeout: timeout,
+                counter: state.frontends[&key].counter,
             }]
         };
         assert_eq!(ops, expected);

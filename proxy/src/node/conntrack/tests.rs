@@ -25,7 +25,7 @@ fn connection(proto: u8, snat: bool, last_seen_s: u64) -> Vec<(FlowKey, Flow)> {
         backend_id: 3,
         ..Flow::default()
     };
-    let reply = Flow::reply_of(&forward_key, snat, last_seen_s * SECOND);
+    let reply = Flow::reply_of(&forward_key, snat, last_seen_s * SECOND, [0, 0]);
     if snat {
         forward.snat = 1;
         forward.snat_addr = node.0;
