@@ -25,14 +25,17 @@ use crate::{
         topology::NodeContext,
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    model::{DesiredState, address::Cidr},
+    model::{DesiredState, address::Cidr, counter_policy::CounterPolicy},
     node::{
         netns_source::NetnsSources,
         node_network,
         packet_path::{PacketPath, PacketPathError},
         socket_reaper::SocketReaper,
     },
-    plan::capacity::{MapCapacity, entries_of, fit},
+    plan::{
+        capacity::{MapCapacity, entries_of, fit},
+        counter_labels::CounterLabels,
+    },
     runner::SyncRunner,
     serve::{
         health::{ProxyHealth, node_eligible},
@@ -49,7 +52,7 @@ use crate::{
 
 mod startup;
 
-use startup::{node_name, packet_path_config, requested_sizes, serve_http, stop_signals};
+use startup::{adopt, node_name, packet_path_config, requested_sizes, serve_http, stop_signals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -100,12 +103,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     packet_path.refresh(&mut programs, &metrics).await?;
     programs.retire_older_generations();
     let mut collect = tokio::time::interval(args.conntrack.gc_interval);
-    let syncer = Syncer::adopt(PinnedMaps::open(&args.pins.bpffs)?)?;
-    info!(
-        frontends = syncer.programmed().frontends.len(),
-        backends = syncer.programmed().backends.len(),
-        "adopted pinned state"
-    );
+    let syncer = adopt(&args.pins.bpffs, &metrics)?;
     let mut netns_sources = NetnsSources::open(&args.cgroup, &args.pins.bpffs)?;
     // New pods' namespaces must be known soon after they start, for the
     // socket path's `loadBalancerSourceRanges` (see `netns_source`).
@@ -139,6 +137,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         entry_budget: usize::try_from(args.service_entry_budget).unwrap_or(usize::MAX),
         refusing: false,
         drift: DriftWatch::new(),
+        counters: args.counters.policy(),
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {
@@ -211,6 +210,8 @@ struct Agent {
     /// stops, every pass is a full one, so they come in when room appears.
     refusing: bool,
     drift: DriftWatch,
+    /// `--service-counters*`.
+    counters: CounterPolicy,
 }
 
 /// When the maps were last read back and compared (once a sync period),
@@ -277,6 +278,10 @@ impl Agent {
         }
         let complete = report.failed.is_empty() && report.held_back == 0;
         self.sockets.reap(report.stale);
+        if report.applied > 0 {
+            let labels = CounterLabels::of(self.syncer.programmed());
+            self.metrics.service_counters.set_labels(labels);
+        }
         // A later pass over a few Services assumes everything else matches.
         self.full_pending |= !complete;
         let desired = self.desired.take().unwrap_or_default();
@@ -420,7 +425,8 @@ impl Agent {
                 allowed: self.external_ip_ranges.clone(),
                 node_addresses: self.packet_path.node_addresses(),
             },
-        );
+        )
+        .with_counters(self.counters.clone());
         self.metrics.kube_proxy.set_families(&self.node.families());
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);

@@ -10,14 +10,15 @@ use tracing::{error, info};
 use super::AgentError;
 use crate::{
     cli::{RunArgs, checked_flags::CheckedFlags},
-    datapath::loader::MapSizes,
+    datapath::{loader::MapSizes, pinned::PinnedMaps, stats_table::StatsTable},
     node::{cpu_set, node_network::DeviceSelection, packet_path::PacketPathConfig},
-    plan::capacity::MapCapacity,
+    plan::{capacity::MapCapacity, counter_labels::CounterLabels},
     serve::{
         admin_server::{self, Endpoints},
         health::ProxyHealth,
         metrics::Metrics,
     },
+    sync::Syncer,
 };
 
 /// The map sizes `--service-map-entries`, `--backend-map-entries` and the
@@ -95,4 +96,23 @@ pub(super) fn node_name(args: &RunArgs) -> String {
             .map(|name| name.trim().to_owned())
             .unwrap_or_default()
     })
+}
+
+/// Starts from what a previous agent left in the maps, and points the
+/// per-Service series at the kernel's counters and what they count for.
+pub(super) fn adopt(
+    pin_dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<Syncer<PinnedMaps>, AgentError> {
+    let syncer = Syncer::adopt(PinnedMaps::open(pin_dir)?)?;
+    info!(
+        frontends = syncer.programmed().frontends.len(),
+        backends = syncer.programmed().backends.len(),
+        "adopted pinned state"
+    );
+    metrics.service_counters.attach(
+        StatsTable::open(pin_dir)?,
+        CounterLabels::of(syncer.programmed()),
+    );
+    Ok(syncer)
 }

@@ -3,6 +3,8 @@
 //! against these names, so they only ever grow.
 
 pub mod checked_flags;
+pub mod counter_args;
+pub mod counts_view;
 pub mod kube_proxy_config;
 pub mod services_view;
 
@@ -127,6 +129,8 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    #[command(flatten)]
+    pub counters: counter_args::CounterArgs,
 }
 
 /// kube-proxy's conntrack flags, applied to Switchyard's own conntrack.

@@ -10,12 +10,16 @@ use switchyard_abi::{
 };
 
 use crate::{
-    cli::OutputFormat,
+    cli::{
+        OutputFormat,
+        counts_view::{self, CountsView},
+    },
     datapath::{
         DatapathError, MapReader, feature_probe,
         flow_table::{FlowTable, monotonic_now_ns},
         kernel_features::KernelFeatures,
         pinned::PinnedMaps,
+        stats_table::StatsTable,
     },
     node::conntrack::ConnectionView,
     plan::{datapath_state::DatapathState, map_op::RangeKey},
@@ -48,6 +52,13 @@ pub struct FrontendView {
     /// `loadBalancerSourceRanges`, when they restrict the frontend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_ranges: Option<Vec<String>>,
+    /// The Service port it serves, `namespace/name[:port]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Its Service port's counters (all of the port's frontends together),
+    /// when it has an entry of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<CountsView>,
     pub backends: Vec<BackendView>,
 }
 
@@ -59,11 +70,16 @@ pub struct BackendView {
     pub port: Option<u16>,
     /// On this node.
     pub local: bool,
+    /// This backend's share of the Service port, when counted on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<CountsView>,
 }
 
 pub fn render(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathError> {
     let state = PinnedMaps::open(pin_dir)?.read_state()?;
-    let views = views(&state);
+    // Pins of an older layout have no counters: shown without.
+    let kernel_counts = StatsTable::open(pin_dir).ok();
+    let views = views(&state, kernel_counts.as_ref());
     let kernel = feature_probe::kernel_features();
     Ok(match format {
         OutputFormat::Json => json(&ServicesReport {
@@ -102,7 +118,7 @@ pub fn render_connections(pin_dir: &Path, format: OutputFormat) -> Result<String
     })
 }
 
-pub fn views(state: &DatapathState) -> Vec<FrontendView> {
+pub fn views(state: &DatapathState, kernel_counts: Option<&StatsTable>) -> Vec<FrontendView> {
     state
         .active_frontends()
         .map(|(key, frontend)| FrontendView {
@@ -129,16 +145,19 @@ pub fn views(state: &DatapathState) -> Vec<FrontendView> {
                     .map(|cidr| cidr.to_string())
                     .collect()
             }),
-            backends: frontend
-                .active_slots()
-                .map(|id| {
-                    let id = id.unwrap_or(0);
+            service: frontend.name.as_ref().map(ToString::to_string),
+            counters: counts_view::service(kernel_counts, frontend.counter),
+            backends: (1..=frontend.count.unwrap_or(0))
+                .map(|slot| {
+                    let id = frontend.slots.get(&slot).copied().unwrap_or(0);
                     let backend = state.backends.get(&id);
+                    let counter = frontend.slot_counters.get(&slot).copied().unwrap_or(0);
                     BackendView {
                         id,
                         ip: backend.map(|backend| IpAddr::from(backend.addr)),
                         port: backend.map(|backend| u16::from_be(backend.port)),
                         local: backend.is_some_and(|backend| backend.flags & BACKEND_LOCAL != 0),
+                        counters: counts_view::backend(kernel_counts, counter),
                     }
                 })
                 .collect(),
@@ -163,7 +182,7 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
 }
 
 fn table(views: &[FrontendView]) -> String {
-    let rows: Vec<(String, String)> = views
+    let rows: Vec<[String; 4]> = views
         .iter()
         .map(|view| {
             let mut frontend = format!("{}/{}", endpoint(view.ip, view.port), view.protocol);
@@ -184,25 +203,55 @@ fn table(views: &[FrontendView]) -> String {
             } else {
                 view.backends
                     .iter()
-                    .map(|backend| match (backend.ip, backend.port) {
-                        (Some(ip), Some(port)) => endpoint(ip, port),
-                        _ => format!("missing-backend-{}", backend.id),
+                    .map(|backend| {
+                        let mut text = match (backend.ip, backend.port) {
+                            (Some(ip), Some(port)) => endpoint(ip, port),
+                            _ => format!("missing-backend-{}", backend.id),
+                        };
+                        if let Some(counts) = &backend.counters {
+                            let _infallible = write!(text, "({})", counts.connections());
+                        }
+                        text
                     })
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            (frontend, backends)
+            let service = view.service.clone().unwrap_or_else(|| "-".to_owned());
+            let connections = view
+                .counters
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |counts| counts.connections().to_string());
+            [frontend, service, connections, backends]
         })
         .collect();
-    let width = rows
-        .iter()
-        .map(|(frontend, _)| frontend.len())
-        .chain([8])
-        .max()
-        .unwrap_or(8);
-    let mut text = format!("{:<width$}  BACKENDS\n", "FRONTEND");
-    for (frontend, backends) in rows {
-        let _infallible = writeln!(text, "{frontend:<width$}  {backends}");
+    let header = [
+        "FRONTEND",
+        "SERVICE",
+        "CONNECTIONS",
+        "BACKENDS (CONNECTIONS)",
+    ];
+    let widths: Vec<usize> = (0..3)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].len())
+                .chain([header[column].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let _infallible = writeln!(
+            text,
+            "{:<w0$}  {:<w1$}  {:>w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
     }
     text
 }

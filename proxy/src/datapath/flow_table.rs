@@ -40,6 +40,8 @@ pub struct Collection {
     pub removed: usize,
     /// NAT ports held by live connections, per node address.
     pub nat_ports_in_use: BTreeMap<IpAddr, usize>,
+    /// Live connections by (Service port, pair) counter entries.
+    pub flows: BTreeMap<(u32, u32), usize>,
 }
 
 impl FlowTable {
@@ -149,7 +151,10 @@ impl FlowTable {
         for connection in connections(entries) {
             if connection.expired(now_ns, timeouts) {
                 collection.removed += self.remove(connection.keys());
-            } else if let Some((addr, _)) = connection.nat_port() {
+                continue;
+            }
+            *collection.flows.entry(connection.counters()).or_default() += 1;
+            if let Some((addr, _)) = connection.nat_port() {
                 *collection
                     .nat_ports_in_use
                     .entry(IpAddr::from(addr))

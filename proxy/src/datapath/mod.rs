@@ -24,6 +24,7 @@ pub mod pin_dir;
 pub mod pin_lock;
 pub mod pinned;
 pub mod sock_storage;
+pub mod stats_table;
 
 use std::path::PathBuf;
 

@@ -61,6 +61,13 @@ impl Connection {
         }
     }
 
+    /// The Service port and pair counter entries it counts in.
+    pub fn counters(&self) -> (u32, u32) {
+        self.forward.or(self.reply).map_or((0, 0), |(_, flow)| {
+            (flow.service_counter, flow.backend_counter)
+        })
+    }
+
     /// Idle longer than its state's timeout at `now_ns` (`bpf_ktime_get_ns`
     /// clock).
     pub fn expired(&self, now_ns: u64, timeouts: &FlowTimeouts) -> bool {

@@ -194,6 +194,7 @@ impl PacketPath {
         metrics.observe_conntrack(live, collection.removed);
         metrics.set_map_usage(CONNTRACK_MAP, live, self.conntrack_capacity);
         metrics.set_nat_ports_in_use(&collection.nat_ports_in_use);
+        metrics.service_counters.set_flows(collection.flows);
         match self.flows.counters() {
             Ok(totals) => {
                 metrics.set_packet_counters(&totals);

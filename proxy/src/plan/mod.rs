@@ -16,6 +16,7 @@
 
 pub mod capacity;
 pub mod counter_ids;
+pub mod counter_labels;
 pub mod counter_refs;
 pub mod datapath_state;
 pub mod drift;

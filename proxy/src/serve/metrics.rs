@@ -1,9 +1,11 @@
 //! Prometheus metrics. kube-proxy's names where the meaning is the same, so
 //! existing dashboards and alerts keep working; `switchyard_*` for the rest.
-//! Labels only ever hold bounded values (map names, reason labels, traffic
-//! policies), never a service name or an address.
+//! Labels hold bounded values (map names, reason labels, traffic policies);
+//! Service names and backend addresses only in the per-Service series,
+//! whose number the counter flags cap (`service_counters`).
 
 pub mod kube_proxy;
+pub mod service_counters;
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -14,7 +16,7 @@ use crate::{
     convert::input_error::InputError,
     datapath::kernel_features::KernelFeatures,
     plan::drift::{CHECKED_MAPS, Drift},
-    serve::metrics::kube_proxy::KubeProxyMetrics,
+    serve::metrics::{kube_proxy::KubeProxyMetrics, service_counters::ServiceCounters},
 };
 
 pub struct Metrics {
@@ -22,6 +24,8 @@ pub struct Metrics {
     names: std::collections::BTreeSet<String>,
     /// kube-proxy's own series.
     pub kube_proxy: KubeProxyMetrics,
+    /// Per-Service-port and per-backend series, read when scraped.
+    pub service_counters: ServiceCounters,
     frontends: IntGauge,
     backends: IntGauge,
     map_entries: IntGaugeVec,
@@ -88,6 +92,7 @@ impl Metrics {
             names: std::cell::RefCell::default(),
         };
         let kube_proxy = KubeProxyMetrics::new(&registry);
+        let service_counters = registered(&registry, ServiceCounters::new());
         // process_cpu_seconds_total, process_resident_memory_bytes and the
         // rest, as every Prometheus client on Linux exports them.
         add(&registry, Box::new(ProcessCollector::for_self()));
@@ -201,6 +206,7 @@ impl Metrics {
             names: registry.names.take(),
             registry: registry.registry,
             kube_proxy,
+            service_counters,
             frontends,
             backends,
             map_entries,

@@ -151,3 +151,26 @@ pub fn metric(exposition: &str, name: &str) -> Option<f64> {
         (sample == name).then(|| value.trim().parse().ok())?
     })
 }
+
+/// The sum of every sample of `name` whose labels include all of `labels`,
+/// whatever their order; `None` when no sample matches.
+pub fn series(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in exposition.lines().filter(|line| !line.starts_with('#')) {
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (sample_name, sample_labels) = sample.split_once('{').unwrap_or((sample, "}"));
+        let matches = sample_name == name
+            && labels.iter().all(|(label, want)| {
+                sample_labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .any(|pair| pair == format!("{label}=\"{want}\""))
+            });
+        if matches && let Ok(value) = value.trim().parse::<f64>() {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}
