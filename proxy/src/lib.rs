@@ -18,6 +18,7 @@ pub mod agent;
 pub mod cli;
 pub mod convert;
 pub mod datapath;
+pub mod explain;
 pub mod model;
 pub mod node;
 pub mod plan;

@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use switchyard::{
     agent,
-    cli::{Cli, Command, kube_proxy_config::KubeProxyConfiguration, services_view},
-    datapath::{error_chain, loader},
+    cli::{Cli, Command, OutputFormat, kube_proxy_config::KubeProxyConfiguration, services_view},
+    datapath::{error_chain, live_maps::LiveMaps, loader},
+    explain,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -60,6 +61,14 @@ fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         Command::Conntrack(args) => {
             let text = services_view::render_connections(&args.pins.bpffs, args.output)?;
             print!("{text}");
+        }
+        Command::Explain(args) => {
+            let maps = LiveMaps::open(&args.pins.bpffs)?;
+            let explanation = explain::explain(&maps, &args.query());
+            match args.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+                OutputFormat::Table => print!("{}", explain::text(&explanation)),
+            }
         }
     }
     Ok(())

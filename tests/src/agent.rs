@@ -235,6 +235,26 @@ impl<'a> Agent<'a> {
         Ok(report)
     }
 
+    /// `switchyard explain ARGS... --bpffs PIN -o json`, parsed.
+    pub fn explain(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let pins = self.pins();
+        let mut all = vec!["explain"];
+        all.extend_from_slice(args);
+        all.extend(["--bpffs", &pins, "-o", "json"]);
+        let output = self.tool(&all)?;
+        serde_json::from_slice(&output.stdout).context("switchyard explain printed bad JSON")
+    }
+
+    /// `switchyard explain ARGS... --bpffs PIN`: the words.
+    pub fn explain_text(&self, args: &[&str]) -> Result<String> {
+        let pins = self.pins();
+        let mut all = vec!["explain"];
+        all.extend_from_slice(args);
+        all.extend(["--bpffs", &pins]);
+        let output = self.tool(&all)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// `switchyard conntrack --bpffs PIN -o json`: the tracked connections.
     pub fn conntrack(&self) -> Result<serde_json::Value> {
         let output = self.tool(&["conntrack", "--bpffs", &self.pins(), "-o", "json"])?;

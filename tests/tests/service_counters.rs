@@ -133,7 +133,7 @@ fn unselected_and_capped_services_sum_in_the_overflow_series() {
 #[test]
 fn connections_from_outside_count_packets_bytes_and_flows() {
     let c = two_nodes::cluster();
-    let _agents = two_nodes::agents(&c, &["--conntrack-gc-interval=1s"]);
+    let agents = two_nodes::agents(&c, &["--conntrack-gc-interval=1s"]);
     let target = two_nodes::serve_node_port(
         &c,
         &two_nodes::service("web", ServiceType::NodePort, 30080, 10),
@@ -170,4 +170,19 @@ fn connections_from_outside_count_packets_bytes_and_flows() {
         bytes >= packets * 40.0,
         "{bytes} bytes for {packets} packets"
     );
+
+    // `explain` replays the per-packet path: one local and one remote
+    // backend, the remote one's connections NATed to the node.
+    let outside = c.outside.ipv4.to_string();
+    let explained = agents[0]
+        .explain(&["tcp", &outside, &target.to_string()])
+        .unwrap();
+    assert_eq!(explained["path"], "packet", "{explained:#}");
+    let candidates = explained["verdict"]["candidates"].as_array().unwrap();
+    let natted: Vec<bool> = candidates
+        .iter()
+        .map(|c| c["snat"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(natted.len(), 2);
+    assert_eq!(natted.iter().filter(|n| **n).count(), 1, "{explained:#}");
 }

@@ -5,6 +5,7 @@
 pub mod checked_flags;
 pub mod counter_args;
 pub mod counts_view;
+pub mod explain_args;
 pub mod kube_proxy_config;
 pub mod services_view;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// List the per-packet path's tracked connections and count them.
     Conntrack(ServicesArgs),
+    /// Replay the datapath's decision for one connection against the live
+    /// maps, step by step.
+    Explain(explain_args::ExplainArgs),
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ pub mod fake;
 pub mod feature_probe;
 pub mod flow_table;
 pub mod kernel_features;
+pub mod live_maps;
 pub mod loader;
 pub mod map_resize;
 pub mod pin_check;

@@ -1,0 +1,215 @@
+//! Packets from outside: the tc programs on the node's devices
+//! (`ebpf/programs/src/nat.rs`), with their own conntrack and SNAT.
+
+use std::net::{IpAddr, SocketAddr};
+
+use switchyard_abi::{
+    Addr, BACKEND_LOCAL, Backend, FLOW_FORWARD, FRONTEND_CLUSTER_IP, FRONTEND_DROP_NO_LOCAL,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue, client_of_addr,
+};
+
+use super::{Chosen, Explanation, Lookups, Query, Trail, Verdict, address, affinity, candidates};
+
+const PATH: &str = "packet";
+
+const REFUSAL: &str = "a TCP RST or ICMP port unreachable from the frontend's address";
+
+pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
+    let mut trail = Trail::new();
+    trail.step(
+        "path",
+        "from outside this node: the tc program on the device it arrives by",
+    );
+    let src = Addr::from(query.src);
+    if let Some(verdict) = established(maps, query, &mut trail) {
+        return trail.finish(PATH, verdict);
+    }
+    let serves_cluster_ips = maps
+        .node_config()
+        .is_some_and(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE != 0);
+    let Some((key, value)) = frontend_of(maps, query, serves_cluster_ips) else {
+        let verdict = if serves_cluster_ips {
+            unserved(maps, query, &mut trail)
+        } else {
+            trail.step(
+                "frontend",
+                "none: this node serves no ClusterIP to outside clients",
+            );
+            Verdict::Passed {
+                why: "not addressed to a frontend: left to the node's stack".into(),
+            }
+        };
+        return trail.finish(PATH, verdict);
+    };
+    trail.frontend(maps, &key, &value);
+    if query.protocol.number() != PROTO_UDP {
+        trail.step(
+            "new connection",
+            "only a SYN opens one; other packets go on to the stack",
+        );
+    }
+    if value.flags & FRONTEND_SOURCE_RANGES != 0 {
+        let allowed = maps.source_range_allows(&key, &src);
+        trail.step(
+            "loadBalancerSourceRanges",
+            format!(
+                "{} is {} them",
+                query.src,
+                if allowed { "inside" } else { "outside" }
+            ),
+        );
+        if !allowed {
+            let verdict = Verdict::Dropped {
+                how: "the packet is dropped".into(),
+                why: "the source is outside loadBalancerSourceRanges".into(),
+            };
+            return trail.finish(PATH, verdict);
+        }
+    }
+    if value.count == 0 {
+        let verdict = if value.flags & FRONTEND_DROP_NO_LOCAL != 0 {
+            Verdict::Dropped {
+                how: "the packet is dropped, so a load balancer tries another node".into(),
+                why: "externalTrafficPolicy Local and no endpoint on this node".into(),
+            }
+        } else {
+            Verdict::Refused {
+                how: REFUSAL.into(),
+                why: "the Service has no endpoints".into(),
+            }
+        };
+        return trail.finish(PATH, verdict);
+    }
+    let from_cluster = maps.in_cluster_cidr(&src);
+    let snat = |backend: &Backend| {
+        backend.flags & BACKEND_LOCAL == 0
+            && (value.flags & FRONTEND_SNAT_REMOTE != 0
+                || value.flags & FRONTEND_CLUSTER_IP != 0 && !from_cluster)
+    };
+    let candidates = candidates(maps, &key, value.count, snat);
+    let natted = candidates.iter().filter(|c| c.snat).count();
+    trail.step(
+        "backends",
+        format!(
+            "{} candidate(s), one picked at random; {natted} on other nodes would see the source NATed to {}",
+            candidates.len(),
+            maps.snat_address(query.src.is_ipv6())
+                .map_or_else(|| "no address (dropped)".to_owned(), |a| IpAddr::from(a).to_string()),
+        ),
+    );
+    let chosen = affinity(maps, client_of_addr(&src), &key, &value).map(|(record, backend)| {
+        trail.step(
+            "session affinity",
+            format!(
+                "the client's record names slot {} (backend {})",
+                record.slot, record.backend_id
+            ),
+        );
+        Chosen {
+            address: address(&backend),
+            because: "session affinity".into(),
+            snat: None,
+        }
+    });
+    trail.finish(PATH, Verdict::Translated { candidates, chosen })
+}
+
+/// A connection conntrack already holds goes where its entry says.
+fn established(maps: &impl Lookups, query: &Query, trail: &mut Trail) -> Option<Verdict> {
+    let Some(src_port) = query.src_port else {
+        trail.step("conntrack", "no client port given: not looked up");
+        return None;
+    };
+    let key = FlowKey::new(
+        Addr::from(query.src),
+        Addr::from(query.dst.ip()),
+        src_port.to_be(),
+        query.dst.port().to_be(),
+        query.protocol.number(),
+    );
+    let flow = maps.flow(&key).filter(|flow| flow.kind == FLOW_FORWARD);
+    let Some(flow) = flow else {
+        trail.step("conntrack", "no connection from this client port yet");
+        return None;
+    };
+    if query.protocol.number() == PROTO_UDP
+        && maps
+            .backend(flow.backend_id)
+            .is_none_or(|backend| backend.addr != flow.addr || backend.port != flow.port)
+    {
+        trail.step(
+            "conntrack",
+            "a UDP flow whose backend left the Service: it moves to a live one",
+        );
+        return None;
+    }
+    let backend = SocketAddr::new(IpAddr::from(flow.addr), u16::from_be(flow.port));
+    let snat = (flow.snat != 0)
+        .then(|| SocketAddr::new(IpAddr::from(flow.snat_addr), u16::from_be(flow.snat_port)));
+    trail.step(
+        "conntrack",
+        format!(
+            "an established connection to backend {} ({backend})",
+            flow.backend_id
+        ),
+    );
+    Some(Verdict::Translated {
+        candidates: Vec::new(),
+        chosen: Some(Chosen {
+            address: backend,
+            because: "an established connection (conntrack)".into(),
+            snat,
+        }),
+    })
+}
+
+/// An external-scope frontend, else a ClusterIP when the node serves
+/// those to outside clients.
+fn frontend_of(
+    maps: &impl Lookups,
+    query: &Query,
+    serves_cluster_ips: bool,
+) -> Option<(ServiceKey, ServiceValue)> {
+    let (addr, port, proto) = (
+        Addr::from(query.dst.ip()),
+        query.dst.port().to_be(),
+        query.protocol.number(),
+    );
+    let external = ServiceKey::scoped(addr, port, proto, SCOPE_EXTERNAL, 0);
+    if let Some(value) = maps.service(&external) {
+        return Some((external, value));
+    }
+    let internal = ServiceKey::scoped(addr, port, proto, SCOPE_INTERNAL, 0);
+    maps.service(&internal)
+        .filter(|value| serves_cluster_ips && value.flags & FRONTEND_CLUSTER_IP != 0)
+        .map(|value| (internal, value))
+}
+
+fn unserved(maps: &impl Lookups, query: &Query, trail: &mut Trail) -> Verdict {
+    let addr = Addr::from(query.dst.ip());
+    if maps.is_cluster_ip(&addr) {
+        trail.step(
+            "frontend",
+            "none on this port: the address is an allocated ClusterIP",
+        );
+        Verdict::Refused {
+            how: REFUSAL.into(),
+            why: "no Service serves this port or protocol of the ClusterIP".into(),
+        }
+    } else if maps.in_service_cidr(&addr) {
+        trail.step(
+            "frontend",
+            "none: the address is in a service CIDR but no Service holds it",
+        );
+        Verdict::Dropped {
+            how: "the packet is dropped".into(),
+            why: "an unallocated service address".into(),
+        }
+    } else {
+        trail.step("frontend", "none: not a Service address");
+        Verdict::Passed {
+            why: "not addressed to a frontend: left to the node's stack".into(),
+        }
+    }
+}

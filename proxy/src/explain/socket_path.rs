@@ -1,0 +1,129 @@
+//! Traffic that starts on this node: the connect/sendmsg hooks
+//! (`ebpf/programs/src/sock.rs`), which translate once, at the socket call.
+
+use switchyard_abi::{Addr, FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES, ServiceKey};
+
+use super::{Chosen, Explanation, Lookups, Query, Trail, Verdict, address, affinity, candidates};
+
+const PATH: &str = "socket";
+
+pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
+    let mut trail = Trail::new();
+    let src = Addr::from(query.src);
+    let client = maps.namespace_of(&src);
+    trail.step(
+        "path",
+        match client {
+            Some(cookie) => format!(
+                "from this node (network namespace {cookie}): the socket hooks translate at connect() or sendmsg()"
+            ),
+            None => "from this node (namespace not known yet): the socket hooks translate at connect() or sendmsg()".to_owned(),
+        },
+    );
+    let key = ServiceKey::new(
+        Addr::from(query.dst.ip()),
+        query.dst.port().to_be(),
+        query.protocol.number(),
+        0,
+    );
+    let Some(value) = maps.service(&key) else {
+        let verdict = unserved(maps, &key.addr, &mut trail);
+        return trail.finish(PATH, verdict);
+    };
+    trail.frontend(maps, &key, &value);
+    if value.count == 0 && value.flags & FRONTEND_DROP_NO_LOCAL != 0 {
+        let verdict = Verdict::Dropped {
+            how: "connect() fails with ETIMEDOUT at once".into(),
+            why: "internalTrafficPolicy Local and no endpoint on this node".into(),
+        };
+        return trail.finish(PATH, verdict);
+    }
+    if value.flags & FRONTEND_SOURCE_RANGES != 0 {
+        // The hook checks the address the socket's namespace sends from.
+        let allowed = maps.source_range_allows(&key, &src);
+        trail.step(
+            "loadBalancerSourceRanges",
+            if allowed {
+                format!("{} is inside them", query.src)
+            } else {
+                format!("{} is outside them", query.src)
+            },
+        );
+        if !allowed {
+            let verdict = Verdict::Dropped {
+                how: "connect() fails with ETIMEDOUT at once".into(),
+                why: "the source is outside loadBalancerSourceRanges".into(),
+            };
+            return trail.finish(PATH, verdict);
+        }
+    }
+    if value.count == 0 {
+        let verdict = Verdict::Refused {
+            how: "connect() fails with ECONNREFUSED".into(),
+            why: "the Service has no endpoints".into(),
+        };
+        return trail.finish(PATH, verdict);
+    }
+    let candidates = candidates(maps, &key, value.count, |_| false);
+    trail.step(
+        "backends",
+        format!("{} candidate(s), one picked at random", candidates.len()),
+    );
+    let chosen = client
+        .and_then(|cookie| affinity(maps, cookie, &key, &value))
+        .map(|(record, backend)| {
+            trail.step(
+                "session affinity",
+                format!(
+                    "this namespace's record names slot {} (backend {})",
+                    record.slot, record.backend_id
+                ),
+            );
+            Chosen {
+                address: address(&backend),
+                because: "session affinity".into(),
+                snat: None,
+            }
+        });
+    if chosen.is_none() && value.affinity_timeout > 0 {
+        trail.step(
+            "session affinity",
+            "no live record: a new pick, then recorded",
+        );
+    }
+    if query.protocol == crate::model::Protocol::Udp {
+        trail.step(
+            "unconnected UDP",
+            "a socket's later datagrams keep its first pick while that backend lives",
+        );
+    }
+    trail.finish(PATH, Verdict::Translated { candidates, chosen })
+}
+
+/// No frontend at the address and port: kube-proxy's cluster-ips-check.
+pub(super) fn unserved(maps: &impl Lookups, addr: &Addr, trail: &mut Trail) -> Verdict {
+    if maps.is_cluster_ip(addr) {
+        trail.step(
+            "frontend",
+            "none on this port: the address is an allocated ClusterIP",
+        );
+        Verdict::Refused {
+            how: "connect() fails with ECONNREFUSED".into(),
+            why: "no Service serves this port or protocol of the ClusterIP".into(),
+        }
+    } else if maps.in_service_cidr(addr) {
+        trail.step(
+            "frontend",
+            "none: the address is in a service CIDR but no Service holds it",
+        );
+        Verdict::Dropped {
+            how: "connect() fails with ETIMEDOUT at once".into(),
+            why: "an unallocated service address".into(),
+        }
+    } else {
+        trail.step("frontend", "none: not a Service address");
+        Verdict::Passed {
+            why: "the connection goes on untouched".into(),
+        }
+    }
+}
