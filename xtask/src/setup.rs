@@ -33,7 +33,54 @@ const TOOLS: &[(&str, &str)] = &[
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    debian_packages(TOOLS)
+    debian_packages(TOOLS)?;
+    prometheus()
+}
+
+/// Where Debian's Prometheus is unpacked: the tests scrape the agent with
+/// it and run its `promtool`. Unpacked, never installed: no service of the
+/// package starts on the machine.
+pub fn prometheus_dir() -> PathBuf {
+    cargo::root().join("target/tools/prometheus")
+}
+
+fn prometheus() -> Result<()> {
+    let root = prometheus_dir();
+    let binaries = ["prometheus", "promtool"].map(|tool| root.join("usr/bin").join(tool));
+    if binaries.iter().all(|binary| binary.is_file()) {
+        step("prometheus (unpacked)", "ok (already present)");
+        return Ok(());
+    }
+    let debs = cargo::root().join("target/tools/debs");
+    std::fs::create_dir_all(&debs)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-q", "prometheus"])
+            .current_dir(&debs)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    // A fresh machine may have no package lists yet.
+    if !download() {
+        cargo::run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !download() {
+            bail!("apt-get download prometheus failed");
+        }
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.extension().is_some_and(|ext| ext == "deb")
+                && path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("prometheus_"))
+        })
+        .max()
+        .context("apt-get download left no prometheus_*.deb")?;
+    cargo::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    step("prometheus (unpacked)", "installed");
+    Ok(())
 }
 
 fn step(name: &str, outcome: &str) {

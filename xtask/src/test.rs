@@ -53,5 +53,9 @@ fn integration(names: &[String]) -> Result<()> {
     args.extend(["--", "--test-threads=1"]);
     let mut command = cargo::command(&args);
     command.env("SWITCHYARD_BIN", cargo::agent_binary());
+    command.env(
+        "SWITCHYARD_PROMETHEUS",
+        setup::prometheus_dir().join("usr/bin"),
+    );
     cargo::run(&mut command)
 }
