@@ -22,7 +22,7 @@ pub fn enable() -> Result<StatsGuard> {
 }
 
 /// Cumulative run time and run count of one program.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunStats {
     pub run_time_ns: u64,
     pub runs: u64,

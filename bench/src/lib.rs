@@ -11,6 +11,7 @@ pub mod agent_run;
 pub mod catalog;
 pub mod chain_name;
 pub mod churn;
+pub mod counter_cost;
 pub mod footprint;
 pub mod footprint_report;
 pub mod forwarding;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use switchyard_bench::{
-    churn,
+    churn, counter_cost,
     footprint::{self, FootprintScale},
     forwarding, netfilter, plot,
     progress::Progress,
@@ -15,6 +15,13 @@ use switchyard_bench::{
     rig::Rig,
     scenario::{self, Extras, Options},
 };
+
+/// A figure measured on its own (`--only`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// What the per-Service counters cost the connect hook and the tc path.
+    CounterCost,
+}
 
 #[derive(Parser)]
 #[command(about = "Switchyard vs kube-proxy-shaped iptables/nftables vs direct, in namespaces")]
@@ -68,6 +75,9 @@ struct Cli {
     /// Measure only the agent's footprint: no traffic, no baselines.
     #[arg(long)]
     footprint_only: bool,
+    /// Measure only this figure.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Fixes the probed Service's random position.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -113,23 +123,18 @@ fn main() -> Result<()> {
     } else {
         3 + 2 * options.runs + 2 * churn_runs
     };
-    let mut progress =
-        Progress::new(scales.len() * options.modes.len() + node_port_steps + 2 * footprints.len());
-    let mut report = BenchReport {
-        kernel: kernel(),
-        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        tools: netfilter::versions(),
-        full: cli.full,
-        run_ms: cli.run_ms,
-        runs: cli.runs,
-        scales: Vec::new(),
-        node_port: Vec::new(),
-        node_port_churn: Vec::new(),
-        churn_s,
-        node_port_forwarding: Vec::new(),
-        footprint: Vec::new(),
-        footprint_failures: Vec::new(),
+    let counter_steps = if cli.footprint_only {
+        0
+    } else {
+        2 * options.runs
     };
+    let mut progress = Progress::new(
+        scales.len() * options.modes.len() + node_port_steps + counter_steps + 2 * footprints.len(),
+    );
+    let mut report = empty_report(&cli, churn_s);
+    if cli.only == Some(Only::CounterCost) {
+        return counter_cost_only(&rig, &options, report, &cli.out);
+    }
     for (i, services) in scales.iter().enumerate() {
         let extras = Extras {
             established: i == 0 || i + 1 == scales.len(),
@@ -148,6 +153,10 @@ fn main() -> Result<()> {
         &mut progress,
         &cli.out,
     )?;
+    if !cli.footprint_only {
+        report.counter_cost = Some(counter_cost::measure(&rig, &options, &mut progress)?);
+        write_outputs(&cli.out, &report)?;
+    }
     if !cli.no_node_port && !cli.footprint_only {
         report.node_port = scenario::node_port(&rig, &options, &mut progress)?;
         write_outputs(&cli.out, &report)?;
@@ -168,6 +177,38 @@ fn main() -> Result<()> {
         "Wrote {0}/bench.md, {0}/bench.json, {0}/connection-rate.svg and {0}/memory.svg",
         cli.out.display()
     );
+    Ok(())
+}
+
+fn empty_report(cli: &Cli, churn_s: u64) -> BenchReport {
+    BenchReport {
+        kernel: kernel(),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        tools: netfilter::versions(),
+        full: cli.full,
+        run_ms: cli.run_ms,
+        runs: cli.runs,
+        scales: Vec::new(),
+        node_port: Vec::new(),
+        node_port_churn: Vec::new(),
+        churn_s,
+        node_port_forwarding: Vec::new(),
+        footprint: Vec::new(),
+        footprint_failures: Vec::new(),
+        counter_cost: None,
+    }
+}
+
+fn counter_cost_only(
+    rig: &Rig,
+    options: &Options,
+    mut report: BenchReport,
+    out: &std::path::Path,
+) -> Result<()> {
+    let mut progress = Progress::new(2 * options.runs);
+    report.counter_cost = Some(counter_cost::measure(rig, options, &mut progress)?);
+    progress.finish();
+    println!("{}", write_outputs(out, &report)?);
     Ok(())
 }
 

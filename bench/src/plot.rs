@@ -292,6 +292,7 @@ mod tests {
             node_port_forwarding: Vec::new(),
             footprint: Vec::new(),
             footprint_failures: Vec::new(),
+            counter_cost: None,
         };
         for svg in [svg(&report), memory_svg(&report)] {
             assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// A figure this run measured, and how the report writes it.
-type Measured = Option<(f64, String)>;
+pub(crate) type Measured = Option<(f64, String)>;
 
 /// One row of the targets table: what is asked, what was measured, and
 /// whether that meets it.
@@ -48,6 +48,7 @@ pub fn markdown(report: &BenchReport) -> String {
     node_port_forwarding(&mut out, report);
     node_port_churn(&mut out, report);
     crate::footprint_report::section(&mut out, report);
+    crate::counter_cost::section(&mut out, report.counter_cost.as_ref());
     targets(&mut out, report);
     out
 }
@@ -441,6 +442,7 @@ fn targets(out: &mut String, report: &BenchReport) {
         .into_iter()
         .chain(churn_targets(report))
         .chain(crate::footprint_report::targets(report))
+        .chain(crate::counter_cost::targets(report.counter_cost.as_ref()))
     {
         row(&target.asks, target.measured, &target.met);
     }

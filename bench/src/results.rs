@@ -262,6 +262,9 @@ pub struct BenchReport {
     /// Catalog sizes the agent could not be measured at, and why.
     #[serde(default)]
     pub footprint_failures: Vec<String>,
+    /// What the per-Service counters cost the hooks.
+    #[serde(default)]
+    pub counter_cost: Option<crate::counter_cost::CounterCost>,
 }
 
 /// Where the agent read the catalog from.

@@ -138,7 +138,10 @@ fn growing_the_maps_under_traffic_keeps_every_connection() {
     );
     let metrics = get(&cluster.node.netns, 10249, "/metrics").1;
     assert_eq!(
-        metric(&metrics, "switchyard_map_capacity{map=\"SY_SERVICES_V1\"}"),
+        metric(
+            &metrics,
+            &format!("switchyard_map_capacity{{map=\"{SERVICES_MAP}\"}}")
+        ),
         Some(4096.0)
     );
     assert_eq!(

@@ -19,7 +19,7 @@ use crate::{
 /// Entries each map was created with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapCapacity {
-    /// `SY_SERVICES_V1`: a frontend's slot 0 and one slot per backend.
+    /// `SY_SERVICES_V2`: a frontend's slot 0 and one slot per backend.
     pub service_entries: usize,
     /// `SY_BACKENDS_V1`: each distinct backend once.
     pub backends: usize,

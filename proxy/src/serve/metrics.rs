@@ -404,7 +404,7 @@ mod tests {
             .kube_proxy
             .set_no_local_endpoints(IpFamily::V4, "internal", 0);
         metrics.set_programmed(3, 7);
-        metrics.set_map_usage("SY_SERVICES_V1", 10, 262_144);
+        metrics.set_map_usage("SY_SERVICES_V2", 10, 262_144);
         metrics.record_map_failure("SY_BACKENDS_V1", "map_full");
         let web = ObjectRef::new("Service", "default", "web");
         let bad = InputError::field(&web, "spec.ports[0].port", Reason::InvalidPort, "0");
@@ -442,8 +442,8 @@ mod tests {
             "switchyard_datapath_drift_entries{map=\"SY_BACKENDS_V1\"} 0",
             "switchyard_frontends_programmed 3",
             "switchyard_backends_programmed 7",
-            "switchyard_map_entries{map=\"SY_SERVICES_V1\"} 10",
-            "switchyard_map_capacity{map=\"SY_SERVICES_V1\"} 262144",
+            "switchyard_map_entries{map=\"SY_SERVICES_V2\"} 10",
+            "switchyard_map_capacity{map=\"SY_SERVICES_V2\"} 262144",
             "switchyard_map_operation_failures_total{map=\"SY_BACKENDS_V1\",reason=\"map_full\"} 1",
             "switchyard_input_errors{reason=\"invalid_port\"} 1",
             "switchyard_input_errors_total{reason=\"invalid_port\"} 1",
