@@ -107,6 +107,13 @@ fn a_service_counts_its_connections_and_each_backend_its_share() {
         .unwrap();
     assert_eq!(web_frontend["service"], "default/web:http");
     assert_eq!(web_frontend["counters"]["socket_connections"], 10);
+    // What an operator reads (the README's example comes from here).
+    for line in metrics
+        .lines()
+        .filter(|line| line.contains("service=\"web\""))
+    {
+        println!("{line}");
+    }
 }
 
 #[test]
@@ -185,4 +192,8 @@ fn connections_from_outside_count_packets_bytes_and_flows() {
         .collect();
     assert_eq!(natted.len(), 2);
     assert_eq!(natted.iter().filter(|n| **n).count(), 1, "{explained:#}");
+    let words = agents[0]
+        .explain_text(&["tcp", &outside, &target.to_string()])
+        .unwrap();
+    println!("{words}");
 }

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use switchyard_abi::{
-    AFFINITY_MAP, Addr, AffinityKey, AffinityValue, BACKENDS_MAP, Backend, CLUSTER_CIDRS_MAP,
-    CLUSTER_IPS_MAP, CONNTRACK_MAP, Flow, FlowKey, NETNS_SOURCES_MAP, NODE_CONFIG_MAP, NODE_MAP,
-    NODE_SNAT_IPV4, NODE_SNAT_IPV6, NetnsSource, NodeConfig, SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP,
-    SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, ServiceKey, ServiceName,
-    ServiceValue, SourceRange,
+    AFFINITY_MAP, Addr, AffinityKey, AffinityValue, BACKEND_LOCAL, BACKENDS_MAP, Backend,
+    CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP, Flow, FlowKey, NETNS_SOURCES_MAP,
+    NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NetnsSource, NodeConfig,
+    SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
 use super::{
@@ -113,6 +113,17 @@ impl Lookups for LiveMaps {
             .filter_map(Result::ok)
             .find(|(_, sources)| sources.v4 == *src || sources.v6 == *src)
             .map(|(cookie, _)| cookie)
+    }
+
+    fn on_this_node(&self, src: &Addr) -> bool {
+        [false, true]
+            .into_iter()
+            .any(|v6| self.snat_address(v6) == Some(*src))
+            || self
+                .backends
+                .iter()
+                .filter_map(Result::ok)
+                .any(|(_, backend)| backend.flags & BACKEND_LOCAL != 0 && backend.addr == *src)
     }
 
     fn node_config(&self) -> Option<NodeConfig> {

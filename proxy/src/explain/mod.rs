@@ -38,6 +38,8 @@ pub trait Lookups {
     fn flow(&self, key: &FlowKey) -> Option<Flow>;
     /// The netns cookie of the hooked namespace that sends from `src`.
     fn namespace_of(&self, src: &Addr) -> Option<u64>;
+    /// `src` is one of this node's addresses or an endpoint on this node.
+    fn on_this_node(&self, src: &Addr) -> bool;
     fn node_config(&self) -> Option<NodeConfig>;
     /// The node address NATed connections of this family leave from.
     fn snat_address(&self, v6: bool) -> Option<Addr>;
@@ -63,8 +65,8 @@ pub struct Query {
     /// found in conntrack.
     pub src_port: Option<u16>,
     pub dst: SocketAddr,
-    /// `None`: a pod or the host when a hooked namespace sends from `src`,
-    /// else outside.
+    /// `None`: a pod or the host when a hooked namespace sends from `src`
+    /// or `src` is this node's or one of its endpoints', else outside.
     pub origin: Option<Origin>,
 }
 
@@ -148,7 +150,8 @@ pub struct Chosen {
 /// Replays the datapath's decision for `query` against `maps`.
 pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     let origin = query.origin.unwrap_or_else(|| {
-        if maps.namespace_of(&Addr::from(query.src)).is_some() {
+        let src = Addr::from(query.src);
+        if maps.namespace_of(&src).is_some() || maps.on_this_node(&src) {
             Origin::Node
         } else {
             Origin::Outside

@@ -17,7 +17,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
             Some(cookie) => format!(
                 "from this node (network namespace {cookie}): the socket hooks translate at connect() or sendmsg()"
             ),
-            None => "from this node (namespace not known yet): the socket hooks translate at connect() or sendmsg()".to_owned(),
+            None => "from this node: the socket hooks translate at connect() or sendmsg() (its network namespace is not in the map, so no affinity record is looked up)".to_owned(),
         },
     );
     let key = ServiceKey::new(

@@ -85,6 +85,9 @@ impl Lookups for Table {
     fn namespace_of(&self, src: &Addr) -> Option<u64> {
         (*src == Addr::from(POD.parse::<IpAddr>().unwrap())).then_some(NAMESPACE)
     }
+    fn on_this_node(&self, src: &Addr) -> bool {
+        *src == Addr::from(NODE.parse::<IpAddr>().unwrap())
+    }
     fn node_config(&self) -> Option<NodeConfig> {
         let flags = if self.from_outside {
             NODE_CLUSTER_IP_FROM_OUTSIDE
