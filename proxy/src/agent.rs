@@ -25,7 +25,7 @@ use crate::{
         topology::NodeContext,
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    model::{DesiredState, address::Cidr, counter_policy::CounterPolicy},
+    model::{DesiredState, Scope, address::Cidr, counter_policy::CounterPolicy},
     node::{
         netns_source::NetnsSources,
         node_network,
@@ -503,8 +503,10 @@ impl Agent {
             programmed.backends.len(),
             self.capacity.backends,
         );
-        for (family, services) in desired.no_local_by_family() {
-            kube_proxy.set_no_local_endpoints(family, "internal", services);
+        for (scope, policy) in [(Scope::Internal, "internal"), (Scope::External, "external")] {
+            for (family, services) in desired.no_local_by_family(scope) {
+                kube_proxy.set_no_local_endpoints(family, policy, services);
+            }
         }
         let mut health = self.health();
         // As kube-proxy: a pass that left changes unapplied (a full map, say)

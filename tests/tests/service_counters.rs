@@ -197,3 +197,29 @@ fn connections_from_outside_count_packets_bytes_and_flows() {
         .unwrap();
     println!("{words}");
 }
+
+/// kube-proxy's `no_local_endpoints` gauge by the policy that has none: an
+/// `externalTrafficPolicy: Local` Service whose only endpoint is on the
+/// other node counts under "external" on this one, not under "internal".
+#[test]
+fn a_local_policy_without_local_endpoints_is_counted_under_its_own_policy() {
+    let c = two_nodes::cluster();
+    let _agents = two_nodes::agents(&c, &[]);
+    let service = two_nodes::service("web", ServiceType::NodePort, 30081, 11)
+        .external_traffic_policy(switchyard_tests::TrafficPolicy::Local);
+    two_nodes::write_service(&c, &service, &[(1, 0)]);
+    let gauge = |policy: &str| {
+        format!(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"IPv4\",traffic_policy=\"{policy}\"}}"
+        )
+    };
+    let node = &c.nodes[0].netns;
+    let mut metrics = String::new();
+    time_until(Duration::from_secs(10), || {
+        metrics = scrape(node);
+        metric(&metrics, &gauge("external")).is_some_and(|n| n >= 1.0)
+    });
+    // Two ports (TCP and UDP), each a Service port of its own.
+    assert_eq!(metric(&metrics, &gauge("external")), Some(2.0), "{metrics}");
+    assert_eq!(metric(&metrics, &gauge("internal")), Some(0.0), "{metrics}");
+}

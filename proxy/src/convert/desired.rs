@@ -126,7 +126,9 @@ pub fn update_services_from<S: Borrow<ParsedService>, P: Borrow<ParsedSlice>>(
         }
         state.health_checks.remove(&port);
     }
-    state.no_local.retain(|service| !owned_by_changed(service));
+    state
+        .no_local
+        .retain(|(service, _)| !owned_by_changed(service));
 
     let index = SliceIndex::new(slices);
     let mut errors = Vec::new();
@@ -251,7 +253,9 @@ fn add_claims(
         let mut backends = select_endpoints(&candidates, claim.policy, node);
         let mut flags = claim.flags;
         if claim.policy == TrafficPolicy::Local && backends.is_empty() {
-            state.no_local.insert(claim.service.clone());
+            state
+                .no_local
+                .insert((claim.service.clone(), claim.frontend.scope));
             // Endpoints elsewhere but none here: kube-proxy drops (both
             // policies); with none anywhere it rejects.
             if !select_endpoints(&candidates, TrafficPolicy::Cluster, node).is_empty() {

@@ -248,9 +248,11 @@ impl fmt::Display for ServicePortName {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, DesiredFrontend>,
-    /// Service ports with `internalTrafficPolicy: Local` and no endpoint on
-    /// this node (kube-proxy's `no_local_endpoints` metric counts them).
-    pub no_local: std::collections::BTreeSet<ServicePortName>,
+    /// Service ports with a Local traffic policy and no endpoint on this
+    /// node, by the scope the policy governs (internal:
+    /// `internalTrafficPolicy`, external: `externalTrafficPolicy`);
+    /// kube-proxy's `no_local_endpoints` metric counts them.
+    pub no_local: std::collections::BTreeSet<(ServicePortName, Scope)>,
     /// Health check node ports to serve, by port.
     pub health_checks: BTreeMap<u16, HealthCheck>,
     /// Frontends and health check ports more than one Service claimed: a
@@ -269,14 +271,20 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// Service ports with `internalTrafficPolicy: Local` and no endpoint
-    /// here, by the families of their cluster IPs: kube-proxy's
+    /// Service ports with a Local policy for `scope` and no endpoint here,
+    /// by the families of their frontends of that scope: kube-proxy's
     /// `no_local_endpoints` gauge, which each family's proxier counts.
-    pub fn no_local_by_family(&self) -> BTreeMap<address::IpFamily, usize> {
+    pub fn no_local_by_family(&self, scope: Scope) -> BTreeMap<address::IpFamily, usize> {
         let mut counted = std::collections::BTreeSet::new();
-        if !self.no_local.is_empty() {
+        let services: std::collections::BTreeSet<&ServicePortName> = self
+            .no_local
+            .iter()
+            .filter(|(_, policy_scope)| *policy_scope == scope)
+            .map(|(service, _)| service)
+            .collect();
+        if !services.is_empty() {
             for (frontend, desired) in &self.frontends {
-                if frontend.scope == Scope::Internal && self.no_local.contains(&desired.service) {
+                if frontend.scope == scope && services.contains(&desired.service) {
                     counted.insert((address::IpFamily::of(frontend.ip), &desired.service));
                 }
             }
@@ -323,6 +331,21 @@ pub struct DesiredFrontend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_local_endpoints_are_counted_by_the_policy_that_has_none() {
+        let mut state = fixtures::desired(&[("10.96.0.10", 80, &[1])]);
+        let service = state.frontends.values().next().unwrap().clone();
+        let mut node_port = fixtures::frontend("192.168.1.5", 30080);
+        node_port.scope = Scope::External;
+        state.frontends.insert(node_port, service.clone());
+        // externalTrafficPolicy Local with no endpoint here: the ClusterIP
+        // is not counted under "internal".
+        state.no_local.insert((service.service, Scope::External));
+        let v4 = address::IpFamily::of(node_port.ip);
+        assert_eq!(state.no_local_by_family(Scope::External)[&v4], 1);
+        assert_eq!(state.no_local_by_family(Scope::Internal)[&v4], 0);
+    }
 
     fn frontend(ip: &str, port: u16, protocol: Protocol) -> Frontend {
         Frontend {
