@@ -137,7 +137,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         entry_budget: usize::try_from(args.service_entry_budget).unwrap_or(usize::MAX),
         refusing: false,
         drift: DriftWatch::new(),
-        counters: args.counters.policy(),
+        counters: flags.counters,
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {

@@ -6,22 +6,14 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::*;
-use switchyard_tests::{
-    Agent, AgentConfig, Cluster, ClusterSpec, Pod, ServiceManifest, ServicePort,
-};
+use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, Pod};
 
 #[test]
 fn explain_says_what_the_datapath_does() {
     let cluster = Cluster::up(&ClusterSpec::with_pods(2)).unwrap();
     let pods: Vec<&Pod> = cluster.pods.iter().collect();
     write_web(&cluster, pods.iter().copied());
-    let empty = ServiceManifest::new("empty", NAMESPACE)
-        .cluster_ip("10.96.0.20")
-        .port(ServicePort::tcp("http", 80, 8080));
-    cluster
-        .manifests()
-        .write("empty.yaml", &[empty.to_value()])
-        .unwrap();
+    write_empty(&cluster, "10.96.0.20");
     let config = AgentConfig::for_cluster(&cluster).arg("--service-cluster-ip-range=10.96.0.0/16");
     let agent = Agent::start(config, &cluster.node.netns).unwrap();
     let client = cluster.client.ipv4.to_string();

@@ -190,6 +190,10 @@ fn bad_flags_stop_the_agent_before_it_touches_anything() {
             "--nodeport-addresses=10.0.0.0/8,primry",
             "--nodeport-addresses: \"primry\" is neither a CIDR nor \"primary\"",
         ),
+        (
+            "--service-counters-for=shop,Shop/Cart",
+            "--service-counters-for: \"Shop/Cart\" is not *, a namespace or namespace/name",
+        ),
     ];
     for (index, (flag, want)) in cases.iter().enumerate() {
         let mut config = AgentConfig::for_cluster(&cluster).arg(*flag);

@@ -8,9 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::{two_nodes, *};
-use switchyard_tests::{
-    Agent, AgentConfig, Cluster, ClusterSpec, Pod, ServiceManifest, ServicePort, ServiceType,
-};
+use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, Pod, ServiceType};
 
 const CONNECTIONS: &str = "switchyard_service_connections_total";
 const BACKEND_CONNECTIONS: &str = "switchyard_backend_connections_total";
@@ -24,17 +22,6 @@ fn web(path: &'static str) -> [(&'static str, &'static str); 4] {
     ]
 }
 
-/// `empty`: a Service without endpoints, refused as kube-proxy refuses.
-fn write_empty(cluster: &Cluster) {
-    let empty = ServiceManifest::new("empty", NAMESPACE)
-        .cluster_ip("10.96.0.20")
-        .port(ServicePort::tcp("http", 80, 8080));
-    cluster
-        .manifests()
-        .write("empty.yaml", &[empty.to_value()])
-        .unwrap();
-}
-
 fn scrape(netns: &switchyard_tests::NetNs) -> String {
     get(netns, 10249, "/metrics").1
 }
@@ -44,7 +31,7 @@ fn a_service_counts_its_connections_and_each_backend_its_share() {
     let cluster = Cluster::up(&ClusterSpec::with_pods(2)).unwrap();
     let pods: Vec<&Pod> = cluster.pods.iter().collect();
     write_web(&cluster, pods.iter().copied());
-    write_empty(&cluster);
+    write_empty(&cluster, "10.96.0.20");
     let agent = Agent::start(AgentConfig::for_cluster(&cluster), &cluster.node.netns).unwrap();
     let before = scrape(&cluster.node.netns);
     assert_eq!(

@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::{
     cli::RunArgs,
     convert::claim::parse_external_ip_ranges,
-    model::address::{BadCidr, Cidr},
+    model::{
+        address::{BadCidr, Cidr},
+        counter_policy::{BadCounterSelector, CounterPolicy},
+    },
     node::node_network::{BadNodePortAddress, NodePortAddresses},
 };
 
@@ -28,6 +31,8 @@ pub enum FlagError {
     Cidr { flag: &'static str, source: BadCidr },
     #[error(transparent)]
     NodePortAddress(#[from] BadNodePortAddress),
+    #[error("--service-counters-for: {source}")]
+    CounterSelector { source: BadCounterSelector },
 }
 
 /// What the flags say, parsed.
@@ -38,6 +43,8 @@ pub struct CheckedFlags {
     /// `--external-ip-ranges`: `None` serves every externalIP.
     pub external_ip_ranges: Option<Vec<Cidr>>,
     pub node_port_addresses: NodePortAddresses,
+    /// `--service-counters*`.
+    pub counters: CounterPolicy,
 }
 
 impl CheckedFlags {
@@ -100,6 +107,10 @@ impl CheckedFlags {
                 },
             )?,
             node_port_addresses: NodePortAddresses::from_flag(&args.nodeport_addresses)?,
+            counters: args
+                .counters
+                .policy()
+                .map_err(|source| FlagError::CounterSelector { source })?,
         })
     }
 }

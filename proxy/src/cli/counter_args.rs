@@ -3,7 +3,7 @@
 use clap::Args;
 use switchyard_abi::{BACKEND_STATS_SERIES, SERVICE_STATS_SERIES};
 
-use crate::model::counter_policy::{CounterPolicy, CounterSelector};
+use crate::model::counter_policy::{BadCounterSelector, CounterPolicy, CounterSelector};
 
 #[derive(Debug, Args)]
 pub struct CounterArgs {
@@ -21,7 +21,7 @@ pub struct CounterArgs {
         value_delimiter = ',',
         default_value = "*"
     )]
-    pub service_counters_for: Vec<CounterSelector>,
+    pub service_counters_for: Vec<String>,
     /// Service ports with series of their own, at most; past it the rest
     /// overflow. The kernel map holds this many.
     #[arg(long, value_name = "N", default_value_t = SERVICE_STATS_SERIES, value_parser = clap::value_parser!(u32).range(0..=i64::from(SERVICE_STATS_SERIES)))]
@@ -32,12 +32,17 @@ pub struct CounterArgs {
 }
 
 impl CounterArgs {
-    pub fn policy(&self) -> CounterPolicy {
-        CounterPolicy {
+    /// The policy the flags ask for, or the selector that is no selector.
+    pub fn policy(&self) -> Result<CounterPolicy, BadCounterSelector> {
+        Ok(CounterPolicy {
             enabled: self.service_counters,
-            selectors: self.service_counters_for.clone(),
+            selectors: self
+                .service_counters_for
+                .iter()
+                .map(|text| text.trim().parse())
+                .collect::<Result<Vec<CounterSelector>, _>>()?,
             service_series: self.service_counter_series,
             backend_series: self.backend_counter_series,
-        }
+        })
     }
 }

@@ -291,4 +291,41 @@ fn affinity(
     Some((record, maps.backend(record.backend_id)?))
 }
 
+/// How a client meets each verdict on one path.
+struct Outcomes {
+    refused: &'static str,
+    dropped: &'static str,
+    passed: &'static str,
+}
+
+/// No frontend at the address and port: kube-proxy's cluster-ips-check
+/// refuses an allocated ClusterIP's unserved port and drops an address of
+/// the service CIDRs no Service holds; anything else is not ours.
+fn unserved(maps: &impl Lookups, addr: &Addr, trail: &mut Trail, outcomes: &Outcomes) -> Verdict {
+    if maps.is_cluster_ip(addr) {
+        trail.step(
+            "frontend",
+            "none on this port: the address is an allocated ClusterIP",
+        );
+        Verdict::Refused {
+            how: outcomes.refused.into(),
+            why: "no Service serves this port or protocol of the ClusterIP".into(),
+        }
+    } else if maps.in_service_cidr(addr) {
+        trail.step(
+            "frontend",
+            "none: the address is in a service CIDR but no Service holds it",
+        );
+        Verdict::Dropped {
+            how: outcomes.dropped.into(),
+            why: "an unallocated service address".into(),
+        }
+    } else {
+        trail.step("frontend", "none: not a Service address");
+        Verdict::Passed {
+            why: outcomes.passed.into(),
+        }
+    }
+}
+
 pub use render::text;

@@ -9,11 +9,20 @@ use switchyard_abi::{
     SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue, client_of_addr,
 };
 
-use super::{Chosen, Explanation, Lookups, Query, Trail, Verdict, address, affinity, candidates};
+use super::{
+    Chosen, Explanation, Lookups, Outcomes, Query, Trail, Verdict, address, affinity, candidates,
+    unserved,
+};
 
 const PATH: &str = "packet";
 
 const REFUSAL: &str = "a TCP RST or ICMP port unreachable from the frontend's address";
+
+const OUTCOMES: Outcomes = Outcomes {
+    refused: REFUSAL,
+    dropped: "the packet is dropped",
+    passed: "not addressed to a frontend: left to the node's stack",
+};
 
 pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     let mut trail = Trail::new();
@@ -30,14 +39,14 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         .is_some_and(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE != 0);
     let Some((key, value)) = frontend_of(maps, query, serves_cluster_ips) else {
         let verdict = if serves_cluster_ips {
-            unserved(maps, query, &mut trail)
+            unserved(maps, &Addr::from(query.dst.ip()), &mut trail, &OUTCOMES)
         } else {
             trail.step(
                 "frontend",
                 "none: this node serves no ClusterIP to outside clients",
             );
             Verdict::Passed {
-                why: "not addressed to a frontend: left to the node's stack".into(),
+                why: OUTCOMES.passed.into(),
             }
         };
         return trail.finish(PATH, verdict);
@@ -61,7 +70,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         );
         if !allowed {
             let verdict = Verdict::Dropped {
-                how: "the packet is dropped".into(),
+                how: OUTCOMES.dropped.into(),
                 why: "the source is outside loadBalancerSourceRanges".into(),
             };
             return trail.finish(PATH, verdict);
@@ -184,32 +193,4 @@ fn frontend_of(
     maps.service(&internal)
         .filter(|value| serves_cluster_ips && value.flags & FRONTEND_CLUSTER_IP != 0)
         .map(|value| (internal, value))
-}
-
-fn unserved(maps: &impl Lookups, query: &Query, trail: &mut Trail) -> Verdict {
-    let addr = Addr::from(query.dst.ip());
-    if maps.is_cluster_ip(&addr) {
-        trail.step(
-            "frontend",
-            "none on this port: the address is an allocated ClusterIP",
-        );
-        Verdict::Refused {
-            how: REFUSAL.into(),
-            why: "no Service serves this port or protocol of the ClusterIP".into(),
-        }
-    } else if maps.in_service_cidr(&addr) {
-        trail.step(
-            "frontend",
-            "none: the address is in a service CIDR but no Service holds it",
-        );
-        Verdict::Dropped {
-            how: "the packet is dropped".into(),
-            why: "an unallocated service address".into(),
-        }
-    } else {
-        trail.step("frontend", "none: not a Service address");
-        Verdict::Passed {
-            why: "not addressed to a frontend: left to the node's stack".into(),
-        }
-    }
 }

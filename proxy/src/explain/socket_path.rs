@@ -3,9 +3,18 @@
 
 use switchyard_abi::{Addr, FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES, ServiceKey};
 
-use super::{Chosen, Explanation, Lookups, Query, Trail, Verdict, address, affinity, candidates};
+use super::{
+    Chosen, Explanation, Lookups, Outcomes, Query, Trail, Verdict, address, affinity, candidates,
+    unserved,
+};
 
 const PATH: &str = "socket";
+
+const OUTCOMES: Outcomes = Outcomes {
+    refused: "connect() fails with ECONNREFUSED",
+    dropped: "connect() fails with ETIMEDOUT at once",
+    passed: "the connection goes on untouched",
+};
 
 pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     let mut trail = Trail::new();
@@ -27,13 +36,13 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         0,
     );
     let Some(value) = maps.service(&key) else {
-        let verdict = unserved(maps, &key.addr, &mut trail);
+        let verdict = unserved(maps, &key.addr, &mut trail, &OUTCOMES);
         return trail.finish(PATH, verdict);
     };
     trail.frontend(maps, &key, &value);
     if value.count == 0 && value.flags & FRONTEND_DROP_NO_LOCAL != 0 {
         let verdict = Verdict::Dropped {
-            how: "connect() fails with ETIMEDOUT at once".into(),
+            how: OUTCOMES.dropped.into(),
             why: "internalTrafficPolicy Local and no endpoint on this node".into(),
         };
         return trail.finish(PATH, verdict);
@@ -51,7 +60,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         );
         if !allowed {
             let verdict = Verdict::Dropped {
-                how: "connect() fails with ETIMEDOUT at once".into(),
+                how: OUTCOMES.dropped.into(),
                 why: "the source is outside loadBalancerSourceRanges".into(),
             };
             return trail.finish(PATH, verdict);
@@ -59,7 +68,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     }
     if value.count == 0 {
         let verdict = Verdict::Refused {
-            how: "connect() fails with ECONNREFUSED".into(),
+            how: OUTCOMES.refused.into(),
             why: "the Service has no endpoints".into(),
         };
         return trail.finish(PATH, verdict);
@@ -98,32 +107,4 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         );
     }
     trail.finish(PATH, Verdict::Translated { candidates, chosen })
-}
-
-/// No frontend at the address and port: kube-proxy's cluster-ips-check.
-pub(super) fn unserved(maps: &impl Lookups, addr: &Addr, trail: &mut Trail) -> Verdict {
-    if maps.is_cluster_ip(addr) {
-        trail.step(
-            "frontend",
-            "none on this port: the address is an allocated ClusterIP",
-        );
-        Verdict::Refused {
-            how: "connect() fails with ECONNREFUSED".into(),
-            why: "no Service serves this port or protocol of the ClusterIP".into(),
-        }
-    } else if maps.in_service_cidr(addr) {
-        trail.step(
-            "frontend",
-            "none: the address is in a service CIDR but no Service holds it",
-        );
-        Verdict::Dropped {
-            how: "connect() fails with ETIMEDOUT at once".into(),
-            why: "an unallocated service address".into(),
-        }
-    } else {
-        trail.step("frontend", "none: not a Service address");
-        Verdict::Passed {
-            why: "the connection goes on untouched".into(),
-        }
-    }
 }

@@ -60,7 +60,7 @@ impl CounterSelector {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not *, a namespace or namespace/name")]
 pub struct BadCounterSelector {
     pub text: String,

@@ -67,6 +67,17 @@ fn main() -> Result<()> {
     write_endpoints(&cluster, 4)?;
     converge(&cluster, 4)?;
     report(&cluster, "4 endpoints again")?;
+    println!("\nWhat each Service and backend got, counted in the kernel (switchyard services):\n");
+    print!("{}", agent.services_table()?);
+    let client = cluster.client.ipv4.to_string();
+    println!(
+        "\nWhy a connection from the client goes where it goes \
+         (switchyard explain tcp {client} {CLUSTER_IP_V4} --from node):\n"
+    );
+    print!(
+        "{}",
+        agent.explain_text(&["tcp", &client, CLUSTER_IP_V4, "--from", "node"])?
+    );
     println!("\nTearing down.");
     Ok(())
 }

@@ -174,3 +174,15 @@ pub fn series(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     }
     total
 }
+
+/// `empty.yaml`: a Service on `ip` without endpoints, which kube-proxy
+/// refuses.
+pub fn write_empty(cluster: &Cluster, ip: &str) {
+    let empty = ServiceManifest::new("empty", NAMESPACE)
+        .cluster_ip(ip)
+        .port(ServicePort::tcp("http", 80, 8080));
+    cluster
+        .manifests()
+        .write("empty.yaml", &[empty.to_value()])
+        .unwrap();
+}
