@@ -149,9 +149,9 @@ pub fn views(state: &DatapathState, kernel_counts: Option<&StatsTable>) -> Vec<F
             counters: counts_view::service(kernel_counts, frontend.counter),
             backends: (1..=frontend.count.unwrap_or(0))
                 .map(|slot| {
-                    let id = frontend.slots.get(&slot).copied().unwrap_or(0);
+                    let named = frontend.slots.get(&slot).copied().unwrap_or_default();
+                    let (id, counter) = (named.backend_id, named.counter);
                     let backend = state.backends.get(&id);
-                    let counter = frontend.slot_counters.get(&slot).copied().unwrap_or(0);
                     BackendView {
                         id,
                         ip: backend.map(|backend| IpAddr::from(backend.addr)),

@@ -47,8 +47,8 @@ impl Lookups for Table {
             );
             return Some(value);
         }
-        let id = *frontend.slots.get(&key.slot)?;
-        Some(ServiceValue::slot(id, 0))
+        let slot = frontend.slots.get(&key.slot)?;
+        Some(ServiceValue::slot(slot.backend_id, slot.counter))
     }
     fn backend(&self, id: u32) -> Option<Backend> {
         self.state.backends.get(&id).copied()
@@ -262,7 +262,12 @@ fn an_affinity_record_and_an_established_connection_decide() {
         0,
     );
     let frontend = &maps.state.frontends[&key];
-    let (slot, id) = frontend.slots.iter().nth(1).map(|(s, i)| (*s, *i)).unwrap();
+    let (slot, id) = frontend
+        .slots
+        .iter()
+        .nth(1)
+        .map(|(s, named)| (*s, named.backend_id))
+        .unwrap();
     let backend = maps.state.backends[&id];
     maps.state.frontends.get_mut(&key).unwrap().affinity_timeout = 60;
     maps.affinity.insert(

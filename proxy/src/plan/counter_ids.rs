@@ -56,11 +56,11 @@ impl<'a> CounterIds<'a> {
             return;
         }
         self.services.entry(service).or_insert(counter);
-        for (slot, &backend_id) in &existing.slots {
-            if let Some(&pair) = existing.slot_counters.get(slot)
-                && self.owns(Counter::Backend(pair))
-            {
-                self.pairs.entry((counter, backend_id)).or_insert(pair);
+        for slot in existing.slots.values() {
+            if self.owns(Counter::Backend(slot.counter)) {
+                self.pairs
+                    .entry((counter, slot.backend_id))
+                    .or_insert(slot.counter);
             }
         }
     }
@@ -169,7 +169,7 @@ mod tests {
         state
             .frontends
             .values()
-            .map(|f| (f.counter, f.slot_counters.values().copied().collect()))
+            .map(|f| (f.counter, f.slots.values().map(|s| s.counter).collect()))
             .collect()
     }
 

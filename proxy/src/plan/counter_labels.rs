@@ -46,12 +46,10 @@ impl CounterLabels {
                 .services
                 .entry(frontend.counter)
                 .or_insert_with(|| name.clone());
-            for (slot, &pair) in &frontend.slot_counters {
+            for slot in frontend.slots.values() {
+                let pair = slot.counter;
                 labels.overflow |= pair == COUNTER_OVERFLOW;
-                let backend = frontend
-                    .slots
-                    .get(slot)
-                    .and_then(|id| state.backends.get(id));
+                let backend = state.backends.get(&slot.backend_id);
                 if let (true, Some(backend)) = (is_own(Counter::Backend(pair)), backend) {
                     labels.pairs.entry(pair).or_insert_with(|| PairLabel {
                         service: name.clone(),

@@ -79,21 +79,27 @@ pub struct ProgrammedFrontend {
     pub affinity_timeout: u32,
     /// Slot 0's `FRONTEND_*` bits.
     pub flags: u16,
-    /// Slot number (>= 1) -> backend id, including slots beyond `count`,
-    /// which the kernel never reads.
-    pub slots: BTreeMap<u16, u32>,
+    /// Slot number (>= 1) -> what it names, including slots beyond
+    /// `count`, which the kernel never reads.
+    pub slots: BTreeMap<u16, Slot>,
     /// Slot 0's Service port counter entry.
     pub counter: u32,
-    /// Slot number -> the (Service port, backend) pair's counter entry.
-    pub slot_counters: BTreeMap<u16, u32>,
     /// The Service port it serves, as the names map holds it.
     pub name: Option<ServicePortName>,
+}
+
+/// One slot: a backend, and the counter entry of the (Service port,
+/// backend) pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub backend_id: u32,
+    pub counter: u32,
 }
 
 impl ProgrammedFrontend {
     /// Backend ids in slots 1..=count, `None` for a missing slot.
     pub fn active_slots(&self) -> impl Iterator<Item = Option<u32>> + '_ {
-        (1..=self.count.unwrap_or(0)).map(|slot| self.slots.get(&slot).copied())
+        (1..=self.count.unwrap_or(0)).map(|slot| self.slots.get(&slot).map(|s| s.backend_id))
     }
 
     fn is_empty(&self) -> bool {
@@ -135,8 +141,13 @@ impl DatapathState {
                 frontend.counter = value.counter;
                 state.counters.add(Counter::Service(value.counter));
             } else {
-                frontend.slots.insert(key.slot, value.backend_id);
-                frontend.slot_counters.insert(key.slot, value.counter);
+                frontend.slots.insert(
+                    key.slot,
+                    Slot {
+                        backend_id: value.backend_id,
+                        counter: value.counter,
+                    },
+                );
                 state.counters.add(Counter::Backend(value.counter));
                 *state.index.slot_refs.entry(value.backend_id).or_default() += 1;
             }
@@ -156,14 +167,12 @@ impl DatapathState {
             self.index.taken(id);
         }
         for frontend in self.frontends.values() {
-            for id in frontend.slots.values() {
-                *self.index.slot_refs.entry(*id).or_default() += 1;
+            for slot in frontend.slots.values() {
+                *self.index.slot_refs.entry(slot.backend_id).or_default() += 1;
+                self.counters.add(Counter::Backend(slot.counter));
             }
             if frontend.count.is_some() {
                 self.counters.add(Counter::Service(frontend.counter));
-            }
-            for &counter in frontend.slot_counters.values() {
-                self.counters.add(Counter::Backend(counter));
             }
         }
         self
@@ -225,14 +234,13 @@ impl DatapathState {
                 backend_id,
                 counter,
             } => {
-                let frontend = self.frontend_mut(&key);
-                let previous = frontend.slots.insert(key.slot, backend_id);
-                let previous_counter = frontend.slot_counters.insert(key.slot, counter);
+                let slot = Slot {
+                    backend_id,
+                    counter,
+                };
+                let previous = self.frontend_mut(&key).slots.insert(key.slot, slot);
                 self.unref_slot(previous);
                 *self.index.slot_refs.entry(backend_id).or_default() += 1;
-                if let Some(previous) = previous_counter {
-                    self.counters.remove(Counter::Backend(previous));
-                }
                 self.counters.add(Counter::Backend(counter));
             }
             MapOp::PutFrontend {
@@ -254,7 +262,7 @@ impl DatapathState {
                 self.counters.add(Counter::Service(counter));
             }
             MapOp::PutName { key, ref name } => {
-                self.frontend_mut(&key).name = Some(name.clone());
+                self.frontend_mut(&key).name = Some(ServicePortName::clone(name));
             }
             MapOp::DeleteName { key } => {
                 self.edit_existing(&key, |frontend| frontend.name = None);
@@ -274,15 +282,10 @@ impl DatapathState {
             }
             MapOp::DeleteSlot { key } => {
                 let mut removed = None;
-                let mut removed_counter = None;
                 self.edit_existing(&key, |frontend| {
                     removed = frontend.slots.remove(&key.slot);
-                    removed_counter = frontend.slot_counters.remove(&key.slot);
                 });
                 self.unref_slot(removed);
-                if let Some(counter) = removed_counter {
-                    self.counters.remove(Counter::Backend(counter));
-                }
             }
             MapOp::DeleteFrontend { key } => {
                 let mut removed_counter = None;
@@ -307,8 +310,16 @@ impl DatapathState {
         }
     }
 
-    fn unref_slot(&mut self, backend_id: Option<u32>) {
-        let Some(id) = backend_id else { return };
+    /// A slot no longer names its backend and counter entry.
+    fn unref_slot(&mut self, slot: Option<Slot>) {
+        let Some(Slot {
+            backend_id: id,
+            counter,
+        }) = slot
+        else {
+            return;
+        };
+        self.counters.remove(Counter::Backend(counter));
         if let Some(refs) = self.index.slot_refs.get_mut(&id) {
             *refs -= 1;
             if *refs == 0 {
@@ -347,7 +358,7 @@ impl DatapathState {
                 (1..=*count).all(|slot| {
                     slots
                         .and_then(|slots| slots.get(&slot))
-                        .is_some_and(|id| self.backends.contains_key(id))
+                        .is_some_and(|slot| self.backends.contains_key(&slot.backend_id))
                 })
             }
             MapOp::DeleteSlot { key } => self

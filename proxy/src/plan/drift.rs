@@ -13,7 +13,7 @@ use switchyard_abi::{
 };
 
 use crate::plan::{
-    datapath_state::{DatapathState, ProgrammedFrontend},
+    datapath_state::{DatapathState, ProgrammedFrontend, Slot},
     map_op::{RangeKey, ServiceAddress},
 };
 
@@ -44,7 +44,8 @@ impl Drift {
             let (want, have) = (programmed.frontends.get(key), actual.frontends.get(key));
             drift.add(
                 SERVICES_MAP,
-                usize::from(head(want) != head(have)) + differing_slots(want, have, &no_slots),
+                usize::from(head(want) != head(have))
+                    + differing(slots(want, &no_slots), slots(have, &no_slots)),
             );
         }
         drift.add(
@@ -137,12 +138,12 @@ impl<'a> DriftCount<'a> {
             );
             (want.is_some(), want == Some(have))
         } else {
-            let want = frontend
-                .and_then(|f| Some((*f.slots.get(&key.slot)?, f.slot_counters.get(&key.slot)?)));
-            (
-                want.is_some(),
-                want == Some((value.backend_id, &value.counter)),
-            )
+            let want = frontend.and_then(|f| f.slots.get(&key.slot));
+            let have = Slot {
+                backend_id: value.backend_id,
+                counter: value.counter,
+            };
+            (want.is_some(), want == Some(&have))
         };
         // A mirrored key is seen either way; a wrong value is one drifted
         // entry, as is a key the mirror does not have.
@@ -193,35 +194,10 @@ fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16, u32)> {
     })
 }
 
-/// Slots on one side only, or naming another backend or counter entry.
-fn differing_slots(
-    want: Option<&ProgrammedFrontend>,
-    have: Option<&ProgrammedFrontend>,
-    none: &BTreeMap<u16, u32>,
-) -> usize {
-    let (want_slots, have_slots) = (slots(want, none), slots(have, none));
-    let want_counters = want.map_or(none, |f| &f.slot_counters);
-    let have_counters = have.map_or(none, |f| &f.slot_counters);
-    let entry = |slots: &BTreeMap<u16, u32>, counters: &BTreeMap<u16, u32>, slot: &u16| {
-        (slots.get(slot).copied(), counters.get(slot).copied())
-    };
-    want_slots
-        .keys()
-        .chain(
-            have_slots
-                .keys()
-                .filter(|slot| !want_slots.contains_key(slot)),
-        )
-        .filter(|slot| {
-            entry(want_slots, want_counters, slot) != entry(have_slots, have_counters, slot)
-        })
-        .count()
-}
-
 fn slots<'a>(
     frontend: Option<&'a ProgrammedFrontend>,
-    none: &'a BTreeMap<u16, u32>,
-) -> &'a BTreeMap<u16, u32> {
+    none: &'a BTreeMap<u16, Slot>,
+) -> &'a BTreeMap<u16, Slot> {
     frontend.map_or(none, |f| &f.slots)
 }
 
@@ -264,7 +240,6 @@ mod tests {
         backend.port = backend.port.wrapping_add(1);
         let (_, frontend) = have.frontends.iter_mut().next().unwrap();
         frontend.slots.pop_last();
-        frontend.slot_counters.pop_last();
         frontend.count = frontend.count.map(|count| count + 5);
         let extra = *have.backends.get(&id).unwrap();
         have.backends.insert(999, extra);
@@ -295,8 +270,8 @@ mod tests {
                 );
                 count.service_entry(key, &value);
             }
-            for (&slot, &backend_id) in &frontend.slots {
-                let value = ServiceValue::slot(backend_id, frontend.slot_counters[&slot]);
+            for (&slot, named) in &frontend.slots {
+                let value = ServiceValue::slot(named.backend_id, named.counter);
                 count.service_entry(&key.with_slot(slot), &value);
             }
         }

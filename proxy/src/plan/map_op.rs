@@ -34,10 +34,12 @@ pub enum MapOp {
         affinity_timeout: u32,
         counter: u32,
     },
-    /// The Service port a frontend (slot-0 key) serves, for the CLI.
+    /// The Service port a frontend (slot-0 key) serves, for the CLI. Boxed:
+    /// a plan at 50k Services holds hundreds of thousands of operations,
+    /// and an inline name would double every one of them.
     PutName {
         key: ServiceKey,
-        name: ServicePortName,
+        name: Box<ServicePortName>,
     },
     DeleteName {
         key: ServiceKey,
@@ -167,5 +169,14 @@ impl RangeKey {
             network: ip,
             prefix_len: u8::try_from(bits).unwrap_or(u8::MAX),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_operation_stays_small() {
+        // Plans at 50k Services hold ~400k of these at once.
+        assert!(std::mem::size_of::<super::MapOp>() <= 48);
     }
 }

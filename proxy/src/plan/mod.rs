@@ -35,7 +35,7 @@ use crate::{
     model::{DesiredFrontend, DesiredState, Frontend},
     plan::{
         counter_ids::CounterIds,
-        datapath_state::{DatapathState, ProgrammedFrontend},
+        datapath_state::{DatapathState, ProgrammedFrontend, Slot},
         map_op::{MapOp, RangeKey},
     },
 };
@@ -131,7 +131,10 @@ pub fn plan_frontends(
         // Ranges are keyed without the scope.
         scoped_keys.insert(ServiceKey::new(key.addr, key.port, key.proto, 0));
         let existing = current.frontends.get(&key);
-        for &id in existing.iter().flat_map(|f| f.slots.values()) {
+        for id in existing
+            .iter()
+            .flat_map(|f| f.slots.values().map(|s| s.backend_id))
+        {
             *scoped_refs.entry(id).or_default() += 1;
         }
         match desired.frontends.get(frontend) {
@@ -216,7 +219,7 @@ fn plan_wanted<'a>(
     if existing.and_then(|existing| existing.name.as_ref()) != Some(&want.service) {
         ops.push(MapOp::PutName {
             key,
-            name: want.service.clone(),
+            name: Box::new(want.service.clone()),
         });
     }
     let target = Target {
@@ -250,8 +253,11 @@ fn update_frontend(
     let slots = assign_slots(&old, target.backend_ids);
     for (slot, &backend_id) in (1..).zip(&slots) {
         let counter = counters.backend(target.counter, backend_id);
-        if existing.slots.get(&slot) != Some(&backend_id)
-            || existing.slot_counters.get(&slot) != Some(&counter)
+        if existing.slots.get(&slot)
+            != Some(&Slot {
+                backend_id,
+                counter,
+            })
         {
             ops.push(MapOp::PutSlot {
                 key: key.with_slot(slot),

@@ -48,6 +48,7 @@ impl Departures {
             .frontends
             .get(&key.with_slot(0))
             .and_then(|frontend| frontend.slots.get(&key.slot))
+            .map(|slot| &slot.backend_id)
         else {
             return;
         };

@@ -188,11 +188,10 @@ fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
             *key,
             switchyard_abi::ServiceValue::frontend(frontend.count.unwrap(), 0, 0, frontend.counter),
         ));
-        for (&slot, &id) in &frontend.slots {
-            let counter = frontend.slot_counters[&slot];
+        for (&slot, named) in &frontend.slots {
             entries.push((
                 key.with_slot(slot),
-                switchyard_abi::ServiceValue::slot(id, counter),
+                switchyard_abi::ServiceValue::slot(named.backend_id, named.counter),
             ));
         }
         names.push((*key, frontend.name.clone().unwrap()));
@@ -217,14 +216,14 @@ fn removing_one_backend_moves_at_most_one_slot() {
         .find(|(_, b)| Endpoint::try_from(*b).unwrap() == endpoint(2))
         .map(|(id, _)| *id)
         .unwrap();
-    let last = state.frontends[&key].slots[&4];
+    let last = state.frontends[&key].slots[&4].backend_id;
     assert_eq!(
         ops,
         [
             MapOp::PutSlot {
                 key: key.with_slot(2),
                 backend_id: last,
-                counter: state.frontends[&key].slot_counters[&4],
+                counter: state.frontends[&key].slots[&4].counter,
             },
             MapOp::PutFrontend {
                 key,
