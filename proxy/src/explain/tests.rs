@@ -54,7 +54,7 @@ impl Lookups for Table {
         self.state.backends.get(&id).copied()
     }
     fn name(&self, frontend: &ServiceKey) -> Option<ServicePortName> {
-        self.state.frontends.get(frontend)?.name.clone()
+        self.state.frontends.get(frontend)?.name.as_deref().cloned()
     }
     fn is_cluster_ip(&self, addr: &Addr) -> bool {
         self.state.frontends.keys().any(|key| key.addr == *addr)

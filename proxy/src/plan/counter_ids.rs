@@ -49,7 +49,7 @@ impl<'a> CounterIds<'a> {
     pub fn keep(&mut self, service: &'a ServicePortName, existing: &ProgrammedFrontend) {
         let counter = existing.counter;
         if existing.count.is_none()
-            || existing.name.as_ref() != Some(service)
+            || existing.name.as_deref() != Some(service)
             || !self.owns(Counter::Service(counter))
             || !self.policy.selects(service)
         {
@@ -269,7 +269,7 @@ mod tests {
         let names: Vec<&ServicePortName> = state
             .frontends
             .values()
-            .filter_map(|f| f.name.as_ref())
+            .filter_map(|f| f.name.as_deref())
             .collect();
         assert_eq!(names.len(), 2);
     }

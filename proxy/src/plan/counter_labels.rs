@@ -34,7 +34,9 @@ impl CounterLabels {
     pub fn of(state: &DatapathState) -> Self {
         let mut labels = Self::default();
         for frontend in state.frontends.values() {
-            let Some(name) = &frontend.name else { continue };
+            let Some(name) = frontend.name.as_deref() else {
+                continue;
+            };
             if frontend.count.is_none() {
                 continue;
             }

@@ -84,8 +84,10 @@ pub struct ProgrammedFrontend {
     pub slots: BTreeMap<u16, Slot>,
     /// Slot 0's Service port counter entry.
     pub counter: u32,
-    /// The Service port it serves, as the names map holds it.
-    pub name: Option<ServicePortName>,
+    /// The Service port it serves, as the names map holds it (boxed: the
+    /// mirror's nodes stay small, and the read-back walks them every
+    /// sync period).
+    pub name: Option<Box<ServicePortName>>,
 }
 
 /// One slot: a backend, and the counter entry of the (Service port,
@@ -124,7 +126,7 @@ impl DatapathState {
             counters: CounterRefs::default(),
         };
         for (key, name) in names {
-            state.frontends.entry(key.with_slot(0)).or_default().name = Some(name);
+            state.frontends.entry(key.with_slot(0)).or_default().name = Some(Box::new(name));
         }
         // Ascending ids: a duplicate (only after a hand edit) maps to the
         // lowest, and the others are dropped as unreferenced.
@@ -262,7 +264,7 @@ impl DatapathState {
                 self.counters.add(Counter::Service(counter));
             }
             MapOp::PutName { key, ref name } => {
-                self.frontend_mut(&key).name = Some(ServicePortName::clone(name));
+                self.frontend_mut(&key).name = Some(name.clone());
             }
             MapOp::DeleteName { key } => {
                 self.edit_existing(&key, |frontend| frontend.name = None);

@@ -216,7 +216,7 @@ fn plan_wanted<'a>(
         .take(usize::from(u16::MAX))
         .map(|endpoint| allocators.ids.id_for(Backend::from(endpoint)))
         .collect();
-    if existing.and_then(|existing| existing.name.as_ref()) != Some(&want.service) {
+    if existing.and_then(|existing| existing.name.as_deref()) != Some(&want.service) {
         ops.push(MapOp::PutName {
             key,
             name: Box::new(want.service.clone()),

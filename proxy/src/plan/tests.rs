@@ -194,7 +194,7 @@ fn a_restarted_agent_plans_nothing_for_state_read_back_from_the_maps() {
                 switchyard_abi::ServiceValue::slot(named.backend_id, named.counter),
             ));
         }
-        names.push((*key, frontend.name.clone().unwrap()));
+        names.push((*key, *frontend.name.clone().unwrap()));
     }
     let read_back = DatapathState::from_entries(entries, programmed.backends.clone(), [], names);
     assert_eq!(read_back, programmed);
