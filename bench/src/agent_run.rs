@@ -15,7 +15,7 @@ use switchyard_tests::{
 };
 
 use crate::{
-    catalog::{CatalogService, NAMESPACE, SERVICE_PORT, TARGET_PORT},
+    catalog::{KubeProxyService, NAMESPACE, SERVICE_PORT, TARGET_PORT},
     rig::Rig,
 };
 
@@ -35,7 +35,7 @@ impl<'a> RunningAgent<'a> {
     pub fn start(
         rig: &'a Rig,
         agent_bin: &Path,
-        services: &[CatalogService],
+        services: &[KubeProxyService],
         args: &[String],
         log: PathBuf,
         ready_timeout: Duration,
@@ -66,7 +66,7 @@ impl<'a> RunningAgent<'a> {
     }
 
     /// Replaces `service`'s endpoints, as the EndpointSlice controller would.
-    pub fn set_endpoints(&self, service: &CatalogService, endpoints: &[Ipv4Addr]) {
+    pub fn set_endpoints(&self, service: &KubeProxyService, endpoints: &[Ipv4Addr]) {
         self.api.apply(slice_object(service, endpoints));
     }
 
@@ -184,7 +184,7 @@ fn programmed_frontends(log: &str) -> usize {
         .unwrap_or(0)
 }
 
-pub(crate) fn service_object(service: &CatalogService) -> serde_json::Value {
+pub(crate) fn service_object(service: &KubeProxyService) -> serde_json::Value {
     let port = match service.protocol {
         Protocol::Udp => ServicePort::udp("http", SERVICE_PORT, TARGET_PORT),
         _ => ServicePort::tcp("http", SERVICE_PORT, TARGET_PORT),
@@ -199,7 +199,10 @@ pub(crate) fn service_object(service: &CatalogService) -> serde_json::Value {
     .to_value()
 }
 
-pub(crate) fn slice_object(service: &CatalogService, endpoints: &[Ipv4Addr]) -> serde_json::Value {
+pub(crate) fn slice_object(
+    service: &KubeProxyService,
+    endpoints: &[Ipv4Addr],
+) -> serde_json::Value {
     let mut slice = EndpointSliceManifest::new(
         &format!("{}-v4", service.name),
         NAMESPACE,

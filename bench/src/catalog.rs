@@ -4,37 +4,14 @@
 //! case). Only the probed ones point at real pods; the rest point at
 //! addresses nobody answers, as they only have to exist.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use switchyard_tests::Protocol;
+pub use switchyard_tests::kube_proxy_rules::{
+    KubeProxyService, NAMESPACE, SERVICE_PORT, TARGET_PORT,
+};
 
-/// Port every Service listens on and every endpoint serves.
-pub const SERVICE_PORT: u16 = 80;
-pub const TARGET_PORT: u16 = 8080;
 pub const ENDPOINTS_PER_SERVICE: usize = 4;
-pub const NAMESPACE: &str = "bench";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CatalogService {
-    pub name: String,
-    pub cluster_ip: Ipv4Addr,
-    pub endpoints: Vec<Ipv4Addr>,
-    /// Set on the one Service the NodePort test reaches from outside.
-    pub node_port: Option<u16>,
-    /// Of its one port (every endpoint serves both).
-    pub protocol: Protocol,
-}
-
-impl CatalogService {
-    pub fn frontend(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.cluster_ip, SERVICE_PORT)
-    }
-
-    /// kube-proxy's service port name: `namespace/name:port-name`.
-    pub fn port_name(&self) -> String {
-        format!("{NAMESPACE}/{}:http", self.name)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,7 +32,7 @@ impl Placement {
 }
 
 pub struct Catalog {
-    pub services: Vec<CatalogService>,
+    pub services: Vec<KubeProxyService>,
     last: usize,
     random: usize,
 }
@@ -72,7 +49,7 @@ impl Catalog {
         let services = (0..total)
             .map(|index| {
                 let probed = index == last || index == random;
-                CatalogService {
+                KubeProxyService {
                     name: if probed {
                         format!("probe-{}", if index == last { "last" } else { "random" })
                     } else {
@@ -96,7 +73,7 @@ impl Catalog {
         }
     }
 
-    pub fn probe(&self, placement: Placement) -> &CatalogService {
+    pub fn probe(&self, placement: Placement) -> &KubeProxyService {
         match placement {
             Placement::Last => &self.services[self.last],
             Placement::Random => &self.services[self.random],

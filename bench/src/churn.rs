@@ -10,12 +10,12 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use anyhow::Result;
+use switchyard_tests::kube_proxy_rules::rule_set::{self, RuleSet};
 
 use crate::{
     agent_run::{self, RunningAgent},
     catalog::Catalog,
     load_result::LoadResult,
-    netfilter::{self, RuleSet},
     progress::Progress,
     results::{Mode, NodePortResult},
     rig::{NODE_CLIENT_SIDE, PACKET_DEVICES, REMOTE_POD, Rig},
@@ -67,7 +67,7 @@ pub fn node_port_churn(
         rig.node.sysctl(TIME_WAIT_SYSCTL, NETFILTER_TIME_WAIT_S)?;
         RuleSet::Iptables.load(&rig.node, &catalog.services, rig.scratch.path())?;
         let measured = measure(rig, target, duration);
-        netfilter::clear(&rig.node)?;
+        rule_set::clear(&rig.node)?;
         rig.node
             .sysctl(TIME_WAIT_SYSCTL, crate::rig::SHORT_TIME_WAIT_S)?;
         iptables.push(measured?);

@@ -14,7 +14,7 @@ use switchyard_tests::{Agent, AgentConfig, ManifestDir, NodeManifest};
 
 use crate::{
     agent_run::{self, NODE_NAME, RunningAgent, peak_rss_mib},
-    catalog::{Catalog, CatalogService},
+    catalog::{Catalog, KubeProxyService},
     progress::Progress,
     results::{Footprint, FootprintSource},
     rig::Rig,
@@ -54,7 +54,7 @@ fn from_api(
     rig: &Rig,
     options: &Options,
     scale: FootprintScale,
-    services: &[CatalogService],
+    services: &[KubeProxyService],
 ) -> Result<Footprint> {
     let log = options.agent_log(&format!("footprint-api-{}", scale.services));
     let (running, cold) = RunningAgent::start(
@@ -92,7 +92,7 @@ fn from_manifests(
     rig: &Rig,
     options: &Options,
     scale: FootprintScale,
-    services: &[CatalogService],
+    services: &[KubeProxyService],
 ) -> Result<Footprint> {
     let dir = ManifestDir::new(rig.scratch.join(format!("footprint-{}", scale.services)))?;
     dir.write("node.yaml", &[NodeManifest::new(NODE_NAME).to_value()])?;
@@ -183,7 +183,7 @@ fn map_sizes(scale: FootprintScale) -> Vec<String> {
 }
 
 /// `services` Services of `endpoints` endpoints, every one a dummy.
-fn catalog(scale: FootprintScale) -> Vec<CatalogService> {
+fn catalog(scale: FootprintScale) -> Vec<KubeProxyService> {
     let mut services = Catalog::new(scale.services.saturating_sub(2), &[], 1).services;
     let mut next = u32::from(Ipv4Addr::new(10, 128, 0, 0));
     for service in &mut services {

@@ -15,12 +15,14 @@
 use std::net::SocketAddrV4;
 
 use anyhow::{Context, Result};
-use switchyard_tests::{NetNs, Protocol};
+use switchyard_tests::{
+    NetNs, Protocol,
+    kube_proxy_rules::rule_set::{self, RuleSet},
+};
 
 use crate::{
     agent_run::{self, RunningAgent},
     catalog::{Catalog, TARGET_PORT},
-    netfilter::{self, RuleSet},
     progress::Progress,
     results::{ForwardingResult, ForwardingSample, ForwardingTest, Mode},
     rig::{CLIENT_CPU, NODE_CLIENT_SIDE, PACKET_DEVICES, REMOTE_POD, Rig, SERVER_CPU},
@@ -92,7 +94,7 @@ fn measure_all(
             progress.detail("iptables");
             RuleSet::Iptables.load(&rig.node, &catalog.services, rig.scratch.path())?;
             let measured = measure(rig, options, load, node_port);
-            netfilter::clear(&rig.node)?;
+            rule_set::clear(&rig.node)?;
             samples[2].push(measured?);
         }
         let [direct, switchyard, iptables] = samples;

@@ -9,21 +9,19 @@
 
 pub mod agent_run;
 pub mod catalog;
-pub mod chain_name;
 pub mod churn;
 pub mod counter_cost;
 pub mod footprint;
 pub mod footprint_report;
 pub mod forwarding;
 pub mod hook_cost;
-pub mod iptables_rules;
 pub mod load_result;
-pub mod netfilter;
-pub mod nftables_rules;
 pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rig;
+#[cfg(test)]
+mod rule_shapes;
 pub mod scenario;
 pub mod traffic;

@@ -8,7 +8,7 @@ use clap::Parser;
 use switchyard_bench::{
     churn, counter_cost,
     footprint::{self, FootprintScale},
-    forwarding, netfilter, plot,
+    forwarding, plot,
     progress::Progress,
     report,
     results::{BenchReport, Mode},
@@ -184,7 +184,7 @@ fn empty_report(cli: &Cli, churn_s: u64) -> BenchReport {
     BenchReport {
         kernel: kernel(),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        tools: netfilter::versions(),
+        tools: switchyard_tests::kube_proxy_rules::rule_set::versions(),
         full: cli.full,
         run_ms: cli.run_ms,
         runs: cli.runs,

@@ -9,13 +9,13 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use switchyard_tests::kube_proxy_rules::rule_set::{self, RuleSet};
 
 use crate::{
     agent_run::{self, RunningAgent},
-    catalog::{Catalog, CatalogService, Placement, TARGET_PORT},
+    catalog::{Catalog, KubeProxyService, Placement, TARGET_PORT},
     hook_cost::{self, RunStats},
     load_result::{LoadResult, monotonic_ns},
-    netfilter::{self, RuleSet},
     progress::Progress,
     results::{CrrSample, Mode, ModeResult, NodePortResult, Scale},
     rig::{NODE_CLIENT_SIDE, Rig},
@@ -174,7 +174,7 @@ fn netfilter_mode(
             let mut current = probe.clone();
             let mut applied = Vec::new();
             result.change_ms = endpoint_changes(rig, options, catalog, progress, |endpoints| {
-                let next = CatalogService {
+                let next = KubeProxyService {
                     endpoints: endpoints.to_vec(),
                     ..probe.clone()
                 };
@@ -187,7 +187,7 @@ fn netfilter_mode(
         }
         Ok(())
     })();
-    netfilter::clear(&rig.node)?;
+    rule_set::clear(&rig.node)?;
     // A baseline that cannot keep up (a load past its timeout) is a result,
     // not a reason to stop the whole run.
     if let Err(error) = measured {
@@ -416,7 +416,7 @@ pub fn node_port(
     progress.step("NodePort iptables");
     RuleSet::Iptables.load(&rig.node, &catalog.services, rig.scratch.path())?;
     let iptables = runs(node_port, progress);
-    netfilter::clear(&rig.node)?;
+    rule_set::clear(&rig.node)?;
     Ok(vec![
         NodePortResult {
             mode: Mode::Direct,

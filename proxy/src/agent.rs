@@ -21,12 +21,14 @@ use crate::{
         claim::ExternalIpPolicy,
         desired::{desired_state_from, update_services_from},
         input_error::{InputError, ObjectRef, Reason},
+        proxy_selector::ProxySelector,
         service_cidr::service_cidrs,
         topology::NodeContext,
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
     model::{DesiredState, Scope, address::Cidr, counter_policy::CounterPolicy},
     node::{
+        kube_proxy_leftovers,
         netns_source::NetnsSources,
         node_network,
         packet_path::{PacketPath, PacketPathError},
@@ -66,6 +68,10 @@ pub enum AgentError {
     Signal { source: std::io::Error },
     #[error(transparent)]
     Flag(#[from] FlagError),
+    #[error("{source} (--bind-address-hard-fail)")]
+    Bind {
+        source: crate::serve::admin_server::BindError,
+    },
 }
 
 /// How often the namespaces of the hooked cgroup are looked for, while
@@ -80,14 +86,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Mutex::new(ProxyHealth::new(args.sync_period)));
-    serve_http(&args, &metrics, &health).await;
+    serve_http(&args, &metrics, &health).await?;
 
+    let selector = ProxySelector::new(args.takeover.service_proxy_name.as_deref());
+    if let Some(name) = &args.takeover.service_proxy_name {
+        info!(%name, "serving only the Services labelled service.kubernetes.io/service-proxy-name={name}");
+    }
     let source = if let Some(dir) = &args.manifests {
         info!(node = %node_name, manifests = %dir.display(), "starting");
-        Source::manifests(dir.clone())?
+        Source::manifests(dir.clone(), selector)?
     } else {
         info!(node = %node_name, "starting");
-        Source::cluster(args.kubeconfig.as_deref(), &node_name).await?
+        Source::cluster(args.kubeconfig.as_deref(), &node_name, &selector).await?
     };
 
     let mut programs = loader::load(&args.pins.bpffs, requested_sizes(&args))?;
@@ -138,6 +148,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         refusing: false,
         drift: DriftWatch::new(),
         counters: flags.counters,
+        kube_proxy_cleanup: if args.takeover.cleanup_kube_proxy {
+            KubeProxyCleanup::Pending
+        } else {
+            KubeProxyCleanup::NotAsked
+        },
     };
     let mut runner = SyncRunner::new(args.min_sync_period, args.sync_period);
     loop {
@@ -212,6 +227,8 @@ struct Agent {
     drift: DriftWatch,
     /// `--service-counters*`.
     counters: CounterPolicy,
+    /// `--cleanup-kube-proxy`: whether kube-proxy's rules are still to go.
+    kube_proxy_cleanup: KubeProxyCleanup,
 }
 
 /// When the maps were last read back and compared (once a sync period),
@@ -288,6 +305,9 @@ impl Agent {
         self.sync_health_checks(&desired).await;
         self.observe(&desired, started, pass, complete);
         self.desired = Some(desired);
+        if complete && pass == Pass::Full && !self.refusing {
+            self.take_over_from_kube_proxy().await;
+        }
         info!(
             pass = pass.label(),
             frontends = self.syncer.programmed().frontends.len(),
@@ -414,6 +434,9 @@ impl Agent {
             .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()))
             .map(|node| &**node);
         self.node_eligible = own_node.is_none_or(node_eligible);
+        if let Err(error) = self.packet_path.set_local_cidrs(&pod_cidrs(own_node)) {
+            warn!(%error, "writing detect-local's pod CIDRs");
+        }
         let (service_cidrs, cidr_errors) =
             service_cidrs(&self.service_cidrs, &loaded.service_cidrs);
         self.node = NodeContext::new(
@@ -516,5 +539,51 @@ impl Agent {
         }
         // A node not (yet) known is eligible, as in kube-proxy.
         health.set_node_eligible(self.node_eligible);
+    }
+}
+
+/// The Node's `spec.podCIDRs` (or the older single `spec.podCIDR`).
+fn pod_cidrs(node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<String> {
+    let Some(spec) = node.and_then(|node| node.spec.as_ref()) else {
+        return Vec::new();
+    };
+    match (&spec.pod_cidrs, &spec.pod_cidr) {
+        (Some(cidrs), _) if !cidrs.is_empty() => cidrs.clone(),
+        (_, Some(cidr)) => vec![cidr.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// `--cleanup-kube-proxy`'s progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KubeProxyCleanup {
+    NotAsked,
+    /// Waiting for a complete full pass that left no Service out.
+    Pending,
+    Done,
+}
+
+impl Agent {
+    /// Removes kube-proxy's rules once this agent serves every Service:
+    /// called after a complete full pass that left none out, so no Service
+    /// kube-proxy served is without a proxy in between. A failure is said
+    /// and tried again after the next such pass.
+    async fn take_over_from_kube_proxy(&mut self) {
+        if self.kube_proxy_cleanup != KubeProxyCleanup::Pending {
+            return;
+        }
+        info!("every Service is served: removing kube-proxy's rules (--cleanup-kube-proxy)");
+        match tokio::task::spawn_blocking(kube_proxy_leftovers::remove).await {
+            Ok(Ok(removed)) => {
+                self.metrics.set_kube_proxy_cleanup(&removed);
+                self.kube_proxy_cleanup = KubeProxyCleanup::Done;
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "kube-proxy's rules stay; retried after the next full pass")
+            }
+            Err(error) => {
+                warn!(%error, "kube-proxy's rules stay; retried after the next full pass")
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use switchyard::{
     cli::{Cli, Command, OutputFormat, kube_proxy_config::KubeProxyConfiguration, services_view},
     datapath::{error_chain, live_maps::LiveMaps, loader},
     explain,
+    node::kube_proxy_leftovers,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -45,7 +46,11 @@ fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> 
                 let explicit = matches
                     .subcommand_matches("run")
                     .ok_or_else(|| anyhow::anyhow!("run arguments missing"))?;
-                KubeProxyConfiguration::load(&path)?.apply_to(&path, &mut args, explicit)?;
+                let config = KubeProxyConfiguration::load(&path)?;
+                for line in config.ignored() {
+                    tracing::warn!(config = %path.display(), "{line}");
+                }
+                config.apply_to(&path, &mut args, explicit)?;
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -58,6 +63,15 @@ fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> 
             print!("{text}");
         }
         Command::Cleanup(args) => loader::cleanup(&args.pins.bpffs)?,
+        Command::CleanupKubeProxy => {
+            let removed = kube_proxy_leftovers::remove()?;
+            println!(
+                "removed {} iptables chains, {} nftables tables{}",
+                removed.iptables_chains,
+                removed.nft_tables,
+                if removed.ipvs { ", IPVS state" } else { "" }
+            );
+        }
         Command::Conntrack(args) => {
             let text = services_view::render_connections(&args.pins.bpffs, args.output)?;
             print!("{text}");

@@ -44,7 +44,7 @@ fn daemonset_arguments_parse_with_the_real_cli() {
         run.manifests.is_none(),
         "in a cluster the API is the source"
     );
-    let health_port = i64::from(run.healthz_bind_address.port());
+    let health_port = i64::from(run.serving.healthz_bind_address.port());
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
     for probe in ["livenessProbe", "readinessProbe"] {

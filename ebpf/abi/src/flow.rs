@@ -23,10 +23,17 @@ pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
 /// map the agent writes at start: where NAT source ports come from, and
 /// which packets from outside it serves.
 pub const NODE_CONFIG_MAP: &str = "SY_NODE_CFG_V1";
-/// The cluster's pod CIDRs (`--cluster-cidr`), an LPM trie of [`Addr`]
-/// (IPv4 prefixes count the 96 bits of the mapped-address prefix too).
+/// The sources kube-proxy's detect-local treats as local (the cluster's
+/// pod CIDRs, `--cluster-cidr`, or this node's `spec.podCIDRs`), an LPM trie
+/// of [`Addr`] (IPv4 prefixes count the 96 bits of the mapped-address
+/// prefix too). Read unless [`NODE_LOCAL_BY_DEVICE`] is set.
 pub const CLUSTER_CIDRS_MAP: &str = "SY_CLUSTER_CIDRS_V1";
 pub const CLUSTER_CIDRS_MAX_ENTRIES: u32 = 64;
+/// The devices whose packets detect-local treats as local (kube-proxy's
+/// `BridgeInterface` and `InterfaceNamePrefix` modes): ifindex `u32` -> `u8`.
+/// Read when [`NODE_LOCAL_BY_DEVICE`] is set.
+pub const LOCAL_DEVICES_MAP: &str = "SY_LOCAL_DEVS_V1";
+pub const LOCAL_DEVICES_MAX_ENTRIES: u32 = 256;
 
 /// Consecutive ports `first..first + count`, host byte order.
 #[repr(C)]
@@ -54,6 +61,12 @@ pub struct NodeConfig {
 /// as kube-proxy serves them (DNAT to any endpoint, masqueraded unless the
 /// source is in a cluster CIDR).
 pub const NODE_CLUSTER_IP_FROM_OUTSIDE: u32 = 1;
+/// [`NodeConfig::flags`]: kube-proxy's `masqueradeAll`: a packet from
+/// outside to a ClusterIP is masqueraded whatever its source.
+pub const NODE_MASQUERADE_ALL: u32 = 1 << 1;
+/// [`NodeConfig::flags`]: detect-local judges a packet by the device it came
+/// in on ([`LOCAL_DEVICES_MAP`]), not by its source address.
+pub const NODE_LOCAL_BY_DEVICE: u32 = 1 << 2;
 
 impl NodeConfig {
     /// How many NAT ports there are in all.

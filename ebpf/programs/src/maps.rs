@@ -18,10 +18,10 @@ use switchyard_abi::{
     AFFINITY_MAX_ENTRIES, Addr, AffinityKey, AffinityValue, BACKEND_STATS_SERIES,
     BACKENDS_MAX_ENTRIES, Backend, BackendCounts, CLUSTER_CIDRS_MAX_ENTRIES,
     CLUSTER_IPS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTER_FIRST_OWN, COUNTERS_LEN,
-    FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, NETNS_SOURCES_MAX_ENTRIES,
-    NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_STATS_SERIES,
-    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceCounts, ServiceKey, ServiceName,
-    ServiceValue, SockPeer, SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
+    FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, LOCAL_DEVICES_MAX_ENTRIES,
+    NETNS_SOURCES_MAX_ENTRIES, NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES,
+    SERVICE_STATS_SERIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceCounts,
+    ServiceKey, ServiceName, ServiceValue, SockPeer, SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
 };
 
 #[map(name = "SY_SERVICES_V2")]
@@ -114,6 +114,9 @@ pub static SERVICE_CIDRS: LpmTrie<Addr, u8> =
 #[map(name = "SY_CLUSTER_CIDRS_V1")]
 pub static CLUSTER_CIDRS: LpmTrie<Addr, u8> =
     LpmTrie::pinned(CLUSTER_CIDRS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "SY_LOCAL_DEVS_V1")]
+pub static LOCAL_DEVICES: HashMap<u32, u8> = HashMap::pinned(LOCAL_DEVICES_MAX_ENTRIES, 0);
 
 // The kernel requires LPM tries to be created without preallocation.
 #[map(name = "SY_SRC_RANGES_V1")]

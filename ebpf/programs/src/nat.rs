@@ -17,15 +17,15 @@ use switchyard_abi::{
     COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
     COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_CLUSTER_IP,
     FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
-    NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SERVICE_DROPPED_CONNTRACK, SERVICE_DROPPED_NO_LOCAL, SERVICE_DROPPED_SNAT_PORTS,
-    SERVICE_DROPPED_SOURCE_RANGE, SERVICE_PACKET_CONNECTIONS, SERVICE_REFUSED_NO_ENDPOINTS,
-    ServiceKey, ServiceValue, client_of_addr,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SERVICE_DROPPED_CONNTRACK, SERVICE_DROPPED_NO_LOCAL,
+    SERVICE_DROPPED_SNAT_PORTS, SERVICE_DROPPED_SOURCE_RANGE, SERVICE_PACKET_CONNECTIONS,
+    SERVICE_REFUSED_NO_ENDPOINTS, ServiceKey, ServiceValue, client_of_addr,
 };
 
 use crate::{
     icmp_error,
-    maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, NODE_CONFIG, SERVICES, count},
+    maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, LOCAL_DEVICES, NODE_CONFIG, SERVICES, count},
     packet::{self, End, Packet},
     progress,
     reject::reject,
@@ -47,7 +47,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
     }
-    match choose(&packet) {
+    match choose(ctx, &packet) {
         Choice::Verdict(verdict) => verdict,
         Choice::Refuse(reason, counter) => {
             count(reason);
@@ -180,7 +180,7 @@ enum Choice {
 /// What a packet starting a connection gets: not ours, dropped, refused,
 /// or a backend.
 #[inline(never)]
-fn choose(packet: &Packet) -> Choice {
+fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
     let Some((frontend, settings)) = frontend_of(packet) else {
         return unserved(packet);
     };
@@ -218,7 +218,7 @@ fn choose(packet: &Packet) -> Choice {
             let remote = chosen.backend.flags & BACKEND_LOCAL == 0;
             let snat = remote
                 && (settings.flags & FRONTEND_SNAT_REMOTE != 0
-                    || settings.flags & FRONTEND_CLUSTER_IP != 0 && !in_cluster(&packet.src));
+                    || settings.flags & FRONTEND_CLUSTER_IP != 0 && masquerades(ctx, &packet.src));
             Choice::Backend { chosen, snat }
         }
     }
@@ -271,9 +271,22 @@ fn frontend_of(packet: &Packet) -> Option<(ServiceKey, ServiceValue)> {
     (settings.flags & FRONTEND_CLUSTER_IP != 0).then_some((internal, settings))
 }
 
-/// The source is in one of the cluster's pod CIDRs (`--cluster-cidr`).
-fn in_cluster(src: &Addr) -> bool {
-    CLUSTER_CIDRS.get(Key::new(128, *src)).is_some()
+/// Whether a packet from outside to a ClusterIP is masqueraded, as
+/// kube-proxy decides it: always with `masqueradeAll`, else unless
+/// detect-local finds it local, by the device it came in on or by its
+/// source (in the cluster's or this node's pod CIDRs).
+fn masquerades(ctx: &TcContext, src: &Addr) -> bool {
+    let flags = NODE_CONFIG.get(0).map_or(0, |config| config.flags);
+    if flags & NODE_MASQUERADE_ALL != 0 {
+        return true;
+    }
+    if flags & NODE_LOCAL_BY_DEVICE != 0 {
+        // SAFETY: the context's skb is valid for the whole program.
+        let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        // SAFETY: map values are plain integers.
+        return unsafe { LOCAL_DEVICES.get(&ifindex) }.is_none();
+    }
+    CLUSTER_CIDRS.get(Key::new(128, *src)).is_none()
 }
 
 /// Records a new connection to `backend` and sends its first packet there;

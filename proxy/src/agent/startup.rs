@@ -44,26 +44,33 @@ pub(super) fn packet_path_config(
         node_port_addresses: flags.node_port_addresses.clone(),
         timeouts: args.conntrack.timeouts(),
         nat_port_range: args.nat_port_range,
-        cluster_cidrs: flags.cluster_cidrs.clone(),
+        detect_local: flags.detect_local.clone(),
+        masquerade_all: args.masquerade.masquerade_all,
         cluster_ip_from_outside: args.cluster_ip_from_outside,
         conntrack_capacity,
     }
 }
 
-/// kube-proxy logs a bind failure and keeps proxying; so do we: the
-/// datapath matters more than its observability.
+/// How often an HTTP endpoint that could not be bound is tried again
+/// (kube-proxy's 5 s).
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// kube-proxy logs a bind failure and keeps proxying, trying the address
+/// again every few seconds; so do we: the datapath matters more than its
+/// observability. With `--bind-address-hard-fail` a failure stops the agent
+/// before anything is loaded.
 pub(super) async fn serve_http(
     args: &RunArgs,
     metrics: &Arc<Metrics>,
     health: &Arc<Mutex<ProxyHealth>>,
-) {
+) -> Result<(), AgentError> {
     let servers = [
         (
-            args.metrics_bind_address,
+            args.serving.metrics_bind_address,
             Endpoints::Metrics(Arc::clone(metrics)),
         ),
         (
-            args.healthz_bind_address,
+            args.serving.healthz_bind_address,
             Endpoints::Health {
                 health: Arc::clone(health),
                 metrics: Arc::clone(metrics),
@@ -76,7 +83,26 @@ pub(super) async fn serve_http(
                 info!(%address, "serving HTTP");
                 tokio::spawn(admin_server::serve(listener, endpoints));
             }
-            Err(bind_error) => error!(error = %bind_error, "HTTP endpoint not served"),
+            Err(source) if args.serving.bind_address_hard_fail => {
+                return Err(AgentError::Bind { source });
+            }
+            Err(bind_error) => {
+                error!(error = %bind_error, retry_in = ?BIND_RETRY, "HTTP endpoint not served yet");
+                tokio::spawn(bind_until_free(address, endpoints));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tries `address` again until it is free, then serves it.
+async fn bind_until_free(address: std::net::SocketAddr, endpoints: Endpoints) {
+    loop {
+        tokio::time::sleep(BIND_RETRY).await;
+        if let Ok(listener) = admin_server::bind(address).await {
+            info!(%address, "serving HTTP");
+            admin_server::serve(listener, endpoints).await;
+            return;
         }
     }
 }

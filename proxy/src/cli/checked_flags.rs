@@ -10,6 +10,7 @@ use crate::{
     model::{
         address::{BadCidr, Cidr},
         counter_policy::{BadCounterSelector, CounterPolicy},
+        detect_local::{BadDetectLocal, DetectLocal},
     },
     node::node_network::{BadNodePortAddress, NodePortAddresses},
 };
@@ -33,6 +34,10 @@ pub enum FlagError {
     NodePortAddress(#[from] BadNodePortAddress),
     #[error("--service-counters-for: {source}")]
     CounterSelector { source: BadCounterSelector },
+    #[error("--detect-local-mode: {source}")]
+    DetectLocal { source: BadDetectLocal },
+    #[error("--service-proxy-name: {text:?} is not a label value: {reason}")]
+    ServiceProxyName { text: String, reason: &'static str },
 }
 
 /// What the flags say, parsed.
@@ -45,6 +50,8 @@ pub struct CheckedFlags {
     pub node_port_addresses: NodePortAddresses,
     /// `--service-counters*`.
     pub counters: CounterPolicy,
+    /// `--detect-local-mode` and its device or CIDRs.
+    pub detect_local: DetectLocal,
 }
 
 impl CheckedFlags {
@@ -97,9 +104,22 @@ impl CheckedFlags {
                 .collect::<Result<Vec<Cidr>, _>>()
                 .map_err(|source| FlagError::Cidr { flag, source })
         };
+        if let Some(name) = &args.takeover.service_proxy_name {
+            check_label_value(name)?;
+        }
+        let cluster_cidrs = cidrs("cluster-cidr", &args.cluster_cidr)?;
+        let masquerade = &args.masquerade;
+        let detect_local = DetectLocal::new(
+            masquerade.detect_local_mode,
+            &cluster_cidrs,
+            &masquerade.pod_bridge_interface,
+            &masquerade.pod_interface_name_prefix,
+        )
+        .map_err(|source| FlagError::DetectLocal { source })?;
         Ok(Self {
             service_cidrs: cidrs("service-cluster-ip-range", &args.service_cluster_ip_range)?,
-            cluster_cidrs: cidrs("cluster-cidr", &args.cluster_cidr)?,
+            cluster_cidrs,
+            detect_local,
             external_ip_ranges: parse_external_ip_ranges(&args.external_ip_ranges).map_err(
                 |source| FlagError::Cidr {
                     flag: "external-ip-ranges",
@@ -113,6 +133,35 @@ impl CheckedFlags {
                 .map_err(|source| FlagError::CounterSelector { source })?,
         })
     }
+}
+
+/// A Kubernetes label value: at most 63 characters, alphanumerics, `-`,
+/// `_` and `.`, starting and ending with an alphanumeric. An empty name
+/// would select the Services of no proxy at all.
+fn check_label_value(text: &str) -> Result<(), FlagError> {
+    let bad = |reason| {
+        Err(FlagError::ServiceProxyName {
+            text: text.to_owned(),
+            reason,
+        })
+    };
+    if text.is_empty() {
+        return bad("empty");
+    }
+    if text.len() > 63 {
+        return bad("longer than 63 characters");
+    }
+    let alphanumeric = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alphanumeric(text.chars().next()) || !alphanumeric(text.chars().last()) {
+        return bad("must start and end with a letter or digit");
+    }
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,6 +209,14 @@ mod tests {
             (
                 &["--external-ip-ranges", "198.51.100.0/33"],
                 "--external-ip-ranges: not a CIDR: \"198.51.100.0/33\" (expected ADDRESS/PREFIX-LENGTH)",
+            ),
+            (
+                &["--detect-local-mode", "InterfaceNamePrefix"],
+                "--detect-local-mode: mode InterfaceNamePrefix needs --pod-interface-name-prefix",
+            ),
+            (
+                &["--service-proxy-name", "switch yard"],
+                "--service-proxy-name: \"switch yard\" is not a label value: only letters, digits, '-', '_' and '.'",
             ),
             (
                 &["--cluster-cidr", "10.244.0.0"],

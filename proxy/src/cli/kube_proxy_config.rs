@@ -1,16 +1,23 @@
 //! `--config`: the KubeProxyConfiguration an operator already has (the
-//! `config.conf` of the `kube-proxy` ConfigMap). The fields that mean
-//! something here are applied; the iptables/ipvs/nftables tuning and the
-//! like are accepted and ignored, so the same file works unchanged.
+//! `config.conf` of the `kube-proxy` ConfigMap). Every field that means
+//! something here is applied to its flag; the others are accepted, and each
+//! one set to anything but kube-proxy's default is named once at start with
+//! why it is ignored (`fields`), so the same file works unchanged.
 //!
 //! Precedence: a flag given on the command line wins over the file, and the
-//! file wins over the built-in defaults.
+//! file wins over the built-in defaults. A field at kube-proxy's "default"
+//! value (null, "", 0, "0s") leaves the flag's default.
+
+mod fields;
+#[cfg(test)]
+mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::cli::RunArgs;
+pub use self::fields::{FIELDS, Treatment};
+use crate::{cli::RunArgs, model::detect_local::DetectLocalMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,7 +31,7 @@ pub enum ConfigError {
     },
 }
 
-/// The applicable subset, with the file's own field names.
+/// The applicable fields, with the file's own names.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeProxyConfiguration {
@@ -34,19 +41,34 @@ pub struct KubeProxyConfiguration {
     pub kind: String,
     pub healthz_bind_address: Option<String>,
     pub metrics_bind_address: Option<String>,
+    pub bind_address_hard_fail: Option<bool>,
     pub hostname_override: Option<String>,
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
-    #[serde(default)]
-    pub node_port_addresses: Vec<String>,
+    pub node_port_addresses: Option<Vec<String>>,
+    pub mode: Option<String>,
     pub sync_period: Option<String>,
     pub min_sync_period: Option<String>,
+    /// v1alpha2's place for it; v1alpha1 has it per mode.
+    pub masquerade_all: Option<bool>,
     #[serde(default)]
     pub client_connection: ClientConnection,
-    /// Older files set the periods per backend; used when the top-level
-    /// ones are absent.
+    /// v1alpha1 sets the periods and masqueradeAll per mode; the running
+    /// mode's are used when the top-level ones are absent.
     #[serde(default)]
-    pub iptables: LegacyPeriods,
+    pub iptables: ModeSettings,
+    #[serde(default)]
+    pub nftables: ModeSettings,
+    #[serde(default)]
+    pub ipvs: ModeSettings,
+    pub detect_local_mode: Option<String>,
+    #[serde(default)]
+    pub detect_local: DetectLocalConfig,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+    /// The whole document, for the fields this struct does not name.
+    #[serde(skip)]
+    document: serde_yaml::Value,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,9 +79,28 @@ pub struct ClientConnection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LegacyPeriods {
+pub struct ModeSettings {
     pub sync_period: Option<String>,
     pub min_sync_period: Option<String>,
+    pub masquerade_all: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DetectLocalConfig {
+    pub bridge_interface: Option<String>,
+    pub interface_name_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackConfig {
+    pub max_per_core: Option<u32>,
+    pub min: Option<u32>,
+    pub tcp_established_timeout: Option<String>,
+    pub tcp_close_wait_timeout: Option<String>,
+    pub udp_timeout: Option<String>,
+    pub udp_stream_timeout: Option<String>,
 }
 
 /// Which `run` flags were given explicitly; those are left alone.
@@ -76,12 +117,21 @@ impl ExplicitFlags for clap::ArgMatches {
     }
 }
 
+/// A text field that is set: not absent, empty or zero.
+fn given(text: Option<&String>) -> Option<&str> {
+    text.map(|t| t.trim())
+        .filter(|t| !fields::is_unset(&serde_yaml::Value::String((*t).to_owned())))
+}
+
 impl KubeProxyConfiguration {
     pub fn parse(path: &std::path::Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_yaml::from_str(text).map_err(|error| ConfigError::Unreadable {
+        let unreadable = |error: serde_yaml::Error| ConfigError::Unreadable {
             path: path.to_path_buf(),
             detail: error.to_string().replace('\n', " "),
-        })?;
+        };
+        let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(unreadable)?;
+        let mut config: Self = serde_yaml::from_value(document.clone()).map_err(unreadable)?;
+        config.document = document;
         if !config.kind.is_empty() && config.kind != "KubeProxyConfiguration" {
             return Err(ConfigError::Field {
                 path: path.to_path_buf(),
@@ -100,6 +150,21 @@ impl KubeProxyConfiguration {
         Self::parse(path, &text)
     }
 
+    /// One line per field set and ignored, or unknown: said once at start.
+    pub fn ignored(&self) -> Vec<String> {
+        fields::warnings(&self.document)
+    }
+
+    /// The settings of the mode kube-proxy would run in (iptables when
+    /// none is named, as kube-proxy on Linux).
+    fn mode_settings(&self) -> &ModeSettings {
+        match self.mode.as_deref().map(str::trim) {
+            Some("nftables") => &self.nftables,
+            Some("ipvs") => &self.ipvs,
+            _ => &self.iptables,
+        }
+    }
+
     /// Fills every field of `args` not set on the command line.
     pub fn apply_to(
         &self,
@@ -113,174 +178,157 @@ impl KubeProxyConfiguration {
             detail,
         };
         let address = |field: &'static str, text: &str| -> Result<SocketAddr, ConfigError> {
-            text.trim()
-                .parse()
+            text.parse()
                 .map_err(|error| field_error(field, format!("{text:?}: {error}")))
         };
         let duration = |field: &'static str, text: &str| -> Result<Duration, ConfigError> {
-            humantime::parse_duration(text.trim())
+            humantime::parse_duration(text)
                 .map_err(|error| field_error(field, format!("{text:?}: {error}")))
         };
-        if let Some(text) = self
-            .healthz_bind_address
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            && !explicit.is_explicit("healthz_bind_address")
+        let open = |id: &str| !explicit.is_explicit(id);
+        if let Some(text) = given(self.healthz_bind_address.as_ref())
+            && open("healthz_bind_address")
         {
-            args.healthz_bind_address = address("healthzBindAddress", text)?;
+            args.serving.healthz_bind_address = address("healthzBindAddress", text)?;
         }
-        if let Some(text) = self
-            .metrics_bind_address
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            && !explicit.is_explicit("metrics_bind_address")
+        if let Some(text) = given(self.metrics_bind_address.as_ref())
+            && open("metrics_bind_address")
         {
-            args.metrics_bind_address = address("metricsBindAddress", text)?;
+            args.serving.metrics_bind_address = address("metricsBindAddress", text)?;
         }
-        if let Some(name) = self.hostname_override.as_deref().filter(|t| !t.is_empty())
-            && !explicit.is_explicit("node_name")
+        if let Some(hard) = self.bind_address_hard_fail
+            && open("bind_address_hard_fail")
         {
-            args.node_name = Some(name.trim().to_owned());
+            args.serving.bind_address_hard_fail = hard;
         }
-        if let Some(cidrs) = self.cluster_cidr.as_deref().filter(|t| !t.is_empty())
-            && !explicit.is_explicit("cluster_cidr")
+        if let Some(name) = given(self.hostname_override.as_ref())
+            && open("node_name")
+        {
+            // kube-proxy lowercases it: Node names are lowercase.
+            args.node_name = Some(name.to_lowercase());
+        }
+        if let Some(cidrs) = given(self.cluster_cidr.as_ref())
+            && open("cluster_cidr")
         {
             // kube-proxy tolerates whitespace around the comma-separated CIDRs.
             args.cluster_cidr = cidrs.split(',').map(|c| c.trim().to_owned()).collect();
         }
-        if !self.node_port_addresses.is_empty() && !explicit.is_explicit("nodeport_addresses") {
-            args.nodeport_addresses = self
-                .node_port_addresses
-                .iter()
-                .map(|c| c.trim().to_owned())
-                .collect();
+        if let Some(cidrs) = self.node_port_addresses.as_ref().filter(|c| !c.is_empty())
+            && open("nodeport_addresses")
+        {
+            args.nodeport_addresses = cidrs.iter().map(|c| c.trim().to_owned()).collect();
         }
-        let sync = self
-            .sync_period
-            .as_ref()
-            .or(self.iptables.sync_period.as_ref());
-        if let Some(text) = sync
-            && !explicit.is_explicit("sync_period")
+        let mode = self.mode_settings();
+        if let Some(text) = given(self.sync_period.as_ref().or(mode.sync_period.as_ref()))
+            && open("sync_period")
         {
             args.sync_period = duration("syncPeriod", text)?;
         }
-        let min_sync = self
-            .min_sync_period
-            .as_ref()
-            .or(self.iptables.min_sync_period.as_ref());
-        if let Some(text) = min_sync
-            && !explicit.is_explicit("min_sync_period")
+        if let Some(text) = given(
+            self.min_sync_period
+                .as_ref()
+                .or(mode.min_sync_period.as_ref()),
+        ) && open("min_sync_period")
         {
             args.min_sync_period = duration("minSyncPeriod", text)?;
         }
-        if let Some(path) = self
-            .client_connection
-            .kubeconfig
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            && !explicit.is_explicit("kubeconfig")
+        if let Some(all) = self.masquerade_all.or(mode.masquerade_all)
+            && open("masquerade_all")
+        {
+            args.masquerade.masquerade_all = all;
+        }
+        self.apply_detect_local(args, &open, &field_error)?;
+        self.apply_conntrack(args, &open, &duration)?;
+        if let Some(kubeconfig) = given(self.client_connection.kubeconfig.as_ref())
+            && open("kubeconfig")
             && args.manifests.is_none()
         {
-            args.kubeconfig = Some(PathBuf::from(path));
+            args.kubeconfig = Some(PathBuf::from(kubeconfig));
         }
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use std::{collections::BTreeSet, path::Path};
-
-    use clap::Parser;
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    struct Given(BTreeSet<&'static str>);
-
-    impl ExplicitFlags for Given {
-        fn is_explicit(&self, id: &str) -> bool {
-            self.0.contains(id)
+    fn apply_detect_local(
+        &self,
+        args: &mut RunArgs,
+        open: &impl Fn(&str) -> bool,
+        field_error: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let masquerade = &mut args.masquerade;
+        if let Some(text) = given(self.detect_local_mode.as_ref())
+            && open("detect_local_mode")
+        {
+            masquerade.detect_local_mode = text
+                .parse::<DetectLocalMode>()
+                .map_err(|error| field_error("detectLocalMode", error.to_string()))?;
         }
-    }
-
-    fn run_args(extra: &[&str]) -> RunArgs {
-        let args = ["switchyard", "run"]
-            .into_iter()
-            .chain(extra.iter().copied());
-        match Cli::try_parse_from(args).unwrap().command {
-            Command::Run(run) => *run,
-            _ => unreachable!(),
+        if let Some(bridge) = given(self.detect_local.bridge_interface.as_ref())
+            && open("pod_bridge_interface")
+        {
+            bridge.clone_into(&mut masquerade.pod_bridge_interface);
         }
+        if let Some(prefix) = given(self.detect_local.interface_name_prefix.as_ref())
+            && open("pod_interface_name_prefix")
+        {
+            prefix.clone_into(&mut masquerade.pod_interface_name_prefix);
+        }
+        Ok(())
     }
 
-    /// The shape of a real kube-proxy ConfigMap's config.conf.
-    const CONFIG: &str = "
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-bindAddress: 0.0.0.0
-clientConnection:
-  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
-  qps: 5
-clusterCIDR: ' 10.244.0.0/16, fd00:10:244::/56'
-healthzBindAddress: 0.0.0.0:10256
-metricsBindAddress: 0.0.0.0:10249
-mode: iptables
-nodePortAddresses: [10.0.0.0/8]
-iptables:
-  masqueradeAll: false
-  minSyncPeriod: 1s
-  syncPeriod: 30s
-conntrack:
-  maxPerCore: 32768
-";
-
-    #[test]
-    fn applies_the_fields_that_mean_something_here() {
-        let config = KubeProxyConfiguration::parse(Path::new("c"), CONFIG).unwrap();
-        let mut args = run_args(&[]);
-        config
-            .apply_to(Path::new("c"), &mut args, &Given(BTreeSet::new()))
-            .unwrap();
-        assert_eq!(args.metrics_bind_address, "0.0.0.0:10249".parse().unwrap());
-        assert_eq!(args.healthz_bind_address, "0.0.0.0:10256".parse().unwrap());
-        assert_eq!(args.cluster_cidr, ["10.244.0.0/16", "fd00:10:244::/56"]);
-        assert_eq!(args.nodeport_addresses, ["10.0.0.0/8"]);
-        assert_eq!(args.min_sync_period, Duration::from_secs(1));
-        assert_eq!(args.sync_period, Duration::from_secs(30));
-        assert_eq!(
-            args.kubeconfig.as_deref(),
-            Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
-        );
-    }
-
-    #[test]
-    fn command_line_flags_win_over_the_file() {
-        let config = KubeProxyConfiguration::parse(Path::new("c"), CONFIG).unwrap();
-        let mut args = run_args(&["--metrics-bind-address", "127.0.0.1:9999"]);
-        let given = Given(["metrics_bind_address"].into_iter().collect());
-        config.apply_to(Path::new("c"), &mut args, &given).unwrap();
-        assert_eq!(args.metrics_bind_address, "127.0.0.1:9999".parse().unwrap());
-        assert_eq!(args.healthz_bind_address, "0.0.0.0:10256".parse().unwrap());
-    }
-
-    #[test]
-    fn bad_values_name_the_file_and_field() {
-        let cases = [
-            ("kind: Deployment", "kind"),
-            ("metricsBindAddress: nowhere", "metricsBindAddress"),
-            ("syncPeriod: soon", "syncPeriod"),
+    /// kube-proxy's conntrack settings, on Switchyard's own conntrack. A
+    /// timeout of 0s leaves netfilter's alone in kube-proxy; here it keeps
+    /// the flag's default.
+    fn apply_conntrack(
+        &self,
+        args: &mut RunArgs,
+        open: &impl Fn(&str) -> bool,
+        duration: &impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let conntrack = &self.conntrack;
+        let target = &mut args.conntrack;
+        if let Some(count) = conntrack.max_per_core
+            && open("max_per_core")
+        {
+            target.max_per_core = count;
+        }
+        if let Some(count) = conntrack.min
+            && open("min")
+        {
+            target.min = count;
+        }
+        let timeouts = [
+            (
+                "conntrack.tcpEstablishedTimeout",
+                &conntrack.tcp_established_timeout,
+                "tcp_established",
+                &mut target.tcp_established,
+            ),
+            (
+                "conntrack.tcpCloseWaitTimeout",
+                &conntrack.tcp_close_wait_timeout,
+                "tcp_close_wait",
+                &mut target.tcp_close_wait,
+            ),
+            (
+                "conntrack.udpTimeout",
+                &conntrack.udp_timeout,
+                "udp",
+                &mut target.udp,
+            ),
+            (
+                "conntrack.udpStreamTimeout",
+                &conntrack.udp_stream_timeout,
+                "udp_stream",
+                &mut target.udp_stream,
+            ),
         ];
-        for (text, field) in cases {
-            let path = Path::new("/etc/kube-proxy/config.conf");
-            let result = KubeProxyConfiguration::parse(path, text).and_then(|config| {
-                config.apply_to(path, &mut run_args(&[]), &Given(BTreeSet::new()))
-            });
-            let line = result.unwrap_err().to_string();
-            assert!(
-                line.contains("config.conf") && line.contains(field),
-                "{line}"
-            );
+        for (field, text, id, slot) in timeouts {
+            if let Some(text) = given(text.as_ref())
+                && open(id)
+            {
+                *slot = duration(field, text)?;
+            }
         }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod counter_args;
 pub mod counts_view;
 pub mod explain_args;
 pub mod kube_proxy_config;
+pub mod masquerade_args;
 pub mod services_view;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -39,6 +40,10 @@ pub enum Command {
     Services(ServicesArgs),
     /// Detach the programs and remove every pin.
     Cleanup(CleanupArgs),
+    /// Remove kube-proxy's iptables chains, nftables tables and IPVS state
+    /// from this node's network namespace, as `kube-proxy --cleanup` does.
+    /// Connections netfilter already translated keep flowing.
+    CleanupKubeProxy,
     /// List the per-packet path's tracked connections and count them.
     Conntrack(ServicesArgs),
     /// Replay the datapath's decision for one connection against the live
@@ -55,8 +60,9 @@ pub struct RunArgs {
     /// Kubeconfig for the API server (default: in-cluster config).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
-    /// This node's name (default: $NODE_NAME, then the hostname).
-    #[arg(long, env = "NODE_NAME")]
+    /// This node's name (default: $NODE_NAME, then the hostname), as its
+    /// Node object and EndpointSlices' nodeName spell it.
+    #[arg(long, env = "NODE_NAME", visible_alias = "hostname-override")]
     pub node_name: Option<String>,
     /// cgroup v2 directory the socket hooks attach to.
     #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
@@ -115,10 +121,10 @@ pub struct RunArgs {
     /// node's maps; a Service over it is left out whole and named.
     #[arg(long, value_name = "N", default_value_t = SERVICE_ENTRY_BUDGET, value_parser = clap::value_parser!(u32).range(1..))]
     pub service_entry_budget: u32,
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
-    pub metrics_bind_address: SocketAddr,
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
-    pub healthz_bind_address: SocketAddr,
+    #[command(flatten)]
+    pub serving: ServingArgs,
+    #[command(flatten)]
+    pub takeover: TakeoverArgs,
     /// Longest time between two checks for changes (kube-proxy's
     /// syncPeriod); a pass runs only when something changed since the last
     /// complete one.
@@ -132,9 +138,42 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
+    pub masquerade: masquerade_args::MasqueradeArgs,
+    #[command(flatten)]
     pub conntrack: ConntrackArgs,
     #[command(flatten)]
     pub counters: counter_args::CounterArgs,
+}
+
+/// kube-proxy's HTTP endpoints.
+#[derive(Debug, Args)]
+pub struct ServingArgs {
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// Exit when the metrics or health check address cannot be bound
+    /// (kube-proxy's bindAddressHardFail); otherwise it is logged and
+    /// retried while the proxy serves.
+    #[arg(long)]
+    pub bind_address_hard_fail: bool,
+}
+
+/// Moving a node from kube-proxy (see the migration guide in `docs/`).
+#[derive(Debug, Args)]
+pub struct TakeoverArgs {
+    /// Serve only the Services labelled
+    /// `service.kubernetes.io/service-proxy-name: NAME`, leaving the rest to
+    /// the proxy that serves unlabelled ones (kube-proxy): the way to move
+    /// a cluster over Service by Service. Unset, Switchyard serves what
+    /// kube-proxy serves: the Services without the label.
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
+    /// Once this agent's datapath serves every Service, remove kube-proxy's
+    /// iptables chains, nftables tables and IPVS state from the node, as
+    /// `kube-proxy --cleanup` would (see `switchyard cleanup-kube-proxy`).
+    #[arg(long)]
+    pub cleanup_kube_proxy: bool,
 }
 
 /// kube-proxy's conntrack flags, applied to Switchyard's own conntrack.
@@ -262,8 +301,8 @@ mod tests {
         };
         assert_eq!(run.devices, ["eth0", "eth1"]);
         assert_eq!(run.node_name.as_deref(), Some("node-a"));
-        assert_eq!(run.metrics_bind_address.port(), 19249);
-        assert_eq!(run.healthz_bind_address.port(), 10256);
+        assert_eq!(run.serving.metrics_bind_address.port(), 19249);
+        assert_eq!(run.serving.healthz_bind_address.port(), 10256);
     }
 
     #[test]

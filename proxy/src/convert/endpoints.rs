@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::{
     convert::{
         input_error::{InputError, ObjectRef, Reason},
-        service::{excluded_by_label, namespace_of, port_protocol},
+        service::{namespace_of, port_protocol},
         topology::{Candidate, NodeContext, TrafficPolicy, select_endpoints},
     },
     model::{Endpoint, Frontend, Protocol, address::parse_ip_sloppy, name::NamespacedName},
@@ -76,16 +76,12 @@ pub struct ParsedSlice {
     endpoints: Vec<SliceEndpoint>,
 }
 
-/// Reads one EndpointSlice: what is usable of it (nothing for another
-/// proxy's slice, an FQDN one or one without a usable address type) and
+/// Reads one EndpointSlice (the sources leave out another proxy's, see
+/// `proxy_selector`): what is usable of it (nothing for an FQDN one or one without a usable address type) and
 /// each problem found, said once and left out.
 pub fn read_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<InputError>) {
     let object = slice_ref(slice);
     let mut errors = Vec::new();
-    if let Some(label) = excluded_by_label(&slice.metadata) {
-        debug!(slice = %object, label, "skipping slice served by another proxy");
-        return (None, errors);
-    }
     let service = slice
         .metadata
         .labels

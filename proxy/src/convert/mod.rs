@@ -8,6 +8,7 @@ pub mod endpoints;
 #[cfg(test)]
 pub mod fixtures;
 pub mod input_error;
+pub mod proxy_selector;
 pub mod service;
 pub mod service_cidr;
 pub mod topology;

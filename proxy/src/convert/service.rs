@@ -31,14 +31,6 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// The namespace an object without one lives in, as `kubectl apply` puts it.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Why kube-proxy's label selectors would never show us this object.
-pub fn excluded_by_label(meta: &ObjectMeta) -> Option<&'static str> {
-    let labels = meta.labels.as_ref()?;
-    [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL]
-        .into_iter()
-        .find(|label| labels.contains_key(*label))
-}
-
 pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
     match meta.namespace.as_deref() {
         None | Some("") => DEFAULT_NAMESPACE,
@@ -166,16 +158,12 @@ pub fn read_services<S: std::borrow::Borrow<Service>>(
     (parsed, errors)
 }
 
-/// Reads one Service: nothing for one another proxy serves, a headless or
-/// an ExternalName one; bad IPs and ports are reported and left out while
+/// Reads one Service (the sources leave out those of another proxy, see
+/// `proxy_selector`): nothing for a headless or an ExternalName one; bad IPs and ports are reported and left out while
 /// the rest of the Service is still served.
 pub fn read_service(service: &Service) -> (Option<ParsedService>, Vec<InputError>) {
     let object = service_ref(service);
     let mut errors = Vec::new();
-    if let Some(label) = excluded_by_label(&service.metadata) {
-        debug!(service = %object, label, "skipping service served by another proxy");
-        return (None, errors);
-    }
     let Some(spec) = &service.spec else {
         errors.push(InputError::field(
             &object,

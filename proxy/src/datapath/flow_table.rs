@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd, path::Path};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use switchyard_abi::{
     Addr, CLUSTER_CIDRS_MAP, CONNTRACK_MAP, COUNTERS_LEN, COUNTERS_MAP, Flow, FlowKey,
-    FlowTimeouts, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NodeConfig,
+    FlowTimeouts, LOCAL_DEVICES_MAP, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6,
+    NodeConfig,
 };
 use tracing::warn;
 
@@ -28,6 +29,7 @@ pub struct FlowTable {
     node: Array<MapData, Addr>,
     node_config: Array<MapData, NodeConfig>,
     cluster_cidrs: LpmTrie<MapData, Addr, u8>,
+    local_devices: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -53,6 +55,7 @@ impl FlowTable {
             node: open_pinned(pin_dir, NODE_MAP)?,
             node_config: open_pinned(pin_dir, NODE_CONFIG_MAP)?,
             cluster_cidrs: open_pinned(pin_dir, CLUSTER_CIDRS_MAP)?,
+            local_devices: open_pinned(pin_dir, LOCAL_DEVICES_MAP)?,
             counters: open_pinned(pin_dir, COUNTERS_MAP)?,
         })
     }
@@ -105,7 +108,25 @@ impl FlowTable {
             .map_err(|source| DatapathError::map(NODE_CONFIG_MAP, source))
     }
 
-    /// Replaces the cluster's pod CIDRs with `cidrs`.
+    /// Replaces the devices detect-local counts as local with `ifindexes`.
+    pub fn set_local_devices(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
+        let error = |source| DatapathError::map(LOCAL_DEVICES_MAP, source);
+        let stale: Vec<u32> = self
+            .local_devices
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|index| !ifindexes.contains(index))
+            .collect();
+        for index in &stale {
+            self.local_devices.remove(index).map_err(error)?;
+        }
+        for index in ifindexes {
+            self.local_devices.insert(index, 1, 0).map_err(error)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces detect-local's source prefixes with `cidrs`.
     pub fn set_cluster_cidrs(&mut self, cidrs: &[Cidr]) -> Result<(), DatapathError> {
         let error = |source| DatapathError::map(CLUSTER_CIDRS_MAP, source);
         let wanted: Vec<Key<Addr>> = cidrs.iter().map(cidr_key).collect();

@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod counter_policy;
+pub mod detect_local;
 #[cfg(test)]
 pub mod fixtures;
 pub mod name;

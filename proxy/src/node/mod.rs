@@ -4,6 +4,7 @@
 pub mod conntrack;
 pub mod cpu_set;
 pub mod hooked_namespaces;
+pub mod kube_proxy_leftovers;
 pub mod nat_ports;
 #[expect(
     unsafe_code,

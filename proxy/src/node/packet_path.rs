@@ -9,7 +9,8 @@ use std::{
 };
 
 use switchyard_abi::{
-    CONNTRACK_MAP, COUNTER_DROP_SNAT_PORTS, FlowTimeouts, NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig,
+    CONNTRACK_MAP, COUNTER_DROP_SNAT_PORTS, FlowTimeouts, NODE_CLUSTER_IP_FROM_OUTSIDE,
+    NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, NodeConfig,
 };
 use tracing::{info, warn};
 
@@ -19,7 +20,7 @@ use crate::{
         flow_table::{FlowTable, monotonic_now_ns},
         loader::Programs,
     },
-    model::address::Cidr,
+    model::{address::Cidr, detect_local::DetectLocal},
     node::{
         nat_ports::{NatPortRange, ephemeral_ports, nat_ports},
         node_network::{
@@ -49,8 +50,10 @@ pub struct PacketPathConfig {
     /// `--nat-port-range`; `None` takes every port the node's own sockets
     /// cannot use (see `nat_ports`).
     pub nat_port_range: Option<NatPortRange>,
-    /// `--cluster-cidr`.
-    pub cluster_cidrs: Vec<Cidr>,
+    /// `--detect-local-mode` with its CIDRs or device.
+    pub detect_local: DetectLocal,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
     /// `--cluster-ip-from-outside`.
     pub cluster_ip_from_outside: bool,
     /// Entries the conntrack map has (sized by the conntrack flags).
@@ -68,6 +71,9 @@ pub struct PacketPath {
     conntrack_capacity: usize,
     network: NetworkSnapshot,
     node_port_addresses: Vec<IpAddr>,
+    /// What detect-local's source trie holds.
+    local_cidrs: Vec<Cidr>,
+    detect_local: DetectLocal,
 }
 
 impl PacketPath {
@@ -79,14 +85,19 @@ impl PacketPath {
         let mut flows = FlowTable::open(pin_dir)?;
         let node_config = NodeConfig {
             nat_ports: nat_ports(config.nat_port_range, ephemeral_ports()),
-            flags: if config.cluster_ip_from_outside {
-                NODE_CLUSTER_IP_FROM_OUTSIDE
-            } else {
-                0
-            },
+            flags: [
+                (config.cluster_ip_from_outside, NODE_CLUSTER_IP_FROM_OUTSIDE),
+                (config.masquerade_all, NODE_MASQUERADE_ALL),
+                (config.detect_local.by_device(), NODE_LOCAL_BY_DEVICE),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |flags, (_, flag)| flags | flag),
         };
         flows.set_node_config(node_config)?;
-        flows.set_cluster_cidrs(&config.cluster_cidrs)?;
+        // The node's pod CIDRs come with its Node (`set_local_cidrs`).
+        let local_cidrs = config.detect_local.local_cidrs(&[]);
+        flows.set_cluster_cidrs(&local_cidrs)?;
         let ranges: Vec<String> = node_config
             .nat_ports
             .iter()
@@ -101,7 +112,9 @@ impl PacketPath {
             .collect();
         info!(
             nat_ports = ?ranges,
-            cluster_cidrs = ?config.cluster_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            local_cidrs = ?local_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            detect_local = ?config.detect_local,
+            masquerade_all = config.masquerade_all,
             cluster_ip_from_outside = config.cluster_ip_from_outside,
             "per-packet path"
         );
@@ -115,7 +128,21 @@ impl PacketPath {
             conntrack_capacity: config.conntrack_capacity,
             network: NetworkSnapshot::default(),
             node_port_addresses: Vec::new(),
+            local_cidrs,
+            detect_local: config.detect_local,
         })
+    }
+
+    /// Follows detect-local's source prefixes when they come from the
+    /// Node (`NodeCIDR`): written when they differ from what is set.
+    pub fn set_local_cidrs(&mut self, node_pod_cidrs: &[String]) -> Result<(), PacketPathError> {
+        let wanted = self.detect_local.local_cidrs(node_pod_cidrs);
+        if wanted != self.local_cidrs {
+            self.flows.set_cluster_cidrs(&wanted)?;
+            info!(local_cidrs = ?wanted.iter().map(ToString::to_string).collect::<Vec<_>>(), "detect-local");
+            self.local_cidrs = wanted;
+        }
+        Ok(())
     }
 
     /// The addresses NodePorts are served on now.
@@ -165,6 +192,15 @@ impl PacketPath {
         }
         let present: BTreeSet<u32> = network.devices.iter().map(|d| d.index).collect();
         programs.forget_devices_except(&present);
+        if self.detect_local.by_device() {
+            let local: Vec<u32> = network
+                .devices
+                .iter()
+                .filter(|device| self.detect_local.is_local_device(&device.name))
+                .map(|device| device.index)
+                .collect();
+            self.flows.set_local_devices(&local)?;
+        }
         let (ipv4, ipv6) = network.snat_addresses(&self.selection);
         self.flows.set_snat_addresses(ipv4, ipv6)?;
         let changed = addresses != self.node_port_addresses

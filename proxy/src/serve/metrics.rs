@@ -40,6 +40,7 @@ pub struct Metrics {
     conntrack_entries: IntGauge,
     conntrack_collected: IntCounter,
     nat_ports: IntGauge,
+    kube_proxy_removed: IntGaugeVec,
     nat_ports_in_use: IntGaugeVec,
     devices: IntGauge,
     node_port_addresses: IntGauge,
@@ -198,6 +199,11 @@ impl Metrics {
             "switchyard_nodeport_addresses",
             "Node addresses NodePorts are served on",
         );
+        let kube_proxy_removed = int_gauge_vec(
+            "switchyard_kube_proxy_rules_removed",
+            "kube-proxy's state removed by --cleanup-kube-proxy, by kind (iptables_chains, nftables_tables, ipvs)",
+            &["kind"],
+        );
         let health_check_failures = counter(
             "switchyard_health_check_server_failures_total",
             "Health check node ports that could not be served",
@@ -224,6 +230,7 @@ impl Metrics {
             devices,
             node_port_addresses,
             health_check_failures,
+            kube_proxy_removed,
             kernel_features,
             drift,
             drift_seen,
@@ -275,6 +282,19 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.conntrack_collected
             .inc_by(u64::try_from(collected).unwrap_or(u64::MAX));
+    }
+
+    pub fn set_kube_proxy_cleanup(&self, removed: &crate::node::kube_proxy_leftovers::Removed) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (kind, value) in [
+            ("iptables_chains", count(removed.iptables_chains)),
+            ("nftables_tables", count(removed.nft_tables)),
+            ("ipvs", i64::from(removed.ipvs)),
+        ] {
+            self.kube_proxy_removed
+                .with_label_values(&[kind])
+                .set(value);
+        }
     }
 
     pub fn set_nat_port_capacity(&self, ports: u32) {

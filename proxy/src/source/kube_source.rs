@@ -38,6 +38,7 @@ use tracing::info;
 use crate::{
     convert::{
         endpoints::{ParsedSlice, SERVICE_NAME_LABEL, read_slice},
+        proxy_selector::ProxySelector,
         service::{ParsedService, namespace_of, read_service},
     },
     model::{address::IpFamily, name::NamespacedName},
@@ -49,11 +50,6 @@ use crate::{
         watch_task::{Listing, Notify, record, spawn_events},
     },
 };
-
-/// kube-proxy's informer selector, on Services and EndpointSlices alike:
-/// objects for another proxy, and headless ones, are never even received.
-pub const PROXY_LABEL_SELECTOR: &str =
-    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// An API resource the agent reads, and the verbs its watcher uses: the
 /// single statement of what RBAC must grant (a test checks deploy/rbac.yaml
@@ -127,6 +123,7 @@ impl KubeSource {
     pub async fn connect(
         kubeconfig: Option<&Path>,
         node_name: &str,
+        selector: &ProxySelector,
     ) -> Result<Self, KubeSourceError> {
         let config = match kubeconfig {
             Some(path) => {
@@ -150,7 +147,10 @@ impl KubeSource {
         let listed = Arc::new(AtomicUsize::new(0));
         let pending = Arc::new(PendingChanges::default());
         let mut tasks = Vec::new();
-        let proxied = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+        // kube-proxy's informer selector, on Services and EndpointSlices
+        // alike: objects for another proxy, and headless ones, are never
+        // even received.
+        let proxied = watcher::Config::default().labels(&selector.label_selector());
         let notify = Notify {
             wake: &sender,
             pending: &pending,

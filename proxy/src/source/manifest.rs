@@ -32,6 +32,7 @@ use tracing::debug;
 use crate::convert::{
     endpoints::{ParsedSlice, read_slice},
     input_error::{InputError, ObjectRef, Origin, Reason},
+    proxy_selector::ProxySelector,
     service::{DEFAULT_NAMESPACE, ParsedService, read_service},
 };
 
@@ -80,8 +81,11 @@ pub enum Object {
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not its
 /// subfolders, and not hidden files, which is where editors and ConfigMap
 /// volumes keep their temporary and bookkeeping files), in name order.
-pub fn load_dir(dir: &Path) -> Manifests {
-    let mut loader = Loader::default();
+pub fn load_dir(dir: &Path, selector: &ProxySelector) -> Manifests {
+    let mut loader = Loader {
+        selector: selector.clone(),
+        ..Loader::default()
+    };
     match manifest_files(dir) {
         Ok(files) => {
             for path in files {
@@ -300,6 +304,8 @@ has_meta!(Service, EndpointSlice, Node, ServiceCIDR);
 /// Collects objects across files, one per kind/namespace/name.
 #[derive(Default)]
 struct Loader {
+    /// Which Services and slices are this proxy's.
+    selector: ProxySelector,
     manifests: Manifests,
     /// Services and slices read as each is found, so a folder's objects are
     /// never all held whole; with the problems found, each naming the file.
@@ -317,6 +323,15 @@ impl Loader {
             path: path.to_path_buf(),
         };
         for object in objects {
+            let selected = match &object {
+                Object::Service(service) => self.selector.excludes(&service.metadata),
+                Object::EndpointSlice(slice) => self.selector.excludes(&slice.metadata),
+                Object::Node(_) | Object::ServiceCidr(_) => None,
+            };
+            if let Some(label) = selected {
+                debug!(file = %path.display(), label, "not this proxy's object: skipped");
+                continue;
+            }
             match object {
                 Object::Service(mut service) => {
                     let object = object_ref(&mut *service, "Service", true);

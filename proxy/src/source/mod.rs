@@ -14,6 +14,7 @@ pub mod watcher;
 use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
+    convert::proxy_selector::ProxySelector,
     model::name::NamespacedName,
     source::{
         change_set::{ChangeSet, ReceivedChanges},
@@ -37,6 +38,7 @@ pub enum SourceError {
 pub enum Source {
     Manifests {
         dir: PathBuf,
+        selector: ProxySelector,
         watcher: ManifestWatcher,
         /// The folder as it was just before the last read.
         read: Option<FolderStamp>,
@@ -45,13 +47,14 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn manifests(dir: PathBuf) -> Result<Self, SourceError> {
+    pub fn manifests(dir: PathBuf, selector: ProxySelector) -> Result<Self, SourceError> {
         if !dir.is_dir() {
             return Err(SourceError::ManifestsDir { path: dir });
         }
         let watcher = ManifestWatcher::new(&dir)?;
         Ok(Self::Manifests {
             dir,
+            selector,
             watcher,
             read: None,
         })
@@ -60,9 +63,10 @@ impl Source {
     pub async fn cluster(
         kubeconfig: Option<&std::path::Path>,
         node_name: &str,
+        selector: &ProxySelector,
     ) -> Result<Self, SourceError> {
         Ok(Self::Cluster(Box::new(
-            KubeSource::connect(kubeconfig, node_name).await?,
+            KubeSource::connect(kubeconfig, node_name, selector).await?,
         )))
     }
 
@@ -118,11 +122,16 @@ impl Source {
 
     pub fn snapshot(&mut self) -> Manifests {
         match self {
-            Self::Manifests { dir, read, .. } => {
+            Self::Manifests {
+                dir,
+                read,
+                selector,
+                ..
+            } => {
                 // Stamped before reading: a write during the read changes
                 // the next stamp, so it is read again.
                 *read = FolderStamp::of(dir);
-                load_dir(dir)
+                load_dir(dir, selector)
             }
             Self::Cluster(source) => source.snapshot(),
         }

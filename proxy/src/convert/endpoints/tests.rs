@@ -94,13 +94,7 @@ addressType: IPv6
 ports: [{port: 80}]
 endpoints: [{addresses: ['fd00::1']}]
 "], service: "web", port_name: "", fe: "[fd00::10]:80/TCP", want: &["[fd00::1]:80/TCP"], want_errors: &[] },
-        Case { name: "another proxy's slices and FQDN slices are skipped quietly", yamls: &[
-                "
-metadata: {name: s1, labels: {kubernetes.io/service-name: web, service.kubernetes.io/service-proxy-name: x}}
-addressType: IPv4
-ports: [{port: 80}]
-endpoints: [{addresses: [10.0.0.1]}]
-",
+        Case { name: "FQDN slices are skipped quietly", yamls: &[
                 "
 metadata: {name: s2, labels: {kubernetes.io/service-name: web}}
 addressType: FQDN

@@ -54,8 +54,6 @@ spec:
         FrontendCase { name: "headless", yaml: "metadata: {name: db}\nspec: {clusterIP: None, ports: [{port: 5432}]}", want_frontends: &[], want_errors: &[] },
         FrontendCase { name: "headless via clusterIPs", yaml: "metadata: {name: db}\nspec: {clusterIPs: [None], ports: [{port: 5432}]}", want_frontends: &[], want_errors: &[] },
         FrontendCase { name: "ExternalName", yaml: "metadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com, clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
-        FrontendCase { name: "another proxy's service", yaml: "metadata: {name: web, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
-        FrontendCase { name: "headless label", yaml: "metadata: {name: web, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", want_frontends: &[], want_errors: &[] },
         FrontendCase { name: "no cluster IP is reported", yaml: "metadata: {name: web}\nspec: {ports: [{port: 80}]}", want_frontends: &[], want_errors: &["api: Service default/web: spec.clusterIP: missing; standalone mode allocates no cluster IPs"] },
         FrontendCase { name: "no spec", yaml: "metadata: {name: web}", want_frontends: &[], want_errors: &["api: Service default/web: spec: missing"] },
         FrontendCase { name: "no ports serves nothing without complaint", yaml: "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10}", want_frontends: &[], want_errors: &[] },

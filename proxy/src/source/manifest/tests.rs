@@ -166,7 +166,7 @@ fn a_folder_loads_yaml_and_json_files_in_name_order_and_skips_the_rest() {
     )
     .unwrap();
 
-    let loaded = load_dir(&dir);
+    let loaded = load_dir(&dir, &ProxySelector::default());
     fs::remove_dir_all(&dir).unwrap();
     assert_eq!(loaded.services.len(), 1);
     assert_eq!(loaded.slices.len(), 1);
@@ -194,7 +194,10 @@ fn a_folder_loads_yaml_and_json_files_in_name_order_and_skips_the_rest() {
 
 #[test]
 fn a_missing_folder_is_one_error() {
-    let loaded = load_dir(Path::new("/nonexistent/switchyard-manifests"));
+    let loaded = load_dir(
+        Path::new("/nonexistent/switchyard-manifests"),
+        &ProxySelector::default(),
+    );
     assert_eq!(loaded.errors.len(), 1);
     assert_eq!(loaded.errors[0].reason(), "unreadable");
 }

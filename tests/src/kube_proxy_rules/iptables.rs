@@ -8,30 +8,23 @@
 
 use std::fmt::Write;
 
-use crate::{
-    catalog::{CatalogService, TARGET_PORT},
-    chain_name::hash16,
-};
+use super::{CLUSTER_CIDR, KubeProxyService, TARGET_PORT, chain_name::hash16};
 
-/// The cluster CIDR given to kube-proxy: it covers the pods and the client,
-/// so in-cluster traffic is not masqueraded, as in a real cluster.
-pub const CLUSTER_CIDR: &str = "10.240.0.0/12";
-
-fn svc_chain(service: &CatalogService) -> String {
+pub fn svc_chain(service: &KubeProxyService) -> String {
     format!(
         "KUBE-SVC-{}",
         hash16(&[&service.port_name(), service.protocol.proto()])
     )
 }
 
-fn ext_chain(service: &CatalogService) -> String {
+pub fn ext_chain(service: &KubeProxyService) -> String {
     format!(
         "KUBE-EXT-{}",
         hash16(&[&service.port_name(), service.protocol.proto()])
     )
 }
 
-fn sep_chain(service: &CatalogService, endpoint: &str) -> String {
+pub fn sep_chain(service: &KubeProxyService, endpoint: &str) -> String {
     format!(
         "KUBE-SEP-{}",
         hash16(&[&service.port_name(), service.protocol.proto(), endpoint])
@@ -43,7 +36,7 @@ fn endpoint(ip: std::net::Ipv4Addr) -> String {
 }
 
 /// The whole rule set, as a full sync writes it.
-pub fn full(services: &[CatalogService]) -> String {
+pub fn full(services: &[KubeProxyService]) -> String {
     let mut out = String::with_capacity(services.len() * 1_500 + 4_096);
     filter_table(&mut out);
     out.push_str("*nat\n");
@@ -84,7 +77,7 @@ pub fn full(services: &[CatalogService]) -> String {
 
 /// KUBE-NODEPORTS dispatch and the KUBE-EXT chain of an externally visible
 /// service port: masquerade (the Cluster traffic policy), then the service.
-fn node_port_chains(out: &mut String, service: &CatalogService) {
+fn node_port_chains(out: &mut String, service: &KubeProxyService) {
     let Some(node_port) = service.node_port else {
         return;
     };
@@ -107,9 +100,9 @@ fn node_port_chains(out: &mut String, service: &CatalogService) {
 /// as kube-proxy always rewrites it, the changed service's chains, and the
 /// deletion of endpoint chains no longer used.
 pub fn endpoint_change(
-    services: &[CatalogService],
-    before: &CatalogService,
-    after: &CatalogService,
+    services: &[KubeProxyService],
+    before: &KubeProxyService,
+    after: &KubeProxyService,
 ) -> String {
     let mut out = String::with_capacity(services.len() * 150 + 4_096);
     out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n");
@@ -161,7 +154,7 @@ fn filter_table(out: &mut String) {
 
 /// KUBE-SERVICES: one rule per service port, in order, then the NodePort
 /// catch-all that must stay last.
-fn services_chain(out: &mut String, services: &[CatalogService]) {
+fn services_chain(out: &mut String, services: &[KubeProxyService]) {
     for service in services {
         let _ = writeln!(
             out,
@@ -176,7 +169,7 @@ fn services_chain(out: &mut String, services: &[CatalogService]) {
     out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
 }
 
-fn service_chains(out: &mut String, service: &CatalogService) {
+fn service_chains(out: &mut String, service: &KubeProxyService) {
     let name = service.port_name();
     let svc = svc_chain(service);
     let _ = writeln!(
@@ -220,87 +213,6 @@ fn service_chains(out: &mut String, service: &CatalogService) {
             out,
             "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}",
             proto = service.protocol.proto(),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::{Placement, test_catalog as catalog};
-
-    #[test]
-    fn one_service_has_kube_proxys_shape() {
-        let catalog = catalog(0);
-        let rules = full(&catalog.services);
-        let probe = catalog.probe(Placement::Last);
-        let svc = svc_chain(probe);
-        assert!(rules.contains(&format!(
-            "-A KUBE-SERVICES -m comment --comment \"bench/probe-last:http cluster IP\" -m tcp -p tcp -d {} --dport 80 -j {svc}\n",
-            probe.cluster_ip
-        )));
-        let probabilities: Vec<&str> = rules
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {svc} ")) && l.contains("statistic"))
-            .map(|l| {
-                l.split("--probability ")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(
-            probabilities,
-            ["0.2500000000", "0.3333333333", "0.5000000000"]
-        );
-        assert!(rules.contains("-j DNAT --to-destination 10.244.0.13:8080\n"));
-        assert_eq!(rules.matches("COMMIT\n").count(), 2);
-        assert!(!rules.contains("KUBE-EXT-"));
-    }
-
-    #[test]
-    fn node_port_goes_through_the_external_chain() {
-        let catalog = catalog(0).with_node_port(30080);
-        let rules = full(&catalog.services);
-        let probe = catalog.probe(Placement::Last);
-        let ext = ext_chain(probe);
-        assert!(rules.contains(&format!(":{ext} - [0:0]\n")));
-        assert!(rules.contains(&format!("-m tcp -p tcp --dport 30080 -j {ext}\n")));
-        assert!(rules.contains(&format!("-A {ext} -j {}\n", svc_chain(probe))));
-    }
-
-    #[test]
-    fn rule_counts_scale_with_services() {
-        let catalog = catalog(998);
-        let rules = full(&catalog.services);
-        let count = |prefix: &str| rules.lines().filter(|l| l.starts_with(prefix)).count();
-        // One KUBE-SERVICES rule per service, plus the NodePort rule.
-        assert_eq!(count("-A KUBE-SERVICES "), 1_001);
-        // Per service: masquerade check + 4 endpoint jumps; per endpoint 2.
-        assert_eq!(count("-A KUBE-SVC-"), 1_000 * 5);
-        assert_eq!(count("-A KUBE-SEP-"), 1_000 * 4 * 2);
-        // Every referenced chain is declared.
-        assert_eq!(count(":KUBE-SEP-"), 4_000);
-    }
-
-    #[test]
-    fn endpoint_change_rewrites_only_what_moved() {
-        let catalog = catalog(10);
-        let before = catalog.probe(Placement::Last).clone();
-        let mut after = before.clone();
-        after.endpoints.truncate(1);
-        let delta = endpoint_change(&catalog.services, &before, &after);
-        assert_eq!(delta.matches("-X KUBE-SEP-").count(), 3);
-        assert_eq!(delta.matches("-j DNAT").count(), 1);
-        assert!(!delta.contains("statistic"));
-        assert_eq!(
-            delta
-                .lines()
-                .filter(|l| l.starts_with("-A KUBE-SERVICES "))
-                .count(),
-            13
         );
     }
 }

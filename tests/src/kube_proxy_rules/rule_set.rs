@@ -10,9 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use switchyard_tests::{NetNs, process::run_bounded};
 
-use crate::{catalog::CatalogService, iptables_rules, nftables_rules};
+use super::{KubeProxyService, iptables, nftables};
+use crate::{NetNs, process::run_bounded};
 
 /// iptables through its nf_tables backend, as kube-proxy's iptables mode
 /// runs on current distributions (the legacy backend is on its way out).
@@ -33,7 +33,7 @@ impl RuleSet {
     pub fn load(
         self,
         node: &NetNs,
-        services: &[CatalogService],
+        services: &[KubeProxyService],
         scratch: &Path,
     ) -> Result<Duration> {
         match self {
@@ -41,7 +41,7 @@ impl RuleSet {
                 node,
                 IPTABLES_RESTORE,
                 &[],
-                &iptables_rules::full(services),
+                &iptables::full(services),
                 scratch,
                 LOAD_TIMEOUT,
             ),
@@ -49,7 +49,7 @@ impl RuleSet {
                 node,
                 NFT,
                 &["-f"],
-                &nftables_rules::full(services),
+                &nftables::full(services),
                 scratch,
                 LOAD_TIMEOUT,
             ),
@@ -61,9 +61,9 @@ impl RuleSet {
     pub fn change(
         self,
         node: &NetNs,
-        services: &[CatalogService],
-        before: &CatalogService,
-        after: &CatalogService,
+        services: &[KubeProxyService],
+        before: &KubeProxyService,
+        after: &KubeProxyService,
         scratch: &Path,
     ) -> Result<Duration> {
         match self {
@@ -71,7 +71,7 @@ impl RuleSet {
                 node,
                 IPTABLES_RESTORE,
                 &["--noflush"],
-                &iptables_rules::endpoint_change(services, before, after),
+                &iptables::endpoint_change(services, before, after),
                 scratch,
                 CHANGE_TIMEOUT,
             ),
@@ -79,7 +79,7 @@ impl RuleSet {
                 node,
                 NFT,
                 &["-f"],
-                &nftables_rules::endpoint_change(before, after),
+                &nftables::endpoint_change(before, after),
                 scratch,
                 CHANGE_TIMEOUT,
             ),

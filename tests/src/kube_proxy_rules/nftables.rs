@@ -8,17 +8,13 @@
 
 use std::fmt::Write;
 
-use crate::{
-    catalog::{CatalogService, NAMESPACE, TARGET_PORT},
-    chain_name::hash8,
-    iptables_rules::CLUSTER_CIDR,
-};
+use super::{CLUSTER_CIDR, KubeProxyService, NAMESPACE, TARGET_PORT, chain_name::hash8};
 
 const TABLE: &str = "ip kube-proxy";
 /// The Service CIDR the catalog allocates from.
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 
-fn service_chain(service: &CatalogService) -> String {
+pub fn service_chain(service: &KubeProxyService) -> String {
     let port_name = service.port_name();
     let proto = service.protocol.proto();
     format!(
@@ -28,7 +24,7 @@ fn service_chain(service: &CatalogService) -> String {
     )
 }
 
-fn endpoint_chain(service: &CatalogService, ip: std::net::Ipv4Addr) -> String {
+pub fn endpoint_chain(service: &KubeProxyService, ip: std::net::Ipv4Addr) -> String {
     let port_name = service.port_name();
     let proto = service.protocol.proto();
     let endpoint = format!("{ip}:{TARGET_PORT}");
@@ -40,7 +36,7 @@ fn endpoint_chain(service: &CatalogService, ip: std::net::Ipv4Addr) -> String {
 }
 
 /// The whole table, replacing any previous one.
-pub fn full(services: &[CatalogService]) -> String {
+pub fn full(services: &[KubeProxyService]) -> String {
     let mut out = String::with_capacity(services.len() * 1_400 + 4_096);
     // `add` then `delete` empties the table whether or not it existed.
     let _ = writeln!(out, "add table {TABLE}\ndelete table {TABLE}");
@@ -72,7 +68,7 @@ pub fn full(services: &[CatalogService]) -> String {
 
 /// What kube-proxy sends when one Service's endpoints change: that
 /// service's chain rewritten, new endpoint chains added, stale ones removed.
-pub fn endpoint_change(before: &CatalogService, after: &CatalogService) -> String {
+pub fn endpoint_change(before: &KubeProxyService, after: &KubeProxyService) -> String {
     let mut out = String::new();
     let chain = service_chain(after);
     let _ = writeln!(out, "flush chain {TABLE} {chain}");
@@ -100,7 +96,7 @@ pub fn endpoint_change(before: &CatalogService, after: &CatalogService) -> Strin
 
 /// The service chain (masquerade check, numgen dispatch) and, where new,
 /// the endpoint chains' rules.
-fn service_rules(out: &mut String, service: &CatalogService) {
+fn service_rules(out: &mut String, service: &KubeProxyService) {
     let chain = service_chain(service);
     let _ = writeln!(
         out,
@@ -181,61 +177,4 @@ add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}
 add rule {t} nat-postrouting jump masquerading
 "#
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::{Placement, test_catalog as catalog};
-
-    #[test]
-    fn service_dispatch_is_one_map_lookup() {
-        let catalog = catalog(98);
-        let script = full(&catalog.services);
-        // No per-service rule in `services`: only the vmap elements grow.
-        assert_eq!(
-            script.matches("add rule ip kube-proxy services ").count(),
-            2
-        );
-        assert_eq!(
-            script
-                .matches("add element ip kube-proxy service-ips ")
-                .count(),
-            100
-        );
-        let probe = catalog.probe(Placement::Last);
-        assert!(script.contains(&format!(
-            "add element ip kube-proxy service-ips {{ {} . tcp . 80 : goto {} }}",
-            probe.cluster_ip,
-            service_chain(probe)
-        )));
-        assert!(script.contains("numgen random mod 4 vmap { 0 : goto endpoint-"));
-        assert!(script.contains("meta l4proto tcp dnat to 10.244.0.10:8080\n"));
-    }
-
-    #[test]
-    fn chain_names_carry_hash_and_identity() {
-        let catalog = catalog(0);
-        let probe = catalog.probe(Placement::Last);
-        let chain = service_chain(probe);
-        assert!(chain.starts_with("service-"));
-        assert!(chain.ends_with("-bench/probe-last/tcp/http"));
-        assert_eq!(
-            chain.len(),
-            "service-".len() + 8 + "-bench/probe-last/tcp/http".len()
-        );
-        assert!(endpoint_chain(probe, probe.endpoints[0]).ends_with("__10.244.0.10/8080"));
-    }
-
-    #[test]
-    fn endpoint_change_touches_one_service() {
-        let catalog = catalog(10);
-        let before = catalog.probe(Placement::Last).clone();
-        let mut after = before.clone();
-        after.endpoints = vec![before.endpoints[1]];
-        let delta = endpoint_change(&before, &after);
-        assert_eq!(delta.matches("delete chain").count(), 3);
-        assert!(delta.contains("numgen random mod 1 vmap { 0 : goto endpoint-"));
-        assert!(!delta.contains("svc-"));
-    }
 }
