@@ -88,17 +88,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let health = Arc::new(Mutex::new(ProxyHealth::new(args.sync_period)));
     serve_http(&args, &metrics, &health).await?;
 
-    let selector = ProxySelector::new(args.takeover.service_proxy_name.as_deref());
-    if let Some(name) = &args.takeover.service_proxy_name {
-        info!(%name, "serving only the Services labelled service.kubernetes.io/service-proxy-name={name}");
-    }
-    let source = if let Some(dir) = &args.manifests {
-        info!(node = %node_name, manifests = %dir.display(), "starting");
-        Source::manifests(dir.clone(), selector)?
-    } else {
-        info!(node = %node_name, "starting");
-        Source::cluster(args.kubeconfig.as_deref(), &node_name, &selector).await?
-    };
+    let source = open_source(&args, &node_name).await?;
 
     let mut programs = loader::load(&args.pins.bpffs, requested_sizes(&args))?;
     metrics.set_kernel_features(programs.features());
@@ -579,11 +569,26 @@ impl Agent {
                 self.kube_proxy_cleanup = KubeProxyCleanup::Done;
             }
             Ok(Err(error)) => {
-                warn!(%error, "kube-proxy's rules stay; retried after the next full pass")
+                warn!(%error, "kube-proxy's rules stay; retried after the next full pass");
             }
             Err(error) => {
-                warn!(%error, "kube-proxy's rules stay; retried after the next full pass")
+                warn!(%error, "kube-proxy's rules stay; retried after the next full pass");
             }
         }
     }
+}
+
+/// The manifests folder or the API, with the Services this proxy serves.
+async fn open_source(args: &RunArgs, node_name: &str) -> Result<Source, AgentError> {
+    let selector = ProxySelector::new(args.takeover.service_proxy_name.as_deref());
+    if let Some(name) = &args.takeover.service_proxy_name {
+        info!(%name, "serving only the Services labelled service.kubernetes.io/service-proxy-name={name}");
+    }
+    Ok(if let Some(dir) = &args.manifests {
+        info!(node = %node_name, manifests = %dir.display(), "starting");
+        Source::manifests(dir.clone(), selector)?
+    } else {
+        info!(node = %node_name, "starting");
+        Source::cluster(args.kubeconfig.as_deref(), node_name, &selector).await?
+    })
 }

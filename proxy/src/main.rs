@@ -4,7 +4,7 @@ use clap::{CommandFactory, FromArgMatches};
 use switchyard::{
     agent,
     cli::{Cli, Command, OutputFormat, kube_proxy_config::KubeProxyConfiguration, services_view},
-    datapath::{error_chain, live_maps::LiveMaps, loader},
+    datapath::{error_chain, hand_back, live_maps::LiveMaps},
     explain,
     node::kube_proxy_leftovers,
 };
@@ -62,7 +62,18 @@ fn dispatch(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> 
             let text = services_view::render(&args.pins.bpffs, args.output)?;
             print!("{text}");
         }
-        Command::Cleanup(args) => loader::cleanup(&args.pins.bpffs)?,
+        Command::Cleanup(args) => {
+            kube_proxy_leftovers::release_nat_hooks();
+            let timeouts = args.conntrack.timeouts();
+            let report = hand_back::hand_back(&args.pins.bpffs, &timeouts, args.drain_timeout)?;
+            if report.cut > 0 {
+                eprintln!(
+                    "switchyard: {} connections were still live after {} of draining (--drain-timeout)",
+                    report.cut,
+                    humantime::format_duration(report.drained_for)
+                );
+            }
+        }
         Command::CleanupKubeProxy => {
             let removed = kube_proxy_leftovers::remove()?;
             println!(

@@ -267,10 +267,28 @@ impl<'a> Agent<'a> {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// `switchyard cleanup --bpffs PIN --cgroup CG`.
+    /// `switchyard cleanup --bpffs PIN --cgroup CG --drain-timeout 0s`:
+    /// everything removed at once.
     pub fn cleanup(&self) -> Result<Output> {
+        self.cleanup_draining(Duration::ZERO, &[])
+    }
+
+    /// `switchyard cleanup` draining the per-packet path's connections for
+    /// at most `longest`, with `extra` flags (the conntrack timeouts).
+    pub fn cleanup_draining(&self, longest: Duration, extra: &[&str]) -> Result<Output> {
         let cgroup = self.config.cgroup.to_string_lossy().into_owned();
-        self.tool(&["cleanup", "--bpffs", &self.pins(), "--cgroup", &cgroup])
+        let drain = format!("{}ms", longest.as_millis());
+        let mut args = vec![
+            "cleanup",
+            "--bpffs",
+            self.config.bpffs.to_str().unwrap_or_default(),
+            "--cgroup",
+            &cgroup,
+            "--drain-timeout",
+            &drain,
+        ];
+        args.extend_from_slice(extra);
+        self.tool_within(&args, longest + TOOL_TIMEOUT)
     }
 
     fn pins(&self) -> String {
@@ -279,9 +297,13 @@ impl<'a> Agent<'a> {
 
     /// Runs a `switchyard` subcommand (bounded); fails on a non-zero exit.
     fn tool(&self, args: &[&str]) -> Result<Output> {
+        self.tool_within(args, TOOL_TIMEOUT)
+    }
+
+    fn tool_within(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = Command::new(&self.config.bin);
         cmd.args(args);
-        let output = process::run_bounded(&mut cmd, self.netns, None, TOOL_TIMEOUT)?;
+        let output = process::run_bounded(&mut cmd, self.netns, None, timeout)?;
         if !output.status.success() {
             bail!(
                 "switchyard {} failed ({}): {}",

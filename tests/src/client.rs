@@ -229,6 +229,33 @@ impl<'a> Prober<'a> {
         Background::spawn(self, &args, out, duration * 2 + SLACK).map(PendingSummary)
     }
 
+    /// Starts a background probe that runs until `stop_file` exists (at
+    /// most `longest`): `netprobe hold` on one connection, or `netprobe
+    /// churn` opening a new TCP or UDP connection every `interval`.
+    pub fn spawn_until(
+        &self,
+        probe: Paced,
+        to: SocketAddr,
+        interval: Duration,
+        until: (&std::path::Path, Duration),
+        out: PathBuf,
+    ) -> Result<PendingSummary> {
+        let (stop_file, longest) = until;
+        let mut args = match probe {
+            Paced::Hold => hold_args(to, longest, interval),
+            Paced::Churn { udp } => {
+                let mut args = hold_args(to, longest, interval);
+                args[0] = "churn".into();
+                if udp {
+                    args.push("--udp".into());
+                }
+                args
+            }
+        };
+        args.extend(["--stop-file".into(), stop_file.display().to_string()]);
+        Background::spawn(self, &args, out, longest * 2 + SLACK).map(PendingSummary)
+    }
+
     /// Starts `netprobe udp-hold` in the background: one UDP socket to
     /// `to` (connect()ed, or sendto() each time), a datagram every
     /// `interval` for `duration`.
@@ -304,6 +331,15 @@ impl<'a> Prober<'a> {
             ),
         }
     }
+}
+
+/// What [`Prober::spawn_until`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paced {
+    /// One connection used at every interval.
+    Hold,
+    /// A new connection at every interval.
+    Churn { udp: bool },
 }
 
 /// Extra time for process start and teardown on a loaded 2-core machine.

@@ -19,6 +19,7 @@ pub mod command;
 pub mod control_flow;
 pub mod kube_proxy_rules;
 pub mod manifest;
+pub mod migration_lab;
 pub mod mount;
 pub mod multinode;
 pub mod name;

@@ -18,6 +18,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     // Tests that put netfilter's conntrack beside the per-packet path.
     ("nft", "nftables"),
+    // The migration tests and the bench: kube-proxy's iptables rule sets.
+    ("iptables-nft-restore", "iptables"),
     // `cargo xtask vm`: the VMs, their initramfs, Debian's kernel packages.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),

@@ -67,6 +67,11 @@ pub const NODE_MASQUERADE_ALL: u32 = 1 << 1;
 /// [`NodeConfig::flags`]: detect-local judges a packet by the device it came
 /// in on ([`LOCAL_DEVICES_MAP`]), not by its source address.
 pub const NODE_LOCAL_BY_DEVICE: u32 = 1 << 2;
+/// [`NodeConfig::flags`]: the proxy is handing the node back (`switchyard
+/// cleanup`): connections it tracks are still translated until they end,
+/// and every new one is left to the stack (kube-proxy's rules, started
+/// again before).
+pub const NODE_DRAIN: u32 = 1 << 3;
 
 impl NodeConfig {
     /// How many NAT ports there are in all.

@@ -17,7 +17,7 @@ use switchyard_abi::{
     COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_REJECT_NO_ENDPOINTS, COUNTER_REPLY_TRANSLATED,
     COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, FLOW_FORWARD, FLOW_REPLY, FRONTEND_CLUSTER_IP,
     FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
-    NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_DRAIN, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SERVICE_DROPPED_CONNTRACK, SERVICE_DROPPED_NO_LOCAL,
     SERVICE_DROPPED_SNAT_PORTS, SERVICE_DROPPED_SOURCE_RANGE, SERVICE_PACKET_CONNECTIONS,
     SERVICE_REFUSED_NO_ENDPOINTS, ServiceKey, ServiceValue, client_of_addr,
@@ -46,6 +46,9 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     };
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
+    }
+    if node_flags() & NODE_DRAIN != 0 {
+        return packet::NEXT;
     }
     match choose(ctx, &packet) {
         Choice::Verdict(verdict) => verdict,
@@ -248,9 +251,12 @@ fn unserved(packet: &Packet) -> Choice {
 }
 
 fn cluster_ips_from_outside() -> bool {
-    NODE_CONFIG
-        .get(0)
-        .is_some_and(|config| config.flags & NODE_CLUSTER_IP_FROM_OUTSIDE != 0)
+    node_flags() & NODE_CLUSTER_IP_FROM_OUTSIDE != 0
+}
+
+/// The node's `NODE_*` switches (none before the agent wrote them).
+fn node_flags() -> u32 {
+    NODE_CONFIG.get(0).map_or(0, |config| config.flags)
 }
 
 /// The frontend a packet from outside is addressed to: an external-scope
@@ -276,7 +282,7 @@ fn frontend_of(packet: &Packet) -> Option<(ServiceKey, ServiceValue)> {
 /// detect-local finds it local, by the device it came in on or by its
 /// source (in the cluster's or this node's pod CIDRs).
 fn masquerades(ctx: &TcContext, src: &Addr) -> bool {
-    let flags = NODE_CONFIG.get(0).map_or(0, |config| config.flags);
+    let flags = node_flags();
     if flags & NODE_MASQUERADE_ALL != 0 {
         return true;
     }

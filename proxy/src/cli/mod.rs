@@ -263,6 +263,14 @@ pub struct CleanupArgs {
     /// Accepted for symmetry with `run`; links are found through their pins.
     #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
     pub cgroup: PathBuf,
+    /// How long connections on the per-packet path may take to end, while
+    /// every new one goes to the stack (kube-proxy, started again before),
+    /// before the programs go; 0s removes everything at once.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// The agent's conntrack timeouts, which say when a connection is over.
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

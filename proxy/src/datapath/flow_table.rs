@@ -101,6 +101,26 @@ impl FlowTable {
         Ok(())
     }
 
+    /// Turns on `flags` among the switches the programs read, keeping the
+    /// rest as the agent wrote them.
+    pub fn add_node_flags(&mut self, flags: u32) -> Result<(), DatapathError> {
+        let error = |source| DatapathError::map(NODE_CONFIG_MAP, source);
+        let mut config = self.node_config.get(&0, 0).map_err(error)?;
+        config.flags |= flags;
+        self.node_config.set(0, config, 0).map_err(error)
+    }
+
+    /// Connections neither over (closed, reset) nor idle past `timeouts`.
+    pub fn live_connections(&self, timeouts: &FlowTimeouts) -> usize {
+        let now = monotonic_now_ns();
+        connections(self.entries())
+            .iter()
+            .filter(|connection| {
+                !connection.state().is_over() && !connection.expired(now, timeouts)
+            })
+            .count()
+    }
+
     /// The NAT ports and switches the programs read.
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), DatapathError> {
         self.node_config

@@ -522,6 +522,34 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
     remove_dir(pin_dir)
 }
 
+/// Detaches the socket hooks of every generation (their links' pins have
+/// no device in their name), leaving the per-packet programs on their
+/// devices; the caller holds the pin lock. Connections the hooks already
+/// sent to a backend are connected to it and need them no more.
+pub(crate) fn detach_socket_hooks(pin_dir: &Path) -> Result<usize, DatapathError> {
+    let mut detached = 0;
+    for generation in generations(pin_dir)? {
+        for entry in read_dir(&generation)? {
+            let is_device_program = entry
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().contains('@'));
+            if is_device_program {
+                continue;
+            }
+            let link = PinnedLink::from_pin(&entry).map_err(|source| DatapathError::Pin {
+                path: entry.clone(),
+                source: Box::new(source),
+            })?;
+            link.unpin().map_err(|source| DatapathError::Pin {
+                path: entry.clone(),
+                source: Box::new(source),
+            })?;
+            detached += 1;
+        }
+    }
+    Ok(detached)
+}
+
 fn detach_generation(generation: &Path) -> Result<(), DatapathError> {
     for entry in read_dir(generation)? {
         // Unpinning drops the last reference to the link, which detaches it.

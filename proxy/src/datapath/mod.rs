@@ -16,6 +16,7 @@ pub mod bpf_syscall;
 pub mod fake;
 pub mod feature_probe;
 pub mod flow_table;
+pub mod hand_back;
 pub mod kernel_features;
 pub mod live_maps;
 pub mod loader;

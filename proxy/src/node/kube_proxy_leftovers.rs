@@ -11,7 +11,8 @@
 //! kube-proxy runs them.
 
 use std::{
-    io::Write,
+    fmt::Write as _,
+    io::Write as _,
     process::{Command, Stdio},
 };
 
@@ -111,16 +112,16 @@ pub fn iptables_removal(dump: &str) -> Option<(String, usize)> {
             && let Some(name) = table
             && !(unlinks.is_empty() && owned_chains.is_empty())
         {
-            script.push_str(&format!("*{name}\n"));
+            let _ = writeln!(script, "*{name}");
             for unlink in &unlinks {
                 script.push_str(unlink);
                 script.push('\n');
             }
             for chain in &owned_chains {
-                script.push_str(&format!("-F {chain}\n"));
+                let _ = writeln!(script, "-F {chain}");
             }
             for chain in &owned_chains {
-                script.push_str(&format!("-X {chain}\n"));
+                let _ = writeln!(script, "-X {chain}");
             }
             script.push_str("COMMIT\n");
             chains += owned_chains.len();
@@ -129,10 +130,52 @@ pub fn iptables_removal(dump: &str) -> Option<(String, usize)> {
     (!script.is_empty()).then_some((script, chains))
 }
 
+/// The table that keeps netfilter's NAT hooks registered once kube-proxy's
+/// chains are gone. The kernel tracks connections only while some rule of
+/// the namespace uses conntrack, and translates a connection's packets by
+/// its entry only while some NAT chain of the family is hooked: remove the
+/// last ones and every connection kube-proxy translated is cut (its packets
+/// reach the node or the backend untranslated and are reset). NAT base
+/// chains with one conntrack rule keep both, at the cost of a hook call per
+/// packet, until `switchyard cleanup` hands the node back to kube-proxy's.
+pub const KEEP_NAT_TABLE: &str = "switchyard-keep-nat";
+
+fn keep_nat_script() -> String {
+    let mut script = String::new();
+    for family in ["ip", "ip6"] {
+        let _ = write!(
+            script,
+            "table {family} {KEEP_NAT_TABLE} {{\n\
+             \tcomment \"keeps the NAT of connections kube-proxy translated (switchyard)\"\n\
+             \tchain prerouting {{ type nat hook prerouting priority -100; ct state new counter; }}\n\
+             \tchain output {{ type nat hook output priority -100; }}\n\
+             \tchain input {{ type nat hook input priority 100; }}\n\
+             \tchain postrouting {{ type nat hook postrouting priority 100; }}\n\
+             }}\n"
+        );
+    }
+    script
+}
+
+/// Removes the table [`KEEP_NAT_TABLE`], once kube-proxy serves again (its
+/// own NAT chains hook the same points). Best effort: absent is done.
+pub fn release_nat_hooks() {
+    for family in ["ip", "ip6"] {
+        if output("nft", &["list", "table", family, KEEP_NAT_TABLE]).is_some() {
+            let _ = run("nft", &["delete", "table", family, KEEP_NAT_TABLE]);
+        }
+    }
+}
+
 /// Removes everything kube-proxy left in this network namespace. A tool the
 /// node does not have means that backend holds nothing to remove.
 pub fn remove() -> Result<Removed, CleanupError> {
     let mut removed = Removed::default();
+    // First, so that no connection kube-proxy translated loses its NAT.
+    feed("nft", &["-f", "-"], &keep_nat_script()).map_err(|detail| CleanupError {
+        what: "rules (keeping the NAT hooks first, with nft)",
+        detail,
+    })?;
     for (save, restore) in IPTABLES_TOOLS {
         let Some(dump) = output(save, &[]) else {
             continue;

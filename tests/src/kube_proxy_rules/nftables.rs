@@ -35,6 +35,28 @@ pub fn endpoint_chain(service: &KubeProxyService, ip: std::net::Ipv4Addr) -> Str
     )
 }
 
+/// kube-proxy's chain for traffic from outside to an external address
+/// (here the NodePort): masquerade (the Cluster policy), then the service.
+pub fn external_chain(service: &KubeProxyService) -> String {
+    let port_name = service.port_name();
+    let proto = service.protocol.proto();
+    format!(
+        "external-{}-{NAMESPACE}/{}/{proto}/http",
+        hash8(&[&port_name, proto]),
+        service.name
+    )
+}
+
+/// The node addresses NodePorts answer on (kube-proxy fills the set from
+/// nodePortAddresses and the node's interfaces).
+pub fn node_port_ips(ips: &[std::net::Ipv4Addr]) -> String {
+    let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    format!(
+        "add element {TABLE} nodeport-ips {{ {} }}\n",
+        list.join(" , ")
+    )
+}
+
 /// The whole table, replacing any previous one.
 pub fn full(services: &[KubeProxyService]) -> String {
     let mut out = String::with_capacity(services.len() * 1_400 + 4_096);
@@ -49,6 +71,7 @@ pub fn full(services: &[KubeProxyService]) -> String {
     }
     for service in services {
         service_rules(&mut out, service);
+        node_port_rules(&mut out, service);
         let _ = writeln!(
             out,
             "add element {TABLE} cluster-ips {{ {} }}",
@@ -92,6 +115,23 @@ pub fn endpoint_change(before: &KubeProxyService, after: &KubeProxyService) -> S
         );
     }
     out
+}
+
+fn node_port_rules(out: &mut String, service: &KubeProxyService) {
+    let Some(node_port) = service.node_port else {
+        return;
+    };
+    let external = external_chain(service);
+    let _ = writeln!(
+        out,
+        "add chain {TABLE} {external}\nadd rule {TABLE} {external} jump mark-for-masquerade\nadd rule {TABLE} {external} goto {}",
+        service_chain(service)
+    );
+    let _ = writeln!(
+        out,
+        "add element {TABLE} service-nodeports {{ {} . {node_port} : goto {external} }}",
+        service.protocol.proto()
+    );
 }
 
 /// The service chain (masquerade check, numgen dispatch) and, where new,

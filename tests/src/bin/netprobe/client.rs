@@ -146,9 +146,36 @@ fn udp_attempt(
     attempt
 }
 
-/// One connection kept open, a request every `interval` for `duration`.
-/// Stops at the first failure: the connection is then unusable anyway.
-pub fn hold(to: SocketAddr, duration: Duration, interval: Duration, timeout: Duration) -> Summary {
+/// When a repeating probe acts: every `interval` until `duration` is used
+/// up, or sooner once `stop_file` exists (so a test can end it at a step
+/// of its own).
+#[derive(Clone, Debug)]
+pub struct Pace {
+    pub duration: Duration,
+    pub interval: Duration,
+    pub stop_file: Option<std::path::PathBuf>,
+}
+
+impl Pace {
+    fn slots(&self) -> u128 {
+        self.duration.as_millis() / self.interval.as_millis().max(1) + 1
+    }
+
+    /// Sleeps until the slot after `i`; false once the probe should stop.
+    fn next(&self, i: u128, start: Instant) -> bool {
+        let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let next = self.interval.saturating_mul(slot);
+        if next > self.duration {
+            return false;
+        }
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
+        !self.stop_file.as_ref().is_some_and(|file| file.exists())
+    }
+}
+
+/// One connection kept open, a request at each slot of `pace`. Stops at
+/// the first failure: the connection is then unusable anyway.
+pub fn hold(to: SocketAddr, pace: &Pace, timeout: Duration) -> Summary {
     let mut summary = Summary {
         ok: true,
         ..Summary::default()
@@ -173,21 +200,36 @@ pub fn hold(to: SocketAddr, duration: Duration, interval: Duration, timeout: Dur
         }
     };
     let start = Instant::now();
-    let max_requests = duration.as_millis() / interval.as_millis().max(1) + 1;
-    for i in 0..max_requests {
+    for i in 0..pace.slots() {
         let mut attempt = Attempt::default();
         fill(&mut attempt, request(&mut stream, &mut reader));
         summary.record(&attempt);
-        if !attempt.ok {
+        if !attempt.ok || !pace.next(i, start) {
             break;
         }
-        // Sleep until the next slot; stop once the duration is used up.
-        let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let next = interval.saturating_mul(slot);
-        if next > duration {
+    }
+    summary
+}
+
+/// A new connection at each slot of `pace` (TCP: connect, request, reply,
+/// close; UDP: a new socket, one datagram each way), as a steady stream of
+/// clients; every failure counted by kind.
+pub fn churn(to: SocketAddr, udp: bool, pace: &Pace, timeout: Duration) -> Summary {
+    let mut summary = Summary {
+        ok: true,
+        ..Summary::default()
+    };
+    let start = Instant::now();
+    for i in 0..pace.slots() {
+        let attempt = if udp {
+            udp_once(to, false, 0, 0, timeout)
+        } else {
+            tcp_once(to, timeout)
+        };
+        summary.record(&attempt);
+        if !pace.next(i, start) {
             break;
         }
-        std::thread::sleep(next.saturating_sub(start.elapsed()));
     }
     summary
 }

@@ -11,7 +11,7 @@ mod socket;
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Upper bound for every --count, so a typo cannot start an endless run.
 const MAX_COUNT: i64 = 1_000_000;
@@ -66,15 +66,15 @@ enum Command {
         timeout_ms: u64,
     },
     /// One connection, a request every interval for the duration; summary.
-    Hold {
+    Hold(Paced),
+    /// A new connection every interval for the duration (or until the stop
+    /// file exists); summary with failures by kind.
+    Churn {
+        /// UDP datagrams from a new socket each, instead of TCP connections.
         #[arg(long)]
-        to: SocketAddr,
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        duration_ms: u64,
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-        interval_ms: u64,
-        #[arg(long, default_value_t = 2000)]
-        timeout_ms: u64,
+        udp: bool,
+        #[command(flatten)]
+        paced: Paced,
     },
     /// One UDP socket, a datagram every interval for the duration; one
     /// JSON line per datagram, with when it was sent.
@@ -120,6 +120,32 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+/// A probe repeated at an interval: where to, how long, how often.
+#[derive(Debug, Args)]
+struct Paced {
+    #[arg(long)]
+    to: SocketAddr,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    duration_ms: u64,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Stop early once this file exists.
+    #[arg(long)]
+    stop_file: Option<std::path::PathBuf>,
+}
+
+impl Paced {
+    fn pace(&self) -> client::Pace {
+        client::Pace {
+            duration: Duration::from_millis(self.duration_ms),
+            interval: Duration::from_millis(self.interval_ms),
+            stop_file: self.stop_file.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -179,13 +205,13 @@ fn run(command: Command) -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Hold {
-            to,
-            duration_ms,
-            interval_ms,
-            timeout_ms,
-        } => {
-            let summary = client::hold(to, ms(duration_ms), ms(interval_ms), ms(timeout_ms));
+        Command::Hold(paced) => {
+            let summary = client::hold(paced.to, &paced.pace(), ms(paced.timeout_ms));
+            print_line(&summary)?;
+            Ok(summary.ok)
+        }
+        Command::Churn { udp, paced } => {
+            let summary = client::churn(paced.to, udp, &paced.pace(), ms(paced.timeout_ms));
             print_line(&summary)?;
             Ok(summary.ok)
         }
