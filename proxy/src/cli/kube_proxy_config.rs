@@ -119,8 +119,7 @@ impl ExplicitFlags for clap::ArgMatches {
 
 /// A text field that is set: not absent, empty or zero.
 fn given(text: Option<&String>) -> Option<&str> {
-    text.map(|t| t.trim())
-        .filter(|t| !fields::is_unset(&serde_yaml::Value::String((*t).to_owned())))
+    text.map(|t| t.trim()).filter(|t| !fields::is_unset_text(t))
 }
 
 impl KubeProxyConfiguration {

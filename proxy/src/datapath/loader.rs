@@ -536,14 +536,7 @@ pub(crate) fn detach_socket_hooks(pin_dir: &Path) -> Result<usize, DatapathError
             if is_device_program {
                 continue;
             }
-            let link = PinnedLink::from_pin(&entry).map_err(|source| DatapathError::Pin {
-                path: entry.clone(),
-                source: Box::new(source),
-            })?;
-            link.unpin().map_err(|source| DatapathError::Pin {
-                path: entry.clone(),
-                source: Box::new(source),
-            })?;
+            unpin_link(&entry)?;
             detached += 1;
         }
     }
@@ -552,17 +545,22 @@ pub(crate) fn detach_socket_hooks(pin_dir: &Path) -> Result<usize, DatapathError
 
 fn detach_generation(generation: &Path) -> Result<(), DatapathError> {
     for entry in read_dir(generation)? {
-        // Unpinning drops the last reference to the link, which detaches it.
-        let link = PinnedLink::from_pin(&entry).map_err(|source| DatapathError::Pin {
-            path: entry.clone(),
-            source: Box::new(source),
-        })?;
-        link.unpin().map_err(|source| DatapathError::Pin {
-            path: entry.clone(),
-            source: Box::new(source),
-        })?;
+        unpin_link(&entry)?;
     }
     remove_dir(generation)
+}
+
+/// Unpinning drops the last reference to the link, which detaches it.
+fn unpin_link(pin: &Path) -> Result<(), DatapathError> {
+    let link = PinnedLink::from_pin(pin).map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    link.unpin().map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    Ok(())
 }
 
 fn generations(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {

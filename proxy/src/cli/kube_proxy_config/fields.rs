@@ -143,16 +143,17 @@ pub fn is_unset(value: &Value) -> bool {
         Value::Null => true,
         Value::Bool(on) => !on,
         Value::Number(number) => number.as_f64() == Some(0.0),
-        Value::String(text) => {
-            let text = text.trim();
-            text.is_empty()
-                || text == "0"
-                || humantime::parse_duration(text).is_ok_and(|d| d.is_zero())
-        }
+        Value::String(text) => is_unset_text(text),
         Value::Sequence(items) => items.is_empty(),
         Value::Mapping(map) => map.values().all(is_unset),
         Value::Tagged(tagged) => is_unset(&tagged.value),
     }
+}
+
+/// [`is_unset`] for a text value: empty, "0" or a zero duration.
+pub fn is_unset_text(text: &str) -> bool {
+    let text = text.trim();
+    text.is_empty() || text == "0" || humantime::parse_duration(text).is_ok_and(|d| d.is_zero())
 }
 
 /// One line per field that is set and ignored, or unknown.
