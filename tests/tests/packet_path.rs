@@ -8,10 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
 use support::packet_lab::{
-    CLIENT_MAC, Datapath, LAB_MAC, NEXT, NODE2_MAC, REDIRECT, SHOT, Want, addr, check, in_lab,
-    is_nat_port,
+    CLIENT_MAC, Datapath, LAB_MAC, NEXT, NODE2_MAC, REDIRECT, SHOT, Want, addr, check, ifindex,
+    in_lab, is_nat_port,
 };
-use switchyard_abi::ConnState;
+use switchyard_abi::{
+    ConnState, NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL,
+};
 use switchyard_tests::packet::{self, ACK, Frame, RST, SYN, TCP, UDP};
 
 #[test]
@@ -151,6 +153,101 @@ fn cluster_ips_from_outside_are_served_by_the_table() -> Result<()> {
             for proto in [TCP, UDP] {
                 let (verdict, _) = datapath.run("tc_ingress", &frame(proto, src, dst))?;
                 assert_eq!(verdict, SHOT, "{dst} over {proto}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// kube-proxy's masquerade decision for a ClusterIP reached from outside,
+/// with a backend on another node: `--masquerade-all` NATs every source,
+/// detect-local by device NATs what does not arrive on a pod's device,
+/// and by CIDR what does not come from the cluster's pod CIDRs.
+#[test]
+fn masquerade_all_and_detect_local_decide_the_source_by_the_table() -> Result<()> {
+    in_lab(|datapath| {
+        let (eth0, br0) = (ifindex("eth0")?, ifindex("br0")?);
+        let outside = "192.168.77.2";
+        let pod_elsewhere = "10.244.3.5";
+        // (name, node switches, pod devices, source, device it came in on, NATed)
+        let rows = [
+            ("by CIDR: outside client", 0, &[][..], outside, eth0, true),
+            ("by CIDR: pod address", 0, &[], pod_elsewhere, eth0, false),
+            (
+                "masquerade-all: outside client",
+                NODE_MASQUERADE_ALL,
+                &[],
+                outside,
+                eth0,
+                true,
+            ),
+            (
+                "masquerade-all: pod address",
+                NODE_MASQUERADE_ALL,
+                &[],
+                pod_elsewhere,
+                eth0,
+                true,
+            ),
+            (
+                "by device: pod address on the uplink",
+                NODE_LOCAL_BY_DEVICE,
+                &[br0],
+                pod_elsewhere,
+                eth0,
+                true,
+            ),
+            (
+                "by device: any address from a pod device",
+                NODE_LOCAL_BY_DEVICE,
+                &[br0],
+                outside,
+                br0,
+                false,
+            ),
+            (
+                "by device, none listed",
+                NODE_LOCAL_BY_DEVICE,
+                &[],
+                pod_elsewhere,
+                br0,
+                true,
+            ),
+            (
+                "masquerade-all wins over a pod device",
+                NODE_MASQUERADE_ALL | NODE_LOCAL_BY_DEVICE,
+                &[br0],
+                outside,
+                br0,
+                true,
+            ),
+        ];
+        let mut config = datapath.flows.node_config()?;
+        for (port, (name, flags, pod_devices, src, arrives_on, natted)) in (41_000..).zip(rows) {
+            config.flags = NODE_CLUSTER_IP_FROM_OUTSIDE | flags;
+            datapath.flows.set_node_config(config)?;
+            datapath.flows.set_local_devices(pod_devices)?;
+            let syn = Frame::new(
+                TCP,
+                SocketAddr::new(src.parse()?, port),
+                addr("10.96.0.10:80"),
+            );
+            let (verdict, out) =
+                datapath.run_arriving_on("tc_ingress", &syn.bytes(), arrives_on)?;
+            let seen = packet::parse(&out)?;
+            assert_eq!(seen.dst, addr("10.244.2.10:8080"), "{name}: backend");
+            assert!(seen.checksum_ok, "{name}: checksum");
+            if natted {
+                assert_eq!(verdict, REDIRECT, "{name}: verdict");
+                assert_eq!(seen.src.ip(), "192.168.77.11".parse::<IpAddr>()?, "{name}");
+                assert!(
+                    is_nat_port(seen.src.port()),
+                    "{name}: port {}",
+                    seen.src.port()
+                );
+            } else {
+                // The client kept: left to the stack to route on.
+                assert_eq!((verdict, seen.src), (NEXT, syn.src), "{name}");
             }
         }
         Ok(())

@@ -104,10 +104,16 @@ impl FlowTable {
     /// Turns on `flags` among the switches the programs read, keeping the
     /// rest as the agent wrote them.
     pub fn add_node_flags(&mut self, flags: u32) -> Result<(), DatapathError> {
-        let error = |source| DatapathError::map(NODE_CONFIG_MAP, source);
-        let mut config = self.node_config.get(&0, 0).map_err(error)?;
+        let mut config = self.node_config()?;
         config.flags |= flags;
-        self.node_config.set(0, config, 0).map_err(error)
+        self.set_node_config(config)
+    }
+
+    /// The NAT ports and switches the programs read now.
+    pub fn node_config(&self) -> Result<NodeConfig, DatapathError> {
+        self.node_config
+            .get(&0, 0)
+            .map_err(|source| DatapathError::map(NODE_CONFIG_MAP, source))
     }
 
     /// Connections neither over (closed, reset) nor idle past `timeouts`.

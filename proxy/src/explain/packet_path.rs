@@ -5,8 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, FLOW_FORWARD, FRONTEND_CLUSTER_IP, FRONTEND_DROP_NO_LOCAL,
-    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue, client_of_addr,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE,
+    NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    ServiceKey, ServiceValue, client_of_addr,
 };
 
 use super::{
@@ -90,11 +91,10 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         };
         return trail.finish(PATH, verdict);
     }
-    let from_cluster = maps.in_cluster_cidr(&src);
+    let masquerades = value.flags & FRONTEND_CLUSTER_IP != 0 && masquerades(maps, &src, &mut trail);
     let snat = |backend: &Backend| {
         backend.flags & BACKEND_LOCAL == 0
-            && (value.flags & FRONTEND_SNAT_REMOTE != 0
-                || value.flags & FRONTEND_CLUSTER_IP != 0 && !from_cluster)
+            && (value.flags & FRONTEND_SNAT_REMOTE != 0 || masquerades)
     };
     let candidates = candidates(maps, &key, value.count, snat);
     let natted = candidates.iter().filter(|c| c.snat).count();
@@ -122,6 +122,34 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         }
     });
     trail.finish(PATH, Verdict::Translated { candidates, chosen })
+}
+
+/// Whether a ClusterIP's client from outside is masqueraded, as `nat.rs`
+/// decides it: `--masquerade-all`, else detect-local by the device the
+/// packet arrives on (a packet from another machine arrives on a node
+/// device, never a pod's), else by the cluster's pod CIDRs.
+fn masquerades(maps: &impl Lookups, src: &Addr, trail: &mut Trail) -> bool {
+    let flags = maps.node_config().map_or(0, |config| config.flags);
+    let (masquerades, why) = if flags & NODE_MASQUERADE_ALL != 0 {
+        (true, "masquerade-all: every client is NATed")
+    } else if flags & NODE_LOCAL_BY_DEVICE != 0 {
+        (
+            true,
+            "detect-local by device: a client from another machine arrives on a node device, not a pod's, and is NATed",
+        )
+    } else if maps.in_cluster_cidr(src) {
+        (
+            false,
+            "detect-local by CIDR: the client is inside the cluster's pod CIDRs and is kept",
+        )
+    } else {
+        (
+            true,
+            "detect-local by CIDR: the client is outside the cluster's pod CIDRs and is NATed",
+        )
+    };
+    trail.step("masquerade", why);
+    masquerades
 }
 
 /// A connection conntrack already holds goes where its entry says.

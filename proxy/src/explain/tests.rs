@@ -9,7 +9,8 @@ use std::{
 use switchyard_abi::{
     Addr, AffinityKey, AffinityValue, Backend, FLOW_FORWARD, FRONTEND_CLUSTER_IP,
     FRONTEND_DROP_NO_LOCAL, FRONTEND_SOURCE_RANGES, Flow, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE,
-    NodeConfig, SCOPE_EXTERNAL, ServiceKey, ServiceValue,
+    NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, NodeConfig, SCOPE_EXTERNAL, ServiceKey,
+    ServiceValue,
 };
 
 use super::*;
@@ -31,7 +32,7 @@ struct Table {
     ranges: Vec<(ServiceKey, Cidr)>,
     affinity: HashMap<AffinityKey, AffinityValue>,
     flows: HashMap<FlowKey, Flow>,
-    from_outside: bool,
+    node_flags: u32,
 }
 
 impl Lookups for Table {
@@ -89,13 +90,8 @@ impl Lookups for Table {
         *src == Addr::from(NODE.parse::<IpAddr>().unwrap())
     }
     fn node_config(&self) -> Option<NodeConfig> {
-        let flags = if self.from_outside {
-            NODE_CLUSTER_IP_FROM_OUTSIDE
-        } else {
-            0
-        };
         Some(NodeConfig {
-            flags,
+            flags: self.node_flags,
             ..NodeConfig::default()
         })
     }
@@ -140,7 +136,7 @@ fn table() -> Table {
         ranges: vec![(lb.key(), "198.51.100.0/24".parse().unwrap())],
         affinity: HashMap::new(),
         flows: HashMap::new(),
-        from_outside: true,
+        node_flags: NODE_CLUSTER_IP_FROM_OUTSIDE,
     }
 }
 
@@ -245,11 +241,60 @@ fn verdict_table() {
 #[test]
 fn a_node_that_serves_no_cluster_ip_from_outside_leaves_it_to_the_stack() {
     let maps = Table {
-        from_outside: false,
+        node_flags: 0,
         ..table()
     };
     let got = explain(&maps, &query(OUTSIDE, "10.96.0.10:80"));
     assert_eq!(summary(&got), "packet passed");
+}
+
+#[test]
+fn masquerade_all_and_detect_local_decide_who_is_natted() {
+    // A client from another machine with a pod address, to a ClusterIP.
+    let from_pods = "10.244.9.9";
+    let rows = [
+        (
+            "by CIDR",
+            0,
+            from_pods,
+            "(0 NATed)",
+            "inside the cluster's pod CIDRs",
+        ),
+        (
+            "by CIDR",
+            0,
+            OUTSIDE,
+            "(2 NATed)",
+            "outside the cluster's pod CIDRs",
+        ),
+        (
+            "masquerade-all",
+            NODE_MASQUERADE_ALL,
+            from_pods,
+            "(2 NATed)",
+            "masquerade-all",
+        ),
+        (
+            "by device",
+            NODE_LOCAL_BY_DEVICE,
+            from_pods,
+            "(2 NATed)",
+            "by device",
+        ),
+    ];
+    for (name, flags, src, natted, why) in rows {
+        let maps = Table {
+            node_flags: NODE_CLUSTER_IP_FROM_OUTSIDE | flags,
+            ..table()
+        };
+        let got = explain(&maps, &query(src, "10.96.0.10:80"));
+        assert_eq!(
+            summary(&got),
+            format!("packet one of 2 {natted}"),
+            "{name} {src}"
+        );
+        assert!(text(&got).contains(why), "{name} {src}: {}", text(&got));
+    }
 }
 
 #[test]

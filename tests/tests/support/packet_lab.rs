@@ -174,15 +174,11 @@ impl Datapath {
             flags: NODE_CLUSTER_IP_FROM_OUTSIDE,
         })?;
         flows.set_cluster_cidrs(&[CLUSTER_CIDR_V4.parse()?, CLUSTER_CIDR_V6.parse()?])?;
-        let name = CString::new("eth0")?;
-        // SAFETY: a valid C string; the call only reads it.
-        let eth0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        ensure!(eth0 != 0, "eth0 has no index");
         Ok(Self {
             programs,
             desired,
             flows,
-            eth0,
+            eth0: ifindex("eth0")?,
         })
     }
 
@@ -193,13 +189,26 @@ impl Datapath {
 
     /// [`Self::run`] on raw frame bytes.
     pub fn run_bytes(&self, program: &str, input: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.run_arriving_on(program, input, 0)
+    }
+
+    /// [`Self::run_bytes`] with the frame received on device `ingress`
+    /// (`skb->skb_iif`, what detect-local by device reads; 0: none).
+    pub fn run_arriving_on(
+        &self,
+        program: &str,
+        input: &[u8],
+        ingress: u32,
+    ) -> Result<(u32, Vec<u8>)> {
         let program: &SchedClassifier = self
             .programs
             .packet_program(program)
             .context("program missing")?;
         let mut output = vec![0u8; 512];
-        // `struct __sk_buff`, zero but for `ifindex` (offset 40).
+        // `struct __sk_buff`, zero but for `ingress_ifindex` (offset 36) and
+        // `ifindex` (offset 40).
         let mut context = [0u8; 192];
+        context[36..40].copy_from_slice(&ingress.to_ne_bytes());
         context[40..44].copy_from_slice(&self.eth0.to_ne_bytes());
         let result = program.test_run(TestRunOptions {
             data_in: Some(input),
@@ -210,6 +219,15 @@ impl Datapath {
         output.truncate(result.data_size_out as usize);
         Ok((result.return_value, output))
     }
+}
+
+/// The index of the lab's device `name`, from inside the lab.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let name = CString::new(name)?;
+    // SAFETY: a valid C string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(index != 0, "{name:?} has no index");
+    Ok(index)
 }
 
 pub fn addr(text: &str) -> SocketAddr {
