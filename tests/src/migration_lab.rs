@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::Result;
 
 use crate::{
-    AddressType, Agent, AgentConfig, BpfFs, Cgroup, Endpoint, EndpointPort, EndpointSliceManifest,
+    AddressType, AgentConfig, BpfFs, Cgroup, Endpoint, EndpointPort, EndpointSliceManifest,
     ManifestDir, NetNs, Prober, Protocol, Scratch, ServiceManifest, ServicePort, ServiceType,
     kube_proxy_rules::{
         CLUSTER_CIDR, KubeProxyService, NAMESPACE, SERVICE_PORT, TARGET_PORT, nftables,
@@ -214,12 +214,20 @@ impl MigrationLab {
         }
     }
 
-    pub fn start_agent(&self, extra: &[&str]) -> Result<Agent<'_>> {
-        let mut config = self.agent_config();
-        config
-            .extra_args
-            .extend(extra.iter().map(|arg| (*arg).to_owned()));
-        Agent::start(config, &self.node)
+    /// The agent's wiring from a KubeProxyConfiguration `file`: the file
+    /// says the rest (cluster CIDR, bind addresses, detect-local...); only
+    /// what no such file says is given, the lab's pins, cgroup, manifests
+    /// and device.
+    pub fn agent_config_from_file(&self, file: &std::path::Path) -> AgentConfig {
+        AgentConfig {
+            extra_args: vec![
+                "--devices".into(),
+                OUTSIDE_DEVICE.into(),
+                "--config".into(),
+                file.display().to_string(),
+            ],
+            ..self.agent_config()
+        }
     }
 
     /// Probes from the client pod, through the hooked cgroup.

@@ -8,14 +8,18 @@
 
 mod support;
 
-use std::{path::PathBuf, thread, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
 
 use support::{get, series};
 use switchyard_tests::{
-    Agent, PendingSummary, Prober, Summary,
+    Agent, AgentConfig, PendingSummary, Prober, Summary,
     client::Paced,
     kube_proxy_rules::rule_set::RuleSet,
-    migration_lab::{DNS, MigrationLab, OUTSIDE_DEVICE, SERVICES, WEB},
+    migration_lab::{DNS, MigrationLab, OUTSIDE, OUTSIDE_DEVICE, SERVICES, WEB},
 };
 
 /// A new connection of each kind every this long.
@@ -179,8 +183,60 @@ fn assert_switchyard_gone(lab: &MigrationLab, agent: &Agent<'_>) {
     assert!(!filters.contains("bpf"), "{filters}");
 }
 
-/// The whole journey on one node. `takeover` removes kube-proxy's rules.
-fn migrate(mode: RuleSet, takeover: impl FnOnce(&MigrationLab, &mut Agent<'_>)) {
+/// How kube-proxy's rules are removed.
+#[derive(Clone, Copy, Debug)]
+enum Takeover {
+    /// The agent restarted with `--cleanup-kube-proxy`, as a changed
+    /// DaemonSet would roll it: the restart itself must drop nothing either.
+    Restart,
+    /// `switchyard cleanup-kube-proxy` run on the node.
+    ByHand,
+}
+
+fn take_over(lab: &MigrationLab, agent: &mut Agent<'_>, mode: RuleSet, how: Takeover) {
+    match how {
+        Takeover::Restart => {
+            agent
+                .config_mut()
+                .extra_args
+                .push("--cleanup-kube-proxy".into());
+            agent.restart().unwrap();
+            let kind = match mode {
+                RuleSet::Iptables => "iptables_chains",
+                RuleSet::Nftables => "nftables_tables",
+            };
+            support::time_until(Duration::from_secs(30), || {
+                series(
+                    &metrics(lab),
+                    "switchyard_kube_proxy_rules_removed",
+                    &[("kind", kind)],
+                )
+                .is_some_and(|removed| removed > 0.0)
+            });
+        }
+        Takeover::ByHand => {
+            let bin = agent.config().bin.clone();
+            let removed = lab
+                .node
+                .exec(bin.to_str().unwrap(), &["cleanup-kube-proxy"])
+                .unwrap();
+            let wanted = match mode {
+                RuleSet::Iptables => "iptables chains, 0 nftables tables",
+                RuleSet::Nftables => "removed 0 iptables chains, 1 nftables tables",
+            };
+            assert!(removed.contains(wanted), "{removed}");
+        }
+    }
+}
+
+/// The whole journey on one node, the agent started as `configure` says.
+/// `started` checks the running agent before anything else happens.
+fn migrate(
+    mode: RuleSet,
+    how: Takeover,
+    configure: impl FnOnce(&MigrationLab) -> AgentConfig,
+    started: impl FnOnce(&MigrationLab, &Agent<'_>),
+) {
     let lab = MigrationLab::up().unwrap();
     lab.load_kube_proxy(mode).unwrap();
     for service in SERVICES {
@@ -199,11 +255,15 @@ fn migrate(mode: RuleSet, takeover: impl FnOnce(&MigrationLab, &mut Agent<'_>)) 
     }
     let through_kube_proxy = established(&lab, "through-kube-proxy", true, true);
 
-    let mut agent = step(&lab, "side-by-side", || lab.start_agent(&[]).unwrap());
+    let config = configure(&lab);
+    let mut agent = step(&lab, "side-by-side", || {
+        Agent::start(config, &lab.node).unwrap()
+    });
     assert_switchyard_serves(&lab);
+    started(&lab, &agent);
     let through_switchyard = established(&lab, "through-switchyard", true, true);
 
-    step(&lab, "takeover", || takeover(&lab, &mut agent));
+    step(&lab, "takeover", || take_over(&lab, &mut agent, mode, how));
     assert_kube_proxy_rules(&lab, false);
 
     // Handing back: kube-proxy serves again, the agent stops, and `cleanup`
@@ -231,33 +291,112 @@ fn migrate(mode: RuleSet, takeover: impl FnOnce(&MigrationLab, &mut Agent<'_>)) 
 
 #[test]
 fn an_iptables_node_is_taken_over_by_the_agent_and_handed_back() {
-    migrate(RuleSet::Iptables, |lab, agent| {
-        // The agent restarted with the flag, as a changed DaemonSet would
-        // roll it: the restart itself must drop nothing either.
-        agent
-            .config_mut()
-            .extra_args
-            .push("--cleanup-kube-proxy".into());
-        agent.restart().unwrap();
-        support::time_until(Duration::from_secs(30), || {
-            series(
-                &metrics(lab),
-                "switchyard_kube_proxy_rules_removed",
-                &[("kind", "iptables_chains")],
-            )
-            .is_some_and(|chains| chains > 0.0)
-        });
-    });
+    migrate(
+        RuleSet::Iptables,
+        Takeover::Restart,
+        MigrationLab::agent_config,
+        |_, _| (),
+    );
 }
 
 #[test]
 fn an_nftables_node_is_taken_over_by_hand_and_handed_back() {
-    migrate(RuleSet::Nftables, |lab, agent| {
-        let bin = agent.config().bin.clone();
-        let removed = lab
-            .node
-            .exec(bin.to_str().unwrap(), &["cleanup-kube-proxy"])
-            .unwrap();
-        assert!(removed.contains("1 nftables tables"), "{removed}");
-    });
+    migrate(
+        RuleSet::Nftables,
+        Takeover::ByHand,
+        MigrationLab::agent_config,
+        |_, _| (),
+    );
+}
+
+/// A KubeProxyConfiguration as operators have it, with what it must show
+/// once the agent runs from it.
+struct ConfigCase {
+    file: &'static str,
+    how: Takeover,
+    /// A field the agent must name as ignored at start (`None`: it names none).
+    ignored: Option<&'static str>,
+    /// What `switchyard explain` must say about masquerading a ClusterIP's
+    /// client from outside: the file's rule reached the kernel.
+    masquerade: &'static str,
+}
+
+const CONFIG_CASES: [ConfigCase; 3] = [
+    ConfigCase {
+        file: "kubeadm.yaml",
+        how: Takeover::Restart,
+        ignored: Some("bindAddress is ignored"),
+        masquerade: "detect-local by CIDR: the client is outside the cluster's pod CIDRs",
+    },
+    ConfigCase {
+        file: "kind.yaml",
+        how: Takeover::ByHand,
+        ignored: None,
+        masquerade: "detect-local by CIDR: the client is outside the cluster's pod CIDRs",
+    },
+    ConfigCase {
+        file: "tuned-nftables.yaml",
+        how: Takeover::Restart,
+        ignored: Some("clientConnection.qps is ignored"),
+        masquerade: "masquerade-all: every client is NATed",
+    },
+];
+
+/// The same journey with the agent started from kube-proxy's own
+/// configuration files (the ones the config unit tests read), the rule
+/// set in the mode each file names: the file works unchanged, and what it
+/// says reaches the node.
+#[test]
+fn nodes_configured_by_kube_proxy_files_are_taken_over_and_handed_back() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/tests/fixtures/kube-proxy-config");
+    for case in CONFIG_CASES {
+        let file = dir.join(case.file);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let document: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        // kube-proxy on Linux runs iptables when the file names no mode.
+        let mode = match document["mode"].as_str().unwrap_or_default() {
+            "" | "iptables" => RuleSet::Iptables,
+            "nftables" => RuleSet::Nftables,
+            other => panic!("{}: mode {other} has no rule set in the lab", case.file),
+        };
+        eprintln!("{}: {mode:?}, {:?}", case.file, case.how);
+        migrate(
+            mode,
+            case.how,
+            |lab| lab.agent_config_from_file(&file),
+            |lab, agent| {
+                let log = agent.log();
+                match case.ignored {
+                    Some(line) => assert!(log.contains(line), "{}: {log}", case.file),
+                    None => assert!(!log.contains("is ignored"), "{}: {log}", case.file),
+                }
+                let bin = agent.config().bin.to_str().unwrap().to_owned();
+                let pins = agent.config().bpffs.to_str().unwrap().to_owned();
+                let client = OUTSIDE.to_string();
+                let cluster_ip = WEB.cluster_ip_addr().to_string();
+                let explained = lab
+                    .node
+                    .exec(
+                        &bin,
+                        &[
+                            "explain",
+                            "tcp",
+                            &client,
+                            &cluster_ip,
+                            "--from",
+                            "outside",
+                            "--bpffs",
+                            &pins,
+                        ],
+                    )
+                    .unwrap();
+                assert!(
+                    explained.contains(case.masquerade),
+                    "{}: {explained}",
+                    case.file
+                );
+            },
+        );
+    }
 }
