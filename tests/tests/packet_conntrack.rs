@@ -19,7 +19,7 @@ use switchyard::node::conntrack::Connection;
 use switchyard_abi::{
     COUNTER_DROP_CONNTRACK, COUNTER_DROP_SNAT_PORTS, COUNTER_HALF_LOST, COUNTER_HALF_REBUILT,
     COUNTER_ICMP_TRANSLATED, COUNTER_PASS_NOT_SYN, COUNTER_SNAT_PORT_REUSED, ConnState,
-    NODE_CLUSTER_IP_FROM_OUTSIDE, NodeConfig, PortRange,
+    NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_DRAIN, NodeConfig, PortRange,
 };
 use switchyard_tests::packet::{self, ACK, FIN, Frame, RST, SYN, Seen, TCP, UDP};
 
@@ -141,6 +141,40 @@ fn tcp_moves_through_netfilters_states_from_handshake_to_time_wait() -> Result<(
             .map(Connection::state)
             .collect();
         assert!(states.contains(&ConnState::Close), "{states:?}");
+        Ok(())
+    })
+}
+
+/// `switchyard cleanup` hands the node back: while it drains, what the
+/// per-packet path tracks stays translated both ways, and every packet that
+/// would open a connection (to a frontend or an unserved ClusterIP port)
+/// goes on untouched to the stack, where kube-proxy serves it.
+#[test]
+fn draining_keeps_tracked_connections_and_leaves_new_ones_to_the_stack() -> Result<()> {
+    in_lab(|datapath| {
+        let conn = Conn::open(datapath, "192.168.77.2:41100")?;
+        datapath.flows.add_node_flags(NODE_DRAIN)?;
+        assert_eq!(
+            conn.backend_sends(datapath, SYN | ACK)?.0,
+            REDIRECT,
+            "reply"
+        );
+        assert_eq!(conn.client_sends(datapath, ACK)?.0, REDIRECT, "client");
+        for (proto, src, dst) in [
+            (TCP, "192.168.77.2:41101", NODE_PORT),
+            (UDP, "192.168.77.2:41101", "192.168.77.11:30081"),
+            (TCP, "192.168.77.2:41102", "10.96.0.10:80"),
+            (TCP, "192.168.77.2:41103", "10.96.0.10:81"),
+            (UDP, "[fd00:77::2]:41104", "[fd00:77::11]:30083"),
+        ] {
+            let frame = Frame {
+                payload: Vec::new(),
+                ..Frame::new(proto, addr(src), addr(dst))
+            };
+            let (verdict, out) = datapath.run("tc_ingress", &frame)?;
+            assert_eq!((verdict, out), (NEXT, frame.bytes()), "{src} -> {dst}");
+        }
+        assert_eq!(datapath.flows.connections().len(), 1, "only the first");
         Ok(())
     })
 }

@@ -47,9 +47,6 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
     }
-    if node_flags() & NODE_DRAIN != 0 {
-        return packet::NEXT;
-    }
     match choose(ctx, &packet) {
         Choice::Verdict(verdict) => verdict,
         Choice::Refuse(reason, counter) => {
@@ -193,6 +190,12 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
         count(COUNTER_PASS_NOT_SYN);
         return Choice::Verdict(packet::NEXT);
     }
+    if node_flags() & NODE_DRAIN != 0 {
+        // Handing back: new connections are the stack's (kube-proxy's);
+        // read only for packets that would open one, not for every packet
+        // no connection tracks.
+        return Choice::Verdict(packet::NEXT);
+    }
     if packet.later_fragment {
         // Its datagram's first fragment opened no connection (dropped or
         // refused): the rest of it can reach no one.
@@ -231,7 +234,8 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
 /// (see `service_cidr`), where the node serves ClusterIPs to outside
 /// clients at all; otherwise such packets are none of ours.
 fn unserved(packet: &Packet) -> Choice {
-    if !cluster_ips_from_outside() {
+    let flags = node_flags();
+    if flags & NODE_CLUSTER_IP_FROM_OUTSIDE == 0 || flags & NODE_DRAIN != 0 {
         return Choice::Verdict(packet::NEXT);
     }
     match address_use(&packet.dst) {
