@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 
-use crate::{cargo, layering};
+use crate::{cargo, layering, setup};
 
 pub fn run() -> Result<()> {
+    setup::toolchain()?;
     layering::run()?;
     // rustfmt.toml's import grouping is a nightly option; stable rustfmt
     // would ignore it with a warning and pass an ungrouped tree.

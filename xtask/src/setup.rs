@@ -33,10 +33,16 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    toolchain()?;
     debian_packages(TOOLS)?;
     prometheus()
+}
+
+/// What building the kernel-side crate needs, and nothing more: enough for
+/// `cargo xtask lint` on a fresh machine.
+pub fn toolchain() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 /// Where Debian's Prometheus is unpacked: the tests scrape the agent with

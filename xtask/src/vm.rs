@@ -56,6 +56,8 @@ impl VmArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum KernelChoice {
+    #[value(name = "5.10")]
+    V5_10,
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -68,6 +70,7 @@ impl KernelChoice {
     fn includes(self, name: &str) -> bool {
         match self {
             Self::All => true,
+            Self::V5_10 => name == "5.10",
             Self::V6_1 => name == "6.1",
             Self::V6_12 => name == "6.12",
             Self::Host => name == "host",

@@ -42,27 +42,51 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier},
     programs::{SockAddrContext, SockContext, TcContext},
 };
+use sock::Errors;
+
+// Each forward hook twice: as it is, and `_compat` for kernels before 5.18
+// (no `bpf_set_retval`), which the loader attaches there instead.
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward4(&ctx, sock::Call::Connect)
+    sock::forward4(&ctx, sock::Call::Connect, Errors::SetRetval)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_compat(ctx: SockAddrContext) -> i32 {
+    sock::forward4(&ctx, sock::Call::Connect, Errors::Eperm)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    sock::forward6(&ctx, sock::Call::Connect)
+    sock::forward6(&ctx, sock::Call::Connect, Errors::SetRetval)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_compat(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, sock::Call::Connect, Errors::Eperm)
 }
 
 /// Unconnected UDP: each datagram addressed to a VIP is translated, to the
 /// socket's earlier backend for that VIP while it lasts.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward4(&ctx, sock::Call::Send)
+    sock::forward4(&ctx, sock::Call::Send, Errors::SetRetval)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4_compat(ctx: SockAddrContext) -> i32 {
+    sock::forward4(&ctx, sock::Call::Send, Errors::Eperm)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::forward6(&ctx, sock::Call::Send)
+    sock::forward6(&ctx, sock::Call::Send, Errors::SetRetval)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6_compat(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, sock::Call::Send, Errors::Eperm)
 }
 
 /// Replies from a backend appear to come from the VIP.

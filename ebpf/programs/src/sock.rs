@@ -30,10 +30,32 @@ use crate::{
 
 /// Let the socket call proceed.
 const PROCEED: i32 = 1;
-/// Fail the socket call (with the errno set by `bpf_set_retval`).
+/// Fail the socket call: with the errno set by `bpf_set_retval`, else
+/// EPERM.
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const ETIMEDOUT: i32 = 110;
+/// 127.0.0.1 and ::1 as the context holds them (network order words).
+const LOOPBACK_V4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK_V6: Addr = Addr {
+    words: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+};
+
+/// How a forward hook fails a socket call. The kernel checks the helpers a
+/// program calls at load, so each forward hook is built twice and the
+/// loader attaches the one the kernel can load (see `main.rs`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Errors {
+    /// Linux 5.18+: `bpf_set_retval` names the errno kube-proxy's rule
+    /// would end in.
+    SetRetval,
+    /// Older kernels, where a hook can only fail a call with EPERM: a
+    /// refused connect() is sent to port 0 on loopback instead, where the
+    /// kernel itself refuses it (ECONNREFUSED for TCP; for connected UDP
+    /// the ICMP error fails the next call, as kube-proxy's REJECT does);
+    /// an unconnected send and a drop fail with EPERM.
+    Eperm,
+}
 
 /// Which socket call a forward hook runs in.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,7 +81,14 @@ enum Route {
     To(Backend),
 }
 
-pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
+// Inlined into each program, so `errors` is a constant there and the
+// `Eperm` build holds no call to a helper its kernel lacks.
+#[expect(
+    clippy::inline_always,
+    reason = "inlined so `errors` is a constant and the Eperm build holds no call to bpf_set_retval"
+)]
+#[inline(always)]
+pub fn forward4(ctx: &SockAddrContext, call: Call, errors: Errors) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for this run.
     let (vip, port, proto) = unsafe {
@@ -71,8 +100,16 @@ pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
     };
     match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
         Route::Proceed => PROCEED,
-        Route::Refuse => refuse(),
-        Route::Drop => fail(ETIMEDOUT),
+        Route::Refuse if errors == Errors::Eperm && call == Call::Connect => {
+            // SAFETY: as below.
+            unsafe {
+                write_volatile(addr_of_mut!((*sa).user_ip4), LOOPBACK_V4);
+                write_volatile(addr_of_mut!((*sa).user_port), 0);
+            }
+            PROCEED
+        }
+        Route::Refuse => fail(errors, ECONNREFUSED),
+        Route::Drop => fail(errors, ETIMEDOUT),
         // An IPv4 socket cannot reach an IPv6 backend; the agent never
         // programs one, so this only guards against hand-edited maps.
         Route::To(backend) if !backend.addr.is_v4() => PROCEED,
@@ -87,7 +124,12 @@ pub fn forward4(ctx: &SockAddrContext, call: Call) -> i32 {
     }
 }
 
-pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
+#[expect(
+    clippy::inline_always,
+    reason = "inlined so `errors` is a constant and the Eperm build holds no call to bpf_set_retval"
+)]
+#[inline(always)]
+pub fn forward6(ctx: &SockAddrContext, call: Call, errors: Errors) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid context for this run.
     let (vip, port, proto) = unsafe {
@@ -99,8 +141,22 @@ pub fn forward6(ctx: &SockAddrContext, call: Call) -> i32 {
     };
     match route(ctx, &ServiceKey::new(vip, port, proto, 0), call) {
         Route::Proceed => PROCEED,
-        Route::Refuse => refuse(),
-        Route::Drop => fail(ETIMEDOUT),
+        Route::Refuse if errors == Errors::Eperm && call == Call::Connect => {
+            // An IPv4 Service from a dual-stack socket: IPv4 loopback.
+            let loopback = if vip.is_v4() {
+                Addr::from_v4_word(LOOPBACK_V4)
+            } else {
+                LOOPBACK_V6
+            };
+            // SAFETY: as below.
+            unsafe {
+                write_ip6(sa, &loopback);
+                write_volatile(addr_of_mut!((*sa).user_port), 0);
+            }
+            PROCEED
+        }
+        Route::Refuse => fail(errors, ECONNREFUSED),
+        Route::Drop => fail(errors, ETIMEDOUT),
         Route::To(backend) => {
             // SAFETY: as above. An IPv4 backend is written IPv4-mapped,
             // which a dual-stack IPv6 socket reaches over IPv4.
@@ -246,16 +302,21 @@ fn client(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
-/// kube-proxy REJECTs traffic to a service without endpoints; the closest
-/// socket-level equivalent is failing connect()/sendmsg() with ECONNREFUSED.
-fn refuse() -> i32 {
-    fail(ECONNREFUSED)
-}
-
-fn fail(errno: i32) -> i32 {
-    // SAFETY: a helper taking an errno. Kernels before 5.18 lack it and
-    // reject the program at load; there a 0 return gives EPERM instead.
-    unsafe { bpf_set_retval(-errno) };
+/// Fails the socket call with `errno` (kube-proxy REJECTs traffic to a
+/// Service without endpoints: ECONNREFUSED is the socket-level equivalent),
+/// or with EPERM where the kernel has no `bpf_set_retval`.
+#[expect(
+    clippy::inline_always,
+    reason = "inlined so the Eperm build holds no call to bpf_set_retval"
+)]
+#[inline(always)]
+fn fail(errors: Errors, errno: i32) -> i32 {
+    if errors == Errors::SetRetval {
+        // SAFETY: a helper taking an errno. Kernels before 5.18 lack it and
+        // refuse a program calling it at load: the `Eperm` build is loaded
+        // there, in which this call is compiled out.
+        unsafe { bpf_set_retval(-errno) };
+    }
     REJECT
 }
 

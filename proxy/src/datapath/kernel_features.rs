@@ -108,9 +108,12 @@ impl Feature {
 
     pub fn without_it(self) -> WithoutIt {
         match self {
-            Self::CgroupSockAddr | Self::BpfSetRetval | Self::LruHash | Self::PercpuArray => {
-                WithoutIt::Required
-            }
+            Self::CgroupSockAddr | Self::LruHash | Self::PercpuArray => WithoutIt::Required,
+            Self::BpfSetRetval => WithoutIt::Fallback(
+                "a refused connect() goes to port 0 on loopback, where the kernel refuses it \
+                 (ECONNREFUSED; connected UDP: on its next call); a refused unconnected \
+                 send and every drop fail with EPERM",
+            ),
             Self::LpmTrie | Self::SchedCls | Self::FibLookup | Self::RedirectNeigh => {
                 WithoutIt::NoPacketPath
             }
@@ -285,9 +288,18 @@ mod tests {
         let k = kernel(&[Feature::RedirectNeigh]);
         assert!(!k.packet_path());
         assert!(k.missing_required().is_empty());
+        let k = kernel(&[Feature::CgroupSockAddr]);
+        assert_eq!(k.missing_required(), [Feature::CgroupSockAddr]);
+        assert!(k.table().contains("required: Linux 5.8"));
+    }
+
+    #[test]
+    fn no_set_retval_refuses_through_loopback_and_eperm() {
         let k = kernel(&[Feature::BpfSetRetval]);
-        assert_eq!(k.missing_required(), [Feature::BpfSetRetval]);
-        assert!(k.table().contains("required: Linux 5.18"));
+        assert!(k.missing_required().is_empty());
+        assert!(k.packet_path());
+        assert!(k.gauges().any(|g| g == ("bpf_set_retval", 0)));
+        assert!(k.table().contains("port 0 on loopback"));
     }
 
     #[test]

@@ -45,7 +45,8 @@ use super::{
     sock_storage,
 };
 use crate::{
-    datapath::kernel_features::KernelFeatures, node::node_network::Device,
+    datapath::kernel_features::{Feature, KernelFeatures},
+    node::node_network::Device,
     plan::capacity::MapCapacity,
 };
 
@@ -69,6 +70,24 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
     "getpeername4",
     "getpeername6",
 ];
+
+/// The forward hooks that fail socket calls, each with its build for
+/// kernels without `bpf_set_retval` (before 5.18), attached there instead.
+pub const COMPAT_PROGRAMS: [(&str, &str); 4] = [
+    ("connect4", "connect4_compat"),
+    ("connect6", "connect6_compat"),
+    ("sendmsg4", "sendmsg4_compat"),
+    ("sendmsg6", "sendmsg6_compat"),
+];
+
+/// The program that serves socket `hook` on a kernel with or without
+/// `bpf_set_retval`.
+pub fn socket_program(hook: &'static str, set_retval: bool) -> &'static str {
+    COMPAT_PROGRAMS
+        .iter()
+        .find(|(name, _)| !set_retval && *name == hook)
+        .map_or(hook, |(_, compat)| compat)
+}
 
 /// The hook run when a socket in the cgroup closes.
 pub const SOCK_RELEASE_PROGRAM: &str = "sock_release";
@@ -208,7 +227,9 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
             return Err(DatapathError::MissingMap { map });
         }
     }
-    for name in SOCKET_PROGRAMS {
+    let set_retval = features.available(Feature::BpfSetRetval);
+    for hook in SOCKET_PROGRAMS {
+        let name = socket_program(hook, set_retval);
         program_mut::<CgroupSockAddr>(&mut ebpf, name)?
             .load()
             .map_err(program_error(name))?;
@@ -299,10 +320,8 @@ fn check_pins(
 /// filter); this says the same in one line. A program carries a BTF id
 /// only when the object's BTF was loaded.
 fn report_btf_fallback(ebpf: &mut Ebpf) {
-    let Some(name) = SOCKET_PROGRAMS.first() else {
-        return;
-    };
-    let Ok(program) = program_mut::<CgroupSockAddr>(ebpf, name) else {
+    // Loaded on every kernel (the forward hooks have two builds).
+    let Ok(program) = program_mut::<CgroupSockAddr>(ebpf, "recvmsg4") else {
         return;
     };
     if let Ok(info) = program.info()
@@ -341,13 +360,16 @@ impl Programs {
         })?;
         // A bpf_link attachment always coexists with other links on the
         // cgroup (the kernel rejects any flags on it), so the mode is 0.
-        for name in SOCKET_PROGRAMS {
+        let set_retval = self.features.available(Feature::BpfSetRetval);
+        for hook in SOCKET_PROGRAMS {
+            let name = socket_program(hook, set_retval);
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let link_id = program
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(program_error(name))?;
             let link = program.take_link(link_id).map_err(program_error(name))?;
-            pin_link(link.try_into(), &self.generation.join(name))?;
+            // Pinned by hook: whichever build runs, a restart finds it.
+            pin_link(link.try_into(), &self.generation.join(hook))?;
         }
         let name = SOCK_RELEASE_PROGRAM;
         let program: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;

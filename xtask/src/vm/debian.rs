@@ -15,11 +15,33 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// One kernel of the matrix: a name for the report, the Debian suite that
-/// ships it, and the metapackage that names the current image package.
+/// ships it, the archive it is in, and the metapackage that names the
+/// current image package.
 pub struct KernelSource {
     pub name: &'static str,
     pub suite: &'static str,
+    pub archive: Archive,
     pub metapackage: &'static str,
+}
+
+/// Where a suite lives.
+#[derive(Clone, Copy)]
+pub enum Archive {
+    /// Debian's main archive, through the mirror apt uses.
+    Main,
+    /// The security archive: an old stable release gets its kernel
+    /// updates (the LTS kernel real nodes run) only there; its main suite
+    /// is frozen at the last point release.
+    Security,
+}
+
+impl Archive {
+    fn url(self) -> String {
+        match self {
+            Self::Main => mirror(),
+            Self::Security => SECURITY_ARCHIVE.to_owned(),
+        }
+    }
 }
 
 /// The cloud flavour: it has everything the suite needs as modules (veth,
@@ -27,13 +49,21 @@ pub struct KernelSource {
 /// generic one, with no firmware to fetch.
 pub const KERNELS: &[KernelSource] = &[
     KernelSource {
+        name: "5.10",
+        suite: "bullseye-security",
+        archive: Archive::Security,
+        metapackage: "linux-image-cloud-amd64",
+    },
+    KernelSource {
         name: "6.1",
         suite: "bookworm",
+        archive: Archive::Main,
         metapackage: "linux-image-cloud-amd64",
     },
     KernelSource {
         name: "6.12",
         suite: "trixie",
+        archive: Archive::Main,
         metapackage: "linux-image-cloud-amd64",
     },
 ];
@@ -49,12 +79,13 @@ pub struct Kernel {
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const SECURITY_ARCHIVE: &str = "http://security.debian.org/debian-security";
 /// A cached index younger than this is used as it is.
 const INDEX_MAX_AGE: Duration = Duration::from_hours(24);
 
 /// Fetches (or finds in `cache`) the image package `source` names today.
 pub fn kernel(source: &KernelSource, cache: &Path) -> Result<Kernel> {
-    let mirror = mirror();
+    let mirror = source.archive.url();
     let packages = index(&mirror, source.suite, cache)?;
     let meta = stanza(&packages, source.metapackage)
         .with_context(|| format!("{} not in {}", source.metapackage, source.suite))?;
