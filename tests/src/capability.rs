@@ -12,6 +12,9 @@ use std::{fmt, io, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, bail};
 
+/// The memlock limit a container gets: systemd's default for services
+/// since v253, which containerd and its containers inherit.
+const RUNTIME_MEMLOCK: libc::rlim_t = 8 << 20;
 /// Kernel numbering (`include/uapi/linux/capability.h`), by the names
 /// Kubernetes uses (without `CAP_`).
 const NAMES: [&str; 41] = [
@@ -104,13 +107,22 @@ impl CapabilitySet {
     /// runtime does for a pod running as root: every other capability
     /// leaves the bounding set (so exec cannot grant it back), no new
     /// privileges, and the permitted, effective and inheritable sets are
-    /// narrowed to this one. Register after any `pre_exec` that needs more
+    /// narrowed to this one. Its memlock limit is the one systemd gives
+    /// services (and containerd its containers) since v253, 8 MiB, whatever
+    /// the test process had. Register after any `pre_exec` that needs more
     /// (entering a network namespace needs `SYS_ADMIN`).
     pub fn confine(self, cmd: &mut Command) {
-        // SAFETY: the hook only makes prctl(2) and capset(2) calls, both
-        // async-signal-safe, on the child between fork and exec.
+        // SAFETY: the hook only makes prctl(2), setrlimit(2) and capset(2)
+        // calls, all async-signal-safe, on the child between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                let memlock = libc::rlimit {
+                    rlim_cur: RUNTIME_MEMLOCK,
+                    rlim_max: RUNTIME_MEMLOCK,
+                };
+                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const memlock) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 for number in 0..64 {
                     if self.0 & 1 << number == 0
                         && libc::prctl(libc::PR_CAPBSET_DROP, number, 0, 0, 0) != 0

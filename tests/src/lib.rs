@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod client;
 pub mod command;
 pub mod control_flow;
+pub mod kernel;
 pub mod kube_proxy_rules;
 pub mod manifest;
 pub mod migration_lab;

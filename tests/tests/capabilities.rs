@@ -1,7 +1,8 @@
 //! The capabilities the agent needs, shown by running it with exactly a
 //! pod's set: the DaemonSet's (read from `deploy/daemonset.yaml`), that set
 //! without `SYS_PTRACE`, and without `SYS_ADMIN` too. Each run shows what a
-//! capability buys; the verifier test shows what `PERFMON` buys.
+//! capability buys; the verifier test shows what `PERFMON` buys, and on a
+//! kernel before 5.11 an agent without `SYS_RESOURCE` shows what that buys.
 
 mod support;
 
@@ -10,8 +11,26 @@ use std::{net::SocketAddr, time::Duration};
 use support::{programmed_backends, two_nodes::*};
 use switchyard_tests::{
     Agent, AgentConfig, CapabilitySet, Datagram, MultiNodeCluster, MultiNodeSpec, ServiceType,
+    kernel::{self, Feature},
     patience,
 };
+
+/// Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK: without
+/// `SYS_RESOURCE` the agent cannot lift a runtime's limit, and stops at
+/// once with one line naming the capability (not on whichever map came
+/// first).
+fn memlock_needs_sys_resource(c: &MultiNodeCluster, daemonset: CapabilitySet) {
+    let config =
+        AgentConfig::for_node(c, 3).confined_to(daemonset.without(&["SYS_RESOURCE"]).unwrap());
+    let Err(error) = Agent::start(config, &c.nodes[3].netns) else {
+        panic!("an agent without SYS_RESOURCE started on a kernel that charges memlock");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("RLIMIT_MEMLOCK") && error.contains("CAP_SYS_RESOURCE"),
+        "{error}"
+    );
+}
 
 /// `nobody`: pods that run as another user than the agent.
 const POD_USER: u32 = 65534;
@@ -45,8 +64,14 @@ struct Node {
     lacks: Option<&'static str>,
 }
 
-/// The four nodes' sets, from the DaemonSet's.
+/// The four nodes' sets, from the DaemonSet's. Node 3 keeps
+/// `SYS_RESOURCE` only where the kernel charges BPF maps to the memlock
+/// limit (before 5.11).
 fn nodes(daemonset: CapabilitySet) -> [Node; 4] {
+    let mut minimal = vec!["SYS_ADMIN", "SYS_PTRACE"];
+    if kernel::has(Feature::MemcgAccounting) {
+        minimal.push("SYS_RESOURCE");
+    }
     [
         Node {
             capabilities: daemonset,
@@ -64,7 +89,7 @@ fn nodes(daemonset: CapabilitySet) -> [Node; 4] {
             lacks: Some("SYS_ADMIN"),
         },
         Node {
-            capabilities: daemonset.without(&["SYS_ADMIN", "SYS_PTRACE"]).unwrap(),
+            capabilities: daemonset.without(&minimal).unwrap(),
             moves: false,
             lacks: None,
         },
@@ -88,8 +113,19 @@ fn each_capability_of_the_daemonset_is_needed_and_enough() {
     let daemonset = CapabilitySet::daemonset().unwrap();
     assert_eq!(
         daemonset,
-        CapabilitySet::named(&["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]).unwrap()
+        CapabilitySet::named(&[
+            "BPF",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_PTRACE",
+            "SYS_RESOURCE"
+        ])
+        .unwrap()
     );
+    if kernel::lacks(Feature::MemcgAccounting) {
+        memlock_needs_sys_resource(&c, daemonset);
+    }
     let nodes = nodes(daemonset);
     let agents: Vec<Agent<'_>> = nodes
         .iter()
@@ -158,7 +194,8 @@ fn each_capability_of_the_daemonset_is_needed_and_enough() {
         }
     }
 
-    // BPF, NET_ADMIN and PERFMON: the hooks and the per-packet path serve.
+    // BPF, NET_ADMIN and PERFMON (and SYS_RESOURCE before 5.11): the hooks
+    // and the per-packet path serve.
     let node = &c.nodes[3];
     let from_pod = node.pod_client(0).tcp(vip, 3).unwrap();
     assert_eq!(peers(&from_pod).len(), 1, "{from_pod:?}");

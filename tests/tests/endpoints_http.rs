@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::*;
-use switchyard_tests::{Agent, AgentConfig, Cluster, ClusterSpec, ServiceManifest, ServicePort};
+use switchyard_tests::{
+    Agent, AgentConfig, Cluster, ClusterSpec, ServiceManifest, ServicePort,
+    kernel::{self, Feature},
+};
 
 fn node(tainted: bool) -> serde_json::Value {
     let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
@@ -66,11 +69,24 @@ fn health_metrics_and_proxy_mode_answer_as_kube_proxy() {
         "switchyard_input_errors{reason=\"invalid_port\"} 1",
         "kubeproxy_sync_proxy_rules_duration_seconds_count",
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-        // Required features: the agent would not be serving without them.
-        "switchyard_kernel_feature{feature=\"bpf_set_retval\"} 1",
+        // Required: the agent would not be serving without it.
         "switchyard_kernel_feature{feature=\"cgroup_sock_addr\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line:?}:\n{metrics}");
+    }
+    // Each gauge says what the agent's own probe found (5.18 and later
+    // have bpf_set_retval, 5.11 memory-cgroup accounting).
+    for feature in [
+        Feature::BpfSetRetval,
+        Feature::MemcgAccounting,
+        Feature::NetnsCookie,
+    ] {
+        let line = format!(
+            "switchyard_kernel_feature{{feature=\"{}\"}} {}",
+            feature.name(),
+            u8::from(kernel::has(feature))
+        );
+        assert!(metrics.contains(&line), "missing {line:?}:\n{metrics}");
     }
     // tcx or not, the gauge says which path the packet hooks took, and
     // `switchyard services` shows the same probe.

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use support::*;
 use switchyard_tests::{
     AddressType, Agent, AgentConfig, Cluster, ClusterSpec, Endpoint, EndpointPort,
-    EndpointSliceManifest, Protocol, ServiceManifest, ServicePort, TargetPort,
+    EndpointSliceManifest, Protocol, ServiceManifest, ServicePort, TargetPort, kernel,
 };
 
 /// 40 connections over 4 backends miss one with probability 4*(3/4)^40,
@@ -162,7 +162,12 @@ fn a_service_without_ready_endpoints_refuses_connections() {
         }
     }
     let udp_vip = "10.96.0.11:53".parse().unwrap();
+    let refusal = kernel::unconnected_send_refusal();
     for attempt in cluster.client.udp(udp_vip, 2, false).unwrap() {
+        assert_eq!(attempt.error.as_deref(), Some(refusal), "{attempt:?}");
+    }
+    // Connected, refused on every kernel (before 5.18 by its first read).
+    for attempt in cluster.client.udp(udp_vip, 2, true).unwrap() {
         assert_eq!(attempt.error.as_deref(), Some("refused"), "{attempt:?}");
     }
 }

@@ -31,9 +31,9 @@ enum Task {
         release: bool,
     },
     /// Setup, build, unit tests, the namespace integration tests, then the
-    /// same tests in a VM on Linux 6.1 (root).
+    /// same tests in a VM on Linux 5.10, the oldest kernel of the matrix (root).
     Test {
-        /// Skip the VM run (about ten minutes under TCG).
+        /// Skip the VM run (about half an hour under TCG).
         #[arg(long)]
         no_vm: bool,
         /// Only these integration tests (`tests/tests/NAME.rs`), after the

@@ -6,6 +6,7 @@
 
 mod debian;
 mod initramfs;
+mod publish;
 mod qemu;
 mod results;
 mod suite;
@@ -39,17 +40,23 @@ pub struct VmArgs {
     /// Only these integration-test binaries (e.g. `verifier`); all by default.
     #[arg(long = "test")]
     tests: Vec<String>,
+    /// Write this run's kernel and feature tables into the README and every
+    /// test's result into docs/kernel-matrix.md (whole suite only).
+    #[arg(long)]
+    readme: bool,
 }
 
 impl VmArgs {
-    /// `--kernel 6.1` with the defaults, as `cargo xtask test` runs it.
+    /// `--kernel 5.10` with the defaults, as `cargo xtask test` runs it: the
+    /// oldest kernel, where a regression shows first.
     pub fn oldest_kernel() -> Self {
         Self {
-            kernel: KernelChoice::V6_1,
+            kernel: KernelChoice::V5_10,
             timeout_minutes: TIMEOUT_MINUTES,
             memory_mib: MEMORY_MIB,
             cpus: CPUS,
             tests: Vec::new(),
+            readme: false,
         }
     }
 }
@@ -92,6 +99,9 @@ const HOST_ONLY: [(&str, &str); 2] = [
 ];
 
 pub fn run(args: &VmArgs) -> Result<()> {
+    if args.readme && !args.tests.is_empty() {
+        bail!("--readme publishes a run of the whole suite: drop --test");
+    }
     setup::run()?;
     let mut binaries = suite::build()?;
     for (test, why) in HOST_ONLY {
@@ -138,6 +148,13 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let report = cargo::target_dir().join("vm-report.md");
     std::fs::write(&report, results::markdown(&runs))?;
+    if args.readme {
+        let kernel = args
+            .kernel
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned());
+        publish::write(&runs, &format!("cargo xtask vm --kernel {kernel} --readme"))?;
+    }
     println!("\nvm: results per kernel (table in {}):", report.display());
     for run in &runs {
         println!("  {}", run.summary());

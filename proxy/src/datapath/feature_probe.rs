@@ -43,6 +43,18 @@ fn probe(feature: Feature) -> Availability {
         Feature::LpmTrie => map(MapType::LpmTrie),
         Feature::PercpuArray => map(MapType::PerCpuArray),
         Feature::Tcx => tcx(),
+        Feature::SockAddrStorage => is_helper_supported(
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_sk_storage_get,
+        ),
+        Feature::NetnsCookie => Ok(netns_cookie()),
+        // libbpf's test: this helper came in the same release (5.11) as
+        // charging BPF memory to the memory cgroup, which cannot be asked
+        // for directly.
+        Feature::MemcgAccounting => is_helper_supported(
+            ProgramType::SocketFilter,
+            BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+        ),
         Feature::SockDestroy => return Availability::NotProbed,
     };
     match answer {
@@ -54,6 +66,13 @@ fn probe(feature: Feature) -> Availability {
 
 fn map(map_type: MapType) -> Result<bool, aya::programs::ProgramError> {
     is_map_supported(map_type).map_err(aya::programs::ProgramError::from)
+}
+
+/// `getsockopt(SO_NETNS_COOKIE)` on a fresh socket: ENOPROTOOPT before 5.14.
+fn netns_cookie() -> bool {
+    std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|socket| crate::node::netns_source::netns_cookie(&socket))
+        .is_ok()
 }
 
 /// A kernel without tcx rejects the tcx attach type in `BPF_PROG_QUERY`

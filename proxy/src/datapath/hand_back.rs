@@ -15,7 +15,7 @@ use std::{
 use switchyard_abi::{CONNTRACK_MAP, FlowTimeouts, NODE_DRAIN};
 use tracing::info;
 
-use super::{DatapathError, flow_table::FlowTable, loader, pin_lock::PinLock};
+use super::{DatapathError, flow_table::FlowTable, link_pins, pin_lock::PinLock};
 
 /// How often the drain looks at what is left.
 const DRAIN_POLL: Duration = Duration::from_secs(1);
@@ -30,7 +30,7 @@ pub struct HandBack {
 
 /// Drains the per-packet path's connections for at most `longest` (judged
 /// live by `timeouts`, the agent's conntrack timeouts), then removes
-/// everything (`loader::cleanup`).
+/// everything (`link_pins::cleanup`).
 pub fn hand_back(
     pin_dir: &Path,
     timeouts: &FlowTimeouts,
@@ -39,13 +39,13 @@ pub fn hand_back(
     let mut report = HandBack::default();
     if pin_dir.join(CONNTRACK_MAP).exists() {
         let _lock = PinLock::acquire(pin_dir)?;
-        let hooks = loader::detach_socket_hooks(pin_dir)?;
+        let hooks = link_pins::detach_socket_hooks(pin_dir)?;
         info!(hooks, "socket hooks detached");
         if !longest.is_zero() {
             report = drain(pin_dir, timeouts, longest)?;
         }
     }
-    loader::cleanup(pin_dir)?;
+    link_pins::cleanup(pin_dir)?;
     Ok(report)
 }
 

@@ -23,6 +23,12 @@ pub enum Feature {
     #[serde(rename = "bpf_redirect_neigh")]
     RedirectNeigh,
     Tcx,
+    #[serde(rename = "sock_addr_sk_storage")]
+    SockAddrStorage,
+    #[serde(rename = "so_netns_cookie")]
+    NetnsCookie,
+    #[serde(rename = "memcg_bpf_accounting")]
+    MemcgAccounting,
     SockDestroy,
 }
 
@@ -41,7 +47,7 @@ pub enum WithoutIt {
 }
 
 impl Feature {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::CgroupSockAddr,
         Self::BpfSetRetval,
         Self::LruHash,
@@ -51,6 +57,9 @@ impl Feature {
         Self::FibLookup,
         Self::RedirectNeigh,
         Self::Tcx,
+        Self::SockAddrStorage,
+        Self::NetnsCookie,
+        Self::MemcgAccounting,
         Self::SockDestroy,
     ];
 
@@ -66,6 +75,9 @@ impl Feature {
             Self::FibLookup => "bpf_fib_lookup",
             Self::RedirectNeigh => "bpf_redirect_neigh",
             Self::Tcx => "tcx",
+            Self::SockAddrStorage => "sock_addr_sk_storage",
+            Self::NetnsCookie => "so_netns_cookie",
+            Self::MemcgAccounting => "memcg_bpf_accounting",
             Self::SockDestroy => "sock_destroy",
         }
     }
@@ -81,8 +93,10 @@ impl Feature {
             Self::PercpuArray => "4.6",
             Self::SchedCls => "4.1",
             Self::FibLookup => "4.18",
-            Self::RedirectNeigh => "5.10",
+            Self::RedirectNeigh | Self::SockAddrStorage => "5.10",
             Self::Tcx => "6.6",
+            Self::NetnsCookie => "5.14",
+            Self::MemcgAccounting => "5.11",
             Self::SockDestroy => "6.5",
         }
     }
@@ -100,6 +114,17 @@ impl Feature {
             Self::FibLookup => "per-packet path: routing translated packets",
             Self::RedirectNeigh => "per-packet path: sending translated packets",
             Self::Tcx => "per-packet hooks as pinned links that survive agent restarts",
+            Self::SockAddrStorage => {
+                "socket-local storage in the connect and sendmsg hooks: reverse translation, \
+                 unconnected UDP stickiness"
+            }
+            Self::NetnsCookie => {
+                "loadBalancerSourceRanges for the node's own processes: the address each \
+                 network namespace sends from, by its cookie"
+            }
+            Self::MemcgAccounting => {
+                "BPF maps charged to the memory cgroup instead of RLIMIT_MEMLOCK"
+            }
             Self::SockDestroy => {
                 "not used: sockets of removed backends are destroyed through sock_diag on every kernel"
             }
@@ -108,7 +133,9 @@ impl Feature {
 
     pub fn without_it(self) -> WithoutIt {
         match self {
-            Self::CgroupSockAddr | Self::LruHash | Self::PercpuArray => WithoutIt::Required,
+            Self::CgroupSockAddr | Self::LruHash | Self::PercpuArray | Self::SockAddrStorage => {
+                WithoutIt::Required
+            }
             Self::BpfSetRetval => WithoutIt::Fallback(
                 "a refused connect() goes to port 0 on loopback, where the kernel refuses it \
                  (ECONNREFUSED; connected UDP: on its next call); a refused unconnected \
@@ -120,7 +147,27 @@ impl Feature {
             Self::Tcx => WithoutIt::Fallback(
                 "cls_bpf filters on a clsact qdisc (not pinned; replaced by name on restart)",
             ),
+            Self::NetnsCookie => WithoutIt::Fallback(
+                "the node's own processes reach a LoadBalancer IP with source ranges \
+                 untranslated, by routing; pods are judged by the per-packet path",
+            ),
+            Self::MemcgAccounting => WithoutIt::Fallback(
+                "the agent raises RLIMIT_MEMLOCK to unlimited at start, which needs \
+                 CAP_SYS_RESOURCE (in the DaemonSet) or an unlimited memlock limit",
+            ),
             Self::SockDestroy => WithoutIt::Unused,
+        }
+    }
+}
+
+impl WithoutIt {
+    /// What the agent does without `feature`, in words.
+    pub fn describe(self, feature: Feature) -> String {
+        match self {
+            Self::Required => format!("required: Linux {} or later", feature.since()),
+            Self::NoPacketPath => "per-packet path off".to_owned(),
+            Self::Fallback(how) => how.to_owned(),
+            Self::Unused => "unused".to_owned(),
         }
     }
 }
@@ -144,6 +191,8 @@ pub struct FeatureStatus {
     pub availability: Availability,
     pub since: &'static str,
     pub used_for: &'static str,
+    /// What the agent does without it, on any kernel.
+    pub without_it: String,
     /// What the agent does about it, when it is not available.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
@@ -166,19 +215,13 @@ impl KernelFeatures {
                     WithoutIt::Unused => Availability::NotProbed,
                     _ => probe(feature),
                 };
-                let degraded =
-                    (availability == Availability::Missing).then(|| match feature.without_it() {
-                        WithoutIt::Required => {
-                            format!("required: Linux {} or later", feature.since())
-                        }
-                        WithoutIt::NoPacketPath => "per-packet path off".to_owned(),
-                        WithoutIt::Fallback(how) => how.to_owned(),
-                        WithoutIt::Unused => String::new(),
-                    });
+                let without_it = feature.without_it().describe(feature);
+                let degraded = (availability == Availability::Missing).then(|| without_it.clone());
                 FeatureStatus {
                     feature,
                     since: feature.since(),
                     used_for: feature.used_for(),
+                    without_it,
                     availability,
                     degraded,
                 }

@@ -13,8 +13,9 @@ use switchyard_abi::{
 };
 
 use super::{
-    DatapathError,
+    DatapathError, feature_probe,
     flow_table::monotonic_now_ns,
+    kernel_features::Feature,
     pinned::{open_pinned, port_name},
 };
 use crate::{explain::Lookups, model::ServicePortName};
@@ -140,5 +141,9 @@ impl Lookups for LiveMaps {
 
     fn now_ns(&self) -> u64 {
         monotonic_now_ns()
+    }
+
+    fn socket_errno(&self) -> bool {
+        feature_probe::kernel_features().available(Feature::BpfSetRetval)
     }
 }

@@ -1,6 +1,7 @@
 //! The only code that touches the kernel's BPF objects.
 //!
-//! `loader` puts the programs in the kernel and attaches them; `pinned` reads
+//! `loader` puts the programs in the kernel and attaches them, `link_pins`
+//! keeps their links pinned by generation; `pinned` reads
 //! and writes the pinned maps; `fake` is the in-memory stand-in the sync loop
 //! is tested against. Everything above this module works on
 //! [`DatapathState`] and [`MapOp`] values only.
@@ -18,9 +19,11 @@ pub mod feature_probe;
 pub mod flow_table;
 pub mod hand_back;
 pub mod kernel_features;
+pub mod link_pins;
 pub mod live_maps;
 pub mod loader;
 pub mod map_resize;
+pub mod memlock;
 pub mod pin_check;
 pub mod pin_dir;
 pub mod pin_lock;
@@ -107,6 +110,16 @@ pub enum DatapathError {
     MissingMap { map: &'static str },
     #[error("kernel {release} lacks {missing}: see the README's kernel compatibility table")]
     KernelTooOld { release: String, missing: String },
+    #[error(
+        "kernel {release} charges BPF maps to RLIMIT_MEMLOCK (Linux before 5.11), which is \
+         {limit_kib} KiB and cannot be raised ({errno}): grant CAP_SYS_RESOURCE (the \
+         DaemonSet does) or run the agent with an unlimited memlock limit"
+    )]
+    Memlock {
+        release: String,
+        limit_kib: u64,
+        errno: nix::errno::Errno,
+    },
     #[error("no datapath pinned at {path}: is `switchyard run` using this --bpffs?")]
     NotPinned { path: PathBuf },
     #[error(transparent)]
@@ -188,7 +201,8 @@ impl DatapathError {
             | Self::Program { .. }
             | Self::MissingMap { .. }
             | Self::SockStorage { .. }
-            | Self::KernelTooOld { .. } => "load",
+            | Self::KernelTooOld { .. }
+            | Self::Memlock { .. } => "load",
             Self::NotPinned { .. } => "not_pinned",
             Self::Resize { .. } => "resize",
             Self::PinCheck { .. } => "pin_layout",

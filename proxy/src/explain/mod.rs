@@ -45,6 +45,10 @@ pub trait Lookups {
     fn snat_address(&self, v6: bool) -> Option<Addr>;
     /// `bpf_ktime_get_ns()`'s clock now.
     fn now_ns(&self) -> u64;
+    /// Whether the socket hooks set the errno a refused or dropped call
+    /// reads (`bpf_set_retval`, Linux 5.18); without it a refused connect()
+    /// is sent to port 0 on loopback and a drop reads EPERM.
+    fn socket_errno(&self) -> bool;
 }
 
 /// Where the connection starts, which decides the path that judges it.

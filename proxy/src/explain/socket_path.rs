@@ -16,7 +16,19 @@ const OUTCOMES: Outcomes = Outcomes {
     passed: "the connection goes on untouched",
 };
 
+/// The same before Linux 5.18, without `bpf_set_retval`.
+const OUTCOMES_WITHOUT_ERRNO: Outcomes = Outcomes {
+    refused: "connect() is sent to port 0 on loopback and fails with ECONNREFUSED (no bpf_set_retval before Linux 5.18)",
+    dropped: "connect() fails with EPERM at once (no bpf_set_retval before Linux 5.18)",
+    passed: OUTCOMES.passed,
+};
+
 pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
+    let outcomes = if maps.socket_errno() {
+        &OUTCOMES
+    } else {
+        &OUTCOMES_WITHOUT_ERRNO
+    };
     let mut trail = Trail::new();
     let src = Addr::from(query.src);
     let client = maps.namespace_of(&src);
@@ -36,13 +48,13 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         0,
     );
     let Some(value) = maps.service(&key) else {
-        let verdict = unserved(maps, &key.addr, &mut trail, &OUTCOMES);
+        let verdict = unserved(maps, &key.addr, &mut trail, outcomes);
         return trail.finish(PATH, verdict);
     };
     trail.frontend(maps, &key, &value);
     if value.count == 0 && value.flags & FRONTEND_DROP_NO_LOCAL != 0 {
         let verdict = Verdict::Dropped {
-            how: OUTCOMES.dropped.into(),
+            how: outcomes.dropped.into(),
             why: "internalTrafficPolicy Local and no endpoint on this node".into(),
         };
         return trail.finish(PATH, verdict);
@@ -60,7 +72,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         );
         if !allowed {
             let verdict = Verdict::Dropped {
-                how: OUTCOMES.dropped.into(),
+                how: outcomes.dropped.into(),
                 why: "the source is outside loadBalancerSourceRanges".into(),
             };
             return trail.finish(PATH, verdict);
@@ -68,7 +80,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     }
     if value.count == 0 {
         let verdict = Verdict::Refused {
-            how: OUTCOMES.refused.into(),
+            how: outcomes.refused.into(),
             why: "the Service has no endpoints".into(),
         };
         return trail.finish(PATH, verdict);

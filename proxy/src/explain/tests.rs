@@ -33,6 +33,7 @@ struct Table {
     affinity: HashMap<AffinityKey, AffinityValue>,
     flows: HashMap<FlowKey, Flow>,
     node_flags: u32,
+    socket_errno: bool,
 }
 
 impl Lookups for Table {
@@ -101,6 +102,10 @@ impl Lookups for Table {
     fn now_ns(&self) -> u64 {
         1_000_000_000_000
     }
+
+    fn socket_errno(&self) -> bool {
+        self.socket_errno
+    }
 }
 
 /// `web` on 10.96.0.10:80 (2 backends, a ClusterIP), `empty` on
@@ -137,6 +142,7 @@ fn table() -> Table {
         affinity: HashMap::new(),
         flows: HashMap::new(),
         node_flags: NODE_CLUSTER_IP_FROM_OUTSIDE,
+        socket_errno: true,
     }
 }
 
@@ -235,6 +241,32 @@ fn verdict_table() {
     for (name, src, dst, want) in rows {
         let got = explain(&maps, &query(src, dst));
         assert_eq!(summary(&got), *want, "{name}: {}", text(&got));
+    }
+}
+
+/// Before Linux 5.18 (no `bpf_set_retval`) the socket hooks cannot set an
+/// errno: explain says what a client reads there instead.
+#[test]
+fn without_set_retval_refusals_go_through_loopback_and_drops_read_eperm() {
+    let maps = Table {
+        socket_errno: false,
+        ..table()
+    };
+    for (dst, want) in [
+        (
+            "10.96.0.11:80",
+            "socket refused: connect() is sent to port 0 on loopback and fails with ECONNREFUSED (no bpf_set_retval before Linux 5.18)",
+        ),
+        (
+            "10.96.0.12:80",
+            "socket dropped: connect() fails with EPERM at once (no bpf_set_retval before Linux 5.18)",
+        ),
+        (
+            "10.96.9.9:80",
+            "socket dropped: connect() fails with EPERM at once (no bpf_set_retval before Linux 5.18)",
+        ),
+    ] {
+        assert_eq!(summary(&explain(&maps, &query(POD, dst))), want, "{dst}");
     }
 }
 

@@ -31,7 +31,7 @@ use switchyard_abi::{Addr, NETNS_SOURCES_MAP, NetnsSource};
 use tracing::debug;
 
 use crate::{
-    datapath::{DatapathError, pinned::open_pinned},
+    datapath::{DatapathError, feature_probe, kernel_features::Feature, pinned::open_pinned},
     node::hooked_namespaces::{self, Denied},
 };
 
@@ -64,6 +64,11 @@ impl NetnsSources {
     /// Writes the namespaces that appeared and forgets those that went.
     /// Returns how many namespaces are known.
     pub fn refresh(&mut self) -> usize {
+        // Before 5.14 no namespace's cookie can be read: the hooks leave
+        // every socket untranslated there (the kernel table says so once).
+        if !feature_probe::kernel_features().available(Feature::NetnsCookie) {
+            return 0;
+        }
         let mut handles = hooked_namespaces::namespaces(&self.cgroup).handles;
         if let Ok(own) = File::open("/proc/self/ns/net") {
             handles.push(own);
@@ -136,7 +141,7 @@ fn source_towards(probe: SocketAddr) -> Option<Addr> {
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14): the id `bpf_get_netns_cookie` returns.
-fn netns_cookie(socket: &UdpSocket) -> io::Result<u64> {
+pub fn netns_cookie(socket: &UdpSocket) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or(8);
     // SAFETY: the fd is open for the call; the kernel writes at most `len`

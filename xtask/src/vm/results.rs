@@ -14,6 +14,9 @@ pub const EXIT: &str = "SY-VM-EXIT";
 pub const END: &str = "SY-VM-END";
 /// The verifier test's feature probe, as one line of JSON.
 pub const FEATURES: &str = "SY-VM-FEATURES";
+/// A test checking the fallback for a feature the kernel lacks:
+/// `SY-VM-FALLBACK <test> <feature>` (the tests' `kernel::lacks`).
+pub const FALLBACK: &str = "SY-VM-FALLBACK";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -53,6 +56,9 @@ pub struct Run {
     /// The Debian package and version, for VM runs.
     pub package: String,
     pub suites: BTreeMap<String, Suite>,
+    /// Per `(suite, test)`, the features it found missing and checked the
+    /// fallback of.
+    pub fallbacks: BTreeMap<(String, String), BTreeSet<String>>,
     /// `KernelFeatures` as the agent probed them (JSON).
     pub features: Option<serde_json::Value>,
     /// Reached the end marker (else the VM died or timed out).
@@ -74,6 +80,16 @@ impl Run {
     /// Takes one line of console (or host) output.
     pub fn line(&mut self, raw: &str) {
         let line = raw.trim_end_matches(['\r', '\n']);
+        // Written by a running test, so it can land mid-line, after libtest's
+        // `test NAME ... `: the part before it is read on its own.
+        if let Some(at) = line.find(FALLBACK) {
+            let (before, fallback) = line.split_at(at);
+            if !before.trim().is_empty() {
+                self.line(before);
+            }
+            self.fallback(&fallback[FALLBACK.len()..]);
+            return;
+        }
         if let Some(rest) = marker(line, BEGIN) {
             rest.clone_into(&mut self.release);
         } else if let Some(name) = marker(line, SUITE) {
@@ -92,6 +108,18 @@ impl Run {
             self.complete = true;
         } else {
             self.test_line(line);
+        }
+    }
+
+    fn fallback(&mut self, rest: &str) {
+        let mut words = rest.split_whitespace();
+        if let (Some(suite), Some(test), Some(feature)) =
+            (self.current.clone(), words.next(), words.next())
+        {
+            self.fallbacks
+                .entry((suite, test.to_owned()))
+                .or_default()
+                .insert(feature.to_owned());
         }
     }
 
@@ -174,8 +202,17 @@ fn marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     Some(line[at + marker.len()..].trim())
 }
 
-/// Per test, one column per kernel.
+/// The whole report: the kernels, the features, and per test one column
+/// per kernel.
 pub fn markdown(runs: &[Run]) -> String {
+    let mut out = kernels_and_features(runs);
+    tests(&mut out, runs);
+    out
+}
+
+/// One line per kernel run, then one per feature with a column per kernel:
+/// what the README's kernel table is made of.
+pub fn kernels_and_features(runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| kernel | release | package | result | time |");
     let _ = writeln!(out, "|---|---|---|---|---|");
@@ -198,6 +235,10 @@ pub fn markdown(runs: &[Run]) -> String {
         );
     }
     features(&mut out, runs);
+    out
+}
+
+fn tests(out: &mut String, runs: &[Run]) {
     let tests: BTreeSet<(String, String)> = runs
         .iter()
         .flat_map(|r| r.suites.iter())
@@ -208,20 +249,30 @@ pub fn markdown(runs: &[Run]) -> String {
     let _ = writeln!(out, "| test | {} |", header.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(runs.len()));
     for (suite, test) in tests {
-        let cells: Vec<&str> = runs
+        let cells: Vec<String> = runs
             .iter()
-            .map(
-                |run| match run.suites.get(&suite).and_then(|s| s.tests.get(&test)) {
+            .map(|run| {
+                let outcome = match run.suites.get(&suite).and_then(|s| s.tests.get(&test)) {
                     Some(Outcome::Passed) => "pass",
                     Some(Outcome::Failed) => "**FAIL**",
                     Some(Outcome::Ignored) => "ignored",
                     None => "not run",
-                },
-            )
+                };
+                match run.fallbacks.get(&(suite.clone(), test.clone())) {
+                    Some(missing) => format!(
+                        "{outcome} (without {})",
+                        missing
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => outcome.to_owned(),
+                }
+            })
             .collect();
         let _ = writeln!(out, "| `{suite}::{test}` | {} |", cells.join(" | "));
     }
-    out
 }
 
 /// Per feature, one column per kernel, from the probe each run reported.
@@ -233,10 +284,10 @@ fn features(out: &mut String, runs: &[Run]) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| feature | since | used for | {} |",
+        "| feature | since | used for | without it | {} |",
         names.join(" | ")
     );
-    let _ = writeln!(out, "|---|---|---|{}", "---|".repeat(runs.len()));
+    let _ = writeln!(out, "|---|---|---|---|{}", "---|".repeat(runs.len()));
     for feature in first["features"].as_array().into_iter().flatten() {
         let name = feature["feature"].as_str().unwrap_or_default();
         let cells: Vec<String> = runs
@@ -253,9 +304,7 @@ fn features(out: &mut String, runs: &[Run]) {
                     None => "?".to_owned(),
                     Some(s) => match s["availability"].as_str() {
                         Some("available") => "yes".to_owned(),
-                        Some("missing") => {
-                            format!("no: {}", s["degraded"].as_str().unwrap_or_default())
-                        }
+                        Some("missing") => "**no**".to_owned(),
                         Some("not_probed") => "unused".to_owned(),
                         _ => format!("unknown ({})", s["availability"]),
                     },
@@ -264,9 +313,10 @@ fn features(out: &mut String, runs: &[Run]) {
             .collect();
         let _ = writeln!(
             out,
-            "| `{name}` | {} | {} | {} |",
+            "| `{name}` | {} | {} | {} | {} |",
             feature["since"].as_str().unwrap_or_default(),
             feature["used_for"].as_str().unwrap_or_default(),
+            feature["without_it"].as_str().unwrap_or_default(),
             cells.join(" | ")
         );
     }
@@ -309,6 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn a_test_checking_a_fallback_says_which() {
+        let run = run_of(&[
+            "SY-VM-SUITE node_port",
+            "test ranges ... SY-VM-FALLBACK ranges so_netns_cookie",
+            "ok",
+            "test other ... ok",
+            "SY-VM-EXIT node_port 0",
+            "SY-VM-END",
+        ]);
+        assert!(run.passed());
+        assert_eq!(run.suites["node_port"].tests["ranges"], Outcome::Passed);
+        let table = markdown(&[run]);
+        assert!(
+            table.contains("| `node_port::ranges` | pass (without so_netns_cookie) |"),
+            "{table}"
+        );
+        assert!(table.contains("| `node_port::other` | pass |"), "{table}");
+    }
+
+    #[test]
     fn an_unfinished_run_does_not_pass() {
         let run = run_of(&["SY-VM-SUITE x", "test a ... ok", "SY-VM-EXIT x 0"]);
         assert!(!run.passed());
@@ -332,11 +402,11 @@ mod tests {
         one.kernel = "6.1".into();
         let mut two = run_of(&["SY-VM-SUITE s", "test a ... FAILED", "SY-VM-EXIT s 101"]);
         two.kernel = "host".into();
-        one.line(r#"SY-VM-FEATURES {"release":"6.1.0","features":[{"feature":"tcx","availability":"missing","since":"6.6","used_for":"links","degraded":"clsact"}]}"#);
+        one.line(r#"SY-VM-FEATURES {"release":"6.1.0","features":[{"feature":"tcx","availability":"missing","since":"6.6","used_for":"links","without_it":"clsact","degraded":"clsact"}]}"#);
         let table = markdown(&[one, two]);
         assert!(table.contains("| `s::a` | pass | **FAIL** |"), "{table}");
         assert!(
-            table.contains("| `tcx` | 6.6 | links | no: clsact | ? |"),
+            table.contains("| `tcx` | 6.6 | links | clsact | **no** | ? |"),
             "{table}"
         );
     }

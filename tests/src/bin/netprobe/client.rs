@@ -93,10 +93,14 @@ pub fn udp_once(
         let socket = UdpSocket::bind(local)?;
         socket.set_read_timeout(Some(timeout))?;
         socket.set_write_timeout(Some(timeout))?;
+        // What the exchange reads comes first: before 5.18 a refused
+        // connect() is steered to port 0 on loopback, where getpeername()
+        // fails (ENOTCONN) and the first send or recv reads ECONNREFUSED,
+        // as an application would see it.
         let mut peer = None;
         if connected {
             socket.connect(to)?;
-            peer = Some(socket.peer_addr()?);
+            peer = Some(socket.peer_addr());
             socket.send(&request)?;
         } else {
             socket.send_to(&request, to)?;
@@ -112,7 +116,7 @@ pub fn udp_once(
             )));
         }
         let reply: Reply = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
-        Ok((reply, from, peer))
+        Ok((reply, from, peer.transpose()?))
     })();
     match result {
         Ok((reply, from, peer)) => udp_attempt(reply, from, peer, to),
