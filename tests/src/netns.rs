@@ -84,14 +84,22 @@ impl NetNs {
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace. The thread
-    /// ends afterwards, so no other thread of the test changes namespace.
+    /// ends afterwards, so no other thread of the test changes namespace. It
+    /// carries the caller's name (libtest names a test's thread after it),
+    /// which reports from inside it need.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let file = self.open()?;
+        let mut thread = std::thread::Builder::new();
+        if let Some(name) = std::thread::current().name() {
+            thread = thread.name(name.to_owned());
+        }
         std::thread::scope(|s| {
-            let handle = s.spawn(move || -> Result<T> {
-                setns(file.as_raw_fd()).context("setns")?;
-                Ok(f())
-            });
+            let handle = thread
+                .spawn_scoped(s, move || -> Result<T> {
+                    setns(file.as_raw_fd()).context("setns")?;
+                    Ok(f())
+                })
+                .context("spawning a thread")?;
             match handle.join() {
                 Ok(result) => result,
                 Err(panic) => std::panic::resume_unwind(panic),
