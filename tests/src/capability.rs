@@ -94,6 +94,27 @@ impl CapabilitySet {
         Self::named(&names)
     }
 
+    /// What this process holds (its permitted set): no child can be given
+    /// more.
+    pub fn held() -> Result<Self> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapPrm:"))
+            .context("/proc/self/status has no CapPrm line")?;
+        Ok(Self(u64::from_str_radix(hex.trim(), 16)?))
+    }
+
+    /// The names of this set's capabilities that `other` lacks.
+    pub fn missing_from(self, other: Self) -> Vec<&'static str> {
+        NAMES
+            .iter()
+            .enumerate()
+            .filter(|&(number, _)| self.0 & !other.0 & 1 << number != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
     /// This set less `names`.
     pub fn without(self, names: &[&str]) -> Result<Self> {
         Ok(Self(self.0 & !Self::named(names)?.0))
@@ -112,13 +133,25 @@ impl CapabilitySet {
     /// the test process had. Register after any `pre_exec` that needs more
     /// (entering a network namespace needs `SYS_ADMIN`).
     pub fn confine(self, cmd: &mut Command) {
+        // Never above this process's own hard limit, which only
+        // CAP_SYS_RESOURCE could raise.
+        let mut own = libc::rlimit {
+            rlim_cur: RUNTIME_MEMLOCK,
+            rlim_max: RUNTIME_MEMLOCK,
+        };
+        // SAFETY: getrlimit(2) writes one rlimit, which `own` is.
+        let ceiling = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut own) } == 0 {
+            own.rlim_max.min(RUNTIME_MEMLOCK)
+        } else {
+            RUNTIME_MEMLOCK
+        };
         // SAFETY: the hook only makes prctl(2), setrlimit(2) and capset(2)
         // calls, all async-signal-safe, on the child between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 let memlock = libc::rlimit {
-                    rlim_cur: RUNTIME_MEMLOCK,
-                    rlim_max: RUNTIME_MEMLOCK,
+                    rlim_cur: ceiling,
+                    rlim_max: ceiling,
                 };
                 if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const memlock) != 0 {
                     return Err(io::Error::last_os_error());
