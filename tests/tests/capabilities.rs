@@ -32,6 +32,20 @@ fn memlock_needs_sys_resource(c: &MultiNodeCluster, daemonset: CapabilitySet) {
     );
 }
 
+/// A test can grant only what it holds: a sandbox without `SYS_RESOURCE`
+/// runs the set without it, which 5.11 and later do not need, and says so.
+fn grantable(daemonset: CapabilitySet) -> CapabilitySet {
+    let lacking = daemonset.missing_from(CapabilitySet::held().unwrap());
+    for capability in &lacking {
+        kernel::report_missing(&format!("CAP_{capability}_in_the_test_process"));
+    }
+    assert!(
+        lacking.is_empty() || lacking == ["SYS_RESOURCE"] && kernel::has(Feature::MemcgAccounting),
+        "the test process lacks {lacking:?}, which this kernel needs"
+    );
+    daemonset.without(&lacking).unwrap()
+}
+
 /// `nobody`: pods that run as another user than the agent.
 const POD_USER: u32 = 65534;
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -123,17 +137,7 @@ fn each_capability_of_the_daemonset_is_needed_and_enough() {
         ])
         .unwrap()
     );
-    // A test can grant only what it holds: a sandbox without SYS_RESOURCE
-    // runs the set without it, which 5.11 and later do not need.
-    let lacking = daemonset.missing_from(CapabilitySet::held().unwrap());
-    for capability in &lacking {
-        kernel::report_missing(&format!("CAP_{capability}_in_the_test_process"));
-    }
-    assert!(
-        lacking.is_empty() || lacking == ["SYS_RESOURCE"] && kernel::has(Feature::MemcgAccounting),
-        "the test process lacks {lacking:?}, which this kernel needs"
-    );
-    let daemonset = daemonset.without(&lacking).unwrap();
+    let daemonset = grantable(daemonset);
     if kernel::lacks(Feature::MemcgAccounting) {
         memlock_needs_sys_resource(&c, daemonset);
     }
