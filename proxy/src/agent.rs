@@ -26,7 +26,9 @@ use crate::{
         topology::NodeContext,
     },
     datapath::{DatapathError, loader, pinned::PinnedMaps},
-    model::{DesiredState, Scope, address::Cidr, counter_policy::CounterPolicy},
+    model::{
+        DesiredState, Scope, address::Cidr, balancing::Balancing, counter_policy::CounterPolicy,
+    },
     node::{
         kube_proxy_leftovers,
         netns_source::NetnsSources,
@@ -138,6 +140,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         refusing: false,
         drift: DriftWatch::new(),
         counters: flags.counters,
+        balancing: flags.balancing,
         kube_proxy_cleanup: if args.takeover.cleanup_kube_proxy {
             KubeProxyCleanup::Pending
         } else {
@@ -217,6 +220,8 @@ struct Agent {
     drift: DriftWatch,
     /// `--service-counters*`.
     counters: CounterPolicy,
+    /// `--lb-algorithm`, `--maglev-table-size`.
+    balancing: Balancing,
     /// `--cleanup-kube-proxy`: whether kube-proxy's rules are still to go.
     kube_proxy_cleanup: KubeProxyCleanup,
 }
@@ -439,7 +444,8 @@ impl Agent {
                 node_addresses: self.packet_path.node_addresses(),
             },
         )
-        .with_counters(self.counters.clone());
+        .with_counters(self.counters.clone())
+        .with_balancing(self.balancing);
         self.metrics.kube_proxy.set_families(&self.node.families());
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);

@@ -128,8 +128,9 @@ pub const FRONTEND_DROP_NO_LOCAL: u16 = 4;
 /// masquerade off-cluster sources.
 pub const FRONTEND_CLUSTER_IP: u16 = 8;
 
-/// Slot 0 carries `count` and the frontend's settings; slots 1..=count
-/// carry `backend_id`.
+/// Slot 0 carries `count` and the frontend's settings (and in
+/// `backend_id` its Maglev table size, 0 for random choice: see
+/// [`crate::maglev`]); slots 1..=count carry `backend_id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
@@ -154,6 +155,20 @@ impl ServiceValue {
             affinity_timeout,
             counter,
         }
+    }
+
+    /// A slot-0 value whose frontend picks by Maglev over a table of
+    /// `size` buckets (0: random choice).
+    pub const fn with_maglev(self, size: u32) -> Self {
+        Self {
+            backend_id: size,
+            ..self
+        }
+    }
+
+    /// Slot 0: the Maglev table size, 0 when the frontend picks at random.
+    pub const fn maglev_table_size(&self) -> u32 {
+        self.backend_id
     }
 
     pub const fn slot(backend_id: u32, counter: u32) -> Self {

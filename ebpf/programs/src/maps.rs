@@ -19,9 +19,10 @@ use switchyard_abi::{
     BACKENDS_MAX_ENTRIES, Backend, BackendCounts, CLUSTER_CIDRS_MAX_ENTRIES,
     CLUSTER_IPS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, COUNTER_FIRST_OWN, COUNTERS_LEN,
     FRAGMENTS_MAX_ENTRIES, Flow, FlowKey, FragmentKey, FragmentPorts, LOCAL_DEVICES_MAX_ENTRIES,
-    NETNS_SOURCES_MAX_ENTRIES, NODE_ENTRIES, NetnsSource, NodeConfig, SERVICE_CIDRS_MAX_ENTRIES,
-    SERVICE_STATS_SERIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, ServiceCounts,
-    ServiceKey, ServiceName, ServiceValue, SockPeer, SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
+    MAGLEV_MAX_ENTRIES, MaglevKey, NETNS_SOURCES_MAX_ENTRIES, NODE_ENTRIES, NetnsSource,
+    NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_STATS_SERIES, SERVICES_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, ServiceCounts, ServiceKey, ServiceName, ServiceValue, SockPeer,
+    SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
 };
 
 #[map(name = "SY_SERVICES_V2")]
@@ -85,6 +86,10 @@ pub static UDP_PEERS: HashMap<u64, SockPeer> = HashMap::pinned(UDP_PEERS_MAX_ENT
 #[map(name = "SY_AFFINITY_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+/// Maglev frontends' lookup tables: bucket -> the frontend's slot.
+#[map(name = "SY_MAGLEV_V1")]
+pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SY_CT_V2")]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);

@@ -20,7 +20,7 @@ use switchyard_abi::{
     NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_DRAIN, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SERVICE_DROPPED_CONNTRACK, SERVICE_DROPPED_NO_LOCAL,
     SERVICE_DROPPED_SNAT_PORTS, SERVICE_DROPPED_SOURCE_RANGE, SERVICE_PACKET_CONNECTIONS,
-    SERVICE_REFUSED_NO_ENDPOINTS, ServiceKey, ServiceValue, client_of_addr,
+    SERVICE_REFUSED_NO_ENDPOINTS, ServiceKey, ServiceValue, client_of_addr, flow_hash,
 };
 
 use crate::{
@@ -208,7 +208,17 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
         stats::service(settings.counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
         return Choice::Verdict(SHOT);
     }
-    match select(&frontend, client_of_addr(&packet.src)) {
+    let flow = (settings.maglev_table_size() != 0).then(|| {
+        let client_only = settings.affinity_timeout != 0;
+        flow_hash(
+            &packet.src,
+            packet.sport,
+            packet.dport,
+            packet.proto,
+            client_only,
+        )
+    });
+    match select(&frontend, client_of_addr(&packet.src), flow) {
         Selection::NotAService => Choice::Verdict(packet::NEXT),
         Selection::NoBackends(_, counter) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
             count(COUNTER_DROP_NO_LOCAL);

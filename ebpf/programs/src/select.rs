@@ -1,10 +1,11 @@
 //! Backend selection over the slot layout: slot 0 says how many backends a
 //! frontend has (and its affinity timeout), a slot in 1..=count names one.
+//! A Maglev frontend's table names the slot for a flow's hash bucket.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use switchyard_abi::{AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue};
+use switchyard_abi::{AffinityKey, AffinityValue, Backend, MaglevKey, ServiceKey, ServiceValue};
 
-use crate::maps::{AFFINITY, BACKENDS, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES};
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
@@ -33,11 +34,12 @@ pub struct Chosen {
 }
 
 /// `client` identifies the caller for session affinity: its netns cookie,
-/// or for a packet [`switchyard_abi::client_of_addr`].
+/// or for a packet [`switchyard_abi::client_of_addr`]. `flow` is a packet's
+/// Maglev hash ([`switchyard_abi::flow_hash`]), `None` in the socket path.
 // Its own frame: the per-packet path's call chain would otherwise pass the
 // verifier's 512-byte stack limit.
 #[inline(never)]
-pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
+pub fn select(frontend: &ServiceKey, client: u64, flow: Option<u32>) -> Selection {
     // SAFETY: map values are plain integers; the pointer is valid for the
     // duration of this program run.
     let Some(front) = (unsafe { SERVICES.get(frontend) }).copied() else {
@@ -45,6 +47,13 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
     };
     if front.count == 0 {
         return Selection::NoBackends(front.flags, front.counter);
+    }
+    if let Some(hash) = flow
+        && front.maglev_table_size() != 0
+    {
+        // Maglev: the same bucket, so the same backend, on every node; its
+        // hash stands in for affinity records (see `flow_hash`).
+        return backend_in_slot(frontend, maglev_slot(frontend, &front, hash), &front);
     }
     if front.affinity_timeout == 0 {
         return backend_in_slot(frontend, random_slot(&front), &front);
@@ -78,6 +87,18 @@ pub fn select(frontend: &ServiceKey, client: u64) -> Selection {
         let _ignored_when_full = AFFINITY.insert(key, record, 0);
     }
     selection
+}
+
+/// The slot a Maglev frontend's table gives `hash`'s bucket; a random one
+/// while the agent is still writing the table (a bucket missing, or naming
+/// a slot past the count during an update).
+fn maglev_slot(frontend: &ServiceKey, front: &ServiceValue, hash: u32) -> u16 {
+    let bucket = hash % front.maglev_table_size();
+    // SAFETY: map values are plain integers, valid for this run.
+    match unsafe { MAGLEV.get(&MaglevKey::new(frontend, bucket)) } {
+        Some(&slot) if slot >= 1 && slot <= u32::from(front.count) => slot as u16,
+        _ => random_slot(front),
+    }
 }
 
 fn random_slot(front: &ServiceValue) -> u16 {

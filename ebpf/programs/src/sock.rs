@@ -177,7 +177,7 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
     {
         return Route::To(backend);
     }
-    match select(frontend, client(ctx)) {
+    match select(frontend, client(ctx), None) {
         Selection::NotAService => match address_use(&frontend.addr) {
             AddressUse::Other => Route::Proceed,
             AddressUse::ClusterIp => Route::Refuse,

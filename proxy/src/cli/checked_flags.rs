@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use crate::{
-    cli::RunArgs,
+    cli::{RunArgs, balancing_args::BadBalancing},
     convert::claim::parse_external_ip_ranges,
     model::{
         address::{BadCidr, Cidr},
+        balancing::Balancing,
         counter_policy::{BadCounterSelector, CounterPolicy},
         detect_local::{BadDetectLocal, DetectLocal},
     },
@@ -36,6 +37,8 @@ pub enum FlagError {
     CounterSelector { source: BadCounterSelector },
     #[error("--detect-local-mode: {source}")]
     DetectLocal { source: BadDetectLocal },
+    #[error(transparent)]
+    Balancing(#[from] BadBalancing),
     #[error("--service-proxy-name: {text:?} is not a label value: {reason}")]
     ServiceProxyName { text: String, reason: &'static str },
 }
@@ -52,6 +55,8 @@ pub struct CheckedFlags {
     pub counters: CounterPolicy,
     /// `--detect-local-mode` and its device or CIDRs.
     pub detect_local: DetectLocal,
+    /// `--lb-algorithm` and `--maglev-table-size`.
+    pub balancing: Balancing,
 }
 
 impl CheckedFlags {
@@ -120,6 +125,7 @@ impl CheckedFlags {
             service_cidrs: cidrs("service-cluster-ip-range", &args.service_cluster_ip_range)?,
             cluster_cidrs,
             detect_local,
+            balancing: args.balancing.balancing()?,
             external_ip_ranges: parse_external_ip_ranges(&args.external_ip_ranges).map_err(
                 |source| FlagError::Cidr {
                     flag: "external-ip-ranges",

@@ -2,6 +2,7 @@
 //! `proxy/tests/deploy.rs` parses with this parser) and other tools script
 //! against these names, so they only ever grow.
 
+pub mod balancing_args;
 pub mod checked_flags;
 pub mod counter_args;
 pub mod counts_view;
@@ -143,6 +144,8 @@ pub struct RunArgs {
     pub conntrack: ConntrackArgs,
     #[command(flatten)]
     pub counters: counter_args::CounterArgs,
+    #[command(flatten)]
+    pub balancing: balancing_args::BalancingArgs,
 }
 
 /// kube-proxy's HTTP endpoints.

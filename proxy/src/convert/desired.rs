@@ -301,6 +301,13 @@ fn add_claims(
                 draining: draining(&candidates, &backends),
                 backends,
                 affinity_timeout: claim.affinity_timeout,
+                // Maglev serves connections from outside only: the socket
+                // path has no flow to hash before the kernel picks a port.
+                maglev_table_size: if claim.frontend.scope == Scope::External {
+                    node.balancing.table_size_for(claim.algorithm)
+                } else {
+                    0
+                },
                 flags,
                 source_ranges: claim.source_ranges,
             },

@@ -15,6 +15,7 @@ use crate::{
     model::{
         Frontend, Protocol, Scope, ServicePortName,
         address::{Cidr, parse_ip_sloppy},
+        balancing::{ALGORITHM_ANNOTATION, Algorithm},
     },
 };
 
@@ -83,6 +84,8 @@ pub struct ServiceFrontend {
     pub policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is none.
     pub affinity_timeout: u32,
+    /// The Service's `lb-algorithm` annotation; `None`: the node default.
+    pub algorithm: Option<Algorithm>,
     /// `switchyard_abi::FRONTEND_*` bits.
     pub flags: u16,
     /// `loadBalancerSourceRanges` of the frontend's family.
@@ -216,6 +219,7 @@ pub fn read_service(service: &Service) -> (Option<ParsedService>, Vec<InputError
         &mut errors,
     );
     let affinity_timeout = client_ip_affinity(&object, spec, &mut errors);
+    let algorithm = algorithm(&object, service, &mut errors);
     // One port on one cluster IP; external frontends start from it too.
     let port_frontend = |ip: IpAddr, port: &PortSpec| ServiceFrontend {
         frontend: Frontend {
@@ -232,6 +236,7 @@ pub fn read_service(service: &Service) -> (Option<ParsedService>, Vec<InputError
         field: port.field.clone(),
         policy,
         affinity_timeout,
+        algorithm,
         flags: 0,
         source_ranges: Vec::new(),
         origin: AddressOrigin::Allocated,
@@ -304,6 +309,32 @@ fn client_ip_affinity(
                 format!("must be None or ClientIP, got {other:?}; using None"),
             ));
             0
+        }
+    }
+}
+
+/// The [`ALGORITHM_ANNOTATION`]: absent is the node default; a value that
+/// names no algorithm is reported and the default used.
+fn algorithm(
+    object: &ObjectRef,
+    service: &Service,
+    errors: &mut Vec<InputError>,
+) -> Option<Algorithm> {
+    let text = service
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ALGORITHM_ANNOTATION)?;
+    match text.trim().parse() {
+        Ok(algorithm) => Some(algorithm),
+        Err(bad) => {
+            errors.push(InputError::field(
+                object,
+                format!("metadata.annotations[{ALGORITHM_ANNOTATION}]"),
+                Reason::Unsupported,
+                format!("{bad}; using the node default"),
+            ));
+            None
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct NodeContext {
     pub external_ips: crate::convert::claim::ExternalIpPolicy,
     /// Which Service ports get traffic counters of their own.
     pub counters: crate::model::counter_policy::CounterPolicy,
+    /// How external frontends pick backends (`--lb-algorithm`).
+    pub balancing: crate::model::balancing::Balancing,
 }
 
 impl NodeContext {
@@ -46,7 +48,14 @@ impl NodeContext {
             service_cidrs: service_cidrs.to_vec(),
             external_ips,
             counters: crate::model::counter_policy::CounterPolicy::default(),
+            balancing: crate::model::balancing::Balancing::default(),
         }
+    }
+
+    #[must_use]
+    pub fn with_balancing(mut self, balancing: crate::model::balancing::Balancing) -> Self {
+        self.balancing = balancing;
+        self
     }
 
     #[must_use]

@@ -9,9 +9,9 @@ use aya::{
     sys::SyscallError,
 };
 use switchyard_abi::{
-    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendCounts, CLUSTER_IPS_MAP,
-    SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SOURCE_RANGES_MAP,
-    ServiceCounts, ServiceKey, ServiceName, ServiceValue, SourceRange,
+    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendCounts, CLUSTER_IPS_MAP, MAGLEV_MAP,
+    MaglevKey, SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP,
+    SOURCE_RANGES_MAP, ServiceCounts, ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
 use super::{
@@ -35,6 +35,7 @@ pub struct PinnedMaps {
     cluster_ips: HashMap<MapData, Addr, u8>,
     service_cidrs: LpmTrie<MapData, Addr, u8>,
     names: HashMap<MapData, ServiceKey, ServiceName>,
+    maglev: HashMap<MapData, MaglevKey, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounts>,
     backend_stats: PerCpuArray<MapData, BackendCounts>,
     /// The same maps again, for batched updates (aya's typed views do not
@@ -49,6 +50,7 @@ struct BatchFds {
     backends: MapData,
     cluster_ips: MapData,
     names: MapData,
+    maglev: MapData,
 }
 
 /// A run of operations one batched update can write.
@@ -58,6 +60,7 @@ enum Run {
     Services,
     ClusterIps,
     Names,
+    Maglev,
 }
 
 impl Run {
@@ -69,6 +72,7 @@ impl Run {
                 address: ServiceAddress::ClusterIp(_),
             } => Some(Self::ClusterIps),
             MapOp::PutName { .. } => Some(Self::Names),
+            MapOp::PutMaglevBucket { .. } => Some(Self::Maglev),
             _ => None,
         }
     }
@@ -86,6 +90,7 @@ impl PinnedMaps {
             cluster_ips: open_pinned(pin_dir, CLUSTER_IPS_MAP)?,
             service_cidrs: open_pinned(pin_dir, SERVICE_CIDRS_MAP)?,
             names: open_pinned(pin_dir, SERVICE_NAMES_MAP)?,
+            maglev: open_pinned(pin_dir, MAGLEV_MAP)?,
             service_stats: open_pinned(pin_dir, SERVICE_STATS_MAP)?,
             backend_stats: open_pinned(pin_dir, BACKEND_STATS_MAP)?,
             batch_fds: BatchFds {
@@ -93,6 +98,7 @@ impl PinnedMaps {
                 backends: data(BACKENDS_MAP)?,
                 cluster_ips: data(CLUSTER_IPS_MAP)?,
                 names: data(SERVICE_NAMES_MAP)?,
+                maglev: data(MAGLEV_MAP)?,
             },
             batching: true,
         })
@@ -139,7 +145,24 @@ impl PinnedMaps {
                     .unzip();
                 batch::update(self.batch_fds.names.fd().as_fd(), &keys, &names)
             }
+            Run::Maglev => {
+                let (keys, slots): (Vec<MaglevKey>, Vec<u32>) = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MapOp::PutMaglevBucket { key, slot } => Some((*key, u32::from(*slot))),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(self.batch_fds.maglev.fd().as_fd(), &keys, &slots)
+            }
         }
+    }
+
+    /// Every Maglev bucket.
+    fn read_maglev(&self) -> Vec<(MaglevKey, u32)> {
+        read_batched(&self.batch_fds.maglev, || {
+            self.maglev.iter().filter_map(Result::ok).collect()
+        })
     }
 
     /// Zeroes every CPU's copy of a counter entry.
@@ -264,9 +287,11 @@ fn service_entry(op: &MapOp) -> Option<(ServiceKey, ServiceValue)> {
             flags,
             affinity_timeout,
             counter,
+            maglev_table_size,
         } => Some((
             *key,
-            ServiceValue::frontend(*count, *flags, *affinity_timeout, *counter),
+            ServiceValue::frontend(*count, *flags, *affinity_timeout, *counter)
+                .with_maglev(*maglev_table_size),
         )),
         _ => None,
     }
@@ -367,6 +392,12 @@ impl MapWriter for PinnedMaps {
             MapOp::DeleteName { key } => ignore_missing(self.names.remove(key))
                 .map_err(|source| DatapathError::map(SERVICE_NAMES_MAP, source)),
             MapOp::ResetCounter { counter } => self.reset(*counter),
+            MapOp::PutMaglevBucket { key, slot } => self
+                .maglev
+                .insert(key, u32::from(*slot), 0)
+                .map_err(|source| DatapathError::map(MAGLEV_MAP, source)),
+            MapOp::DeleteMaglevBucket { key } => ignore_missing(self.maglev.remove(key))
+                .map_err(|source| DatapathError::map(MAGLEV_MAP, source)),
         }
     }
 }
@@ -384,7 +415,8 @@ impl MapReader for PinnedMaps {
             self.backends.iter().filter_map(Result::ok).collect()
         });
         let mut state =
-            DatapathState::from_entries(services, backends, self.read_ranges(), self.read_names());
+            DatapathState::from_entries(services, backends, self.read_ranges(), self.read_names())
+                .with_maglev(self.read_maglev());
         state.service_addresses = self.read_addresses();
         Ok(state)
     }
@@ -411,7 +443,17 @@ impl MapReader for PinnedMaps {
                 },
             )
         });
-        if backends.is_err() {
+        let buckets = backends.and_then(|()| {
+            batch::read_all_typed(
+                self.batch_fds.maglev.fd().as_fd(),
+                |keys: &[MaglevKey], slots: &[u32]| {
+                    for (key, slot) in keys.iter().zip(slots) {
+                        count.maglev_bucket(key, *slot);
+                    }
+                },
+            )
+        });
+        if buckets.is_err() {
             // No batched lookups here, or a batch failed part way: the
             // slow, complete way.
             return Ok(Drift::between(mirror, &self.read_state()?));

@@ -43,6 +43,7 @@ pub fn desired(spec: &[(&str, u16, &[u8])]) -> DesiredState {
                 backends,
                 draining: Vec::new(),
                 affinity_timeout: 0,
+                maglev_table_size: 0,
                 flags: 0,
                 source_ranges: Vec::new(),
             },

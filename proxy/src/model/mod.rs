@@ -2,6 +2,7 @@
 //! Kubernetes objects it came from and the map layout it goes to.
 
 pub mod address;
+pub mod balancing;
 pub mod counter_policy;
 pub mod detect_local;
 #[cfg(test)]
@@ -323,6 +324,8 @@ pub struct DesiredFrontend {
     pub draining: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 is no affinity.
     pub affinity_timeout: u32,
+    /// Buckets of the frontend's Maglev table; 0 picks at random.
+    pub maglev_table_size: u32,
     /// `switchyard_abi::FRONTEND_*` bits.
     pub flags: u16,
     /// `loadBalancerSourceRanges`, when `flags` asks for them.

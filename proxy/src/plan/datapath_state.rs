@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use switchyard_abi::{Backend, ServiceKey, ServiceValue};
+use switchyard_abi::{Backend, MaglevKey, ServiceKey, ServiceValue};
 
 use crate::{
     model::ServicePortName,
@@ -79,6 +79,11 @@ pub struct ProgrammedFrontend {
     pub affinity_timeout: u32,
     /// Slot 0's `FRONTEND_*` bits.
     pub flags: u16,
+    /// Slot 0's Maglev table size (0: random choice).
+    pub maglev_table_size: u32,
+    /// The Maglev table's buckets as the map holds them: the slot each
+    /// names, 0 where a bucket is missing.
+    pub maglev: Vec<u16>,
     /// Slot number (>= 1) -> what it names, including slots beyond
     /// `count`, which the kernel never reads.
     pub slots: BTreeMap<u16, Slot>,
@@ -105,7 +110,35 @@ impl ProgrammedFrontend {
     }
 
     fn is_empty(&self) -> bool {
-        self.count.is_none() && self.slots.is_empty() && self.name.is_none()
+        self.count.is_none()
+            && self.slots.is_empty()
+            && self.name.is_none()
+            && self.maglev.is_empty()
+    }
+
+    /// The slot Maglev bucket `bucket` names, 0 for none.
+    pub fn maglev_bucket(&self, bucket: u32) -> u16 {
+        usize::try_from(bucket)
+            .ok()
+            .and_then(|index| self.maglev.get(index))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_maglev_bucket(&mut self, bucket: u32, slot: u16) {
+        let Ok(index) = usize::try_from(bucket) else {
+            return;
+        };
+        if index >= self.maglev.len() {
+            if slot == 0 {
+                return;
+            }
+            self.maglev.resize(index + 1, 0);
+        }
+        self.maglev[index] = slot;
+        while self.maglev.last() == Some(&0) {
+            self.maglev.pop();
+        }
     }
 }
 
@@ -141,6 +174,7 @@ impl DatapathState {
                 frontend.affinity_timeout = value.affinity_timeout;
                 frontend.flags = value.flags;
                 frontend.counter = value.counter;
+                frontend.maglev_table_size = value.maglev_table_size();
                 state.counters.add(Counter::Service(value.counter));
             } else {
                 frontend.slots.insert(
@@ -155,6 +189,19 @@ impl DatapathState {
             }
         }
         state
+    }
+
+    /// Adds the Maglev map's buckets (key, slot), as read from the pin.
+    #[must_use]
+    pub fn with_maglev(mut self, buckets: impl IntoIterator<Item = (MaglevKey, u32)>) -> Self {
+        for (key, slot) in buckets {
+            let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+            self.frontends
+                .entry(key.frontend.with_slot(0))
+                .or_default()
+                .set_maglev_bucket(key.bucket, slot);
+        }
+        self
     }
 
     /// The same entries with the lookups derived from them again, as a
@@ -251,10 +298,12 @@ impl DatapathState {
                 flags,
                 affinity_timeout,
                 counter,
+                maglev_table_size,
             } => {
                 let frontend = self.frontend_mut(&key);
                 let previous = frontend.count.map(|_| frontend.counter);
                 frontend.count = Some(count);
+                frontend.maglev_table_size = maglev_table_size;
                 frontend.flags = flags;
                 frontend.affinity_timeout = affinity_timeout;
                 frontend.counter = counter;
@@ -270,6 +319,15 @@ impl DatapathState {
                 self.edit_existing(&key, |frontend| frontend.name = None);
             }
             MapOp::ResetCounter { .. } => {}
+            MapOp::PutMaglevBucket { key, slot } => {
+                self.frontend_mut(&key.frontend)
+                    .set_maglev_bucket(key.bucket, slot);
+            }
+            MapOp::DeleteMaglevBucket { key } => {
+                self.edit_existing(&key.frontend, |frontend| {
+                    frontend.set_maglev_bucket(key.bucket, 0);
+                });
+            }
             MapOp::PutSourceRange { range } => {
                 self.source_ranges.insert(range);
             }
@@ -296,6 +354,7 @@ impl DatapathState {
                         removed_counter = Some(frontend.counter);
                     }
                     frontend.affinity_timeout = 0;
+                    frontend.maglev_table_size = 0;
                     frontend.flags = 0;
                     frontend.counter = 0;
                 });
@@ -353,6 +412,8 @@ impl DatapathState {
             | MapOp::DeleteServiceAddress { .. }
             | MapOp::PutName { .. }
             | MapOp::DeleteName { .. }
+            | MapOp::PutMaglevBucket { .. }
+            | MapOp::DeleteMaglevBucket { .. }
             | MapOp::ResetCounter { .. } => true,
             MapOp::PutSlot { backend_id, .. } => self.backends.contains_key(backend_id),
             MapOp::PutFrontend { key, count, .. } => {

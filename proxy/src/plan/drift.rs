@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use switchyard_abi::{
-    BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP, SERVICES_MAP, SOURCE_RANGES_MAP,
-    ServiceKey, ServiceValue,
+    BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, MAGLEV_MAP, MaglevKey, SERVICE_CIDRS_MAP, SERVICES_MAP,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceValue,
 };
 
 use crate::plan::{
@@ -18,9 +18,10 @@ use crate::plan::{
 };
 
 /// The maps a read-back compares.
-pub const CHECKED_MAPS: [&str; 5] = [
+pub const CHECKED_MAPS: [&str; 6] = [
     SERVICES_MAP,
     BACKENDS_MAP,
+    MAGLEV_MAP,
     SOURCE_RANGES_MAP,
     CLUSTER_IPS_MAP,
     SERVICE_CIDRS_MAP,
@@ -47,6 +48,7 @@ impl Drift {
                 usize::from(head(want) != head(have))
                     + differing(slots(want, &no_slots), slots(have, &no_slots)),
             );
+            drift.add(MAGLEV_MAP, differing_buckets(want, have));
         }
         drift.add(
             BACKENDS_MAP,
@@ -113,6 +115,7 @@ pub struct DriftCount<'a> {
     drift: Drift,
     services_seen: usize,
     backends_seen: usize,
+    buckets_seen: usize,
 }
 
 impl<'a> DriftCount<'a> {
@@ -122,6 +125,7 @@ impl<'a> DriftCount<'a> {
             drift: Drift::default(),
             services_seen: 0,
             backends_seen: 0,
+            buckets_seen: 0,
         }
     }
 
@@ -135,6 +139,7 @@ impl<'a> DriftCount<'a> {
                 value.affinity_timeout,
                 value.flags,
                 value.counter,
+                value.maglev_table_size(),
             );
             (want.is_some(), want == Some(have))
         } else {
@@ -162,6 +167,19 @@ impl<'a> DriftCount<'a> {
         }
     }
 
+    /// One bucket of a Maglev table as the kernel holds it.
+    pub fn maglev_bucket(&mut self, key: &MaglevKey, slot: u32) {
+        let want = self
+            .mirror
+            .frontends
+            .get(&key.frontend.with_slot(0))
+            .map_or(0, |frontend| frontend.maglev_bucket(key.bucket));
+        self.buckets_seen += usize::from(want != 0);
+        if u32::from(want) != slot {
+            self.drift.add(MAGLEV_MAP, 1);
+        }
+    }
+
     /// The drift, once every entry of the big maps was seen and given
     /// the small maps as they are: mirrored keys never seen are gone from
     /// the maps.
@@ -179,6 +197,13 @@ impl<'a> DriftCount<'a> {
             BACKENDS_MAP,
             mirror.backends.len().saturating_sub(self.backends_seen),
         );
+        let buckets: usize = mirror
+            .frontends
+            .values()
+            .map(|f| f.maglev.iter().filter(|&&slot| slot != 0).count())
+            .sum();
+        self.drift
+            .add(MAGLEV_MAP, buckets.saturating_sub(self.buckets_seen));
         self.drift
             .add_small_maps(mirror, source_ranges, service_addresses);
         self.drift
@@ -186,12 +211,30 @@ impl<'a> DriftCount<'a> {
 }
 
 /// Slot 0 of a frontend as the kernel reads it: count, affinity, flags,
-/// counter entry.
-fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16, u32)> {
+/// counter entry, Maglev table size.
+fn head(frontend: Option<&ProgrammedFrontend>) -> Option<(u16, u32, u16, u32, u32)> {
     frontend.and_then(|f| {
-        f.count
-            .map(|count| (count, f.affinity_timeout, f.flags, f.counter))
+        f.count.map(|count| {
+            (
+                count,
+                f.affinity_timeout,
+                f.flags,
+                f.counter,
+                f.maglev_table_size,
+            )
+        })
     })
+}
+
+/// Maglev buckets present on one side only, or naming different slots.
+fn differing_buckets(a: Option<&ProgrammedFrontend>, b: Option<&ProgrammedFrontend>) -> usize {
+    let (a, b) = (
+        a.map_or(&[][..], |f| &f.maglev[..]),
+        b.map_or(&[][..], |f| &f.maglev[..]),
+    );
+    (0..a.len().max(b.len()))
+        .filter(|&i| a.get(i).copied().unwrap_or(0) != b.get(i).copied().unwrap_or(0))
+        .count()
 }
 
 fn slots<'a>(

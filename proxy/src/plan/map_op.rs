@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 
 use switchyard_abi::{
-    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, SERVICE_CIDRS_MAP,
-    SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
-    SOURCE_RANGES_MAP, ServiceKey, SourceRange,
+    Addr, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, CLUSTER_IPS_MAP, MAGLEV_MAP, MaglevKey,
+    SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICE_STATS_MAP, SERVICES_MAP,
+    SOURCE_RANGE_FRONTEND_BITS, SOURCE_RANGES_MAP, ServiceKey, SourceRange,
 };
 
 use crate::model::{ServicePortName, address::Cidr};
@@ -33,6 +33,16 @@ pub enum MapOp {
         flags: u16,
         affinity_timeout: u32,
         counter: u32,
+        /// Buckets of its Maglev table; 0 picks at random.
+        maglev_table_size: u32,
+    },
+    /// One bucket of a Maglev frontend's table: the slot it names.
+    PutMaglevBucket {
+        key: MaglevKey,
+        slot: u16,
+    },
+    DeleteMaglevBucket {
+        key: MaglevKey,
     },
     /// The Service port a frontend (slot-0 key) serves, for the CLI. Boxed:
     /// a plan at 50k Services holds hundreds of thousands of operations,
@@ -83,6 +93,7 @@ impl MapOp {
             | Self::DeleteFrontend { .. } => SERVICES_MAP,
             Self::PutSourceRange { .. } | Self::DeleteSourceRange { .. } => SOURCE_RANGES_MAP,
             Self::PutName { .. } | Self::DeleteName { .. } => SERVICE_NAMES_MAP,
+            Self::PutMaglevBucket { .. } | Self::DeleteMaglevBucket { .. } => MAGLEV_MAP,
             Self::ResetCounter {
                 counter: Counter::Service(_),
             } => SERVICE_STATS_MAP,
@@ -108,6 +119,7 @@ impl MapOp {
                 | Self::PutSourceRange { .. }
                 | Self::PutServiceAddress { .. }
                 | Self::PutName { .. }
+                | Self::PutMaglevBucket { .. }
                 | Self::ResetCounter { .. }
         )
     }

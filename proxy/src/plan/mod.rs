@@ -20,6 +20,7 @@ pub mod counter_labels;
 pub mod counter_refs;
 pub mod datapath_state;
 pub mod drift;
+pub mod maglev_table;
 pub mod map_op;
 pub mod service_address;
 pub mod stale_backends;
@@ -210,11 +211,15 @@ fn plan_wanted<'a>(
             .iter()
             .map(|cidr| RangeKey::new(&key, cidr)),
     );
-    let wanted: Vec<u32> = want
+    let backends: Vec<Backend> = want
         .backends
         .iter()
         .take(usize::from(u16::MAX))
-        .map(|endpoint| allocators.ids.id_for(Backend::from(endpoint)))
+        .map(Backend::from)
+        .collect();
+    let wanted: Vec<u32> = backends
+        .iter()
+        .map(|&backend| allocators.ids.id_for(backend))
         .collect();
     if existing.and_then(|existing| existing.name.as_deref()) != Some(&want.service) {
         ops.push(MapOp::PutName {
@@ -224,6 +229,8 @@ fn plan_wanted<'a>(
     }
     let target = Target {
         backend_ids: &wanted,
+        backends: &backends,
+        maglev_table_size: want.maglev_table_size,
         flags: want.flags,
         affinity_timeout: want.affinity_timeout,
         counter: allocators.counters.service(&want.service),
@@ -234,6 +241,9 @@ fn plan_wanted<'a>(
 /// What one frontend should become.
 struct Target<'a> {
     backend_ids: &'a [u32],
+    /// What each of `backend_ids` holds.
+    backends: &'a [Backend],
+    maglev_table_size: u32,
     flags: u16,
     affinity_timeout: u32,
     /// The Service port's counter entry.
@@ -266,9 +276,17 @@ fn update_frontend(
             });
         }
     }
+    let (maglev_puts, maglev_deletes) = maglev_table::bucket_ops(
+        &key,
+        existing,
+        &target.slot_backends(&slots),
+        target.maglev_table_size,
+    );
+    ops.extend(maglev_puts);
     // `wanted` was capped at u16::MAX entries above.
     let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
     if existing.count != Some(count)
+        || existing.maglev_table_size != target.maglev_table_size
         || existing.affinity_timeout != target.affinity_timeout
         || existing.flags != target.flags
         || existing.counter != target.counter
@@ -279,6 +297,7 @@ fn update_frontend(
             flags: target.flags,
             affinity_timeout: target.affinity_timeout,
             counter: target.counter,
+            maglev_table_size: target.maglev_table_size,
         });
     }
     ops.extend(
@@ -290,12 +309,41 @@ fn update_frontend(
                 key: key.with_slot(slot),
             }),
     );
+    ops.extend(maglev_deletes);
+}
+
+impl Target<'_> {
+    /// The backends `slots` (ids, index 0 is slot 1) name: what a Maglev
+    /// table is built over.
+    fn slot_backends(&self, slots: &[u32]) -> Vec<Backend> {
+        if self.maglev_table_size == 0 {
+            return Vec::new();
+        }
+        let by_id: HashMap<u32, Backend> = self
+            .backend_ids
+            .iter()
+            .copied()
+            .zip(self.backends.iter().copied())
+            .collect();
+        slots
+            .iter()
+            .filter_map(|id| by_id.get(id).copied())
+            .collect()
+    }
 }
 
 fn remove_frontend(key: ServiceKey, existing: &ProgrammedFrontend, ops: &mut Vec<MapOp>) {
     if existing.count.is_some() {
         ops.push(MapOp::DeleteFrontend { key });
     }
+    ops.extend(
+        (0u32..)
+            .zip(&existing.maglev)
+            .filter(|&(_, &slot)| slot != 0)
+            .map(|(bucket, _)| MapOp::DeleteMaglevBucket {
+                key: switchyard_abi::MaglevKey::new(&key, bucket),
+            }),
+    );
     ops.extend(existing.slots.keys().map(|&slot| MapOp::DeleteSlot {
         key: key.with_slot(slot),
     }));

@@ -231,6 +231,7 @@ fn removing_one_backend_moves_at_most_one_slot() {
                 flags: 0,
                 affinity_timeout: 0,
                 counter: state.frontends[&key].counter,
+                maglev_table_size: 0,
             },
             MapOp::DeleteSlot {
                 key: key.with_slot(4)
@@ -381,6 +382,7 @@ fn switching_session_affinity_rewrites_only_slot_zero() {
                 flags: 0,
                 affinity_timeout: timeout,
                 counter: state.frontends[&key].counter,
+                maglev_table_size: 0,
             }]
         };
         assert_eq!(ops, expected);

@@ -328,3 +328,62 @@ fn a_contested_frontend_needs_a_full_pass() {
     );
     assert_eq!(result.err(), Some(NeedsFullPass));
 }
+
+/// Maglev serves external frontends only, by the Service's annotation or
+/// the node default; a bad annotation is one line and the default.
+#[test]
+fn maglev_tables_go_to_external_frontends_by_annotation_or_default() {
+    use crate::model::balancing::{Algorithm, Balancing};
+    let service = |annotation: &str| {
+        format!(
+            "metadata: {{name: web{annotation}}}\nspec: {{type: NodePort, clusterIP: 10.96.0.10, \
+             ports: [{{port: 80, nodePort: 30080}}]}}"
+        )
+    };
+    let cases = [
+        ("", Algorithm::Random, 0, None),
+        ("", Algorithm::Maglev, 1_021, None),
+        (
+            ", annotations: {service.switchyard.io/lb-algorithm: maglev}",
+            Algorithm::Random,
+            1_021,
+            None,
+        ),
+        (
+            ", annotations: {service.switchyard.io/lb-algorithm: random}",
+            Algorithm::Maglev,
+            0,
+            None,
+        ),
+        (
+            ", annotations: {service.switchyard.io/lb-algorithm: ring}",
+            Algorithm::Maglev,
+            1_021,
+            Some(
+                "api: Service default/web: \
+                 metadata.annotations[service.switchyard.io/lb-algorithm]: \"ring\" is no \
+                 algorithm: random or maglev; using the node default",
+            ),
+        ),
+    ];
+    for (annotation, default, want_size, want_error) in cases {
+        let node = NodeContext {
+            node_port_addresses: vec!["192.168.1.5".parse().unwrap()],
+            ..NodeContext::default()
+        }
+        .with_balancing(Balancing::new(default, 1_021).unwrap());
+        let services: Vec<Service> = objects(&[service(annotation).as_str()]);
+        let (state, errors) = desired_state(&services, &[] as &[EndpointSlice], &node);
+        for (frontend, want) in &state.frontends {
+            let size = if frontend.scope == Scope::External {
+                want_size
+            } else {
+                0
+            };
+            assert_eq!(want.maglev_table_size, size, "{annotation} {default}: {frontend}");
+        }
+        assert_eq!(state.frontends.len(), 3, "ClusterIP, NodePort, NodePort (external)");
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors, want_error.into_iter().collect::<Vec<_>>(), "{annotation}");
+    }
+}
