@@ -170,6 +170,7 @@ pub struct ServiceManifest {
     pub cluster_ips: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     pub external_traffic_policy: Option<TrafficPolicy>,
     pub external_ips: Vec<String>,
     pub load_balancer_source_ranges: Vec<String>,
@@ -189,6 +190,7 @@ impl ServiceManifest {
             cluster_ips: Vec::new(),
             ports: Vec::new(),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             external_traffic_policy: None,
             external_ips: Vec::new(),
             load_balancer_source_ranges: Vec::new(),
@@ -210,6 +212,11 @@ impl ServiceManifest {
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.into(), value.into());
         self
     }
 
@@ -312,6 +319,9 @@ impl ServiceManifest {
             "metadata": metadata(&self.name, &self.namespace, &self.labels),
             "spec": spec,
         });
+        if !self.annotations.is_empty() {
+            service["metadata"]["annotations"] = json!(self.annotations);
+        }
         if !self.load_balancer_ingress.is_empty() {
             let ingress: Vec<Value> = self
                 .load_balancer_ingress

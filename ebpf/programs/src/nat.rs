@@ -208,7 +208,9 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
         stats::service(settings.counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
         return Choice::Verdict(SHOT);
     }
-    let flow = (settings.maglev_table_size() != 0).then(|| {
+    let flow = if settings.maglev_table_size() == 0 {
+        0
+    } else {
         let client_only = settings.affinity_timeout != 0;
         flow_hash(
             &packet.src,
@@ -217,7 +219,7 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
             packet.proto,
             client_only,
         )
-    });
+    };
     match select(&frontend, client_of_addr(&packet.src), flow) {
         Selection::NotAService => Choice::Verdict(packet::NEXT),
         Selection::NoBackends(_, counter) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {

@@ -35,11 +35,14 @@ pub struct Chosen {
 
 /// `client` identifies the caller for session affinity: its netns cookie,
 /// or for a packet [`switchyard_abi::client_of_addr`]. `flow` is a packet's
-/// Maglev hash ([`switchyard_abi::flow_hash`]), `None` in the socket path.
+/// Maglev hash ([`switchyard_abi::flow_hash`]): only external-scope
+/// frontends have tables, which the socket path never looks up, so it
+/// passes 0. (Not an `Option`: a `None` leaves the register of its value
+/// unwritten, and the verifier refuses the callee's read of it.)
 // Its own frame: the per-packet path's call chain would otherwise pass the
 // verifier's 512-byte stack limit.
 #[inline(never)]
-pub fn select(frontend: &ServiceKey, client: u64, flow: Option<u32>) -> Selection {
+pub fn select(frontend: &ServiceKey, client: u64, flow: u32) -> Selection {
     // SAFETY: map values are plain integers; the pointer is valid for the
     // duration of this program run.
     let Some(front) = (unsafe { SERVICES.get(frontend) }).copied() else {
@@ -48,12 +51,10 @@ pub fn select(frontend: &ServiceKey, client: u64, flow: Option<u32>) -> Selectio
     if front.count == 0 {
         return Selection::NoBackends(front.flags, front.counter);
     }
-    if let Some(hash) = flow
-        && front.maglev_table_size() != 0
-    {
+    if front.maglev_table_size() != 0 {
         // Maglev: the same bucket, so the same backend, on every node; its
         // hash stands in for affinity records (see `flow_hash`).
-        return backend_in_slot(frontend, maglev_slot(frontend, &front, hash), &front);
+        return backend_in_slot(frontend, maglev_slot(frontend, &front, flow), &front);
     }
     if front.affinity_timeout == 0 {
         return backend_in_slot(frontend, random_slot(&front), &front);

@@ -177,7 +177,7 @@ fn route(ctx: &SockAddrContext, frontend: &ServiceKey, call: Call) -> Route {
     {
         return Route::To(backend);
     }
-    match select(frontend, client(ctx), None) {
+    match select(frontend, client(ctx), 0) {
         Selection::NotAService => match address_use(&frontend.addr) {
             AddressUse::Other => Route::Proceed,
             AddressUse::ClusterIp => Route::Refuse,

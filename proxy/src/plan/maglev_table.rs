@@ -231,7 +231,15 @@ mod tests {
             let first_bucket = ops.iter().position(|op| op.map() == MAGLEV_MAP).unwrap();
             let head = ops
                 .iter()
-                .position(|op| matches!(op, MapOp::PutFrontend { maglev_table_size: 251, .. }))
+                .position(|op| {
+                    matches!(
+                        op,
+                        MapOp::PutFrontend {
+                            maglev_table_size: 251,
+                            ..
+                        }
+                    )
+                })
                 .unwrap();
             assert!(first_bucket < head);
             assert_eq!(ops.iter().filter(|op| op.map() == MAGLEV_MAP).count(), 251);
@@ -242,8 +250,18 @@ mod tests {
 
             // Back to random: slot 0 first, then every bucket goes.
             let ops = plan(&state, &maglev_desired(&[1, 2, 3], 0));
-            assert!(matches!(ops[0], MapOp::PutFrontend { maglev_table_size: 0, .. }));
-            assert!(ops[1..].iter().all(|op| matches!(op, MapOp::DeleteMaglevBucket { .. })));
+            assert!(matches!(
+                ops[0],
+                MapOp::PutFrontend {
+                    maglev_table_size: 0,
+                    ..
+                }
+            ));
+            assert!(
+                ops[1..]
+                    .iter()
+                    .all(|op| matches!(op, MapOp::DeleteMaglevBucket { .. }))
+            );
             applied(&mut state, &ops);
             assert!(state.frontends.values().all(|f| f.maglev.is_empty()));
         }

@@ -380,10 +380,21 @@ fn maglev_tables_go_to_external_frontends_by_annotation_or_default() {
             } else {
                 0
             };
-            assert_eq!(want.maglev_table_size, size, "{annotation} {default}: {frontend}");
+            assert_eq!(
+                want.maglev_table_size, size,
+                "{annotation} {default}: {frontend}"
+            );
         }
-        assert_eq!(state.frontends.len(), 3, "ClusterIP, NodePort, NodePort (external)");
+        assert_eq!(
+            state.frontends.len(),
+            3,
+            "ClusterIP, NodePort, NodePort (external)"
+        );
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(errors, want_error.into_iter().collect::<Vec<_>>(), "{annotation}");
+        assert_eq!(
+            errors,
+            want_error.into_iter().collect::<Vec<_>>(),
+            "{annotation}"
+        );
     }
 }
