@@ -45,6 +45,12 @@ pub struct FrontendView {
     /// `sessionAffinity: ClientIP` timeout in seconds, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
+    /// How a new connection picks its backend: "random" or "maglev".
+    pub algorithm: &'static str,
+    /// Buckets of its Maglev table, and how many the map holds (fewer only
+    /// while a table is being written, or after a hand edit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevView>,
     /// Sources are NATed to this node for backends on other nodes
     /// (`externalTrafficPolicy: Cluster`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -60,6 +66,12 @@ pub struct FrontendView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<CountsView>,
     pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct MaglevView {
+    pub table_size: u32,
+    pub buckets_present: usize,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -131,6 +143,15 @@ pub fn views(state: &DatapathState, kernel_counts: Option<&StatsTable>) -> Vec<F
                 "internal"
             },
             affinity_timeout: (frontend.affinity_timeout > 0).then_some(frontend.affinity_timeout),
+            algorithm: if frontend.maglev_table_size == 0 {
+                "random"
+            } else {
+                "maglev"
+            },
+            maglev: (frontend.maglev_table_size != 0).then(|| MaglevView {
+                table_size: frontend.maglev_table_size,
+                buckets_present: frontend.maglev.iter().filter(|&&slot| slot != 0).count(),
+            }),
             snat_remote: frontend.flags & FRONTEND_SNAT_REMOTE != 0,
             source_ranges: (frontend.flags & FRONTEND_SOURCE_RANGES != 0).then(|| {
                 state
@@ -194,6 +215,12 @@ fn table(views: &[FrontendView]) -> String {
             }
             if let Some(timeout) = view.affinity_timeout {
                 let _infallible = write!(frontend, " affinity={timeout}s");
+            }
+            if let Some(maglev) = &view.maglev {
+                let _infallible = write!(frontend, " maglev={}", maglev.table_size);
+                if maglev.buckets_present != maglev.table_size as usize {
+                    let _infallible = write!(frontend, "({} present)", maglev.buckets_present);
+                }
             }
             if let Some(ranges) = &view.source_ranges {
                 let _infallible = write!(frontend, " from={}", ranges.join(","));

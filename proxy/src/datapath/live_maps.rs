@@ -6,9 +6,9 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use switchyard_abi::{
     AFFINITY_MAP, Addr, AffinityKey, AffinityValue, BACKEND_LOCAL, BACKENDS_MAP, Backend,
-    CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP, Flow, FlowKey, NETNS_SOURCES_MAP,
-    NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NetnsSource, NodeConfig,
-    SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
+    CLUSTER_CIDRS_MAP, CLUSTER_IPS_MAP, CONNTRACK_MAP, Flow, FlowKey, MAGLEV_MAP, MaglevKey,
+    NETNS_SOURCES_MAP, NODE_CONFIG_MAP, NODE_MAP, NODE_SNAT_IPV4, NODE_SNAT_IPV6, NetnsSource,
+    NodeConfig, SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP, SERVICES_MAP, SOURCE_RANGE_FRONTEND_BITS,
     SOURCE_RANGES_MAP, ServiceKey, ServiceName, ServiceValue, SourceRange,
 };
 
@@ -29,6 +29,7 @@ pub struct LiveMaps {
     cluster_cidrs: LpmTrie<MapData, Addr, u8>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    maglev: HashMap<MapData, MaglevKey, u32>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     namespaces: HashMap<MapData, u64, NetnsSource>,
     node: Array<MapData, Addr>,
@@ -46,6 +47,7 @@ impl LiveMaps {
             cluster_cidrs: open_pinned(pin_dir, CLUSTER_CIDRS_MAP)?,
             source_ranges: open_pinned(pin_dir, SOURCE_RANGES_MAP)?,
             affinity: open_pinned(pin_dir, AFFINITY_MAP)?,
+            maglev: open_pinned(pin_dir, MAGLEV_MAP)?,
             conntrack: open_pinned(pin_dir, CONNTRACK_MAP)?,
             namespaces: open_pinned(pin_dir, NETNS_SOURCES_MAP)?,
             node: open_pinned(pin_dir, NODE_MAP)?,
@@ -66,6 +68,10 @@ impl Lookups for LiveMaps {
 
     fn backend(&self, id: u32) -> Option<Backend> {
         self.backends.get(&id, 0).ok()
+    }
+
+    fn maglev(&self, key: &MaglevKey) -> Option<u32> {
+        self.maglev.get(key, 0).ok()
     }
 
     fn name(&self, frontend: &ServiceKey) -> Option<ServicePortName> {

@@ -19,7 +19,7 @@ use std::{
 use serde::Serialize;
 use switchyard_abi::{
     Addr, AffinityKey, AffinityValue, BACKEND_LOCAL, Backend, FRONTEND_CLUSTER_IP,
-    FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey,
+    FRONTEND_DROP_NO_LOCAL, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, Flow, FlowKey, MaglevKey,
     NodeConfig, SCOPE_EXTERNAL, ServiceKey, ServiceValue,
 };
 
@@ -35,6 +35,8 @@ pub trait Lookups {
     fn in_cluster_cidr(&self, addr: &Addr) -> bool;
     fn source_range_allows(&self, frontend: &ServiceKey, src: &Addr) -> bool;
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue>;
+    /// The slot a Maglev bucket names.
+    fn maglev(&self, key: &MaglevKey) -> Option<u32>;
     fn flow(&self, key: &FlowKey) -> Option<Flow>;
     /// The netns cookie of the hooked namespace that sends from `src`.
     fn namespace_of(&self, src: &Addr) -> Option<u64>;
@@ -100,6 +102,9 @@ pub struct FrontendFacts {
     pub flags: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
+    /// Buckets of its Maglev table, when it picks by Maglev.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev_table_size: Option<u32>,
     /// The Service port's counter entry (0 none, 1 the overflow entry).
     pub counter: u32,
 }
@@ -209,6 +214,7 @@ impl Trail {
             },
             flags: flag_names(value.flags),
             affinity_timeout: (value.affinity_timeout > 0).then_some(value.affinity_timeout),
+            maglev_table_size: (value.maglev_table_size() > 0).then_some(value.maglev_table_size()),
             counter: value.counter,
         };
         let mut found = format!(
@@ -222,6 +228,9 @@ impl Trail {
         }
         if let Some(timeout) = facts.affinity_timeout {
             let _infallible = write!(found, ", session affinity {timeout}s");
+        }
+        if let Some(size) = facts.maglev_table_size {
+            let _infallible = write!(found, ", Maglev over {size} buckets");
         }
         self.step("frontend", found);
         self.frontend = Some(facts);

@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, Backend, FLOW_FORWARD, FRONTEND_CLUSTER_IP, FRONTEND_DROP_NO_LOCAL,
-    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, FlowKey, NODE_CLUSTER_IP_FROM_OUTSIDE,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, FlowKey, MaglevKey, NODE_CLUSTER_IP_FROM_OUTSIDE,
     NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    ServiceKey, ServiceValue, client_of_addr,
+    ServiceKey, ServiceValue, client_of_addr, flow_hash,
 };
 
 use super::{
@@ -101,12 +101,17 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
     trail.step(
         "backends",
         format!(
-            "{} candidate(s), one picked at random; {natted} on other nodes would see the source NATed to {}",
+            "{} candidate(s), one picked {}; {natted} on other nodes would see the source NATed to {}",
             candidates.len(),
+            if value.maglev_table_size() == 0 { "at random" } else { "by Maglev" },
             maps.snat_address(query.src.is_ipv6())
                 .map_or_else(|| "no address (dropped)".to_owned(), |a| IpAddr::from(a).to_string()),
         ),
     );
+    if value.maglev_table_size() != 0 {
+        let chosen = maglev(maps, query, &key, &value, &mut trail);
+        return trail.finish(PATH, Verdict::Translated { candidates, chosen });
+    }
     let chosen = affinity(maps, client_of_addr(&src), &key, &value).map(|(record, backend)| {
         trail.step(
             "session affinity",
@@ -122,6 +127,68 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         }
     });
     trail.finish(PATH, Verdict::Translated { candidates, chosen })
+}
+
+/// The backend a Maglev frontend's table gives this flow, as `select`
+/// finds it: the flow's bucket, the slot it names, the backend in that slot
+/// (a bucket missing or past the count: picked at random, as mid-update).
+fn maglev(
+    maps: &impl Lookups,
+    query: &Query,
+    key: &ServiceKey,
+    value: &ServiceValue,
+    trail: &mut Trail,
+) -> Option<Chosen> {
+    let size = value.maglev_table_size();
+    let client_only = value.affinity_timeout != 0;
+    let sport = match query.src_port {
+        Some(port) => port,
+        None if client_only => 0,
+        None => {
+            trail.step(
+                "maglev",
+                "the backend follows from the client's port: give SRC as address:port",
+            );
+            return None;
+        }
+    };
+    let hash = flow_hash(
+        &Addr::from(query.src),
+        sport.to_be(),
+        query.dst.port().to_be(),
+        query.protocol.number(),
+        client_only,
+    );
+    let bucket = hash % size;
+    let slot = maps
+        .maglev(&MaglevKey::new(key, bucket))
+        .and_then(|slot| u16::try_from(slot).ok())
+        .filter(|slot| (1..=value.count).contains(slot));
+    let backend = slot.and_then(|slot| {
+        let entry = maps.service(&key.with_slot(slot))?;
+        Some((entry.backend_id, maps.backend(entry.backend_id)?))
+    });
+    let hashed = if client_only {
+        "the client address (session affinity)"
+    } else {
+        "the client address and port, protocol and port"
+    };
+    let Some((slot, (id, backend))) = slot.zip(backend) else {
+        trail.step(
+            "maglev",
+            format!("{hashed} hash to bucket {bucket} of {size}, which names no backend yet: picked at random"),
+        );
+        return None;
+    };
+    trail.step(
+        "maglev",
+        format!("{hashed} hash to bucket {bucket} of {size}: slot {slot} (backend {id}), on every node alike"),
+    );
+    Some(Chosen {
+        address: address(&backend),
+        because: format!("Maglev bucket {bucket}"),
+        snat: None,
+    })
 }
 
 /// Whether a ClusterIP's client from outside is masqueraded, as `nat.rs`

@@ -46,7 +46,8 @@ impl Lookups for Table {
                 frontend.flags,
                 frontend.affinity_timeout,
                 frontend.counter,
-            );
+            )
+            .with_maglev(frontend.maglev_table_size);
             return Some(value);
         }
         let slot = frontend.slots.get(&key.slot)?;
@@ -54,6 +55,11 @@ impl Lookups for Table {
     }
     fn backend(&self, id: u32) -> Option<Backend> {
         self.state.backends.get(&id).copied()
+    }
+    fn maglev(&self, key: &switchyard_abi::MaglevKey) -> Option<u32> {
+        let frontend = self.state.frontends.get(&key.frontend.with_slot(0))?;
+        let slot = frontend.maglev_bucket(key.bucket);
+        (slot != 0).then_some(u32::from(slot))
     }
     fn name(&self, frontend: &ServiceKey) -> Option<ServicePortName> {
         self.state.frontends.get(frontend)?.name.as_deref().cloned()
