@@ -20,7 +20,7 @@ use crate::{
     convert::{
         claim::ExternalIpPolicy,
         desired::{desired_state_from, update_services_from},
-        input_error::{InputError, ObjectRef, Reason},
+        input_error::InputError,
         proxy_selector::ProxySelector,
         service_cidr::service_cidrs,
         topology::NodeContext,
@@ -37,7 +37,7 @@ use crate::{
         socket_reaper::SocketReaper,
     },
     plan::{
-        capacity::{MapCapacity, entries_of, fit},
+        capacity::{MapCapacity, entries_of},
         counter_labels::CounterLabels,
     },
     runner::SyncRunner,
@@ -54,6 +54,7 @@ use crate::{
     sync::{SyncReport, Syncer},
 };
 
+mod room;
 mod startup;
 
 use startup::{adopt, node_name, packet_path_config, requested_sizes, serve_http, stop_signals};
@@ -449,28 +450,12 @@ impl Agent {
         self.metrics.kube_proxy.set_families(&self.node.families());
         let (mut desired, conversion_errors) =
             desired_state_from(&loaded.services, &loaded.slices, &self.node);
-        let refusals: Vec<InputError> = fit(
+        let refusals = room::refusals(
             &mut desired,
             self.capacity,
             self.entry_budget,
             self.syncer.programmed(),
-        )
-        .into_iter()
-        .map(|refusal| {
-            let service = &refusal.service;
-            let reason = if refusal.over_budget.is_some() {
-                Reason::OverBudget
-            } else {
-                Reason::NoRoom
-            };
-            InputError::field(
-                &ObjectRef::new("Service", &service.namespace, &service.name),
-                "spec",
-                reason,
-                refusal.to_string(),
-            )
-        })
-        .collect();
+        );
         self.refusing = !refusals.is_empty();
         let current: BTreeMap<String, InputError> = conversion_errors
             .into_iter()

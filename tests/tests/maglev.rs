@@ -68,6 +68,58 @@ fn ip(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
 
+/// `switchyard services` shows each frontend's algorithm, and `explain`
+/// names the pod the kernel picked for each flow.
+fn assert_shown_and_explained(
+    c: &MultiNodeCluster,
+    agent: &switchyard_tests::Agent<'_>,
+    picked: &BTreeMap<u16, String>,
+) {
+    // `switchyard services` shows each external frontend's algorithm; the
+    // node's own connections (internal scope) pick at random.
+    let frontends = agent.services().unwrap();
+    let algorithm_of = |ip: &str, scope: &str| {
+        frontends
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["ip"] == ip && f["scope"] == scope && f["protocol"] == "UDP")
+            .map(|f| (f["algorithm"].clone(), f["maglev"].clone()))
+            .unwrap()
+    };
+    let full = serde_json::json!({"table_size": 1021, "buckets_present": 1021});
+    assert_eq!(
+        algorithm_of("203.0.113.20", "external"),
+        ("maglev".into(), full)
+    );
+    assert_eq!(algorithm_of("203.0.113.20", "internal").0, "random");
+    assert_eq!(algorithm_of("203.0.113.21", "external").0, "random");
+    // `switchyard explain` names the pod the kernel picked, from the flow's
+    // bucket in the same table.
+    let outside = c.outside.ipv4;
+    for (port, pod) in picked.iter().take(8) {
+        let src = format!("{outside}:{port}");
+        let explained = agent
+            .explain(&["UDP", &src, "203.0.113.20:80", "--from", "outside"])
+            .unwrap();
+        let address = explained["verdict"]["chosen"]["address"]
+            .as_str()
+            .unwrap_or_default();
+        let ip = c
+            .nodes
+            .iter()
+            .flat_map(|node| &node.pods)
+            .find(|candidate| candidate.name == *pod)
+            .map(|candidate| candidate.ipv4)
+            .unwrap();
+        assert_eq!(
+            address,
+            format!("{ip}:8080"),
+            "flow from port {port}: {explained}"
+        );
+    }
+}
+
 #[test]
 fn a_flow_keeps_its_backend_whichever_node_it_enters_by_under_maglev_only() {
     let c = MultiNodeCluster::up(&MultiNodeSpec::new(&[2, 2])).expect("topology comes up");
@@ -103,49 +155,7 @@ fn a_flow_keeps_its_backend_whichever_node_it_enters_by_under_maglev_only() {
     );
     let spread: std::collections::BTreeSet<&String> = first.0.values().collect();
     assert_eq!(spread.len(), 4, "Maglev spreads flows over every pod");
-    // `switchyard services` shows each external frontend's algorithm; the
-    // node's own connections (internal scope) pick at random.
-    let frontends = agents[0].services().unwrap();
-    let algorithm_of = |ip: &str, scope: &str| {
-        frontends
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["ip"] == ip && f["scope"] == scope && f["protocol"] == "UDP")
-            .map(|f| (f["algorithm"].clone(), f["maglev"].clone()))
-            .unwrap()
-    };
-    let full = serde_json::json!({"table_size": 1021, "buckets_present": 1021});
-    assert_eq!(
-        algorithm_of("203.0.113.20", "external"),
-        ("maglev".into(), full)
-    );
-    assert_eq!(algorithm_of("203.0.113.20", "internal").0, "random");
-    assert_eq!(algorithm_of("203.0.113.21", "external").0, "random");
-    // `switchyard explain` names the pod the kernel picked, from the flow's
-    // bucket in the same table.
-    let outside = c.outside.ipv4;
-    for (port, pod) in first.0.iter().take(8) {
-        let src = format!("{outside}:{port}");
-        let explained = agents[0]
-            .explain(&["UDP", &src, "203.0.113.20:80", "--from", "outside"])
-            .unwrap();
-        let address = explained["verdict"]["chosen"]["address"]
-            .as_str()
-            .unwrap_or_default();
-        let ip = c
-            .nodes
-            .iter()
-            .flat_map(|node| &node.pods)
-            .find(|candidate| candidate.name == *pod)
-            .map(|candidate| candidate.ipv4)
-            .unwrap();
-        assert_eq!(
-            address,
-            format!("{ip}:8080"),
-            "flow from port {port}: {explained}"
-        );
-    }
+    assert_shown_and_explained(&c, &agents[0], &first.0);
     // Before any change, for the disruption count below.
     let before = backends(&c, other_ip, 44_000);
     enter_by(&c, 1);

@@ -11,8 +11,8 @@ use switchyard_abi::{
 };
 
 use super::{
-    Chosen, Explanation, Lookups, Outcomes, Query, Trail, Verdict, address, affinity, candidates,
-    unserved,
+    Candidate, Chosen, Explanation, Lookups, Outcomes, Query, Trail, Verdict, address, affinity,
+    candidates, unserved,
 };
 
 const PATH: &str = "packet";
@@ -97,17 +97,7 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
             && (value.flags & FRONTEND_SNAT_REMOTE != 0 || masquerades)
     };
     let candidates = candidates(maps, &key, value.count, snat);
-    let natted = candidates.iter().filter(|c| c.snat).count();
-    trail.step(
-        "backends",
-        format!(
-            "{} candidate(s), one picked {}; {natted} on other nodes would see the source NATed to {}",
-            candidates.len(),
-            if value.maglev_table_size() == 0 { "at random" } else { "by Maglev" },
-            maps.snat_address(query.src.is_ipv6())
-                .map_or_else(|| "no address (dropped)".to_owned(), |a| IpAddr::from(a).to_string()),
-        ),
-    );
+    backends_step(maps, query, &value, &candidates, &mut trail);
     if value.maglev_table_size() != 0 {
         let chosen = maglev(maps, query, &key, &value, &mut trail);
         return trail.finish(PATH, Verdict::Translated { candidates, chosen });
@@ -127,6 +117,27 @@ pub fn explain(maps: &impl Lookups, query: &Query) -> Explanation {
         }
     });
     trail.finish(PATH, Verdict::Translated { candidates, chosen })
+}
+
+/// What the candidates are and how one is picked.
+fn backends_step(
+    maps: &impl Lookups,
+    query: &Query,
+    value: &ServiceValue,
+    candidates: &[Candidate],
+    trail: &mut Trail,
+) {
+    let natted = candidates.iter().filter(|c| c.snat).count();
+    trail.step(
+        "backends",
+        format!(
+            "{} candidate(s), one picked {}; {natted} on other nodes would see the source NATed to {}",
+            candidates.len(),
+            if value.maglev_table_size() == 0 { "at random" } else { "by Maglev" },
+            maps.snat_address(query.src.is_ipv6())
+                .map_or_else(|| "no address (dropped)".to_owned(), |a| IpAddr::from(a).to_string()),
+        ),
+    );
 }
 
 /// The backend a Maglev frontend's table gives this flow, as `select`

@@ -20,6 +20,7 @@ pub mod counter_labels;
 pub mod counter_refs;
 pub mod datapath_state;
 pub mod drift;
+pub mod maglev_room;
 pub mod maglev_table;
 pub mod map_op;
 pub mod service_address;
