@@ -96,6 +96,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut programs = loader::load(&args.pins.bpffs, requested_sizes(&args))?;
     metrics.set_kernel_features(programs.features());
     programs.attach_sockets(&args.cgroup)?;
+    programs.set_xdp(args.xdp);
     let mut packet_path = PacketPath::new(
         packet_path_config(&args, &flags, programs.conntrack_entries()),
         &args.pins.bpffs,

@@ -17,6 +17,7 @@ use switchyard::datapath::{
         socket_program,
     },
     sock_storage,
+    xdp_attach::XDP_PROGRAM,
 };
 use switchyard_tests::{
     BpfFs, CapabilitySet,
@@ -31,15 +32,24 @@ fn set_retval() -> bool {
     feature_probe::kernel_features().available(Feature::BpfSetRetval)
 }
 
+/// Whether the running kernel has `bpf_xdp_load_bytes`: without it the
+/// XDP program is never loaded (the kernel table says so).
+fn xdp() -> bool {
+    !switchyard_tests::kernel::lacks(Feature::XdpLoadBytes)
+}
+
 /// Loads every program of the object the running kernel can have on its
 /// own with its maps pinned on `bpffs` (as the agent does, the socket
 /// storage map first); returns the names loaded and a line per rejection.
 fn load_every_program(bpffs: &BpfFs) -> Result<(Vec<String>, Vec<String>)> {
-    let needs_set_retval: Vec<&str> = if set_retval() {
+    let mut not_here: Vec<&str> = if set_retval() {
         Vec::new()
     } else {
         COMPAT_PROGRAMS.iter().map(|(name, _)| *name).collect()
     };
+    if !xdp() {
+        not_here.push(XDP_PROGRAM);
+    }
     sock_storage::ensure_pinned(bpffs.path())?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(bpffs.path())
@@ -47,13 +57,14 @@ fn load_every_program(bpffs: &BpfFs) -> Result<(Vec<String>, Vec<String>)> {
     let mut loaded = Vec::new();
     let mut rejected = Vec::new();
     for (name, program) in ebpf.programs_mut() {
-        if needs_set_retval.contains(&name) {
+        if not_here.contains(&name) {
             continue;
         }
         let result = match program {
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSock(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
             other => {
                 rejected.push(format!(
                     "{name}: program type {:?} has no loader here",
@@ -81,6 +92,7 @@ fn expected_programs() -> Vec<String> {
         .chain(COMPAT_PROGRAMS.iter().map(|(_, compat)| *compat))
         .chain(PACKET_PROGRAMS.iter().map(|(name, _)| *name))
         .chain([SOCK_RELEASE_PROGRAM])
+        .chain(xdp().then_some(XDP_PROGRAM))
         .map(str::to_owned)
         .collect();
     expected.sort();

@@ -31,6 +31,7 @@ use crate::{
     maps::{CONNTRACK, count},
     packet::{self, ETH_HLEN},
     reject::{add_words, fold, scratch},
+    route,
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -282,7 +283,7 @@ fn send_by_route<const LEN: usize>(ctx: &TcContext, buf: &[u8; LEN]) -> i32 {
     let src = read_addr(buf, at.src(ETH_HLEN), v6);
     let dst = read_addr(buf, at.dst(ETH_HLEN), v6);
     let proto = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
-    packet::redirect_by_route(ctx, v6, proto, &src, &dst)
+    route::redirect_by_route(ctx, v6, proto, &src, &dst)
 }
 
 /// Whether the addresses at `a` and `b` are the same, word by word (a

@@ -24,12 +24,14 @@
 )]
 
 mod fragment;
+mod frame;
 mod icmp_error;
 mod maps;
 mod nat;
 mod packet;
 mod progress;
 mod reject;
+mod route;
 mod select;
 mod service_cidr;
 mod snat;
@@ -39,8 +41,8 @@ mod source_range;
 mod stats;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, SockContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 use sock::Errors;
 
@@ -122,6 +124,14 @@ pub fn sock_release(ctx: SockContext) -> i32 {
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     nat::ingress(&ctx)
+}
+
+/// The same path as `tc_ingress`, one implementation (see `frame`), at the
+/// driver before the stack builds an skb, on devices whose driver has
+/// native XDP; what it cannot finish it passes on to `tc_ingress`.
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    nat::ingress(&ctx) as u32
 }
 
 /// Packets leaving a node device: replies of local backends.

@@ -146,6 +146,11 @@ pub static BACKEND_STATS: PerCpuArray<BackendCounts> =
 pub static SERVICE_NAMES: HashMap<ServiceKey, ServiceName> =
     HashMap::pinned(SERVICES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// The route of the packet in hand (see `route`): in a frame of its own it
+/// would sit on the deepest call chain; private to the object, unpinned.
+#[map]
+pub static ROUTE_SCRATCH: PerCpuArray<crate::route::Route> = PerCpuArray::with_max_entries(1, 0);
+
 pub const REJECT_SCRATCH_LEN: usize = 128;
 
 /// Where refusals are built (see `reject`); private to the object, unpinned.

@@ -1,15 +1,13 @@
 //! The per-packet path: connections from outside to NodePorts, LoadBalancer
 //! IPs and externalIPs, translated on the node's devices with a conntrack of
-//! our own (see `switchyard_abi::flow`).
+//! our own (see `switchyard_abi::flow`), at tc or XDP (see `frame`).
 //!
 //! Ingress: a known flow is translated as recorded (forward, or a reply to
 //! a NATed source); an unknown one addressed to an external-scope frontend
 //! gets a backend, two conntrack entries and its first translation.
 //! Egress: replies from local backends get the frontend back as source.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use switchyard_abi::{
     Addr, BACKEND_LOCAL, BACKEND_PACKET_CONNECTIONS, Backend, COUNTER_BACKEND_REPLACED,
     COUNTER_DROP_CONNTRACK, COUNTER_DROP_FRAGMENT, COUNTER_DROP_NO_LOCAL, COUNTER_DROP_SNAT_PORTS,
@@ -24,35 +22,35 @@ use switchyard_abi::{
 };
 
 use crate::{
-    icmp_error,
+    frame::Frame,
     maps::{BACKENDS, CLUSTER_CIDRS, CONNTRACK, LOCAL_DEVICES, NODE_CONFIG, SERVICES, count},
     packet::{self, End, Packet},
-    progress,
-    reject::reject,
+    progress, route,
     select::{Chosen, Selection, select},
     service_cidr::{AddressUse, address_use},
     snat::claim_snat_port,
     source_range, stats,
 };
 
-const SHOT: i32 = switchyard_abi::TC_SHOT;
-
 /// Each stage is its own function, called from here one after another:
 /// the verifier adds up the stack frames along a call chain (512 bytes at
 /// most), and inlined into one frame they would not fit.
-pub fn ingress(ctx: &TcContext) -> i32 {
+pub fn ingress<C: Frame>(ctx: &C) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return icmp_error::translated(ctx, true).unwrap_or(packet::NEXT);
+        return ctx.not_transport(true);
     };
     if let Some(verdict) = tracked(ctx, &packet) {
         return verdict;
     }
     match choose(ctx, &packet) {
         Choice::Verdict(verdict) => verdict,
+        // XDP builds no refusal: tc, seeing the packet next, refuses it
+        // and counts it once.
+        Choice::Refuse(..) if !C::FINISHES => C::NEXT,
         Choice::Refuse(reason, counter) => {
             count(reason);
             stats::service(counter, SERVICE_REFUSED_NO_ENDPOINTS, 1);
-            reject(ctx, &packet)
+            ctx.refuse(&packet)
         }
         Choice::Backend { chosen, snat } => open(ctx, &packet, &chosen, snat),
     }
@@ -62,30 +60,33 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 /// port when `snat`), then its forward entry and first packet. Its own
 /// frame, so `ingress`'s stays small for the chains below it.
 #[inline(never)]
-fn open(ctx: &TcContext, packet: &Packet, chosen: &Chosen, snat: bool) -> i32 {
+fn open<C: Frame>(ctx: &C, packet: &Packet, chosen: &Chosen, snat: bool) -> i32 {
     let counters = [chosen.service_counter, chosen.backend_counter];
     let nat = if snat {
         let Some(nat) = claim_snat_port(packet, &chosen.backend, counters) else {
             count(COUNTER_DROP_SNAT_PORTS);
             stats::service(chosen.service_counter, SERVICE_DROPPED_SNAT_PORTS, 1);
-            return SHOT;
+            return C::SHOT;
         };
         Some(nat)
     } else {
         if !record_reply(packet, &chosen.backend, counters) {
             count(COUNTER_DROP_CONNTRACK);
             stats::service(chosen.service_counter, SERVICE_DROPPED_CONNTRACK, 1);
-            return SHOT;
+            return C::SHOT;
         }
         None
     };
-    start(ctx, packet, chosen, nat)
+    match start(packet, chosen, nat) {
+        Some(flow) => forward(ctx, packet, flow),
+        None => C::SHOT,
+    }
 }
 
 /// A packet of a connection conntrack knows, translated as recorded.
 /// `None`: no connection, or a new one reusing a finished one's tuple.
 #[inline(never)]
-fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
+fn tracked<C: Frame>(ctx: &C, packet: &Packet) -> Option<i32> {
     let key = packet.key();
     let entry = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: the pointer is valid for this run; the copy is ours.
@@ -94,10 +95,10 @@ fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
         if flow.snat == 0 {
             // A connection that kept its client goes through the stack both
             // ways (see `forward`): its reply is translated at egress.
-            return Some(packet::NEXT);
+            return Some(C::NEXT);
         }
         if !progress::record(entry, &flow, &key, packet) {
-            return Some(packet::NEXT);
+            return Some(C::NEXT);
         }
         return Some(reply(ctx, packet, &flow, true));
     }
@@ -115,7 +116,7 @@ fn tracked(ctx: &TcContext, packet: &Packet) -> Option<i32> {
         return if packet.is_bare_syn() {
             None
         } else {
-            Some(packet::NEXT)
+            Some(C::NEXT)
         };
     }
     count(COUNTER_TRANSLATED);
@@ -131,17 +132,17 @@ fn forget_reply(flow: &Flow, key: &FlowKey) {
     let _ = CONNTRACK.remove(&flow.partner(key));
 }
 
-pub fn egress(ctx: &TcContext) -> i32 {
+pub fn egress<C: Frame>(ctx: &C) -> i32 {
     let Some(packet) = packet::parse(ctx) else {
-        return icmp_error::translated(ctx, false).unwrap_or(packet::NEXT);
+        return ctx.not_transport(false);
     };
     let Some(entry) = CONNTRACK.get_ptr_mut(packet.key()) else {
-        return packet::NEXT;
+        return C::NEXT;
     };
     // SAFETY: as in `ingress`.
     let flow = unsafe { *entry };
     if flow.kind != FLOW_REPLY || !progress::record(entry, &flow, &packet.key(), &packet) {
-        return packet::NEXT;
+        return C::NEXT;
     }
     reply(ctx, &packet, &flow, false)
 }
@@ -180,33 +181,35 @@ enum Choice {
 /// What a packet starting a connection gets: not ours, dropped, refused,
 /// or a backend.
 #[inline(never)]
-fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
+fn choose<C: Frame>(ctx: &C, packet: &Packet) -> Choice {
     let Some((frontend, settings)) = frontend_of(packet) else {
-        return unserved(packet);
+        return unserved::<C>(packet);
     };
     if packet.proto != PROTO_UDP && !packet.is_bare_syn() {
         // netfilter opens a TCP connection on a SYN only; anything else
         // without a connection goes on for the stack to judge.
-        count(COUNTER_PASS_NOT_SYN);
-        return Choice::Verdict(packet::NEXT);
+        if C::FINISHES {
+            count(COUNTER_PASS_NOT_SYN);
+        }
+        return Choice::Verdict(C::NEXT);
     }
     if node_flags() & NODE_DRAIN != 0 {
         // Handing back: new connections are the stack's (kube-proxy's);
         // read only for packets that would open one, not for every packet
         // no connection tracks.
-        return Choice::Verdict(packet::NEXT);
+        return Choice::Verdict(C::NEXT);
     }
     if packet.later_fragment {
         // Its datagram's first fragment opened no connection (dropped or
         // refused): the rest of it can reach no one.
         count(COUNTER_DROP_FRAGMENT);
-        return Choice::Verdict(SHOT);
+        return Choice::Verdict(C::SHOT);
     }
     if settings.flags & FRONTEND_SOURCE_RANGES != 0 && !source_range::allows(&frontend, &packet.src)
     {
         count(COUNTER_DROP_SOURCE_RANGE);
         stats::service(settings.counter, SERVICE_DROPPED_SOURCE_RANGE, 1);
-        return Choice::Verdict(SHOT);
+        return Choice::Verdict(C::SHOT);
     }
     let flow = if settings.maglev_table_size() == 0 {
         0
@@ -221,16 +224,16 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
         )
     };
     match select(&frontend, client_of_addr(&packet.src), flow) {
-        Selection::NotAService => Choice::Verdict(packet::NEXT),
+        Selection::NotAService => Choice::Verdict(C::NEXT),
         Selection::NoBackends(_, counter) if settings.flags & FRONTEND_DROP_NO_LOCAL != 0 => {
             count(COUNTER_DROP_NO_LOCAL);
             stats::service(counter, SERVICE_DROPPED_NO_LOCAL, 1);
-            Choice::Verdict(SHOT)
+            Choice::Verdict(C::SHOT)
         }
         Selection::NoBackends(_, counter) => Choice::Refuse(COUNTER_REJECT_NO_ENDPOINTS, counter),
         // The agent never pairs families; this guards hand-edited maps.
         Selection::Backend(chosen) if chosen.backend.addr.is_v4() == packet.v6 => {
-            Choice::Verdict(packet::NEXT)
+            Choice::Verdict(C::NEXT)
         }
         Selection::Backend(chosen) => {
             let remote = chosen.backend.flags & BACKEND_LOCAL == 0;
@@ -245,23 +248,23 @@ fn choose(ctx: &TcContext, packet: &Packet) -> Choice {
 /// A packet from outside to no frontend: kube-proxy's `cluster-ips-check`
 /// (see `service_cidr`), where the node serves ClusterIPs to outside
 /// clients at all; otherwise such packets are none of ours.
-fn unserved(packet: &Packet) -> Choice {
+fn unserved<C: Frame>(packet: &Packet) -> Choice {
     let flags = node_flags();
     if flags & NODE_CLUSTER_IP_FROM_OUTSIDE == 0 || flags & NODE_DRAIN != 0 {
-        return Choice::Verdict(packet::NEXT);
+        return Choice::Verdict(C::NEXT);
     }
     match address_use(&packet.dst) {
-        AddressUse::ClusterIp if packet.later_fragment => Choice::Verdict(SHOT),
+        AddressUse::ClusterIp if packet.later_fragment => Choice::Verdict(C::SHOT),
         AddressUse::ClusterIp if packet.proto == PROTO_UDP || packet.is_bare_syn() => {
             Choice::Refuse(COUNTER_REJECT_CLUSTER_IP_PORT, COUNTER_NONE)
         }
         // Not ours; or, to a ClusterIP, not a connection's start: only those
         // are refused, as for frontends, the rest is the stack's to judge
         // (see `choose`).
-        AddressUse::Other | AddressUse::ClusterIp => Choice::Verdict(packet::NEXT),
+        AddressUse::Other | AddressUse::ClusterIp => Choice::Verdict(C::NEXT),
         AddressUse::Unallocated => {
             count(COUNTER_DROP_UNALLOCATED);
-            Choice::Verdict(SHOT)
+            Choice::Verdict(C::SHOT)
         }
     }
 }
@@ -297,25 +300,26 @@ fn frontend_of(packet: &Packet) -> Option<(ServiceKey, ServiceValue)> {
 /// kube-proxy decides it: always with `masqueradeAll`, else unless
 /// detect-local finds it local, by the device it came in on or by its
 /// source (in the cluster's or this node's pod CIDRs).
-fn masquerades(ctx: &TcContext, src: &Addr) -> bool {
+fn masquerades<C: Frame>(ctx: &C, src: &Addr) -> bool {
     let flags = node_flags();
     if flags & NODE_MASQUERADE_ALL != 0 {
         return true;
     }
     if flags & NODE_LOCAL_BY_DEVICE != 0 {
-        // SAFETY: the context's skb is valid for the whole program.
-        let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
         // SAFETY: map values are plain integers.
-        return unsafe { LOCAL_DEVICES.get(&ifindex) }.is_none();
+        return unsafe { LOCAL_DEVICES.get(&ctx.arrived_by()) }.is_none();
     }
     CLUSTER_CIDRS.get(Key::new(128, *src)).is_none()
 }
 
-/// Records a new connection to `backend` and sends its first packet there;
-/// its reply entry is already made (`record_reply`, or `claim_snat_port`
-/// with `nat`: this node's address and port, and the source is NATed).
+/// Records a new connection to `backend`, whose reply entry is already
+/// made (`record_reply`, or `claim_snat_port` with `nat`: this node's
+/// address and port, and the source is NATed), and returns its entry.
+/// The first packet is sent from the caller, with the entry read in place:
+/// below this frame, which holds the new entry, `forward` and `rewrite`
+/// passed the verifier's 512 bytes along the call chain.
 #[inline(never)]
-fn start(ctx: &TcContext, packet: &Packet, chosen: &Chosen, nat: Option<(Addr, u16)>) -> i32 {
+fn start(packet: &Packet, chosen: &Chosen, nat: Option<(Addr, u16)>) -> Option<&'static Flow> {
     let key = packet.key();
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -334,15 +338,20 @@ fn start(ctx: &TcContext, packet: &Packet, chosen: &Chosen, nat: Option<(Addr, u
         flow.snat_addr = addr;
         flow.snat_port = port;
     }
-    if CONNTRACK.insert(&key, &flow, 0).is_err() {
+    let entry = CONNTRACK
+        .insert(&key, &flow, 0)
+        .ok()
+        .and_then(|()| CONNTRACK.get_ptr(&key));
+    let Some(entry) = entry else {
         count(COUNTER_DROP_CONNTRACK);
         stats::service(chosen.service_counter, SERVICE_DROPPED_CONNTRACK, 1);
-        return SHOT;
-    }
+        return None;
+    };
     count(COUNTER_TRANSLATED_NEW);
     stats::service(chosen.service_counter, SERVICE_PACKET_CONNECTIONS, 1);
     stats::backend(chosen.backend_counter, BACKEND_PACKET_CONNECTIONS, 1);
-    forward(ctx, packet, &flow)
+    // SAFETY: a map value, valid for the rest of this run.
+    Some(unsafe { &*entry })
 }
 
 /// The reply entry of a connection to `backend` that is not NATed (a NATed
@@ -410,56 +419,75 @@ fn taken(reply_key: &FlowKey, key: &FlowKey) -> bool {
 /// backend, or a client in a cluster CIDR) goes on through the stack, so
 /// netfilter's conntrack sees it start and the backend's answers are no
 /// INVALID packets to a node that drops those (see docs/design.md).
-fn forward(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
-    stats::packet(flow, ctx.len());
+#[inline(never)]
+fn forward<C: Frame>(ctx: &C, packet: &Packet, flow: &Flow) -> i32 {
     if flow.snat == 0 {
+        stats::packet(flow, ctx.frame_len());
         if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none() {
-            return SHOT;
+            return C::SHOT;
         }
-        return packet::NEXT;
+        return C::NEXT;
     }
     if packet.hop_limit <= 1 {
         // The stack drops it and tells the client, as a router does.
-        return packet::NEXT;
+        return C::NEXT;
     }
+    let Some(route) = route::lookup(ctx, &packet.kind(), &flow.snat_addr, &flow.addr) else {
+        return C::NEXT;
+    };
+    if !route.usable_by(ctx) {
+        // Untouched, for tc (see `frame`).
+        return C::NEXT;
+    }
+    stats::packet(flow, ctx.frame_len());
     if packet::rewrite(ctx, packet, End::Destination, &flow.addr, flow.port).is_none()
         || packet::rewrite(ctx, packet, End::Source, &flow.snat_addr, flow.snat_port).is_none()
         || packet::decrement_hop_limit(ctx, packet).is_none()
     {
-        return SHOT;
+        return C::SHOT;
     }
-    packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.snat_addr, &flow.addr)
+    route::send(ctx, route)
 }
 
 /// Backend -> client, from the frontend. At ingress (a reply to a NATed
 /// source) it is routed on; at egress it is already leaving.
-fn reply(ctx: &TcContext, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32 {
-    stats::packet(flow, ctx.len());
-    if packet::rewrite(ctx, packet, End::Source, &flow.addr, flow.port).is_none() {
-        return SHOT;
-    }
+#[inline(never)]
+fn reply<C: Frame>(ctx: &C, packet: &Packet, flow: &Flow, at_ingress: bool) -> i32 {
     let dst = if flow.snat != 0 {
-        if packet::rewrite(
-            ctx,
-            packet,
-            End::Destination,
-            &flow.snat_addr,
-            flow.snat_port,
-        )
-        .is_none()
-        {
-            return SHOT;
-        }
         flow.snat_addr
     } else {
         packet.dst
     };
+    let route = if at_ingress {
+        if packet.hop_limit <= 1 {
+            return C::SHOT;
+        }
+        let Some(route) = route::lookup(ctx, &packet.kind(), &flow.addr, &dst) else {
+            return C::NEXT;
+        };
+        if !route.usable_by(ctx) {
+            return C::NEXT;
+        }
+        Some(route)
+    } else {
+        None
+    };
+    stats::packet(flow, ctx.frame_len());
+    if packet::rewrite(ctx, packet, End::Source, &flow.addr, flow.port).is_none() {
+        return C::SHOT;
+    }
+    if flow.snat != 0
+        && packet::rewrite(ctx, packet, End::Destination, &flow.snat_addr, flow.snat_port)
+            .is_none()
+    {
+        return C::SHOT;
+    }
     count(COUNTER_REPLY_TRANSLATED);
-    if !at_ingress {
-        return packet::NEXT;
+    let Some(route) = route else {
+        return C::NEXT;
+    };
+    if packet::decrement_hop_limit(ctx, packet).is_none() {
+        return C::SHOT;
     }
-    if packet.hop_limit <= 1 || packet::decrement_hop_limit(ctx, packet).is_none() {
-        return SHOT;
-    }
-    packet::redirect_by_route(ctx, packet.v6, packet.proto, &flow.addr, &dst)
+    route::send(ctx, route)
 }

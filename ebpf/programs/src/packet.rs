@@ -1,24 +1,17 @@
-//! Reading and rewriting one packet's headers on a tc hook, and sending it
-//! on by route. Every access goes through the skb load/store helpers, which
-//! bound-check each read and write themselves, so no direct packet pointer
-//! needs proving safe to the verifier.
+//! Reading and rewriting one packet's headers at a tc or XDP hook (see
+//! `frame`), and sending it on by route. Every access goes through the
+//! load/store helpers, which bound-check each read and write themselves,
+//! so no direct packet pointer needs proving safe to the verifier.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
-    },
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
 };
-use switchyard_abi::{
-    Addr, COUNTER_PASS_NO_ROUTE, FlowKey, FragmentKey, FragmentPorts, PROTO_TCP, PROTO_UDP,
-};
+use switchyard_abi::{Addr, FlowKey, FragmentKey, FragmentPorts, PROTO_TCP, PROTO_UDP};
 
-use crate::{fragment, maps::count};
+use crate::{fragment, frame::Frame, route::Kind};
 
 /// "Not mine, carry on" (see the ABI's `TC_NEXT`).
 pub const NEXT: i32 = switchyard_abi::TC_NEXT;
@@ -70,8 +63,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_FRAGMENT: u8 = 44;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -135,6 +126,13 @@ impl Packet {
         }
     }
 
+    pub fn kind(&self) -> Kind {
+        Kind {
+            v6: self.v6,
+            proto: self.proto,
+        }
+    }
+
     pub fn key(&self) -> FlowKey {
         FlowKey::new(self.src, self.dst, self.sport, self.dport, self.proto)
     }
@@ -171,8 +169,11 @@ impl Packet {
 /// headers (other than a fragment header), and for later fragments whose
 /// first was not seen: such packets pass untouched. A first fragment's
 /// ports are kept for the fragments after it.
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+// Its own frame: each header read takes a stack slot, which would
+// otherwise sit in the caller's frame at the top of every call chain.
+#[inline(never)]
+pub fn parse<C: Frame>(ctx: &C) -> Option<Packet> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
     match ethertype {
         ETH_P_IP => parse_v4(ctx),
         ETH_P_IPV6 => parse_v6(ctx),
@@ -180,22 +181,28 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
     }
 }
 
-fn parse_v4(ctx: &TcContext) -> Option<Packet> {
-    let version_ihl = ctx.load::<u8>(ETH_HLEN).ok()?;
+fn parse_v4<C: Frame>(ctx: &C) -> Option<Packet> {
+    let version_ihl = ctx.load::<u8>(ETH_HLEN)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < 20 {
         return None;
     }
-    let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF).ok()?);
-    let proto = ctx.load::<u8>(ETH_HLEN + IPV4_PROTOCOL).ok()?;
-    let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_SADDR).ok()?);
-    let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_DADDR).ok()?);
-    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV4_TTL).ok()?;
+    let fragment = u16::from_be(ctx.load::<u16>(ETH_HLEN + IPV4_FRAG_OFF)?);
+    let proto = ctx.load::<u8>(ETH_HLEN + IPV4_PROTOCOL)?;
+    let src = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_SADDR)?);
+    let dst = Addr::from_v4_word(ctx.load::<u32>(ETH_HLEN + IPV4_DADDR)?);
+    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV4_TTL)?;
     let l4 = ETH_HLEN + header_len;
-    let packet = if fragment & (IPV4_OFFSET_MASK | IPV4_MORE_FRAGMENTS) == 0 {
+    let whole = fragment & (IPV4_OFFSET_MASK | IPV4_MORE_FRAGMENTS) == 0;
+    if !whole && !C::FINISHES {
+        // Fragments are tc's alone (see `frame`): a datagram's pieces are
+        // then matched up in one place.
+        return None;
+    }
+    let packet = if whole {
         transport(ctx, false, l4, proto, src, dst)?
     } else {
-        let id = u32::from(ctx.load::<u16>(ETH_HLEN + IPV4_ID).ok()?);
+        let id = u32::from(ctx.load::<u16>(ETH_HLEN + IPV4_ID)?);
         if fragment & IPV4_OFFSET_MASK != 0 {
             later_fragment(false, l4, proto, src, dst, id)?
         } else {
@@ -211,21 +218,24 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     })
 }
 
-fn parse_v6(ctx: &TcContext) -> Option<Packet> {
-    let next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR).ok()?;
-    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV6_HOP_LIMIT).ok()?;
+fn parse_v6<C: Frame>(ctx: &C) -> Option<Packet> {
+    let next = ctx.load::<u8>(ETH_HLEN + IPV6_NEXTHDR)?;
+    let hop_limit = ctx.load::<u8>(ETH_HLEN + IPV6_HOP_LIMIT)?;
     let src = Addr {
-        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_SADDR).ok()?,
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_SADDR)?,
     };
     let dst = Addr {
-        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_DADDR).ok()?,
+        words: ctx.load::<[u32; 4]>(ETH_HLEN + IPV6_DADDR)?,
     };
     let l4 = ETH_HLEN + IPV6_HLEN;
+    if next == NEXTHDR_FRAGMENT && !C::FINISHES {
+        return None;
+    }
     let packet = if next == NEXTHDR_FRAGMENT {
         let header = l4;
-        let offset_flags = u16::from_be(ctx.load::<u16>(header + FRAG_HDR_OFF).ok()?);
-        let id = ctx.load::<u32>(header + FRAG_HDR_ID).ok()?;
-        let proto = ctx.load::<u8>(header).ok()?;
+        let offset_flags = u16::from_be(ctx.load::<u16>(header + FRAG_HDR_OFF)?);
+        let id = ctx.load::<u32>(header + FRAG_HDR_ID)?;
+        let proto = ctx.load::<u8>(header)?;
         if offset_flags >> 3 != 0 {
             later_fragment(true, header + 8, proto, src, dst, id)?
         } else {
@@ -272,8 +282,8 @@ fn later_fragment(v6: bool, l4: usize, proto: u8, src: Addr, dst: Addr, id: u32)
     reason = "a BPF call passes five arguments at most and this takes six: it must be inlined"
 )]
 #[inline(always)]
-fn transport(
-    ctx: &TcContext,
+fn transport<C: Frame>(
+    ctx: &C,
     v6: bool,
     l4: usize,
     proto: u8,
@@ -284,13 +294,13 @@ fn transport(
         return None;
     }
     let tcp_flags = if proto == PROTO_TCP {
-        ctx.load::<u8>(l4 + TCP_FLAGS).ok()?
+        ctx.load::<u8>(l4 + TCP_FLAGS)?
     } else {
         0
     };
     Some(Packet {
-        sport: ctx.load::<u16>(l4 + L4_SPORT).ok()?,
-        dport: ctx.load::<u16>(l4 + L4_DPORT).ok()?,
+        sport: ctx.load::<u16>(l4 + L4_SPORT)?,
+        dport: ctx.load::<u16>(l4 + L4_DPORT)?,
         tcp_flags,
         ..Packet::addressed(v6, l4, proto, src, dst)
     })
@@ -308,7 +318,7 @@ pub enum End {
 /// checksum leaves with one too, for the receiver to drop. A later fragment
 /// has only addresses: the checksum covering them is in the first
 /// fragment, which had the same rewrite.
-pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
+pub fn rewrite<C: Frame>(ctx: &C, packet: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
     let (old_addr, old_port, port_offset) = match end {
         End::Source => (&packet.src, packet.sport, packet.l4 + L4_SPORT),
         End::Destination => (&packet.dst, packet.dport, packet.l4 + L4_DPORT),
@@ -334,9 +344,9 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
                 diff as u64,
                 u64::from(BPF_F_PSEUDO_HDR) | l4_flags,
             )
-            .ok()?;
+            ?;
         }
-        ctx.store(offset, &addr.words, 0).ok()?;
+        ctx.store(offset, &addr.words)?;
     } else {
         let offset = match end {
             End::Source => ETH_HLEN + IPV4_SADDR,
@@ -350,11 +360,11 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
                 new,
                 u64::from(BPF_F_PSEUDO_HDR) | l4_flags | CSUM_FIELD_4,
             )
-            .ok()?;
+            ?;
         }
         ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECKSUM, old, new, CSUM_FIELD_4)
-            .ok()?;
-        ctx.store(offset, &addr.v4_word(), 0).ok()?;
+            ?;
+        ctx.store(offset, &addr.v4_word())?;
     }
     if old_port != port && !packet.later_fragment {
         ctx.l4_csum_replace(
@@ -363,8 +373,8 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
             u64::from(port),
             l4_flags | CSUM_FIELD_2,
         )
-        .ok()?;
-        ctx.store(port_offset, &port, 0).ok()?;
+        ?;
+        ctx.store(port_offset, &port)?;
     }
     Some(())
 }
@@ -372,10 +382,10 @@ pub fn rewrite(ctx: &TcContext, packet: &Packet, end: End, addr: &Addr, port: u1
 /// Takes one off the TTL or hop limit, as a router forwarding the packet
 /// does (the caller has checked it is above 1). IPv4's header checksum
 /// covers the TTL, in one 16-bit word with the protocol.
-pub fn decrement_hop_limit(ctx: &TcContext, packet: &Packet) -> Option<()> {
+pub fn decrement_hop_limit<C: Frame>(ctx: &C, packet: &Packet) -> Option<()> {
     let hop_limit = packet.hop_limit - 1;
     if packet.v6 {
-        return ctx.store(ETH_HLEN + IPV6_HOP_LIMIT, &hop_limit, 0).ok();
+        return ctx.store(ETH_HLEN + IPV6_HOP_LIMIT, &hop_limit);
     }
     let old = u16::from_be_bytes([packet.hop_limit, packet.proto]).to_be();
     let new = u16::from_be_bytes([hop_limit, packet.proto]).to_be();
@@ -385,67 +395,6 @@ pub fn decrement_hop_limit(ctx: &TcContext, packet: &Packet) -> Option<()> {
         u64::from(new),
         CSUM_FIELD_2,
     )
-    .ok()?;
-    ctx.store(ETH_HLEN + IPV4_TTL, &hop_limit, 0).ok()
-}
-
-/// Sends a translated packet straight out of the device the route to its
-/// new destination names, with the neighbour's MAC address: the stack's
-/// forwarding path would refuse a packet whose source is now this node's
-/// own address. Without a route the packet goes up the stack as it is.
-#[inline(never)]
-pub fn redirect_by_route(ctx: &TcContext, v6: bool, proto: u8, src: &Addr, dst: &Addr) -> i32 {
-    // SAFETY: plain C structs of integers and unions of integers.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = if v6 { AF_INET6 } else { AF_INET };
-    params.l4_protocol = proto;
-    // SAFETY: the context is this run's skb.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if v6 {
-        params.__bindgen_anon_3.ipv6_src = src.words;
-        params.__bindgen_anon_4.ipv6_dst = dst.words;
-    } else {
-        params.__bindgen_anon_3.ipv4_src = src.v4_word();
-        params.__bindgen_anon_4.ipv4_dst = dst.v4_word();
-    }
-    // SAFETY: `params` is a live, correctly sized lookup struct.
-    let result = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    match result as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
-                return NEXT;
-            }
-            // SAFETY: a helper taking integers.
-            unsafe { bpf_redirect(params.ifindex, 0) as i32 }
-        }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            // SAFETY: as above; the lookup left the next hop in `*_dst`.
-            let mut next_hop: bpf_redir_neigh = unsafe { zeroed() };
-            next_hop.nh_family = u32::from(params.family);
-            unsafe {
-                if v6 {
-                    next_hop.__bindgen_anon_1.ipv6_nh = params.__bindgen_anon_4.ipv6_dst;
-                } else {
-                    next_hop.__bindgen_anon_1.ipv4_nh = params.__bindgen_anon_4.ipv4_dst;
-                }
-                bpf_redirect_neigh(
-                    params.ifindex,
-                    &raw mut next_hop,
-                    size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                ) as i32
-            }
-        }
-        _ => {
-            count(COUNTER_PASS_NO_ROUTE);
-            NEXT
-        }
-    }
+    ?;
+    ctx.store(ETH_HLEN + IPV4_TTL, &hop_limit)
 }

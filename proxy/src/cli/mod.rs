@@ -77,6 +77,13 @@ pub struct RunArgs {
     /// Devices for the per-packet path (default: auto).
     #[arg(long, value_name = "IF", value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// The per-packet path at XDP too, before the stack allocates anything:
+    /// `auto` on every device whose driver has native XDP (tc alone
+    /// elsewhere), `native` on every device or the agent stops naming the
+    /// one without, `off` tc alone. tc stays on every device for what XDP
+    /// leaves to it (refusals, ICMP errors, fragments, other next hops).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = clap::value_parser!(crate::datapath::xdp_attach::XdpMode))]
+    pub xdp: crate::datapath::xdp_attach::XdpMode,
     /// Node addresses NodePorts answer on (kube-proxy semantics).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,

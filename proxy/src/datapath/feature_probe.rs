@@ -55,6 +55,9 @@ fn probe(feature: Feature) -> Availability {
             ProgramType::SocketFilter,
             BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
         ),
+        Feature::XdpLoadBytes => {
+            is_helper_supported(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_load_bytes)
+        }
         Feature::SockDestroy => return Availability::NotProbed,
     };
     match answer {

@@ -29,6 +29,8 @@ pub enum Feature {
     NetnsCookie,
     #[serde(rename = "memcg_bpf_accounting")]
     MemcgAccounting,
+    #[serde(rename = "bpf_xdp_load_bytes")]
+    XdpLoadBytes,
     SockDestroy,
 }
 
@@ -47,7 +49,7 @@ pub enum WithoutIt {
 }
 
 impl Feature {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::CgroupSockAddr,
         Self::BpfSetRetval,
         Self::LruHash,
@@ -60,6 +62,7 @@ impl Feature {
         Self::SockAddrStorage,
         Self::NetnsCookie,
         Self::MemcgAccounting,
+        Self::XdpLoadBytes,
         Self::SockDestroy,
     ];
 
@@ -78,6 +81,7 @@ impl Feature {
             Self::SockAddrStorage => "sock_addr_sk_storage",
             Self::NetnsCookie => "so_netns_cookie",
             Self::MemcgAccounting => "memcg_bpf_accounting",
+            Self::XdpLoadBytes => "bpf_xdp_load_bytes",
             Self::SockDestroy => "sock_destroy",
         }
     }
@@ -87,7 +91,7 @@ impl Feature {
         match self {
             // getpeername4/6 is the newest of the eight hooks.
             Self::CgroupSockAddr => "5.8",
-            Self::BpfSetRetval => "5.18",
+            Self::BpfSetRetval | Self::XdpLoadBytes => "5.18",
             Self::LruHash => "4.10",
             Self::LpmTrie => "4.11",
             Self::PercpuArray => "4.6",
@@ -125,6 +129,7 @@ impl Feature {
             Self::MemcgAccounting => {
                 "BPF maps charged to the memory cgroup instead of RLIMIT_MEMLOCK"
             }
+            Self::XdpLoadBytes => "XDP acceleration of the per-packet path (--xdp)",
             Self::SockDestroy => {
                 "not used: sockets of removed backends are destroyed through sock_diag on every kernel"
             }
@@ -154,6 +159,9 @@ impl Feature {
             Self::MemcgAccounting => WithoutIt::Fallback(
                 "the agent raises RLIMIT_MEMLOCK to unlimited at start, which needs \
                  CAP_SYS_RESOURCE (in the DaemonSet) or an unlimited memlock limit",
+            ),
+            Self::XdpLoadBytes => WithoutIt::Fallback(
+                "the per-packet path runs at tc on every device (--xdp native stops the agent)",
             ),
             Self::SockDestroy => WithoutIt::Unused,
         }

@@ -23,7 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
@@ -42,6 +42,7 @@ use super::{
     memlock, pin_check, pin_dir,
     pin_lock::PinLock,
     sock_storage,
+    xdp_attach::{self, XDP_PROGRAM, XdpMode},
 };
 use crate::{
     datapath::kernel_features::{Feature, KernelFeatures},
@@ -134,6 +135,9 @@ pub struct Programs {
     pin_dir: PathBuf,
     /// Devices (by index) the packet programs are attached to.
     devices: BTreeSet<u32>,
+    /// `--xdp`, and the devices (by name) the XDP program is on.
+    xdp: XdpMode,
+    xdp_devices: BTreeSet<String>,
     features: &'static KernelFeatures,
     capacity: MapCapacity,
     conntrack: usize,
@@ -247,6 +251,11 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
                 .load()
                 .map_err(program_error(name))?;
         }
+        if features.available(Feature::XdpLoadBytes) {
+            program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
+                .load()
+                .map_err(program_error(XDP_PROGRAM))?;
+        }
     }
     let generation = pin_dir.join(LINKS_DIR).join(generation_name());
     fs::create_dir_all(&generation).map_err(|source| DatapathError::PinDir {
@@ -272,6 +281,8 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
         resizes,
         pin_dir: pin_dir.to_path_buf(),
         devices: BTreeSet::new(),
+        xdp: XdpMode::Auto,
+        xdp_devices: BTreeSet::new(),
         features,
         capacity,
         conntrack,
@@ -414,7 +425,50 @@ impl Programs {
         }
         self.devices.insert(device.index);
         info!(device = %device.name, "packet hooks attached");
-        Ok(())
+        self.attach_xdp(device)
+    }
+
+    /// `--xdp`: the mode the next devices are attached with.
+    pub fn set_xdp(&mut self, mode: XdpMode) {
+        self.xdp = mode;
+    }
+
+    /// Devices the XDP program is on, by name.
+    pub fn xdp_devices(&self) -> &BTreeSet<String> {
+        &self.xdp_devices
+    }
+
+    /// The XDP program on `device` as `--xdp` asks; where the driver or the
+    /// kernel has no native XDP, `auto` keeps tc alone and says why once,
+    /// `native` is an error naming the device.
+    fn attach_xdp(&mut self, device: &Device) -> Result<(), DatapathError> {
+        if self.xdp == XdpMode::Off {
+            return Ok(());
+        }
+        let attached = if self.features.available(Feature::XdpLoadBytes) {
+            let program: &mut Xdp = program_mut(&mut self.ebpf, XDP_PROGRAM)?;
+            xdp_attach::attach(program, device, &self.generation, &self.previous)
+        } else {
+            Err(DatapathError::NoNativeXdp {
+                device: device.name.clone(),
+                reason: format!("kernel {} lacks bpf_xdp_load_bytes (Linux 5.18)", self.features.release),
+            })
+        };
+        match attached {
+            Ok(()) => {
+                self.xdp_devices.insert(device.name.clone());
+                info!(device = %device.name, "XDP attached (native)");
+                Ok(())
+            }
+            Err(error) if self.xdp == XdpMode::Native => Err(DatapathError::NoNativeXdp {
+                device: device.name.clone(),
+                reason: error.to_string(),
+            }),
+            Err(error) => {
+                warn!(device = %device.name, %error, "no native XDP: the per-packet path runs at tc there");
+                Ok(())
+            }
+        }
     }
 
     /// What the kernel offers, as probed when the programs were loaded.
@@ -443,8 +497,9 @@ impl Programs {
     }
 
     /// Forgets devices that are gone: their links went with them.
-    pub fn forget_devices_except(&mut self, present: &BTreeSet<u32>) {
+    pub fn forget_devices_except(&mut self, present: &BTreeSet<u32>, names: &BTreeSet<String>) {
         self.devices.retain(|index| present.contains(index));
+        self.xdp_devices.retain(|name| names.contains(name));
     }
 
     /// Detaches what earlier agent starts attached, once this one serves,

@@ -30,6 +30,7 @@ pub mod pin_lock;
 pub mod pinned;
 pub mod sock_storage;
 pub mod stats_table;
+pub mod xdp_attach;
 
 use std::path::PathBuf;
 
@@ -106,6 +107,8 @@ pub enum DatapathError {
         map: &'static str,
         source: Box<aya::maps::MapError>,
     },
+    #[error("--xdp native: device {device} has no native XDP: {reason}")]
+    NoNativeXdp { device: String, reason: String },
     #[error("map {map} not found in the eBPF object")]
     MissingMap { map: &'static str },
     #[error("kernel {release} lacks {missing}: see the README's kernel compatibility table")]
@@ -207,6 +210,7 @@ impl DatapathError {
             Self::Resize { .. } => "resize",
             Self::PinCheck { .. } => "pin_layout",
             Self::Locked { .. } => "locked",
+            Self::NoNativeXdp { .. } => "no_native_xdp",
         }
     }
 }

@@ -176,7 +176,7 @@ impl PacketPath {
                 }
             }
         }
-        let mut attached = 0;
+        let mut attached: Vec<&str> = Vec::new();
         // A kernel without the tc programs' helpers: nothing goes on devices
         // and the devices gauge says so (the probe logged why at load).
         let attachable = if programs.packet_path() {
@@ -186,12 +186,16 @@ impl PacketPath {
         };
         for device in attachable {
             match programs.attach_device(device) {
-                Ok(()) => attached += 1,
+                Ok(()) => attached.push(&device.name),
+                // `--xdp native` on a device without it: the agent stops at
+                // start; later, each refresh says so.
+                Err(error @ DatapathError::NoNativeXdp { .. }) => return Err(error.into()),
                 Err(error) => warn!(device = %device.name, %error, "packet hooks not attached"),
             }
         }
         let present: BTreeSet<u32> = network.devices.iter().map(|d| d.index).collect();
-        programs.forget_devices_except(&present);
+        let names: BTreeSet<String> = network.devices.iter().map(|d| d.name.clone()).collect();
+        programs.forget_devices_except(&present, &names);
         if self.detect_local.by_device() {
             let local: Vec<u32> = network
                 .devices
@@ -214,7 +218,12 @@ impl PacketPath {
                 "node network"
             );
         }
-        metrics.set_network(attached, addresses.len());
+        let hooks: Vec<(&str, &str)> = attached
+            .iter()
+            .map(|device| (*device, "tc"))
+            .chain(programs.xdp_devices().iter().map(|device| (device.as_str(), "xdp")))
+            .collect();
+        metrics.set_network(&hooks, addresses.len());
         self.node_port_addresses = addresses;
         self.network = network;
         Ok(changed)

@@ -43,6 +43,7 @@ pub struct Metrics {
     kube_proxy_removed: IntGaugeVec,
     nat_ports_in_use: IntGaugeVec,
     devices: IntGauge,
+    device_hooks: IntGaugeVec,
     node_port_addresses: IntGauge,
     health_check_failures: IntCounter,
     kernel_features: IntGaugeVec,
@@ -195,6 +196,11 @@ impl Metrics {
             "switchyard_devices_attached",
             "Devices carrying the per-packet programs",
         );
+        let device_hooks = int_gauge_vec(
+            "switchyard_device_hooks",
+            "Per-packet hooks on each device: tc everywhere, xdp where the driver has native XDP (--xdp)",
+            &["device", "hook"],
+        );
         let node_port_addresses = int_gauge(
             "switchyard_nodeport_addresses",
             "Node addresses NodePorts are served on",
@@ -228,6 +234,7 @@ impl Metrics {
             nat_ports,
             nat_ports_in_use,
             devices,
+            device_hooks,
             node_port_addresses,
             health_check_failures,
             kube_proxy_removed,
@@ -313,8 +320,14 @@ impl Metrics {
         }
     }
 
-    pub fn set_network(&self, devices: usize, node_port_addresses: usize) {
+    /// `hooks`: (device, "tc" or "xdp") for each hook on a device.
+    pub fn set_network(&self, hooks: &[(&str, &str)], node_port_addresses: usize) {
+        let devices = hooks.iter().filter(|(_, hook)| *hook == "tc").count();
         self.devices.set(i64::try_from(devices).unwrap_or(i64::MAX));
+        self.device_hooks.reset();
+        for (device, hook) in hooks {
+            self.device_hooks.with_label_values(&[device, hook]).set(1);
+        }
         self.node_port_addresses
             .set(i64::try_from(node_port_addresses).unwrap_or(i64::MAX));
     }
