@@ -78,8 +78,9 @@ impl AgentConfig {
     /// The wiring for node `node_index` (0-based) of a [`MultiNodeCluster`]:
     /// the manifests folder all nodes share, the node's cgroup,
     /// `<node bpffs>/switchyard`, the node's name, a log of its own, and
-    /// `--devices eth0` (its LAN interface) for the per-packet path. Panics
-    /// if there is no such node.
+    /// `--devices eth0` (its LAN interface) for the per-packet path, at XDP
+    /// too where the kernel has it (`--xdp native`: the cluster's LAN side
+    /// takes XDP frames, see `xdp_peer`). Panics if there is no such node.
     pub fn for_node(cluster: &MultiNodeCluster, node_index: usize) -> Self {
         let node = &cluster.nodes[node_index];
         Self {
@@ -89,7 +90,16 @@ impl AgentConfig {
             cgroup: node.cgroup.path().to_owned(),
             bpffs: node.bpffs.join("switchyard"),
             node_name: node.name.clone(),
-            extra_args: vec!["--devices".into(), "eth0".into()],
+            extra_args: vec![
+                "--devices".into(),
+                "eth0".into(),
+                "--xdp".into(),
+                if crate::kernel::lacks(crate::kernel::Feature::XdpLoadBytes) {
+                    "auto".into()
+                } else {
+                    "native".into()
+                },
+            ],
             log: cluster.scratch.join(format!("{}-agent.log", node.name)),
             capabilities: None,
         }

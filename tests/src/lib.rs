@@ -34,6 +34,7 @@ pub mod scratch;
 pub mod stack_depth;
 pub mod topology;
 pub mod wiring;
+pub mod xdp_peer;
 
 pub use agent::{Agent, AgentConfig};
 pub use apiserver::FakeApiServer;

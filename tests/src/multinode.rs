@@ -37,6 +37,7 @@ use crate::{
     scratch::Scratch,
     topology::Pod,
     wiring::{self, Gateway, Placement, PodAddress},
+    xdp_peer::{self, XdpPass},
 };
 
 /// At most this many nodes (node IPs stay below .255 and fit one /24).
@@ -173,6 +174,9 @@ impl ClusterNode {
 /// manifests.
 pub struct MultiNodeCluster {
     pub nodes: Vec<ClusterNode>,
+    /// XDP_PASS on each node's LAN-side veth, so the nodes can run XDP
+    /// (see `xdp_peer`); empty where the kernel cannot.
+    _xdp_peers: Vec<XdpPass>,
     pub outside: Outside,
     /// Holds `lan0`, the switch every node's and the outside's `eth0` is on.
     pub lan: NetNs,
@@ -194,11 +198,25 @@ impl MultiNodeCluster {
         wiring::bridge(&lan, "lan0", None)?;
         let outside = Outside::new(&lan)?;
         let mut nodes = Vec::new();
+        let mut xdp_peers = Vec::new();
         for (index, node_spec) in spec.nodes.iter().enumerate() {
             let number = u8::try_from(index + 1)?;
             let node = node_up(&lan, node_spec, number, spec, &scratch)
                 .with_context(|| format!("bringing up {}", node_spec.name))?;
+            if xdp_peer::in_use() {
+                xdp_peers.push(xdp_peer::attach(&lan, &format!("vn{number}"))?);
+                // Frames reach a node's eth0 as off a wire (see
+                // `xdp_peer::full_checksums`): from other nodes, their pods,
+                // and the outside client.
+                xdp_peer::full_checksums(&node.netns, "eth0")?;
+                for pod in &node.pods {
+                    xdp_peer::full_checksums(&pod.netns, "eth0")?;
+                }
+            }
             nodes.push(node);
+        }
+        if !xdp_peers.is_empty() {
+            xdp_peer::full_checksums(&outside.netns, "eth0")?;
         }
         // The CNI's part: every node routes every other node's pod CIDRs to
         // that node over the LAN.
@@ -213,6 +231,7 @@ impl MultiNodeCluster {
         }
         let mut cluster = Self {
             nodes,
+            _xdp_peers: xdp_peers,
             outside,
             lan,
             scratch,

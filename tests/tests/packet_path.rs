@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Result;
 use support::packet_lab::{
     CLIENT_MAC, Datapath, LAB_MAC, NEXT, NODE2_MAC, REDIRECT, SHOT, Want, addr, check, ifindex,
-    in_lab, is_nat_port,
+    in_lab, ingress_programs, is_nat_port, verdict_at,
 };
 use switchyard_abi::{
     ConnState, NODE_CLUSTER_IP_FROM_OUTSIDE, NODE_LOCAL_BY_DEVICE, NODE_MASQUERADE_ALL,
@@ -21,7 +21,14 @@ use switchyard_tests::{
 
 #[test]
 fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
-    in_lab(|datapath| {
+    for program in ingress_programs() {
+        in_lab(|datapath| translate_and_drop(datapath, program))?;
+    }
+    Ok(())
+}
+
+fn translate_and_drop(datapath: &mut Datapath, program: &str) -> Result<()> {
+    {
         let frame = |proto, src: &str, dst: &str| Frame::new(proto, addr(src), addr(dst));
 
         // Stateless rows: (name, frame, verdict, source, destination, next hop).
@@ -80,23 +87,24 @@ fn tc_programs_translate_reject_and_drop_by_the_table() -> Result<()> {
                 },
             ),
         ];
-        check_rows(datapath, &rows);
+        check_rows(datapath, program, &rows);
 
         let dropped: Vec<(&str, Frame)> = vec![(
             "source outside loadBalancerSourceRanges",
             frame(TCP, "192.168.77.2:40006", "203.0.113.10:80"),
         )];
         for (name, frame) in &dropped {
-            assert_eq!(datapath.run("tc_ingress", frame)?.0, SHOT, "{name}");
+            let verdict = datapath.run(program, frame)?.0;
+            assert_eq!(verdict, verdict_at(program, SHOT), "{name} ({program})");
         }
         Ok(())
-    })
+    }
 }
 
-/// Runs each row through `tc_ingress` and checks what comes out.
-fn check_rows(datapath: &Datapath, rows: &[(&str, Frame, Want)]) {
+/// Runs each row through `program` and checks what comes out.
+fn check_rows(datapath: &Datapath, program: &str, rows: &[(&str, Frame, Want)]) {
     for (name, frame, want) in rows {
-        let seen = check(datapath, "tc_ingress", name, frame, want);
+        let seen = check(datapath, program, name, frame, want);
         if want.src.ends_with(":0") {
             // A NATed source port comes from the NAT ports.
             let port = seen.src.port();
@@ -110,7 +118,14 @@ fn check_rows(datapath: &Datapath, rows: &[(&str, Frame, Want)]) {
 
 #[test]
 fn cluster_ips_from_outside_are_served_by_the_table() -> Result<()> {
-    in_lab(|datapath| {
+    for program in ingress_programs() {
+        in_lab(|datapath| cluster_ips_from_outside(datapath, program))?;
+    }
+    Ok(())
+}
+
+fn cluster_ips_from_outside(datapath: &mut Datapath, program: &str) -> Result<()> {
+    {
         let frame = |proto, src: &str, dst: &str| Frame::new(proto, addr(src), addr(dst));
         let rows: Vec<(&str, Frame, Want)> = vec![
             (
@@ -144,7 +159,7 @@ fn cluster_ips_from_outside_are_served_by_the_table() -> Result<()> {
                 },
             ),
         ];
-        check_rows(datapath, &rows);
+        check_rows(datapath, program, &rows);
         // An address of the service CIDRs no Service holds: dropped, never
         // routed on (kube-proxy's "unallocated ClusterIPs" DROP).
         for dst in ["10.96.0.99:80", "[fd00:96::99]:80"] {
@@ -154,12 +169,12 @@ fn cluster_ips_from_outside_are_served_by_the_table() -> Result<()> {
                 "192.168.77.2:40009"
             };
             for proto in [TCP, UDP] {
-                let (verdict, _) = datapath.run("tc_ingress", &frame(proto, src, dst))?;
-                assert_eq!(verdict, SHOT, "{dst} over {proto}");
+                let (verdict, _) = datapath.run(program, &frame(proto, src, dst))?;
+                assert_eq!(verdict, verdict_at(program, SHOT), "{dst} over {proto}");
             }
         }
         Ok(())
-    })
+    }
 }
 
 fn is_einval(error: &anyhow::Error) -> bool {

@@ -177,9 +177,8 @@ fn update_checksum(ctx: &XdpContext, offset: usize, from: u64, to: u64, flags: u
     let udp_zero = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
     let mut sum: u16 = 0;
     // SAFETY: the helper writes two bytes into `sum`, or fails.
-    let read = unsafe {
-        bpf_xdp_load_bytes(ctx.ctx.cast(), offset as u32, (&raw mut sum).cast(), 2)
-    };
+    let read =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx.cast(), offset as u32, (&raw mut sum).cast(), 2) };
     if read != 0 {
         return None;
     }
@@ -191,9 +190,8 @@ fn update_checksum(ctx: &XdpContext, offset: usize, from: u64, to: u64, flags: u
         new = 0xffff;
     }
     // SAFETY: the helper reads two bytes of `new`.
-    let written = unsafe {
-        bpf_xdp_store_bytes(ctx.ctx.cast(), offset as u32, (&raw mut new).cast(), 2)
-    };
+    let written =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx.cast(), offset as u32, (&raw mut new).cast(), 2) };
     (written == 0).then_some(())
 }
 

@@ -477,8 +477,14 @@ fn reply<C: Frame>(ctx: &C, packet: &Packet, flow: &Flow, at_ingress: bool) -> i
         return C::SHOT;
     }
     if flow.snat != 0
-        && packet::rewrite(ctx, packet, End::Destination, &flow.snat_addr, flow.snat_port)
-            .is_none()
+        && packet::rewrite(
+            ctx,
+            packet,
+            End::Destination,
+            &flow.snat_addr,
+            flow.snat_port,
+        )
+        .is_none()
     {
         return C::SHOT;
     }

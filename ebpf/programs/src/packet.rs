@@ -343,8 +343,7 @@ pub fn rewrite<C: Frame>(ctx: &C, packet: &Packet, end: End, addr: &Addr, port: 
                 0,
                 diff as u64,
                 u64::from(BPF_F_PSEUDO_HDR) | l4_flags,
-            )
-            ?;
+            )?;
         }
         ctx.store(offset, &addr.words)?;
     } else {
@@ -359,11 +358,9 @@ pub fn rewrite<C: Frame>(ctx: &C, packet: &Packet, end: End, addr: &Addr, port: 
                 old,
                 new,
                 u64::from(BPF_F_PSEUDO_HDR) | l4_flags | CSUM_FIELD_4,
-            )
-            ?;
+            )?;
         }
-        ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECKSUM, old, new, CSUM_FIELD_4)
-            ?;
+        ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECKSUM, old, new, CSUM_FIELD_4)?;
         ctx.store(offset, &addr.v4_word())?;
     }
     if old_port != port && !packet.later_fragment {
@@ -372,8 +369,7 @@ pub fn rewrite<C: Frame>(ctx: &C, packet: &Packet, end: End, addr: &Addr, port: 
             u64::from(old_port),
             u64::from(port),
             l4_flags | CSUM_FIELD_2,
-        )
-        ?;
+        )?;
         ctx.store(port_offset, &port)?;
     }
     Some(())
@@ -394,7 +390,6 @@ pub fn decrement_hop_limit<C: Frame>(ctx: &C, packet: &Packet) -> Option<()> {
         u64::from(old),
         u64::from(new),
         CSUM_FIELD_2,
-    )
-    ?;
+    )?;
     ctx.store(ETH_HLEN + IPV4_TTL, &hop_limit)
 }

@@ -23,7 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        Xdp,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
@@ -396,8 +397,9 @@ impl Programs {
     }
 
     /// Attaches the packet hooks to `device` (tcx links, appended after any
-    /// other program there) unless this start already did.
-    pub fn attach_device(&mut self, device: &Device) -> Result<(), DatapathError> {
+    /// other program there) unless this start already did, and the XDP
+    /// program as `--xdp` says if `uplink`.
+    pub fn attach_device(&mut self, device: &Device, uplink: bool) -> Result<(), DatapathError> {
         // The probe already said once why the per-packet path is off.
         if self.devices.contains(&device.index) || !self.features.packet_path() {
             return Ok(());
@@ -425,7 +427,10 @@ impl Programs {
         }
         self.devices.insert(device.index);
         info!(device = %device.name, "packet hooks attached");
-        self.attach_xdp(device)
+        if uplink {
+            self.attach_xdp(device)?;
+        }
+        Ok(())
     }
 
     /// `--xdp`: the mode the next devices are attached with.
@@ -445,13 +450,22 @@ impl Programs {
         if self.xdp == XdpMode::Off {
             return Ok(());
         }
+        if self.xdp == XdpMode::Auto
+            && let Some(why) = xdp_attach::auto_skips(device)
+        {
+            info!(device = %device.name, "no XDP: {why}");
+            return Ok(());
+        }
         let attached = if self.features.available(Feature::XdpLoadBytes) {
             let program: &mut Xdp = program_mut(&mut self.ebpf, XDP_PROGRAM)?;
             xdp_attach::attach(program, device, &self.generation, &self.previous)
         } else {
             Err(DatapathError::NoNativeXdp {
                 device: device.name.clone(),
-                reason: format!("kernel {} lacks bpf_xdp_load_bytes (Linux 5.18)", self.features.release),
+                reason: format!(
+                    "kernel {} lacks bpf_xdp_load_bytes (Linux 5.18)",
+                    self.features.release
+                ),
             })
         };
         match attached {
@@ -494,6 +508,12 @@ impl Programs {
     /// A packet program, for running it on test input (`BPF_PROG_TEST_RUN`).
     pub fn packet_program(&self, name: &str) -> Option<&SchedClassifier> {
         self.ebpf.program(name)?.try_into().ok()
+    }
+
+    /// The XDP program, for test input; `None` where it was not loaded.
+    pub fn xdp_program(&self) -> Option<&Xdp> {
+        let program: &Xdp = self.ebpf.program(XDP_PROGRAM)?.try_into().ok()?;
+        program.fd().is_ok().then_some(program)
     }
 
     /// Forgets devices that are gone: their links went with them.

@@ -63,6 +63,17 @@ impl FromStr for XdpMode {
     }
 }
 
+/// Why `--xdp auto` leaves `device` to tc without trying: a veth passes
+/// frames sent back out by XDP to its peer only when the peer side takes
+/// XDP frames (an XDP program or GRO there), which this namespace cannot
+/// see; a frame it refuses is lost. `--xdp native` attaches anyway, for
+/// whoever prepared the peer.
+pub fn auto_skips(device: &Device) -> Option<&'static str> {
+    device
+        .veth
+        .then_some("a veth: XDP only with --xdp native, once its peer takes XDP frames")
+}
+
 /// Where the pin of `device`'s XDP link goes in a generation.
 pub fn pin_path(generation: &Path, device: &str) -> PathBuf {
     generation.join(format!("{XDP_PROGRAM}@{device}"))
@@ -91,12 +102,11 @@ pub fn attach(
                 path: pin.clone(),
                 source: Box::new(source),
             })?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                DatapathError::Pin {
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Pin {
                     path: pin.clone(),
                     source: Box::new(source),
-                }
-            })?;
+                })?;
             program.attach_to_link(link).map_err(program_error)?
         }
         None => program

@@ -10,7 +10,7 @@ use rtnetlink::{
     MulticastGroup, RouteMessageBuilder, new_connection, new_multicast_connection,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkFlags},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
         route::RouteAttribute,
     },
 };
@@ -39,6 +39,8 @@ pub struct Device {
     pub addresses: Vec<IpAddr>,
     /// A default route leaves through it.
     pub default_route: bool,
+    /// A veth (see `xdp_attach::auto_skips`).
+    pub veth: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -219,6 +221,10 @@ pub async fn read() -> Result<NetworkSnapshot, NetworkError> {
             loopback: link.header.flags.contains(LinkFlags::Loopback),
             addresses: Vec::new(),
             default_route: false,
+            veth: link.attributes.iter().any(|attribute| {
+                matches!(attribute, LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
+            }),
         });
     }
     let mut addresses = handle.address().get().execute();

@@ -184,8 +184,16 @@ impl PacketPath {
         } else {
             &[]
         };
+        // XDP goes on the uplinks only (`--devices`, else the default
+        // route's): a device that is here only for a NodePort address (a
+        // pod bridge) sees no traffic from outside worth the fast path.
+        let uplinks: BTreeSet<u32> = network
+            .selected(&self.selection)
+            .iter()
+            .map(|device| device.index)
+            .collect();
         for device in attachable {
-            match programs.attach_device(device) {
+            match programs.attach_device(device, uplinks.contains(&device.index)) {
                 Ok(()) => attached.push(&device.name),
                 // `--xdp native` on a device without it: the agent stops at
                 // start; later, each refresh says so.
@@ -221,7 +229,12 @@ impl PacketPath {
         let hooks: Vec<(&str, &str)> = attached
             .iter()
             .map(|device| (*device, "tc"))
-            .chain(programs.xdp_devices().iter().map(|device| (device.as_str(), "xdp")))
+            .chain(
+                programs
+                    .xdp_devices()
+                    .iter()
+                    .map(|device| (device.as_str(), "xdp")),
+            )
             .collect();
         metrics.set_network(&hooks, addresses.len());
         self.node_port_addresses = addresses;

@@ -22,7 +22,7 @@ use switchyard_tests::{
     AddressType, Agent, AgentConfig, Attempt, Endpoint, EndpointPort, EndpointSliceManifest,
     MultiNodeCluster, MultiNodeSpec, NetNs, Prober, ServiceManifest, TargetPort,
     kernel::{self, Feature},
-    patience, wiring,
+    patience, wiring, xdp_peer,
 };
 
 use super::two_nodes::{NS, agents};
@@ -213,6 +213,9 @@ impl Lab {
             .ip(&["addr", "add", &v6, "dev", "eth0", "nodad"])
             .unwrap();
         blocked.ip(&["link", "set", "eth0", "up"]).unwrap();
+        if xdp_peer::in_use() {
+            xdp_peer::full_checksums(&blocked, "eth0").unwrap();
+        }
         // Nodes have a default gateway, as real ones do: a host process's
         // unbound socket takes its source address from that route.
         for node in &cluster.nodes {

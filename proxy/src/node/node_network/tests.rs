@@ -2,6 +2,7 @@ use super::*;
 
 fn device(name: &str, index: u32, addresses: &[&str], default_route: bool) -> Device {
     Device {
+        veth: false,
         name: name.into(),
         index,
         up: true,
