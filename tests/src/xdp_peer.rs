@@ -6,7 +6,7 @@
 //! a NIC would. Loaded with bpf(2) directly: no object file for two
 //! instructions. The link goes when the guard drops (it is never pinned).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, ensure};
 
@@ -19,6 +19,7 @@ const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `union bpf_attr` as the kernel reads it: larger than any command here.
 const ATTR_LEN: usize = 128;
+const ATTR_SIZE: libc::c_uint = 128;
 
 /// Whether the multi-node lab runs the nodes' per-packet path at XDP on
 /// this kernel (and so needs wire-like senders: see [`full_checksums`]).
@@ -71,21 +72,13 @@ fn put(attr: &mut [u8; ATTR_LEN], at: usize, value: u32) {
 }
 
 fn fd_number(fd: &OwnedFd) -> u32 {
-    use std::os::fd::AsRawFd;
     u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX)
 }
 
 fn bpf(command: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> Result<OwnedFd> {
     // SAFETY: `attr` is a bpf_attr-sized buffer laid out for `command`,
     // and every pointer in it outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_mut_ptr(),
-            ATTR_LEN as libc::c_uint,
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), ATTR_SIZE) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
@@ -117,7 +110,6 @@ pub fn full_checksums(netns: &NetNs, device: &str) -> Result<()> {
         ensure!(socket >= 0, "socket: {}", std::io::Error::last_os_error());
         // SAFETY: ours, closed when dropped.
         let socket = unsafe { OwnedFd::from_raw_fd(socket) };
-        use std::os::fd::AsRawFd;
         // SAFETY: `request` names the device and points at `value`, both
         // live for the call.
         let result = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, request.as_mut_ptr()) };

@@ -17,7 +17,7 @@ use aya::programs::{
 };
 
 use super::{DatapathError, link_pins::pin_link};
-use crate::node::node_network::Device;
+use crate::node::node_network::{Device, DeviceKind};
 
 /// The XDP program's name in the object.
 pub const XDP_PROGRAM: &str = "xdp_ingress";
@@ -69,8 +69,7 @@ impl FromStr for XdpMode {
 /// see; a frame it refuses is lost. `--xdp native` attaches anyway, for
 /// whoever prepared the peer.
 pub fn auto_skips(device: &Device) -> Option<&'static str> {
-    device
-        .veth
+    (device.kind == DeviceKind::Veth)
         .then_some("a veth: XDP only with --xdp native, once its peer takes XDP frames")
 }
 

@@ -39,8 +39,16 @@ pub struct Device {
     pub addresses: Vec<IpAddr>,
     /// A default route leaves through it.
     pub default_route: bool,
-    /// A veth (see `xdp_attach::auto_skips`).
-    pub veth: bool,
+    pub kind: DeviceKind,
+}
+
+/// What kind of link a device is, where it matters (see
+/// `xdp_attach::auto_skips`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceKind {
+    Veth,
+    #[default]
+    Other,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -221,10 +229,14 @@ pub async fn read() -> Result<NetworkSnapshot, NetworkError> {
             loopback: link.header.flags.contains(LinkFlags::Loopback),
             addresses: Vec::new(),
             default_route: false,
-            veth: link.attributes.iter().any(|attribute| {
+            kind: if link.attributes.iter().any(|attribute| {
                 matches!(attribute, LinkAttribute::LinkInfo(infos)
                     if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
-            }),
+            }) {
+                DeviceKind::Veth
+            } else {
+                DeviceKind::Other
+            },
         });
     }
     let mut addresses = handle.address().get().execute();

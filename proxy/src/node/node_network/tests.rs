@@ -2,7 +2,7 @@ use super::*;
 
 fn device(name: &str, index: u32, addresses: &[&str], default_route: bool) -> Device {
     Device {
-        veth: false,
+        kind: DeviceKind::Other,
         name: name.into(),
         index,
         up: true,
