@@ -28,6 +28,7 @@ use crate::{
     rig::{CLIENT_CPU, NODE_CLIENT_SIDE, PACKET_DEVICES, REMOTE_POD, Rig, SERVER_CPU},
     scenario::Options,
     traffic::{self, Origin, Test},
+    xdp_forwarding::{self, XdpRig},
 };
 
 /// NodePorts of their own, so no other figure's state is in the way.
@@ -69,7 +70,7 @@ fn measure_all(
             .with_protocol(protocol);
         let node_port = SocketAddrV4::new(NODE_CLIENT_SIDE, node_port);
         let direct = SocketAddrV4::new(REMOTE_POD, TARGET_PORT);
-        let mut samples: [Vec<ForwardingSample>; 3] = Default::default();
+        let mut samples: [Vec<ForwardingSample>; 5] = Default::default();
         for run in 0..options.runs {
             progress.step(&format!(
                 "NodePort forwarding, {}, run {}/{}",
@@ -96,13 +97,31 @@ fn measure_all(
             let measured = measure(rig, options, load, node_port);
             rule_set::clear(&rig.node)?;
             samples[2].push(measured?);
+            progress.detail("Switchyard (XDP)");
+            samples[3].push(measure_xdp(rig, options, &catalog, load, node_port)?);
+            if matches!(load, Test::UdpFlood) {
+                // One way only: the bare redirect translates nothing, so
+                // no reply could find its way back.
+                progress.detail("bare XDP redirect");
+                let _rig_for_xdp = XdpRig::prepare(rig)?;
+                let _bare = xdp_forwarding::attach_bare(rig)?;
+                XdpRig::pin_receive_work(rig)?;
+                // node-2 drops what arrives (not its address): what the node
+                // sent on is what counts.
+                samples[4].push(measure(rig, options, load, node_port)?);
+            }
         }
-        let [direct, switchyard, iptables] = samples;
+        let [direct, switchyard, iptables, xdp, bare] = samples;
         for (mode, samples) in [
             (Mode::Direct, direct),
             (Mode::Switchyard, switchyard),
             (Mode::Iptables, iptables),
+            (Mode::SwitchyardXdp, xdp),
+            (Mode::BareXdp, bare),
         ] {
+            if samples.is_empty() {
+                continue;
+            }
             results.push(ForwardingResult {
                 test,
                 mode,
@@ -111,6 +130,31 @@ fn measure_all(
         }
     }
     Ok(results)
+}
+
+/// Switchyard at XDP: the rig prepared (see `xdp_forwarding`), the agent
+/// started with `--xdp native`, the receive work pinned once XDP is on.
+fn measure_xdp(
+    rig: &Rig,
+    options: &Options,
+    catalog: &Catalog,
+    load: Test,
+    target: SocketAddrV4,
+) -> Result<ForwardingSample> {
+    let _rig_for_xdp = XdpRig::prepare(rig)?;
+    let mut args = agent_run::devices(PACKET_DEVICES);
+    args.extend(["--xdp".to_owned(), "native".to_owned()]);
+    let (running, _) = RunningAgent::start(
+        rig,
+        &options.agent,
+        &catalog.services,
+        &args,
+        options.agent_log("node-port-forwarding-xdp"),
+        options.ready_timeout,
+    )?;
+    let measured = XdpRig::pin_receive_work(rig).and_then(|()| measure(rig, options, load, target));
+    running.stop()?;
+    measured
 }
 
 /// One run: what the node sent on out of the device the data leaves by,

@@ -25,3 +25,4 @@ pub mod rig;
 mod rule_shapes;
 pub mod scenario;
 pub mod traffic;
+pub mod xdp_forwarding;

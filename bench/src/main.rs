@@ -21,6 +21,9 @@ use switchyard_bench::{
 enum Only {
     /// What the per-Service counters cost the connect hook and the tc path.
     CounterCost,
+    /// NodePort forwarding per node core: direct, tc, XDP, iptables, and a
+    /// bare XDP redirect.
+    Forwarding,
 }
 
 #[derive(Parser)]
@@ -134,6 +137,14 @@ fn main() -> Result<()> {
     let mut report = empty_report(&cli, churn_s);
     if cli.only == Some(Only::CounterCost) {
         return counter_cost_only(&rig, &options, report, &cli.out);
+    }
+    if cli.only == Some(Only::Forwarding) {
+        let mut progress = Progress::new(2 * options.runs);
+        report.node_port_forwarding =
+            forwarding::node_port_forwarding(&rig, &options, &mut progress)?;
+        progress.finish();
+        println!("{}", write_outputs(&cli.out, &report)?);
+        return Ok(());
     }
     for (i, services) in scales.iter().enumerate() {
         let extras = Extras {

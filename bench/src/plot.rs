@@ -23,6 +23,8 @@ fn color(mode: Mode) -> &'static str {
         Mode::Switchyard => "#1f77b4",
         Mode::Iptables => "#d62728",
         Mode::Nftables => "#ff7f0e",
+        Mode::SwitchyardXdp => "#2ca02c",
+        Mode::BareXdp => "#9467bd",
     }
 }
 

@@ -32,6 +32,10 @@ const TARGET_SCALE: usize = 50_000;
 const CHURN_RATIO: f64 = 1.0;
 /// NodePort packets per node core: at least 1.5 × iptables'.
 const FORWARDING_RATIO: f64 = 1.5;
+/// The target for the per-packet path at XDP.
+const XDP_RATIO: f64 = 3.0;
+/// How close to a bare XDP redirect the lookups may leave it.
+const XDP_OF_BARE: f64 = 0.5;
 
 pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -275,6 +279,11 @@ fn node_port_forwarding(out: &mut String, report: &BenchReport) {
 
 /// Switchyard's packets per node core over `base`'s, for `test`.
 fn forwarding_ratio(report: &BenchReport, test: ForwardingTest, base: Mode) -> Option<f64> {
+    mode_ratio(report, test, Mode::Switchyard, base)
+}
+
+/// `mode`'s packets per node core over `base`'s, for `test`.
+fn mode_ratio(report: &BenchReport, test: ForwardingTest, mode: Mode, base: Mode) -> Option<f64> {
     let of = |mode| {
         report
             .node_port_forwarding
@@ -283,7 +292,37 @@ fn forwarding_ratio(report: &BenchReport, test: ForwardingTest, base: Mode) -> O
             .map(|r| r.median(ForwardingSample::packets_per_core_s))
     };
     let base = of(base)?;
-    (base > 0.0).then(|| of(Mode::Switchyard).map(|s| s / base))?
+    (base > 0.0).then(|| of(mode).map(|s| s / base))?
+}
+
+/// The XDP targets' rows: at least 3 × iptables per node core, and the
+/// share of a bare XDP redirect's rate it keeps (UDP: the bare redirect
+/// carries no replies).
+fn xdp_targets(report: &BenchReport) -> Vec<Target> {
+    let mut targets: Vec<Target> = [ForwardingTest::Udp, ForwardingTest::Tcp]
+        .into_iter()
+        .map(|test| Target {
+            asks: format!(
+                "NodePort {} packets per node core at XDP ≥ 3 × iptables",
+                test.label()
+            ),
+            measured: mode_ratio(report, test, Mode::SwitchyardXdp, Mode::Iptables)
+                .map(|r| (r, format!("{r:.2} × iptables"))),
+            met: |ratio| ratio >= XDP_RATIO,
+        })
+        .collect();
+    targets.push(Target {
+        asks: "NodePort UDP flood at XDP ≥ 0.5 × a bare XDP redirect on the same devices".into(),
+        measured: mode_ratio(
+            report,
+            ForwardingTest::Udp,
+            Mode::SwitchyardXdp,
+            Mode::BareXdp,
+        )
+        .map(|r| (r, format!("{r:.2} × bare XDP redirect"))),
+        met: |ratio| ratio >= XDP_OF_BARE,
+    });
+    targets
 }
 
 /// The churn targets' rows: the rate against iptables', and no failure.
@@ -440,6 +479,7 @@ fn targets(out: &mut String, report: &BenchReport) {
         .and_then(|s| s.mode(Mode::Switchyard));
     for target in forwarding_targets(report)
         .into_iter()
+        .chain(xdp_targets(report))
         .chain(churn_targets(report))
         .chain(crate::footprint_report::targets(report))
         .chain(crate::counter_cost::targets(report.counter_cost.as_ref()))

@@ -16,6 +16,10 @@ pub enum Mode {
     Switchyard,
     Iptables,
     Nftables,
+    /// Switchyard with `--xdp native` (NodePort forwarding only).
+    SwitchyardXdp,
+    /// A bare XDP redirect on the same devices: the ceiling.
+    BareXdp,
 }
 
 impl Mode {
@@ -32,6 +36,8 @@ impl Mode {
             Mode::Switchyard => "Switchyard",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::SwitchyardXdp => "Switchyard (XDP)",
+            Mode::BareXdp => "bare XDP redirect",
         }
     }
 }

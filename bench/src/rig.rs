@@ -55,7 +55,7 @@ pub struct BenchPod {
     pub ip: Ipv4Addr,
     // Before `netns`: the server dies before its namespace goes.
     server: Spawned,
-    _netns: NetNs,
+    netns: NetNs,
 }
 
 /// Field order is teardown order.
@@ -223,8 +223,14 @@ impl BenchPod {
             name,
             ip,
             server,
-            _netns: netns,
+            netns,
         })
+    }
+}
+
+impl BenchPod {
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
     }
 }
 

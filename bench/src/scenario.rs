@@ -76,6 +76,9 @@ pub fn measure(
             Mode::Nftables => {
                 netfilter_mode(rig, options, &catalog, extras, RuleSet::Nftables, progress)?
             }
+            Mode::SwitchyardXdp | Mode::BareXdp => {
+                anyhow::bail!("{} is measured in NodePort forwarding only", mode.label())
+            }
         };
         modes.push(result);
     }

@@ -1,6 +1,6 @@
-//! An XDP program that passes every frame (two instructions: `r0 =
-//! XDP_PASS; exit`), attached in native mode to the LAN side of a node's
-//! veth. A veth hands the frames an XDP program sends back out of its
+//! XDP programs of a few raw instructions: one that passes every frame
+//! (`r0 = XDP_PASS; exit`), attached in native mode to the LAN side of a
+//! node's veth, and whatever the bench brings as its baseline. A veth hands the frames an XDP program sends back out of its
 //! device (`XDP_TX`) to its peer only when the peer takes XDP frames; with
 //! this on the peer, a node's `eth0` can run the per-packet path at XDP as
 //! a NIC would. Loaded with bpf(2) directly: no object file for two
@@ -33,14 +33,23 @@ pub struct XdpPass {
     _program: OwnedFd,
 }
 
+/// `r0 = XDP_PASS; exit`.
+const PASS: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+
 /// Attaches the pass-everything program to `device` in `netns`.
 pub fn attach(netns: &NetNs, device: &str) -> Result<XdpPass> {
+    attach_instructions(netns, device, &PASS)
+}
+
+/// Attaches an XDP program of raw BPF instructions (8 bytes each, as the
+/// kernel reads them) to `device` in `netns`, in native mode.
+pub fn attach_instructions(netns: &NetNs, device: &str, instructions: &[u8]) -> Result<XdpPass> {
     let device = std::ffi::CString::new(device)?;
     netns.within(|| -> Result<XdpPass> {
         // SAFETY: a valid C string, only read.
         let ifindex = unsafe { libc::if_nametoindex(device.as_ptr()) };
         ensure!(ifindex != 0, "no device {device:?}");
-        let program = load()?;
+        let program = load(instructions)?;
         let mut attr = [0u8; ATTR_LEN];
         put(&mut attr, 0, fd_number(&program));
         put(&mut attr, 4, ifindex);
@@ -54,13 +63,15 @@ pub fn attach(netns: &NetNs, device: &str) -> Result<XdpPass> {
     })?
 }
 
-fn load() -> Result<OwnedFd> {
-    // mov64 r0, 2 (XDP_PASS); exit.
-    let instructions: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+fn load(instructions: &[u8]) -> Result<OwnedFd> {
+    ensure!(
+        instructions.len().is_multiple_of(8),
+        "BPF instructions are 8 bytes each"
+    );
     let license = b"GPL\0";
     let mut attr = [0u8; ATTR_LEN];
     put(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put(&mut attr, 4, 2u32);
+    put(&mut attr, 4, u32::try_from(instructions.len() / 8)?);
     attr[8..16].copy_from_slice(&(instructions.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     put(&mut attr, 68, BPF_XDP);

@@ -218,7 +218,13 @@ fn manifests_describe_nodes_and_endpoints_and_agents_are_wired_per_node() {
     assert_eq!(agent.manifests, c.manifests().path());
     assert_eq!(agent.cgroup, n2.cgroup.path());
     assert_eq!(agent.bpffs, n2.bpffs.join("switchyard"));
-    assert_eq!(agent.extra_args, ["--devices", "eth0"]);
+    // XDP too where the kernel has it (the LAN side takes XDP frames).
+    let xdp = if switchyard_tests::xdp_peer::in_use() {
+        "native"
+    } else {
+        "auto"
+    };
+    assert_eq!(agent.extra_args, ["--devices", "eth0", "--xdp", xdp]);
     assert_ne!(agent.log, AgentConfig::for_node(&c, 0).log);
 }
 

@@ -34,6 +34,12 @@ pub const CLUSTER_CIDRS_MAX_ENTRIES: u32 = 64;
 /// Read when [`NODE_LOCAL_BY_DEVICE`] is set.
 pub const LOCAL_DEVICES_MAP: &str = "SY_LOCAL_DEVS_V1";
 pub const LOCAL_DEVICES_MAX_ENTRIES: u32 = 256;
+/// The devices XDP may send a frame into (a device map, ifindex ->
+/// ifindex): those the XDP program is on, whose drivers take XDP frames.
+/// XDP sends a frame out of the device it came by (`XDP_TX`) or into one
+/// of these; any other next hop is tc's.
+pub const XDP_DEVICES_MAP: &str = "SY_XDP_DEVS_V1";
+pub const XDP_DEVICES_MAX_ENTRIES: u32 = 256;
 
 /// Consecutive ports `first..first + count`, host byte order.
 #[repr(C)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     },
     helpers::bpf_sk_storage_get,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use switchyard_abi::{
@@ -22,7 +22,7 @@ use switchyard_abi::{
     MAGLEV_MAX_ENTRIES, MaglevKey, NETNS_SOURCES_MAX_ENTRIES, NODE_ENTRIES, NetnsSource,
     NodeConfig, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_STATS_SERIES, SERVICES_MAX_ENTRIES,
     SOURCE_RANGES_MAX_ENTRIES, ServiceCounts, ServiceKey, ServiceName, ServiceValue, SockPeer,
-    SockState, SourceRange, UDP_PEERS_MAX_ENTRIES,
+    SockState, SourceRange, UDP_PEERS_MAX_ENTRIES, XDP_DEVICES_MAX_ENTRIES,
 };
 
 #[map(name = "SY_SERVICES_V2")]
@@ -122,6 +122,9 @@ pub static CLUSTER_CIDRS: LpmTrie<Addr, u8> =
 
 #[map(name = "SY_LOCAL_DEVS_V1")]
 pub static LOCAL_DEVICES: HashMap<u32, u8> = HashMap::pinned(LOCAL_DEVICES_MAX_ENTRIES, 0);
+
+#[map(name = "SY_XDP_DEVS_V1")]
+pub static XDP_DEVICES: DevMapHash = DevMapHash::pinned(XDP_DEVICES_MAX_ENTRIES, 0);
 
 // The kernel requires LPM tries to be created without preallocation.
 #[map(name = "SY_SRC_RANGES_V1")]

@@ -18,7 +18,7 @@ use switchyard_abi::{Addr, COUNTER_PASS_NO_ROUTE};
 
 use crate::{
     frame::Frame,
-    maps::{ROUTE_SCRATCH, count},
+    maps::{ROUTE_SCRATCH, XDP_DEVICES, count},
 };
 
 const AF_INET: u8 = 2;
@@ -124,12 +124,15 @@ pub fn lookup<C: Frame>(
 }
 
 impl Route {
-    /// Whether the hook can send by this route. XDP sends back out of the
-    /// device it arrived by only (`XDP_TX`): redirecting into another
-    /// device works only where that device's driver takes XDP frames, and
-    /// a packet it refuses is lost.
+    /// Whether the hook can send by this route. XDP sends out of the device
+    /// it arrived by (`XDP_TX`) or into a device of `XDP_DEVICES`: only
+    /// there does a driver take XDP frames, and a frame it refused would
+    /// be lost.
     pub fn usable_by<C: Frame>(&self, ctx: &C) -> bool {
-        C::FINISHES || (self.kind == RouteKind::Neighbour && self.ifindex == ctx.device())
+        C::FINISHES
+            || (self.kind == RouteKind::Neighbour
+                && (self.ifindex == ctx.device()
+                    || XDP_DEVICES.get_ifindex(self.ifindex).is_some()))
     }
 }
 
@@ -143,7 +146,13 @@ pub fn send<C: Frame>(ctx: &C, route: &Route) -> i32 {
                 return C::NEXT;
             }
             if !C::FINISHES {
-                return xdp_action::XDP_TX as i32;
+                if route.ifindex == ctx.device() {
+                    return xdp_action::XDP_TX as i32;
+                }
+                let sent = XDP_DEVICES.redirect(route.ifindex, u64::from(xdp_action::XDP_DROP));
+                return match sent {
+                    Ok(action) | Err(action) => action as i32,
+                };
             }
             // SAFETY: a helper taking integers.
             unsafe { bpf_redirect(route.ifindex, 0) as i32 }

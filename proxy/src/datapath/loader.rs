@@ -33,6 +33,7 @@ use switchyard_abi::{
     CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, COUNTERS_MAP, FRAGMENTS_MAP, LOCAL_DEVICES_MAP,
     MAGLEV_MAP, NETNS_SOURCES_MAP, NODE_CONFIG_MAP, NODE_MAP, SERVICE_CIDRS_MAP, SERVICE_NAMES_MAP,
     SERVICE_STATS_MAP, SERVICES_MAP, SOCK_STATE_MAP, SOURCE_RANGES_MAP, UDP_PEERS_MAP,
+    XDP_DEVICES_MAP,
 };
 use tracing::{info, warn};
 
@@ -99,7 +100,7 @@ pub const PACKET_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("tc_egress", TcAttachType::Egress),
 ];
 
-pub const MAP_NAMES: [&str; 20] = [
+pub const MAP_NAMES: [&str; 21] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     MAGLEV_MAP,
@@ -120,6 +121,7 @@ pub const MAP_NAMES: [&str; 20] = [
     SERVICE_STATS_MAP,
     BACKEND_STATS_MAP,
     SERVICE_NAMES_MAP,
+    XDP_DEVICES_MAP,
 ];
 
 /// The loaded programs of this agent start, and the generation its links
@@ -471,6 +473,9 @@ impl Programs {
         match attached {
             Ok(()) => {
                 self.xdp_devices.insert(device.name.clone());
+                if let Err(error) = xdp_attach::add_target(&self.pin_dir, device) {
+                    info!(device = %device.name, %error, "XDP sends frames back out of this device only");
+                }
                 info!(device = %device.name, "XDP attached (native)");
                 Ok(())
             }

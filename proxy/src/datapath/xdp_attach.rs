@@ -10,13 +10,17 @@ use std::{
     str::FromStr,
 };
 
-use aya::programs::{
-    Xdp,
-    links::{FdLink, PinnedLink},
-    xdp::{XdpLink, XdpMode as AttachMode},
+use aya::{
+    maps::{DevMapHash, MapData},
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpMode as AttachMode},
+    },
 };
+use switchyard_abi::XDP_DEVICES_MAP;
 
-use super::{DatapathError, link_pins::pin_link};
+use super::{DatapathError, link_pins::pin_link, pinned::open_pinned};
 use crate::node::node_network::{Device, DeviceKind};
 
 /// The XDP program's name in the object.
@@ -116,6 +120,24 @@ pub fn attach(
     let path = pin_path(generation, &device.name);
     let _ = fs::remove_file(&path);
     pin_link(FdLink::try_from(link), &path)
+}
+
+/// Makes `device` a device XDP may send frames into (`XDP_DEVICES_MAP`
+/// under `pin_dir`). The kernel takes it only where the driver accepts XDP
+/// frames; elsewhere XDP sends back out of this device alone, and tc takes
+/// the other next hops. A device that goes leaves the map by itself.
+pub fn add_target(pin_dir: &Path, device: &Device) -> Result<(), DatapathError> {
+    let mut targets: DevMapHash<MapData> = open_pinned(pin_dir, XDP_DEVICES_MAP)?;
+    let map_error = |source: aya::maps::MapError| DatapathError::Map {
+        map: XDP_DEVICES_MAP,
+        source: Box::new(source),
+    };
+    match targets.insert(device.index, device.index, None, 0) {
+        Err(aya::maps::xdp::XdpMapError::MapError(source)) => Err(map_error(source)),
+        // ChainedProgramNotSupported is never asked for: no program runs
+        // on the way out.
+        Ok(()) | Err(aya::maps::xdp::XdpMapError::ChainedProgramNotSupported) => Ok(()),
+    }
 }
 
 /// The devices an XDP link is pinned for under `pin_dir`'s newest
