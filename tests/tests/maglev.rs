@@ -10,7 +10,7 @@ mod support;
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use support::two_nodes::{agents, eventually, service, write_service};
-use switchyard_tests::{MultiNodeCluster, MultiNodeSpec, ServiceType};
+use switchyard_tests::{MultiNodeCluster, MultiNodeSpec, ServiceType, xdp_peer};
 
 const RANGE: &str = "203.0.113.0/24";
 /// Flows per measurement, each from its own source port. Every measurement
@@ -88,6 +88,15 @@ fn assert_shown_and_explained(
             .unwrap()
     };
     let full = serde_json::json!({"table_size": 1021, "buckets_present": 1021});
+    // Where the kernel has XDP the lab runs the nodes' uplinks at XDP
+    // (`--xdp native`), and both tools say so.
+    let xdp: &[&str] = if xdp_peer::in_use() { &["eth0"] } else { &[] };
+    let report = agent.services_report().unwrap();
+    assert_eq!(report["xdp_devices"], serde_json::json!(xdp));
+    let metrics = support::get(&c.nodes[0].netns, 10249, "/metrics").1;
+    let hooked = metrics.contains(r#"switchyard_device_hooks{device="eth0",hook="xdp"} 1"#);
+    assert_eq!(hooked, !xdp.is_empty(), "{metrics}");
+    assert!(metrics.contains(r#"switchyard_device_hooks{device="eth0",hook="tc"} 1"#));
     assert_eq!(
         algorithm_of("203.0.113.20", "external"),
         ("maglev".into(), full)

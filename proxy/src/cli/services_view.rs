@@ -18,8 +18,10 @@ use crate::{
         DatapathError, MapReader, feature_probe,
         flow_table::{FlowTable, monotonic_now_ns},
         kernel_features::KernelFeatures,
+        link_pins,
         pinned::PinnedMaps,
         stats_table::StatsTable,
+        xdp_attach,
     },
     node::conntrack::ConnectionView,
     plan::{datapath_state::DatapathState, map_op::RangeKey},
@@ -29,6 +31,9 @@ use crate::{
 #[derive(Serialize)]
 struct ServicesReport<'a> {
     frontends: &'a [FrontendView],
+    /// Devices the per-packet path runs at XDP on (its pinned links); tc
+    /// serves every packet-path device besides.
+    xdp_devices: &'a [String],
     /// The running kernel's features, probed by this command as the agent
     /// probes them at start (same kernel, same answers).
     kernel: &'a KernelFeatures,
@@ -93,12 +98,24 @@ pub fn render(pin_dir: &Path, format: OutputFormat) -> Result<String, DatapathEr
     let kernel_counts = StatsTable::open(pin_dir).ok();
     let views = views(&state, kernel_counts.as_ref());
     let kernel = feature_probe::kernel_features();
+    let xdp_devices = link_pins::generations(pin_dir)?
+        .last()
+        .map(|generation| xdp_attach::pinned_devices(generation))
+        .unwrap_or_default();
     Ok(match format {
         OutputFormat::Json => json(&ServicesReport {
             frontends: &views,
+            xdp_devices: &xdp_devices,
             kernel,
         }),
-        OutputFormat::Table => format!("{}\n{}", table(&views), kernel.table()),
+        OutputFormat::Table => {
+            let xdp = if xdp_devices.is_empty() {
+                "none (tc alone)".to_owned()
+            } else {
+                xdp_devices.join(", ")
+            };
+            format!("{}\nXDP ON: {xdp}\n\n{}", table(&views), kernel.table())
+        }
     })
 }
 

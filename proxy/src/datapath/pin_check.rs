@@ -104,9 +104,14 @@ pub fn pinned_shape(path: &Path) -> Result<Option<MapShape>, PinCheckError> {
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
-        flags: info.map_flags(),
+        flags: info.map_flags() & !KERNEL_ADDED_FLAGS,
     }))
 }
+
+/// Flags the kernel sets on a map itself, which no definition asks for:
+/// `BPF_F_RDONLY_PROG` on device maps (programs only redirect through
+/// them), which a definition may not even name at creation.
+const KERNEL_ADDED_FLAGS: u32 = 1 << 7;
 
 /// Refuses a pinned map whose layout differs from `built`; its size may.
 pub fn check_layout(path: &Path, pinned: MapShape, built: MapShape) -> Result<(), PinCheckError> {
