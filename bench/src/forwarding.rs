@@ -105,7 +105,7 @@ fn measure_all(
                 progress.detail("bare XDP redirect");
                 let _rig_for_xdp = XdpRig::prepare(rig)?;
                 let _bare = xdp_forwarding::attach_bare(rig)?;
-                XdpRig::pin_receive_work(rig)?;
+                XdpRig::pin_receive_work(rig, false)?;
                 // node-2 drops what arrives (not its address): what the node
                 // sent on is what counts.
                 samples[4].push(measure(rig, options, load, node_port)?);
@@ -152,7 +152,8 @@ fn measure_xdp(
         options.agent_log("node-port-forwarding-xdp"),
         options.ready_timeout,
     )?;
-    let measured = XdpRig::pin_receive_work(rig).and_then(|()| measure(rig, options, load, target));
+    let measured =
+        XdpRig::pin_receive_work(rig, true).and_then(|()| measure(rig, options, load, target));
     running.stop()?;
     measured
 }

@@ -23,43 +23,60 @@ const NODE_TO_CLIENT: &str = "vcl";
 const NODE_TO_NODE2: &str = "vn2";
 
 /// The rig prepared for XDP while it lives: XDP_PASS on the far ends of
-/// the node's devices, complete checksums from every sender.
-pub struct XdpRig {
+/// the node's devices, complete checksums from every sender; the senders'
+/// offload comes back on drop, so the other modes run as before.
+pub struct XdpRig<'a> {
     _far_ends: Vec<XdpPass>,
+    senders: [(&'a NetNs, &'static str); 3],
 }
 
-impl XdpRig {
-    pub fn prepare(rig: &Rig) -> Result<Self> {
+impl<'a> XdpRig<'a> {
+    pub fn prepare(rig: &'a Rig) -> Result<Self> {
         let far_ends = vec![
             xdp_peer::attach(&rig.client, "eth0")?,
             xdp_peer::attach(&rig.node2, "eth0")?,
         ];
-        for (netns, device) in [
+        let senders = [
             (&rig.client, "eth0"),
             (&rig.node2, "eth0"),
             (rig.remote_pod.netns(), "eth0"),
-        ] {
+        ];
+        for (netns, device) in senders {
             xdp_peer::full_checksums(netns, device)?;
         }
         Ok(Self {
             _far_ends: far_ends,
+            senders,
         })
     }
 
     /// Moves the XDP receive work into NAPI threads: the node's on the
     /// node's core, the far ends' on the other. Called once the node's
-    /// devices run XDP (a veth has NAPI only then).
-    pub fn pin_receive_work(rig: &Rig) -> Result<()> {
-        for (netns, device, cpu) in [
+    /// devices run XDP (a veth has NAPI only then); `both_ways`: XDP is on
+    /// the node's device towards node-2 too (not the bare redirect's).
+    pub fn pin_receive_work(rig: &Rig, both_ways: bool) -> Result<()> {
+        let mut devices = vec![
             (&rig.node, NODE_TO_CLIENT, SERVER_CPU),
-            (&rig.node, NODE_TO_NODE2, SERVER_CPU),
             (&rig.client, "eth0", CLIENT_CPU),
             (&rig.node2, "eth0", CLIENT_CPU),
-        ] {
+        ];
+        if both_ways {
+            devices.push((&rig.node, NODE_TO_NODE2, SERVER_CPU));
+        }
+        for (netns, device, cpu) in devices {
             threaded_napi(netns, device)?;
             pin_napi_threads(device, cpu)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for XdpRig<'_> {
+    fn drop(&mut self) {
+        for (netns, device) in self.senders {
+            // Best effort: the namespaces go with the rig anyway.
+            let _ = xdp_peer::set_tx_checksum_offload(netns, device, true);
+        }
     }
 }
 

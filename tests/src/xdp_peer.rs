@@ -103,14 +103,19 @@ fn bpf(command: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> Result<OwnedFd> {
 /// stack to finish; XDP sees no skb to finish it with, and a frame it sends
 /// back out keeps the partial one (the receiver drops it).
 pub fn full_checksums(netns: &NetNs, device: &str) -> Result<()> {
+    set_tx_checksum_offload(netns, device, false)
+}
+
+/// Turns transmit checksum offload on `device` in `netns` on or off
+/// (`ETHTOOL_STXCSUM`).
+pub fn set_tx_checksum_offload(netns: &NetNs, device: &str, on: bool) -> Result<()> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_STXCSUM: u32 = 0x17;
     let name = device.as_bytes();
     ensure!(name.len() < 16, "device name {device:?} too long");
     netns.within(|| -> Result<()> {
-        // struct ethtool_value { cmd, data }: data 0 turns it off.
-        let mut value = [0u32; 2];
-        value[0] = ETHTOOL_STXCSUM;
+        // struct ethtool_value { cmd, data }.
+        let mut value = [ETHTOOL_STXCSUM, u32::from(on)];
         // struct ifreq: name[16], then the request pointer.
         let mut request = [0u8; 40];
         request[..name.len()].copy_from_slice(name);
