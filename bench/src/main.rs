@@ -232,6 +232,9 @@ fn write_outputs(out: &std::path::Path, report: &BenchReport) -> Result<String> 
     )?;
     std::fs::write(out.join("connection-rate.svg"), plot::svg(report))?;
     std::fs::write(out.join("memory.svg"), plot::memory_svg(report))?;
+    if !report.node_port_forwarding.is_empty() {
+        std::fs::write(out.join("forwarding.svg"), plot::forwarding_svg(report))?;
+    }
     Ok(markdown)
 }
 

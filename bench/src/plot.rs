@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::{
     catalog::Placement,
-    results::{BenchReport, FootprintSource, Mode},
+    results::{BenchReport, FootprintSource, ForwardingSample, ForwardingTest, Mode},
 };
 
 const WIDTH: f64 = 720.0;
@@ -71,6 +71,43 @@ pub fn svg(report: &BenchReport) -> String {
             .map(|scale| thousands(count(scale.services)))
             .collect(),
         series,
+    }
+    .render()
+}
+
+/// NodePort forwarding per node core by mode, the UDP flood and the TCP
+/// stream each a line (millions of packets per second of the node's core).
+pub fn forwarding_svg(report: &BenchReport) -> String {
+    let modes = [
+        Mode::Direct,
+        Mode::Switchyard,
+        Mode::Iptables,
+        Mode::SwitchyardXdp,
+        Mode::BareXdp,
+    ];
+    let line = |test: ForwardingTest, label: &str, color: &'static str| Series {
+        label: label.to_owned(),
+        color,
+        values: modes
+            .iter()
+            .map(|&mode| {
+                report
+                    .node_port_forwarding
+                    .iter()
+                    .find(|r| r.test == test && r.mode == mode)
+                    .map(|r| r.median(ForwardingSample::packets_per_core_s) / 1e6)
+            })
+            .collect(),
+        dashed: test == ForwardingTest::Tcp,
+    };
+    Chart {
+        title: "NodePort forwarding: millions of packets per second of the node's core",
+        x_title: "mode (one flow to a backend on another node)",
+        x_labels: modes.iter().map(|mode| mode.label().to_owned()).collect(),
+        series: vec![
+            line(ForwardingTest::Udp, "UDP flood", "#1f77b4"),
+            line(ForwardingTest::Tcp, "TCP stream", "#d62728"),
+        ],
     }
     .render()
 }
@@ -256,7 +293,8 @@ fn thousands(value: f64) -> String {
     if value >= 1_000.0 {
         format!("{}k", (value / 1_000.0 * 10.0).round() / 10.0)
     } else {
-        format!("{value:.0}")
+        // Small axes (millions of packets) keep their quarter steps.
+        format!("{}", (value * 100.0).round() / 100.0)
     }
 }
 
@@ -276,6 +314,8 @@ mod tests {
         assert_eq!(thousands(50_000.0), "50k");
         assert_eq!(thousands(2_500.0), "2.5k");
         assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(1.25), "1.25");
+        assert_eq!(thousands(250.0), "250");
     }
 
     #[test]
