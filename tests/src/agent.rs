@@ -94,7 +94,7 @@ impl AgentConfig {
                 "--devices".into(),
                 "eth0".into(),
                 "--xdp".into(),
-                if crate::kernel::lacks(crate::kernel::Feature::XdpLoadBytes) {
+                if crate::kernel::lacks(crate::kernel::Feature::XdpDeviceMap) {
                     "auto".into()
                 } else {
                     "native".into()

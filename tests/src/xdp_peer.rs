@@ -24,7 +24,7 @@ const ATTR_SIZE: libc::c_uint = 128;
 /// Whether the multi-node lab runs the nodes' per-packet path at XDP on
 /// this kernel (and so needs wire-like senders: see [`full_checksums`]).
 pub fn in_use() -> bool {
-    crate::kernel::has(crate::kernel::Feature::XdpLoadBytes)
+    crate::kernel::has(crate::kernel::Feature::XdpDeviceMap)
 }
 
 /// Keeps the program attached while it lives.

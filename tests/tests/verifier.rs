@@ -32,10 +32,10 @@ fn set_retval() -> bool {
     feature_probe::kernel_features().available(Feature::BpfSetRetval)
 }
 
-/// Whether the running kernel has `bpf_xdp_load_bytes`: without it the
-/// XDP program is never loaded (the kernel table says so).
+/// Whether the running kernel has XDP's device map: without it the XDP
+/// program is never loaded (the kernel table says so).
 fn xdp() -> bool {
-    !switchyard_tests::kernel::lacks(Feature::XdpLoadBytes)
+    !switchyard_tests::kernel::lacks(Feature::XdpDeviceMap)
 }
 
 /// Loads every program of the object the running kernel can have on its

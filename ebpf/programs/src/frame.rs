@@ -11,7 +11,6 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_MARK_MANGLED_0, xdp_action},
-    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -102,38 +101,25 @@ impl Frame for XdpContext {
     const SHOT: i32 = xdp_action::XDP_DROP as i32;
     const FINISHES: bool = false;
 
-    // Reads and writes in frames of their own: inlined, each call's buffer
-    // took a slot of its own in the caller's frame, and those callers sit
-    // on the deepest call chain (the verifier's 512 bytes along it).
-    #[inline(never)]
+    // Direct packet access: no helper call and no copy through a stack
+    // buffer per field, and no helper newer than the XDP hook itself
+    // (`bpf_xdp_load_bytes` is 5.18). Headers are in the first buffer of a
+    // frame; a field past it (a multi-buffer frame's fragments) is `None`,
+    // and the frame goes on to tc.
+    #[inline(always)]
     fn load<T>(&self, offset: usize) -> Option<T> {
-        let mut value = core::mem::MaybeUninit::<T>::uninit();
-        // SAFETY: the helper writes `size_of::<T>()` bytes into `value`, or
-        // fails and writes nothing we read.
-        let result = unsafe {
-            bpf_xdp_load_bytes(
-                self.ctx.cast(),
-                offset as u32,
-                value.as_mut_ptr().cast(),
-                size_of::<T>() as u32,
-            )
-        };
-        // SAFETY: filled when the helper returned 0.
-        (result == 0).then(|| unsafe { value.assume_init() })
+        let field = packet_field::<T>(self, offset)?;
+        // SAFETY: `packet_field` checked the whole field lies in the frame;
+        // packet fields are not aligned.
+        Some(unsafe { core::ptr::read_unaligned(field) })
     }
 
-    #[inline(never)]
+    #[inline(always)]
     fn store<T>(&self, offset: usize, value: &T) -> Option<()> {
-        // SAFETY: the helper reads `size_of::<T>()` bytes of `value`.
-        let result = unsafe {
-            bpf_xdp_store_bytes(
-                self.ctx.cast(),
-                offset as u32,
-                core::ptr::from_ref(value).cast_mut().cast(),
-                size_of::<T>() as u32,
-            )
-        };
-        (result == 0).then_some(())
+        let field = packet_field::<T>(self, offset)?;
+        // SAFETY: as in `load`; XDP frames are writable.
+        unsafe { core::ptr::write_unaligned(field, core::ptr::read(value)) };
+        Some(())
     }
 
     fn l3_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()> {
@@ -166,22 +152,43 @@ impl Frame for XdpContext {
     }
 }
 
+/// The furthest a header field the per-packet path touches can start:
+/// Ethernet, IPv6 with a fragment header, then TCP's checksum. The bound
+/// lets the verifier prove `data + offset` stays a packet pointer.
+const MAX_FIELD_OFFSET: usize = 255;
+
+/// A pointer to `size_of::<T>()` bytes at `offset` in the frame, when all
+/// of them are in its first buffer.
+#[inline(always)]
+fn packet_field<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    if offset > MAX_FIELD_OFFSET {
+        return None;
+    }
+    let md = ctx.ctx;
+    // Volatile, so the compiler reads the bounds here rather than passing
+    // them down from the program's start as 32-bit arguments: widening a
+    // packet pointer is pointer arithmetic the verifier refuses.
+    // SAFETY: `md` is the program's context, valid for the whole run.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*md).data) as usize,
+            core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+        )
+    };
+    let field = data + offset;
+    (field + size_of::<T>() <= end).then_some(field as *mut T)
+}
+
 /// Rewrites the checksum at `offset` in place (see [`csum_replace`]; the
 /// field size in `flags`' low bits); with `BPF_F_MARK_MANGLED_0` in
 /// `flags`, an IPv4 UDP datagram sent without a checksum keeps none and
-/// a computed 0 is sent as 0xffff. Its own frame, reading and writing with
-/// the helpers directly: on the deepest call chain (the verifier's 512
-/// bytes along it), one frame below `rewrite` is all there is room for.
+/// a computed 0 is sent as 0xffff.
 #[inline(never)]
 fn update_checksum(ctx: &XdpContext, offset: usize, from: u64, to: u64, flags: u64) -> Option<()> {
     let udp_zero = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
-    let mut sum: u16 = 0;
-    // SAFETY: the helper writes two bytes into `sum`, or fails.
-    let read =
-        unsafe { bpf_xdp_load_bytes(ctx.ctx.cast(), offset as u32, (&raw mut sum).cast(), 2) };
-    if read != 0 {
-        return None;
-    }
+    let field = packet_field::<u16>(ctx, offset)?;
+    // SAFETY: `packet_field` checked both bytes lie in the frame.
+    let sum = unsafe { core::ptr::read_unaligned(field) };
     if udp_zero && sum == 0 {
         return Some(());
     }
@@ -189,10 +196,9 @@ fn update_checksum(ctx: &XdpContext, offset: usize, from: u64, to: u64, flags: u
     if udp_zero && new == 0 {
         new = 0xffff;
     }
-    // SAFETY: the helper reads two bytes of `new`.
-    let written =
-        unsafe { bpf_xdp_store_bytes(ctx.ctx.cast(), offset as u32, (&raw mut new).cast(), 2) };
-    (written == 0).then_some(())
+    // SAFETY: as above; XDP frames are writable.
+    unsafe { core::ptr::write_unaligned(field, new) };
+    Some(())
 }
 
 /// RFC 1624's incremental update, `HC' = ~(~HC + ~m + m')`, on checksum

@@ -55,9 +55,11 @@ fn probe(feature: Feature) -> Availability {
             ProgramType::SocketFilter,
             BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
         ),
-        Feature::XdpLoadBytes => {
-            is_helper_supported(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_load_bytes)
-        }
+        // The XDP program reads and writes the frame directly and calls
+        // nothing newer than its hook; the device map (5.4) and XDP links
+        // (5.9) are what it needs, and no kernel has one without the other
+        // that the agent runs on (5.10 at the least, for socket storage).
+        Feature::XdpDeviceMap => map(MapType::DevMapHash),
         Feature::SockDestroy => return Availability::NotProbed,
     };
     match answer {

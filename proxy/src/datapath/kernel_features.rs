@@ -29,8 +29,8 @@ pub enum Feature {
     NetnsCookie,
     #[serde(rename = "memcg_bpf_accounting")]
     MemcgAccounting,
-    #[serde(rename = "bpf_xdp_load_bytes")]
-    XdpLoadBytes,
+    #[serde(rename = "devmap_hash")]
+    XdpDeviceMap,
     SockDestroy,
 }
 
@@ -62,7 +62,7 @@ impl Feature {
         Self::SockAddrStorage,
         Self::NetnsCookie,
         Self::MemcgAccounting,
-        Self::XdpLoadBytes,
+        Self::XdpDeviceMap,
         Self::SockDestroy,
     ];
 
@@ -81,7 +81,7 @@ impl Feature {
             Self::SockAddrStorage => "sock_addr_sk_storage",
             Self::NetnsCookie => "so_netns_cookie",
             Self::MemcgAccounting => "memcg_bpf_accounting",
-            Self::XdpLoadBytes => "bpf_xdp_load_bytes",
+            Self::XdpDeviceMap => "devmap_hash",
             Self::SockDestroy => "sock_destroy",
         }
     }
@@ -91,7 +91,9 @@ impl Feature {
         match self {
             // getpeername4/6 is the newest of the eight hooks.
             Self::CgroupSockAddr => "5.8",
-            Self::BpfSetRetval | Self::XdpLoadBytes => "5.18",
+            Self::BpfSetRetval => "5.18",
+            // The device map XDP redirects into; XDP links came in 5.9.
+            Self::XdpDeviceMap => "5.9",
             Self::LruHash => "4.10",
             Self::LpmTrie => "4.11",
             Self::PercpuArray => "4.6",
@@ -129,7 +131,9 @@ impl Feature {
             Self::MemcgAccounting => {
                 "BPF maps charged to the memory cgroup instead of RLIMIT_MEMLOCK"
             }
-            Self::XdpLoadBytes => "XDP acceleration of the per-packet path (--xdp)",
+            Self::XdpDeviceMap => {
+                "XDP acceleration of the per-packet path (--xdp): the devices it sends into"
+            }
             Self::SockDestroy => {
                 "not used: sockets of removed backends are destroyed through sock_diag on every kernel"
             }
@@ -160,7 +164,7 @@ impl Feature {
                 "the agent raises RLIMIT_MEMLOCK to unlimited at start, which needs \
                  CAP_SYS_RESOURCE (in the DaemonSet) or an unlimited memlock limit",
             ),
-            Self::XdpLoadBytes => WithoutIt::Fallback(
+            Self::XdpDeviceMap => WithoutIt::Fallback(
                 "the per-packet path runs at tc on every device (--xdp native stops the agent)",
             ),
             Self::SockDestroy => WithoutIt::Unused,

@@ -254,7 +254,7 @@ pub fn load(pin_dir: &Path, requested: MapSizes) -> Result<Programs, DatapathErr
                 .load()
                 .map_err(program_error(name))?;
         }
-        if features.available(Feature::XdpLoadBytes) {
+        if features.available(Feature::XdpDeviceMap) {
             program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
                 .load()
                 .map_err(program_error(XDP_PROGRAM))?;
@@ -458,7 +458,7 @@ impl Programs {
             info!(device = %device.name, "no XDP: {why}");
             return Ok(());
         }
-        let attached = if self.features.available(Feature::XdpLoadBytes) {
+        let attached = if self.features.available(Feature::XdpDeviceMap) {
             let program: &mut Xdp = program_mut(&mut self.ebpf, XDP_PROGRAM)?;
             xdp_attach::attach(program, device, &self.generation, &self.previous)
         } else {
