@@ -106,6 +106,10 @@ impl Frame for XdpContext {
     // (`bpf_xdp_load_bytes` is 5.18). Headers are in the first buffer of a
     // frame; a field past it (a multi-buffer frame's fragments) is `None`,
     // and the frame goes on to tc.
+    #[expect(
+        clippy::inline_always,
+        reason = "the verifier must see the bounds check and the access in one function"
+    )]
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Option<T> {
         let field = packet_field::<T>(self, offset)?;
@@ -114,6 +118,10 @@ impl Frame for XdpContext {
         Some(unsafe { core::ptr::read_unaligned(field) })
     }
 
+    #[expect(
+        clippy::inline_always,
+        reason = "the verifier must see the bounds check and the access in one function"
+    )]
     #[inline(always)]
     fn store<T>(&self, offset: usize, value: &T) -> Option<()> {
         let field = packet_field::<T>(self, offset)?;
@@ -159,6 +167,10 @@ const MAX_FIELD_OFFSET: usize = 255;
 
 /// A pointer to `size_of::<T>()` bytes at `offset` in the frame, when all
 /// of them are in its first buffer.
+#[expect(
+    clippy::inline_always,
+    reason = "the verifier must see the bounds check and the access in one function"
+)]
 #[inline(always)]
 fn packet_field<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     if offset > MAX_FIELD_OFFSET {
