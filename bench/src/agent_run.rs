@@ -16,10 +16,23 @@ use switchyard_tests::{
 
 use crate::{
     catalog::{KubeProxyService, NAMESPACE, SERVICE_PORT, TARGET_PORT},
-    rig::Rig,
+    rig::{REMOTE_POD, Rig},
 };
 
 pub(crate) const NODE_NAME: &str = "bench-node";
+/// node-2's: its pods are other-node endpoints to the agent, as they are
+/// on the wire, so NodePort traffic to them is translated to the node's
+/// address and sent on by the per-packet path (kube-proxy's masquerade).
+const REMOTE_NODE_NAME: &str = "bench-node-2";
+
+/// The node a pod of the rig runs on, by its node's pod range.
+fn node_of(pod: Ipv4Addr) -> &'static str {
+    if pod.octets()[..3] == REMOTE_POD.octets()[..3] {
+        REMOTE_NODE_NAME
+    } else {
+        NODE_NAME
+    }
+}
 const POLL: Duration = Duration::from_millis(5);
 
 pub struct RunningAgent<'a> {
@@ -211,7 +224,7 @@ pub(crate) fn slice_object(
     )
     .port(EndpointPort::new("http", service.protocol, TARGET_PORT));
     for ip in endpoints {
-        slice = slice.endpoint(Endpoint::ready(ip).node(NODE_NAME));
+        slice = slice.endpoint(Endpoint::ready(ip).node(node_of(*ip)));
     }
     slice.to_value()
 }

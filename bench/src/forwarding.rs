@@ -12,7 +12,10 @@
 //! mode that does less per packet forwards more per second of that core,
 //! whether or not the client can saturate it.
 
-use std::net::SocketAddrV4;
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use switchyard_tests::{
@@ -23,6 +26,7 @@ use switchyard_tests::{
 use crate::{
     agent_run::{self, RunningAgent},
     catalog::{Catalog, TARGET_PORT},
+    hook_cost, packet_counters,
     progress::Progress,
     results::{ForwardingResult, ForwardingSample, ForwardingTest, Mode},
     rig::{CLIENT_CPU, NODE_CLIENT_SIDE, PACKET_DEVICES, REMOTE_POD, Rig, SERVER_CPU},
@@ -47,6 +51,10 @@ pub fn node_port_forwarding(
     progress: &mut Progress,
 ) -> Result<Vec<ForwardingResult>> {
     let _steering = Steering::on(rig)?;
+    // What the agent's programs cost per packet, beside what the node's
+    // core spent (two clock reads per program run while on: tens of ns
+    // against microseconds per packet).
+    let _stats = hook_cost::enable()?;
     // The backend's server moves off the node's core for the duration.
     rig.remote_pod.pin_server(CLIENT_CPU)?;
     let measured = measure_all(rig, options, progress);
@@ -79,7 +87,7 @@ fn measure_all(
                 options.runs
             ));
             progress.detail("direct");
-            samples[0].push(measure(rig, options, load, direct)?);
+            samples[0].push(measure(rig, options, load, direct, None)?);
             progress.detail("Switchyard");
             let (running, _) = RunningAgent::start(
                 rig,
@@ -89,12 +97,12 @@ fn measure_all(
                 options.agent_log("node-port-forwarding"),
                 options.ready_timeout,
             )?;
-            let measured = measure(rig, options, load, node_port);
+            let measured = measure(rig, options, load, node_port, Some(&agent_pins(rig)));
             running.stop()?;
             samples[1].push(measured?);
             progress.detail("iptables");
             RuleSet::Iptables.load(&rig.node, &catalog.services, rig.scratch.path())?;
-            let measured = measure(rig, options, load, node_port);
+            let measured = measure(rig, options, load, node_port, None);
             rule_set::clear(&rig.node)?;
             samples[2].push(measured?);
             progress.detail("Switchyard (XDP)");
@@ -108,7 +116,7 @@ fn measure_all(
                 XdpRig::pin_receive_work(rig, false)?;
                 // node-2 drops what arrives (not its address): what the node
                 // sent on is what counts.
-                samples[4].push(measure(rig, options, load, node_port)?);
+                samples[4].push(measure(rig, options, load, node_port, None)?);
             }
         }
         let [direct, switchyard, iptables, xdp, bare] = samples;
@@ -152,20 +160,29 @@ fn measure_xdp(
         options.agent_log("node-port-forwarding-xdp"),
         options.ready_timeout,
     )?;
-    let measured =
-        XdpRig::pin_receive_work(rig, true).and_then(|()| measure(rig, options, load, target));
+    let measured = XdpRig::pin_receive_work(rig, true)
+        .and_then(|()| measure(rig, options, load, target, Some(&agent_pins(rig))));
     running.stop()?;
     measured
 }
 
+/// Where the running agent pins its links.
+fn agent_pins(rig: &Rig) -> PathBuf {
+    rig.bpffs.join("switchyard")
+}
+
 /// One run: what the node sent on out of the device the data leaves by,
-/// and what its core spent doing it.
+/// what its core spent doing it, and with an agent's `pins`, what its
+/// programs ran for.
 fn measure(
     rig: &Rig,
     options: &Options,
     load: Test,
     target: SocketAddrV4,
+    pins: Option<&Path>,
 ) -> Result<ForwardingSample> {
+    let programs_before = pins.map(hook_cost::read_packet_programs).transpose()?;
+    let counters_before = pins.map(packet_counters::read).transpose()?;
     let device = match load {
         Test::Stream => NODE_TO_CLIENT,
         _ => NODE_TO_NODE2,
@@ -173,12 +190,24 @@ fn measure(
     let before = (tx_counters(&rig.node, device)?, busy_seconds(NODE_CPU)?);
     let result = traffic::run(rig, load, target, options.run, Origin::Outside)?;
     let after = (tx_counters(&rig.node, device)?, busy_seconds(NODE_CPU)?);
+    let (programs, counters) = match (pins, programs_before, counters_before) {
+        (Some(pins), Some(programs), Some(counters)) => (
+            Some(hook_cost::read_packet_programs(pins)?.since(&programs)),
+            Some(packet_counters::since(
+                &packet_counters::read(pins)?,
+                &counters,
+            )),
+        ),
+        _ => (None, None),
+    };
     Ok(ForwardingSample {
         packets: after.0.0 - before.0.0,
         bytes: after.0.1 - before.0.1,
         node_cpu_s: after.1 - before.1,
         elapsed_s: result.elapsed_s,
         sent: result.operations,
+        programs,
+        counters,
     })
 }
 

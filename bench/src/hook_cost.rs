@@ -1,4 +1,4 @@
-//! Kernel time of the agent's connect4 hook per run, from the kernel's own
+//! Kernel time of the agent's hooks per run, from the kernel's own
 //! BPF run-time statistics (BPF_ENABLE_STATS: on only while the returned
 //! guard lives, and only for this measurement).
 
@@ -63,14 +63,52 @@ pub fn read(pins: &Path, program: &str) -> Result<RunStats> {
     for info in loaded_programs() {
         let info = info.context("listing loaded programs")?;
         if info.id() == id {
-            return Ok(RunStats {
-                // The kernel counts in u64 nanoseconds.
-                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-                runs: info.run_count(),
-            });
+            return Ok(stats_of(&info));
         }
     }
     anyhow::bail!("program {id} behind {} is not loaded", link_path.display())
+}
+
+/// The statistics of every per-packet program (behind a link named
+/// `program@device`) of the newest generation under `<pins>/links/`, added
+/// up, each program once however many devices it is attached to: the
+/// kernel time the agent's per-packet hooks took.
+pub fn read_packet_programs(pins: &Path) -> Result<RunStats> {
+    let links = pins.join("links");
+    let generation = std::fs::read_dir(&links)
+        .with_context(|| format!("read {}", links.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .max()
+        .with_context(|| format!("no generation under {}", links.display()))?;
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&generation)? {
+        let path = entry?.path();
+        if !path.to_string_lossy().contains('@') {
+            continue;
+        }
+        let link: FdLink = PinnedLink::from_pin(&path)
+            .with_context(|| format!("open pinned link {}", path.display()))?
+            .into();
+        ids.push(link.info().context("link info")?.program_id());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut total = RunStats::default();
+    for info in loaded_programs() {
+        let info = info.context("listing loaded programs")?;
+        if ids.binary_search(&info.id()).is_ok() {
+            total.add(&stats_of(&info));
+        }
+    }
+    Ok(total)
+}
+
+fn stats_of(info: &aya::programs::ProgramInfo) -> RunStats {
+    RunStats {
+        // The kernel counts in u64 nanoseconds.
+        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        runs: info.run_count(),
+    }
 }
 
 fn newest_link(pins: &Path, program: &str) -> Result<std::path::PathBuf> {

@@ -16,6 +16,7 @@ pub mod footprint_report;
 pub mod forwarding;
 pub mod hook_cost;
 pub mod load_result;
+pub mod packet_counters;
 pub mod plot;
 pub mod progress;
 pub mod report;

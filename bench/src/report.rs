@@ -252,8 +252,8 @@ fn node_port_forwarding(out: &mut String, report: &BenchReport) {
          other; per core is what the node sent on over that core's busy time.\n\n",
     );
     out.push_str(
-        "| load | mode | packets/s per node core | Gbit/s per node core | packets/s | node core busy |\n\
-         |---|---|---:|---:|---:|---:|\n",
+        "| load | mode | packets/s per node core | Gbit/s per node core | packets/s | node core busy | agent's programs, ns per packet | sent by XDP |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for result in &report.node_port_forwarding {
         let busy = result.median(|s| {
@@ -263,9 +263,24 @@ fn node_port_forwarding(out: &mut String, report: &BenchReport) {
                 0.0
             }
         });
+        let known = |value: f64, text: String| {
+            if value.is_finite() {
+                text
+            } else {
+                "–".to_owned()
+            }
+        };
+        let program_ns = result.median(ForwardingSample::program_ns_per_packet);
+        let program_ns = known(program_ns, format!("{program_ns:.0}"));
+        let at_xdp = result.median(ForwardingSample::sent_at_xdp);
+        let at_xdp = if result.mode == Mode::SwitchyardXdp {
+            known(at_xdp, format!("{:.0}%", at_xdp * 100.0))
+        } else {
+            "–".to_owned()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.0}% |",
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.0}% | {program_ns} | {at_xdp} |",
             result.test.label(),
             result.mode.label(),
             result.median(ForwardingSample::packets_per_core_s),

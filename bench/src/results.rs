@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     catalog::Placement,
+    hook_cost::RunStats,
     load_result::{LoadResult, median, percentile},
 };
 
@@ -196,6 +197,14 @@ pub struct ForwardingSample {
     pub elapsed_s: f64,
     /// Datagrams sent (UDP) or reads made (TCP) by the client.
     pub sent: u64,
+    /// Kernel time and runs of the agent's per-packet programs over the
+    /// run (BPF run-time statistics); none where no agent ran.
+    #[serde(default)]
+    pub programs: Option<RunStats>,
+    /// The agent's packet counters over the run, by
+    /// `switchyard_abi::COUNTER_*`; none where no agent ran.
+    #[serde(default)]
+    pub counters: Option<Vec<u64>>,
 }
 
 #[expect(
@@ -216,6 +225,28 @@ impl ForwardingSample {
             self.bytes as f64 * 8.0 / self.node_cpu_s / 1e9
         } else {
             0.0
+        }
+    }
+
+    /// Nanoseconds the agent's per-packet programs ran per packet sent on, NaN where
+    /// no agent ran (a median of NaNs is NaN: the report leaves it out).
+    pub fn program_ns_per_packet(&self) -> f64 {
+        match self.programs {
+            Some(stats) if self.packets > 0 => stats.run_time_ns as f64 / self.packets as f64,
+            _ => f64::NAN,
+        }
+    }
+
+    /// The share of the packets sent on that the XDP program sent itself
+    /// (NaN where no agent ran).
+    pub fn sent_at_xdp(&self) -> f64 {
+        let sent = self
+            .counters
+            .as_ref()
+            .and_then(|c| c.get(switchyard_abi::COUNTER_XDP_SENT as usize));
+        match sent {
+            Some(&sent) if self.packets > 0 => sent as f64 / self.packets as f64,
+            _ => f64::NAN,
         }
     }
 
@@ -344,6 +375,8 @@ mod tests {
             node_cpu_s,
             elapsed_s: 2.0,
             sent: packets,
+            programs: None,
+            counters: None,
         };
         let result = ForwardingResult {
             test: ForwardingTest::Udp,
@@ -360,6 +393,16 @@ mod tests {
         assert!((result.median(ForwardingSample::packets_per_s) - 5e5).abs() < 1e-6);
         assert!((sample(1_000_000, 1.0).gbit_per_core_s() - 0.8).abs() < 1e-9);
         assert!(sample(1, 0.0).packets_per_core_s().abs() < f64::EPSILON);
+        // Program time per packet only where an agent ran.
+        assert!(sample(10, 1.0).program_ns_per_packet().is_nan());
+        let measured = ForwardingSample {
+            programs: Some(RunStats {
+                run_time_ns: 5_000,
+                runs: 20,
+            }),
+            ..sample(10, 1.0)
+        };
+        assert!((measured.program_ns_per_packet() - 500.0).abs() < 1e-9);
     }
 
     #[test]

@@ -304,7 +304,18 @@ pub const COUNTER_PASS_FRAGMENT_UNKNOWN: u32 = 19;
 pub const COUNTER_REJECT_CLUSTER_IP_PORT: u32 = 20;
 /// A packet to an address of the service CIDRs that no Service holds.
 pub const COUNTER_DROP_UNALLOCATED: u32 = 21;
-pub const COUNTERS_LEN: u32 = 22;
+/// A packet translated and sent on by the XDP program (`XDP_TX` or into a
+/// device of the XDP device map): tc never saw it.
+pub const COUNTER_XDP_SENT: u32 = 22;
+/// Left untouched by XDP for tc, which sends it: the next hop has no
+/// neighbour entry yet (only tc can have the kernel resolve one).
+pub const COUNTER_XDP_NO_NEIGHBOUR: u32 = 23;
+/// Left for tc: the route leaves by a device that takes no XDP frames (not
+/// the arrival device, not in the XDP device map).
+pub const COUNTER_XDP_DEVICE: u32 = 24;
+/// Left for tc: no route, or one only the stack takes (local, blackhole).
+pub const COUNTER_XDP_STACK_ROUTE: u32 = 25;
+pub const COUNTERS_LEN: u32 = 26;
 
 /// Refusals the node sends per second at most, after a burst: the kernel's
 /// own defaults for ICMP errors (`net.ipv4.icmp_msgs_per_sec`,
@@ -336,6 +347,10 @@ pub const COUNTER_LABELS: [(&str, &str); COUNTERS_LEN as usize] = [
     ("passed", "fragment_unknown"),
     ("rejected", "cluster_ip_port"),
     ("dropped", "unallocated_service_ip"),
+    ("xdp", "sent"),
+    ("xdp", "left_to_tc_no_neighbour"),
+    ("xdp", "left_to_tc_device_without_xdp"),
+    ("xdp", "left_to_tc_stack_route"),
 ];
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

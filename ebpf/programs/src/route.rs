@@ -14,7 +14,10 @@ use aya_ebpf::{
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
 };
-use switchyard_abi::{Addr, COUNTER_PASS_NO_ROUTE};
+use switchyard_abi::{
+    Addr, COUNTER_PASS_NO_ROUTE, COUNTER_XDP_DEVICE, COUNTER_XDP_NO_NEIGHBOUR, COUNTER_XDP_SENT,
+    COUNTER_XDP_STACK_ROUTE,
+};
 
 use crate::{
     frame::Frame,
@@ -128,11 +131,24 @@ impl Route {
     /// it arrived by (`XDP_TX`) or into a device of `XDP_DEVICES`: only
     /// there does a driver take XDP frames, and a frame it refused would
     /// be lost.
+    /// What XDP leaves for tc is counted by why.
     pub fn usable_by<C: Frame>(&self, ctx: &C) -> bool {
-        C::FINISHES
-            || (self.kind == RouteKind::Neighbour
-                && (self.ifindex == ctx.device()
-                    || XDP_DEVICES.get_ifindex(self.ifindex).is_some()))
+        if C::FINISHES {
+            return true;
+        }
+        let left_for_tc = match self.kind {
+            RouteKind::Neighbour
+                if self.ifindex == ctx.device()
+                    || XDP_DEVICES.get_ifindex(self.ifindex).is_some() =>
+            {
+                return true;
+            }
+            RouteKind::Neighbour => COUNTER_XDP_DEVICE,
+            RouteKind::NoNeighbour => COUNTER_XDP_NO_NEIGHBOUR,
+            RouteKind::Stack => COUNTER_XDP_STACK_ROUTE,
+        };
+        count(left_for_tc);
+        false
     }
 }
 
@@ -146,6 +162,7 @@ pub fn send<C: Frame>(ctx: &C, route: &Route) -> i32 {
                 return C::NEXT;
             }
             if !C::FINISHES {
+                count(COUNTER_XDP_SENT);
                 if route.ifindex == ctx.device() {
                     return xdp_action::XDP_TX as i32;
                 }
