@@ -252,7 +252,7 @@ fn node_port_forwarding(out: &mut String, report: &BenchReport) {
          other; per core is what the node sent on over that core's busy time.\n\n",
     );
     out.push_str(
-        "| load | mode | packets/s per node core | Gbit/s per node core | packets/s | node core busy | agent's programs, ns per packet | sent by XDP |\n\
+        "| load | mode | packets/s per node core | Gbit/s per node core | packets/s | node core busy | agent's programs, ns per packet | translations sent on by XDP |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for result in &report.node_port_forwarding {

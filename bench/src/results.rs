@@ -237,17 +237,22 @@ impl ForwardingSample {
         }
     }
 
-    /// The share of the packets sent on that the XDP program sent itself
-    /// (NaN where no agent ran).
+    /// The share of the packets translated that the XDP program sent on
+    /// itself, tc never seeing them (NaN where no agent ran).
     pub fn sent_at_xdp(&self) -> f64 {
-        let sent = self
-            .counters
-            .as_ref()
-            .and_then(|c| c.get(switchyard_abi::COUNTER_XDP_SENT as usize));
-        match sent {
-            Some(&sent) if self.packets > 0 => sent as f64 / self.packets as f64,
-            _ => f64::NAN,
+        use switchyard_abi::{
+            COUNTER_REPLY_TRANSLATED, COUNTER_TRANSLATED, COUNTER_TRANSLATED_NEW, COUNTER_XDP_SENT,
+        };
+        let Some(counters) = &self.counters else {
+            return f64::NAN;
+        };
+        let at = |index: u32| counters.get(index as usize).copied().unwrap_or(0);
+        let translated =
+            at(COUNTER_TRANSLATED_NEW) + at(COUNTER_TRANSLATED) + at(COUNTER_REPLY_TRANSLATED);
+        if translated == 0 {
+            return f64::NAN;
         }
+        at(COUNTER_XDP_SENT) as f64 / translated as f64
     }
 
     pub fn packets_per_s(&self) -> f64 {
