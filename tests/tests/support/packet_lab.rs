@@ -13,7 +13,7 @@
 use std::{ffi::CString, fmt::Write as _, net::SocketAddr};
 
 use anyhow::{Context, Result, ensure};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult};
 use switchyard::{
     convert::{desired::desired_state, topology::NodeContext},
     datapath::{
@@ -208,20 +208,12 @@ impl Datapath {
             .programs
             .packet_program(program)
             .context("program missing")?;
-        let mut output = vec![0u8; 512];
         // `struct __sk_buff`, zero but for `ingress_ifindex` (offset 36) and
         // `ifindex` (offset 40).
         let mut context = [0u8; 192];
         context[36..40].copy_from_slice(&ingress.to_ne_bytes());
         context[40..44].copy_from_slice(&self.eth0.to_ne_bytes());
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut output),
-            ctx_in: Some(&context),
-            ..TestRunOptions::default()
-        })?;
-        output.truncate(result.data_size_out as usize);
-        Ok((result.return_value, output))
+        test_run(program, input, &context)
     }
 }
 
@@ -251,22 +243,31 @@ impl Datapath {
             .programs
             .xdp_program()
             .context("XDP program not loaded")?;
-        let mut output = vec![0u8; 512];
         // `struct xdp_md`: data 0, data_end the frame's length, data_meta
         // 0, ingress_ifindex, rx_queue_index 0, egress_ifindex 0.
         let mut context = [0u8; 24];
         let len = u32::try_from(input.len())?;
         context[4..8].copy_from_slice(&len.to_ne_bytes());
         context[12..16].copy_from_slice(&ingress.to_ne_bytes());
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut output),
-            ctx_in: Some(&context),
-            ..TestRunOptions::default()
-        })?;
-        output.truncate(result.data_size_out as usize);
-        Ok((result.return_value, output))
+        test_run(program, input, &context)
     }
+}
+
+/// One BPF_PROG_TEST_RUN of `program` on `input` with `context`: its
+/// verdict and the frame it leaves.
+fn test_run<P>(program: &P, input: &[u8], context: &[u8]) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut output = vec![0u8; 512];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut output),
+        ctx_in: Some(context),
+        ..TestRunOptions::default()
+    })?;
+    output.truncate(result.data_size_out as usize);
+    Ok((result.return_value, output))
 }
 
 /// XDP's verdicts (`enum xdp_action`).
