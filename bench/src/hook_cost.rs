@@ -56,17 +56,14 @@ impl RunStats {
 /// `program` under `<pins>/links/<generation>/`.
 pub fn read(pins: &Path, program: &str) -> Result<RunStats> {
     let link_path = newest_link(pins, program)?;
-    let link: FdLink = PinnedLink::from_pin(&link_path)
-        .with_context(|| format!("open pinned link {}", link_path.display()))?
-        .into();
-    let id = link.info().context("link info")?.program_id();
-    for info in loaded_programs() {
-        let info = info.context("listing loaded programs")?;
-        if info.id() == id {
-            return Ok(stats_of(&info));
-        }
-    }
-    anyhow::bail!("program {id} behind {} is not loaded", link_path.display())
+    let id = program_behind(&link_path)?;
+    let (stats, found) = stats_of_programs(&[id])?;
+    anyhow::ensure!(
+        found == 1,
+        "program {id} behind {} is not loaded",
+        link_path.display()
+    );
+    Ok(stats)
 }
 
 /// The statistics of every per-packet program (behind a link named
@@ -74,55 +71,71 @@ pub fn read(pins: &Path, program: &str) -> Result<RunStats> {
 /// up, each program once however many devices it is attached to: the
 /// kernel time the agent's per-packet hooks took.
 pub fn read_packet_programs(pins: &Path) -> Result<RunStats> {
-    let links = pins.join("links");
-    let generation = std::fs::read_dir(&links)
-        .with_context(|| format!("read {}", links.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .max()
-        .with_context(|| format!("no generation under {}", links.display()))?;
+    let generation = generations(pins)?
+        .pop()
+        .with_context(|| format!("no generation under {}", pins.join("links").display()))?;
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(&generation)? {
         let path = entry?.path();
-        if !path.to_string_lossy().contains('@') {
-            continue;
+        if path.to_string_lossy().contains('@') {
+            ids.push(program_behind(&path)?);
         }
-        let link: FdLink = PinnedLink::from_pin(&path)
-            .with_context(|| format!("open pinned link {}", path.display()))?
-            .into();
-        ids.push(link.info().context("link info")?.program_id());
     }
     ids.sort_unstable();
     ids.dedup();
+    Ok(stats_of_programs(&ids)?.0)
+}
+
+/// The id of the program behind the pinned link at `path`.
+fn program_behind(path: &Path) -> Result<u32> {
+    let link: FdLink = PinnedLink::from_pin(path)
+        .with_context(|| format!("open pinned link {}", path.display()))?
+        .into();
+    Ok(link.info().context("link info")?.program_id())
+}
+
+/// The loaded programs of `ids` (sorted) added up, and how many of them
+/// were found loaded.
+fn stats_of_programs(ids: &[u32]) -> Result<(RunStats, usize)> {
     let mut total = RunStats::default();
+    let mut found = 0;
     for info in loaded_programs() {
         let info = info.context("listing loaded programs")?;
         if ids.binary_search(&info.id()).is_ok() {
-            total.add(&stats_of(&info));
+            found += 1;
+            total.add(&RunStats {
+                // The kernel counts in u64 nanoseconds.
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                runs: info.run_count(),
+            });
         }
     }
-    Ok(total)
+    Ok((total, found))
 }
 
-fn stats_of(info: &aya::programs::ProgramInfo) -> RunStats {
-    RunStats {
-        // The kernel counts in u64 nanoseconds.
-        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-        runs: info.run_count(),
-    }
-}
-
-fn newest_link(pins: &Path, program: &str) -> Result<std::path::PathBuf> {
+/// The link generations under `<pins>/links/`, oldest first.
+fn generations(pins: &Path) -> Result<Vec<std::path::PathBuf>> {
     let links = pins.join("links");
     let mut generations: Vec<_> = std::fs::read_dir(&links)
         .with_context(|| format!("read {}", links.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(program).exists())
         .collect();
     generations.sort();
-    generations
-        .pop()
+    Ok(generations)
+}
+
+fn newest_link(pins: &Path, program: &str) -> Result<std::path::PathBuf> {
+    generations(pins)?
+        .into_iter()
+        .rev()
         .map(|dir| dir.join(program))
-        .with_context(|| format!("no pinned {program} link under {}", links.display()))
+        .find(|link| link.exists())
+        .with_context(|| {
+            format!(
+                "no pinned {program} link under {}",
+                pins.join("links").display()
+            )
+        })
 }
 
 #[cfg(test)]

@@ -7,14 +7,10 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use support::two_nodes::{agents, eventually, service, write_service};
-use switchyard_tests::{MultiNodeCluster, MultiNodeSpec, ServiceType, patience, xdp_peer};
+use switchyard_tests::{MultiNodeCluster, MultiNodeSpec, ServiceType, xdp_peer};
 
 const RANGE: &str = "203.0.113.0/24";
 /// Flows per measurement, each from its own source port. Every measurement
@@ -105,22 +101,15 @@ fn assert_shown_and_explained(
     // eth0 (`XDP_TX`) without tc seeing them. The counters are published
     // with each conntrack collection (every 10 s).
     if !xdp.is_empty() {
-        let deadline = Instant::now() + patience::scaled(Duration::from_secs(25));
-        let sent_at_xdp = || {
+        support::time_until(Duration::from_secs(25), || {
             let metrics = support::get(&c.nodes[0].netns, 10249, "/metrics").1;
             let sent = support::series(
                 &metrics,
                 "switchyard_packets_total",
                 &[("verdict", "xdp"), ("reason", "sent")],
             );
-            (sent.unwrap_or(0.0), metrics)
-        };
-        let mut seen = sent_at_xdp();
-        while seen.0 == 0.0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            seen = sent_at_xdp();
-        }
-        assert!(seen.0 > 0.0, "nothing sent at XDP:\n{}", seen.1);
+            sent.unwrap_or(0.0) > 0.0
+        });
     }
     assert_eq!(
         algorithm_of("203.0.113.20", "external"),

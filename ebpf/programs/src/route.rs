@@ -130,8 +130,7 @@ impl Route {
     /// Whether the hook can send by this route. XDP sends out of the device
     /// it arrived by (`XDP_TX`) or into a device of `XDP_DEVICES`: only
     /// there does a driver take XDP frames, and a frame it refused would
-    /// be lost.
-    /// What XDP leaves for tc is counted by why.
+    /// be lost. What XDP leaves for tc is counted by why.
     pub fn usable_by<C: Frame>(&self, ctx: &C) -> bool {
         if C::FINISHES {
             return true;
